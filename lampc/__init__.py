@@ -1,0 +1,17 @@
+"""lampc: look-ahead mixed-precision (LAMP) inference for transformers, as a torch.fx compiler pass.
+
+    import lampc
+    compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.1)
+    logits = compiled(input_ids).logits
+    lampc.show(compiled)
+    compiled.stats()
+"""
+
+__version__ = "0.1.0"
+
+from . import formats  # noqa: E402
+from .api import compile  # noqa: E402
+from .capture import CaptureError  # noqa: E402
+from .policy import Policy, SitePolicy  # noqa: E402
+
+__all__ = ["CaptureError", "Policy", "SitePolicy", "compile", "formats", "__version__"]

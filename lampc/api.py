@@ -1,0 +1,34 @@
+"""lampc.compile: capture, rewrite, wrap."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .capture import capture
+from .passes import run_passes
+from .policy import Policy, SitePolicy
+from .runtime.compiled import CompiledModel
+
+
+def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, **overrides) -> CompiledModel:
+    """Compile a Hugging Face causal LM (FP32, eager or sdpa attention) into its LAMP form.
+
+    policy:     a `Policy`, a `SitePolicy` (for attention), or None for the default (attention sites, m4,
+                strict tau=0.1).
+    overrides:  `SitePolicy` fields (format, block_k, backend, criterion, tau, ...) applied to every enabled
+                site kind, or `Policy` fields (attention, layer_norm, logits, gelu, lower).
+
+    >>> compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.1)
+    >>> compiled(input_ids).logits
+    """
+    policy = Policy.from_overrides(policy, **overrides)
+    captured = capture(model)
+    result = run_passes(captured.graph_module, policy)
+    return CompiledModel(
+        result.graph_module,
+        result,
+        policy,
+        model_type=captured.model_type,
+        max_len=captured.max_len,
+        vocab_size=captured.vocab_size,
+    )

@@ -1,0 +1,49 @@
+"""Recompute: replace the selected low-precision scores by their FP32 values.
+
+Sparse path (the default): gather the selected (row, key) pairs, one FP32 dot product each, scatter back:
+the cost is |S| dot products, not a matmul. Dense path: above a recompute rate the gather costs more than one
+FP32 matmul, so the whole FP32 matrix is computed and the selected entries taken from it. Both give the FP32
+dot product of the same vectors, up to FP32 summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def fp32_scores(q: Tensor, k_t: Tensor, scale: float) -> Tensor:
+    """The FP32 reference scores fl32(q @ k_t) * scale."""
+    return torch.matmul(q, k_t) * scale
+
+
+def recompute_sparse(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
+    """Scatter FP32 dot products into a copy of s_hat at the selected entries (gather, dot, scatter)."""
+    batch = torch.broadcast_shapes(q.shape[:-2], k_t.shape[:-2])
+    q = q.expand(*batch, *q.shape[-2:])  # (…, T, D)
+    k_t = k_t.expand(*batch, *k_t.shape[-2:])  # (…, D, L)
+    index = selected.nonzero(as_tuple=True)  # host sync: the count decides the gather size
+    *batch_index, rows, keys = index
+    q_rows = q[(*batch_index, rows)]  # (N, D)
+    k_cols = k_t.transpose(-1, -2)[(*batch_index, keys)]  # (N, D)
+    values = (q_rows * k_cols).sum(dim=-1) * scale  # (N,)
+    out = s_hat.clone()
+    out[index] = values
+    return out
+
+
+def recompute_dense(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
+    """torch.where(selected, FP32 scores, s_hat): one FP32 matmul, no host sync."""
+    return torch.where(selected, fp32_scores(q, k_t, scale), s_hat)
+
+
+def recompute(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float, dense_above: float) -> Tensor:
+    """Sparse recompute, or dense when the selected fraction exceeds `dense_above`."""
+    if s_hat.numel() == 0:
+        return s_hat.clone()
+    rate = selected.sum().item() / selected.numel()
+    if rate == 0.0:
+        return s_hat.clone()
+    if rate > dense_above:
+        return recompute_dense(s_hat, selected, q, k_t, scale)
+    return recompute_sparse(s_hat, selected, q, k_t, scale)

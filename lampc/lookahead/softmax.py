@@ -1,0 +1,147 @@
+"""Look-ahead at a softmax consumer: sensitivity and the selection rules (LAMP.md §3).
+
+For a row of low-precision scores `s` (…, L) and its softmax `a`, column i of the softmax Jacobian has l1 norm
+`2·a_i·(1 − a_i)`; with a relative error in `s_i` the first-order output error is bounded by
+`Σ_i 2·a_i·(1 − a_i)·|s_i|·|ε_i|`. Every rule here picks, per row, the entries whose FP32 recompute removes
+most of that bound. All functions are pure tensor code: no host synchronisation, no Python loops over rows,
+so they run unchanged on CUDA.
+
+Conventions shared by every function:
+    s_hat:   f32[..., T, L]  low-precision scores (scaled, before the additive mask)
+    visible: bool[..., T, L] True where query t may attend key l (broadcastable to s_hat)
+    returns: bool[..., T, L] the selection; never True at an invisible entry
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..policy import SitePolicy
+
+MASKED_BELOW = -1.0e4
+"""An additive-mask entry <= this counts as masked (HF uses finfo(float32).min; older code used -1e4)."""
+
+
+def visible_from_mask(mask: Tensor | None, shape: torch.Size, is_causal: bool, device) -> Tensor:
+    """Visible-key mask (bool, broadcastable to `shape`) from an additive or boolean attention mask."""
+    t, l = shape[-2], shape[-1]
+    visible = torch.ones((1,) * (len(shape) - 2) + (t, l), dtype=torch.bool, device=device)
+    if is_causal:
+        visible = visible & torch.ones(t, l, dtype=torch.bool, device=device).tril()
+    if mask is not None:
+        keep = mask if mask.dtype == torch.bool else mask > MASKED_BELOW
+        visible = visible & keep
+    return visible.expand(shape)
+
+
+def masked_softmax(s: Tensor, visible: Tensor) -> Tensor:
+    """softmax over the visible entries of each row; 0 at invisible entries and in rows with none visible."""
+    a = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)  # (…, T, L); NaN in empty rows
+    return a.nan_to_num(nan=0.0).masked_fill(~visible, 0.0)
+
+
+def strict_sensitivity(s_hat: Tensor, a: Tensor) -> Tensor:
+    """c_i = 2·a_i·(1 − a_i)·|ŝ_i|: l1 column norm of the softmax Jacobian times the score's magnitude."""
+    return 2.0 * a * (1.0 - a) * s_hat.abs()
+
+
+def row_tau(site: SitePolicy, rule: str, visible: Tensor) -> Tensor | float:
+    """Per-row threshold: tau, or with length scaling tau·sqrt(l_ref / L_t) (relaxed: capped at 1)."""
+    if not site.length_scaling:
+        return site.tau
+    lengths = visible.sum(dim=-1, keepdim=True).to(torch.float32)  # (…, T, 1)
+    tau_t = site.tau * torch.sqrt(site.l_ref / lengths)  # L_t = 0 gives inf: nothing selected
+    return tau_t.clamp(max=1.0) if rule == "relaxed" else tau_t
+
+
+def select_strict(s_hat: Tensor, a: Tensor, visible: Tensor, tau) -> Tensor:
+    """Recompute i iff 2·a_i·(1 − a_i)·|ŝ_i| > tau."""
+    return (strict_sensitivity(s_hat, a) > tau) & visible
+
+
+def select_relaxed(s_hat: Tensor, visible: Tensor, tau) -> Tensor:
+    """Recompute i iff z_i > tau·max_j z_j, z_i = |ŝ_i|·exp(ŝ_i − max ŝ): only a running row max is needed."""
+    finite = visible & torch.isfinite(s_hat)
+    row_max = s_hat.masked_fill(~finite, float("-inf")).amax(dim=-1, keepdim=True)
+    z = (s_hat.abs() * torch.exp(s_hat - row_max)).masked_fill(~finite, 0.0)  # (…, T, L)
+    return (z > tau * z.amax(dim=-1, keepdim=True)) & visible
+
+
+def target_counts(a: Tensor, visible: Tensor, tau: float) -> Tensor:
+    """Paper v1: per row, the length of the shortest prefix (by descending a) with 2 − A_S − 2·min(a) ≤ tau."""
+    a_sorted = a.masked_fill(~visible, -1.0).sort(dim=-1, descending=True).values.clamp(min=0.0)
+    prefix_mass = torch.cumsum(a_sorted, dim=-1)  # A_S for |S| = 1..L
+    prefix_mass = torch.cat([torch.zeros_like(prefix_mass[..., :1]), prefix_mass[..., :-1]], dim=-1)  # |S| = 0..L-1
+    min_a = a.masked_fill(~visible, float("inf")).amin(dim=-1, keepdim=True)
+    fails = (2.0 - prefix_mass - 2.0 * min_a) > tau  # monotone in |S|: True for |S| < count
+    lengths = visible.sum(dim=-1, keepdim=True)
+    return fails.sum(dim=-1, keepdim=True).minimum(lengths)  # (…, T, 1)
+
+
+def select_top(score: Tensor, visible: Tensor, count: Tensor) -> Tensor:
+    """Per row, the `count` visible entries with the largest `score` (count: int tensor (…, T, 1))."""
+    order = score.masked_fill(~visible, float("-inf")).sort(dim=-1, descending=True).indices
+    ranks = torch.arange(score.shape[-1], device=score.device)
+    chosen_sorted = ranks < count  # (…, T, L) in sorted order
+    return torch.zeros_like(visible).scatter(-1, order, chosen_sorted) & visible
+
+
+def budget_counts(visible: Tensor, budget) -> Tensor:
+    """k per row (capped at the row's visible length) or ceil(fraction·L_t)."""
+    lengths = visible.sum(dim=-1, keepdim=True)
+    if isinstance(budget, int):
+        return lengths.clamp(max=budget)
+    return torch.ceil(budget * lengths.to(torch.float32)).to(lengths.dtype)
+
+
+def select_rule(rule: str, s_hat: Tensor, a: Tensor, visible: Tensor, site: SitePolicy) -> Tensor:
+    """One of the count-giving rules: target, strict, relaxed."""
+    if rule == "target":
+        return select_top(a, visible, target_counts(a, visible, site.tau))
+    if rule == "strict":
+        return select_strict(s_hat, a, visible, row_tau(site, rule, visible))
+    return select_relaxed(s_hat, visible, row_tau(site, rule, visible))
+
+
+def select(
+    s_hat: Tensor,
+    visible: Tensor,
+    site: SitePolicy,
+    *,
+    s_fp32: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The selection for `site.criterion`; a visible non-finite ŝ is always selected.
+
+    s_fp32 (the true FP32 scores) is needed by "oracle" only; generator by "random" only.
+    """
+    visible = visible.expand(s_hat.shape)
+    criterion = site.criterion
+    a = masked_softmax(s_hat, visible) if criterion != "uniform" else None
+    if criterion == "uniform":
+        selected = torch.zeros_like(visible)
+    elif criterion in ("target", "strict", "relaxed"):
+        selected = select_rule(criterion, s_hat, a, visible, site)
+    elif criterion == "budget":
+        selected = select_top(strict_sensitivity(s_hat, a), visible, budget_counts(visible, site.budget))
+    else:
+        count = select_rule(site.count_from, s_hat, a, visible, site).sum(dim=-1, keepdim=True)
+        if criterion == "random":
+            draws = torch.rand(s_hat.shape, generator=generator, device="cpu").to(s_hat.device)
+            selected = select_top(draws, visible, count)
+        else:
+            if s_fp32 is None:
+                raise ValueError("criterion 'oracle' needs the FP32 scores (s_fp32)")
+            p = masked_softmax(s_fp32, visible)
+            contribution = 2.0 * p * (1.0 - p) * (s_fp32 - s_hat).abs()
+            selected = select_top(contribution.nan_to_num(nan=0.0), visible, count)
+    return selected | (visible & ~torch.isfinite(s_hat))
+
+
+def first_order_error(s_hat: Tensor, s_fp32: Tensor, visible: Tensor, selected: Tensor) -> Tensor:
+    """Σ over non-selected visible i of 2·p_i·(1 − p_i)·|s_i − ŝ_i| per row (p from the FP32 scores)."""
+    p = masked_softmax(s_fp32, visible)
+    term = 2.0 * p * (1.0 - p) * (s_fp32 - s_hat).abs()
+    return term.masked_fill(selected | ~visible, 0.0).sum(dim=-1)
+

@@ -1,0 +1,173 @@
+"""The attention site: softmax ∘ (scaled QKᵀ + mask), found and rewritten into LAMP form.
+
+Pattern (every op optional but the matmul and the softmax; scale by mul or div with a number):
+
+    s = matmul(q, k_t)          # f32[B, H, T, L]
+    s = s * scale               # or s / sqrt(d)
+    s = s + mask                # additive mask, f32[B, 1, T, L]
+    p = softmax(s, -1)
+
+Rewrite (one named op per LAMP step; the mask add and the softmax are kept as they were):
+
+    before                              after
+    s = matmul(q, k_t)                  s_hat = lampc.lowp_scores(q, k_t, scale, policy)
+    s = s * scale                       sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask, False, policy, site)
+    s = s + mask                        s     = lampc.recompute_scores(s_hat, sel, q, k_t, scale, policy)
+    p = softmax(s, -1)                  lampc_tap_<site>(sel, mask)          # recompute-rate statistics
+                                        s = s + mask
+                                        p = softmax(s, -1)
+
+A softmax that does not fit becomes a `Skip` with the reason; a graph already rewritten is left unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from ..ops import LAMPC_OPS
+from ..policy import SitePolicy
+from ..runtime.tap import SelectionTap
+from .graph import insert_call, module_path
+from .result import PassResult, Site, Skip
+
+aten = torch.ops.aten
+
+SOFTMAX_OPS = (aten.softmax.int, aten._softmax.default)
+SCALE_OPS = (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar)
+MASK_ADD_OPS = (aten.add.Tensor,)
+
+
+@dataclass
+class AttentionMatch:
+    """The nodes of one attention site, as found in the graph."""
+
+    softmax: fx.Node
+    matmul: fx.Node
+    scale: float
+    scale_node: fx.Node | None
+    mask: fx.Node | None
+
+    @property
+    def scores(self) -> fx.Node:
+        """The node whose value the rewrite replaces: the scaled scores."""
+        return self.scale_node or self.matmul
+
+
+def match_attention(softmax: fx.Node) -> AttentionMatch | str:
+    """Match the pattern ending at `softmax`; on failure return the reason."""
+    value = softmax.args[0]
+    ndim = _ndim(value)
+    dim = softmax.args[1] if len(softmax.args) > 1 else softmax.kwargs.get("dim")
+    if ndim is not None and dim not in (-1, ndim - 1):
+        return f"softmax over dim {dim}, not the last (key) dimension"
+    if not isinstance(value, fx.Node):
+        return "softmax input is not a graph value"
+    if value.op == "call_function" and value.target in LAMPC_OPS:
+        return "already rewritten by lampc"
+    candidates = [(value, None)]
+    if value.op == "call_function" and value.target in MASK_ADD_OPS:
+        a, b = value.args[:2]
+        candidates = [(x, m) for x, m in ((a, b), (b, a)) if isinstance(x, fx.Node) and isinstance(m, fx.Node)]
+    reasons = []
+    for scores, mask in candidates:
+        found = _match_scaled_matmul(scores)
+        if isinstance(found, str):
+            reasons.append(found)
+            continue
+        matmul, scale_node, scale = found
+        chain = [n for n in (matmul, scale_node) if n is not None]
+        consumer = value if mask is not None else softmax
+        for producer, nxt in zip(chain, chain[1:] + [consumer]):
+            if len(producer.users) != 1:
+                users = ", ".join(u.name for u in producer.users if u is not nxt)
+                return f"scores {producer.name} are also used outside the softmax ({users})"
+        if _dtype(matmul) not in (None, torch.float32):
+            return f"scores are {_dtype(matmul)}, lampc rewrites FP32 graphs"
+        return AttentionMatch(softmax, matmul, scale, scale_node, mask)
+    return reasons[0] if reasons else "softmax input is not matmul [* scale] [+ mask]"
+
+
+def _match_scaled_matmul(node: fx.Node):
+    """node = matmul(q, k_t) [* c | / c]  ->  (matmul, scale_node, scale) or a reason."""
+    scale, scale_node = 1.0, None
+    if node.op == "call_function" and node.target in SCALE_OPS:
+        x, c = node.args[:2]
+        if isinstance(x, (int, float)) and node.target in (aten.mul.Tensor, aten.mul.Scalar):
+            x, c = c, x
+        if not isinstance(c, (int, float)) or not isinstance(x, fx.Node):
+            return f"scores are scaled by a tensor ({node.name}), not a number"
+        scale = float(c) if node.target in (aten.mul.Tensor, aten.mul.Scalar) else 1.0 / float(c)
+        scale_node, node = node, x
+    if node.op == "call_function" and node.target in LAMPC_OPS:
+        return "already rewritten by lampc"
+    if not (node.op == "call_function" and node.target == aten.matmul.default):
+        what = node.target if node.op == "call_function" else node.op
+        return f"softmax input comes from {what}, not matmul [* scale] [+ mask]"
+    return node, scale_node, scale
+
+
+def _ndim(value) -> int | None:
+    val = value.meta.get("val") if isinstance(value, fx.Node) else None
+    return val.dim() if isinstance(val, torch.Tensor) else None
+
+
+def _dtype(node: fx.Node):
+    val = node.meta.get("val")
+    return val.dtype if isinstance(val, torch.Tensor) else None
+
+
+def find_attention(gm: fx.GraphModule) -> tuple[list[AttentionMatch], list[Skip]]:
+    """Every softmax of the graph: matched attention sites, and skips with reasons."""
+    matches, skips = [], []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in SOFTMAX_OPS:
+            found = match_attention(node)
+            if isinstance(found, str):
+                skips.append(Skip("attention", module_path(node), node.name, found))
+            else:
+                matches.append(found)
+    return matches, skips
+
+
+def rewrite_attention(gm: fx.GraphModule, policy: SitePolicy, first_index: int = 0) -> PassResult:
+    """Run QKᵀ in low precision at every softmax site, guarded by the look-ahead (see module docstring)."""
+    matches, skips = find_attention(gm)
+    spec = policy.to_spec()
+    sites = []
+    for offset, match in enumerate(matches):
+        index = first_index + offset
+        sites.append(_rewrite_one(gm, match, policy, spec, index))
+    if sites:
+        gm.graph.lint()
+        gm.recompile()
+    return PassResult(gm, bool(sites), sites, skips)
+
+
+def _rewrite_one(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, spec: str, index: int) -> Site:
+    graph, matmul, scores = gm.graph, match.matmul, match.scores
+    q, k_t = matmul.args[:2]
+    is_causal = False
+    consumer = next(iter(scores.users))  # the mask add or the softmax: after q, k_t and the mask
+    tap_name = f"lampc_tap_{index}"
+    gm.add_submodule(tap_name, SelectionTap(index, is_causal))
+    with graph.inserting_before(consumer):
+        s_hat = insert_call(graph, torch.ops.lampc.lowp_scores.default, (q, k_t, match.scale, spec), like=matmul)
+        args = (s_hat, q, k_t, match.scale, match.mask, is_causal, spec, index)
+        selected = insert_call(graph, torch.ops.lampc.lamp_select.default, args, like=matmul)
+        args = (s_hat, selected, q, k_t, match.scale, spec)
+        recomputed = insert_call(graph, torch.ops.lampc.recompute_scores.default, args, like=matmul)
+        tap = graph.call_module(tap_name, (selected, match.mask))
+        tap.meta["nn_module_stack"] = matmul.meta.get("nn_module_stack", {})
+    module = module_path(matmul)
+    scores.replace_all_uses_with(recomputed)
+    for dead in (match.scale_node, matmul):
+        if dead is not None and not dead.users:
+            graph.erase_node(dead)
+    for node in (s_hat, selected, recomputed, tap):
+        node.meta["lampc_site"] = index
+    rule = f"format {policy.format.name} (block_k {policy.block_k}, {policy.backend})  rule {policy.rule_text}"
+    nodes = (s_hat.name, selected.name, recomputed.name, tap.name)
+    return Site(index, "attention", module, "matmul", "softmax", rule, nodes)

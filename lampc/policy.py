@@ -1,0 +1,281 @@
+"""Policy: the user's choices for a LAMP compilation, validated on construction.
+
+A `SitePolicy` fixes the numbers at one kind of site (format, accumulation, backend) and the look-ahead
+rule (criterion, tau, ...). A `Policy` holds one `SitePolicy` per site kind (attention, layer_norm, logits,
+gelu) plus which producers are lowered at all. Names follow the paper: `tau`, `m_bits`, `block_k`.
+
+Every field is checked in `__post_init__`; a bad value raises `ValueError` naming the field, the value and what
+was expected. A `SitePolicy` round-trips through a short text spec (`to_spec` / `from_spec`), which is how it
+travels inside the custom ops of a rewritten graph:
+
+    >>> SitePolicy(format="m4", criterion="strict", tau=0.1).to_spec()
+    'format=m4 block_k=1 backend=emulate criterion=strict tau=0.1 length_scaling=0 l_ref=1024 ...'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .formats import Format, parse as parse_format
+
+CRITERIA = ("uniform", "target", "strict", "relaxed", "random", "oracle", "budget")
+"""Selection criteria. Deployable: target, strict, relaxed, budget. Evaluation only: uniform, random, oracle."""
+
+COUNT_SOURCES = ("target", "strict", "relaxed")
+"""Criteria whose per-row counts `random` and `oracle` reproduce."""
+
+BACKENDS = ("emulate", "native")
+
+DEFAULT_TAU = {"target": 1.1, "strict": 0.1, "relaxed": 0.03, "random": 0.1, "oracle": 0.1}
+"""Default tau per criterion (for random/oracle: the tau of the criterion they take their counts from)."""
+
+SITE_KINDS = ("attention", "layer_norm", "logits", "gelu")
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """How one kind of site runs: low-precision format, accumulation, backend and look-ahead rule.
+
+    format:         a `lampc.formats.Format` or its name ("m4", "bf16", ...); the producer's accumulator format.
+    block_k:        1 = strict accumulation (round after every multiply-add); b > 1 = FP32 partial sums of b terms.
+    backend:        "emulate" (bit-exact rounding model) or "native" (the real torch dtype, bf16/fp16 only).
+    criterion:      one of CRITERIA.
+    tau:            the criterion's threshold; None takes DEFAULT_TAU. Ranges: target [1, 2], strict > 0,
+                    relaxed (0, 1]. For random/oracle it is the tau of `count_from`.
+    length_scaling: scale tau per row by sqrt(l_ref / L_t) (strict, relaxed; relaxed caps it at 1).
+    l_ref:          reference row length for length scaling.
+    budget:         for criterion "budget": an int k >= 0 (entries per row) or a float in (0, 1] (fraction).
+    count_from:     for random/oracle: the criterion whose per-row counts they reproduce.
+    seed:           seed of the random baseline.
+    dense_above:    recompute rate above which the FP32 recompute is done densely (one matmul) instead of
+                    gathering the selected dot products.
+    """
+
+    format: Format | str = "m4"
+    block_k: int = 1
+    backend: str = "emulate"
+    criterion: str = "strict"
+    tau: float | None = None
+    length_scaling: bool = False
+    l_ref: int = 1024
+    budget: int | float | None = None
+    count_from: str = "strict"
+    seed: int = 0
+    dense_above: float = 0.25
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", _field_format(self.format))
+        _check_int("block_k", self.block_k, minimum=1)
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("criterion", self.criterion, CRITERIA)
+        _check_choice("count_from", self.count_from, COUNT_SOURCES)
+        if self.backend == "native" and self.format.torch_dtype is None:
+            raise ValueError(
+                f"SitePolicy.backend='native' needs a format torch has as a dtype (bf16, fp16, fp32), "
+                f"got format {self.format.name!r}; use backend='emulate'"
+            )
+        if self.backend == "native" and self.block_k != 1:
+            raise ValueError("SitePolicy.block_k applies to backend='emulate' only; native accumulates in FP32")
+        if self.tau is None:
+            object.__setattr__(self, "tau", DEFAULT_TAU.get(self.criterion, 0.0))
+        object.__setattr__(self, "tau", _check_tau(self.criterion, self.count_from, self.tau))
+        if not isinstance(self.length_scaling, bool):
+            raise ValueError(f"SitePolicy.length_scaling must be a bool, got {self.length_scaling!r}")
+        _check_int("l_ref", self.l_ref, minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        _check_budget(self.criterion, self.budget)
+        if not (isinstance(self.dense_above, (int, float)) and 0.0 <= self.dense_above <= 1.0):
+            raise ValueError(f"SitePolicy.dense_above must be a rate in [0, 1], got {self.dense_above!r}")
+
+    @property
+    def m_bits(self) -> int:
+        return self.format.m_bits
+
+    @property
+    def rule_text(self) -> str:
+        """The look-ahead rule in a few words, e.g. 'strict tau=0.1' or 'budget k=8'."""
+        if self.criterion == "uniform":
+            return "uniform (no recompute)"
+        if self.criterion == "budget":
+            return f"budget {'k' if isinstance(self.budget, int) else 'fraction'}={self.budget}"
+        text = f"{self.criterion} tau={self.tau:g}"
+        if self.criterion in ("random", "oracle"):
+            text += f" (counts of {self.count_from})"
+        if self.length_scaling:
+            text += f" length_scaling l_ref={self.l_ref}"
+        return text
+
+    def to_spec(self) -> str:
+        """Serialise to the text spec carried by the custom ops."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Format):
+                value = value.name
+            elif isinstance(value, bool):
+                value = int(value)
+            elif value is None:
+                value = "none"
+            parts.append(f"{f.name}={value!r}" if isinstance(value, float) else f"{f.name}={value}")
+        return " ".join(parts)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "SitePolicy":
+        """Inverse of `to_spec`."""
+        return _from_spec_cached(spec)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One `SitePolicy` per site kind; a kind set to None is not rewritten.
+
+    lower:  "sites" lowers only the producers of the enabled site kinds (the paper's setting: attention's QK^T);
+            "all" lowers every matmul of the model to its site kind's format (the deployment case).
+    """
+
+    attention: SitePolicy | None = field(default_factory=SitePolicy)
+    layer_norm: SitePolicy | None = None
+    logits: SitePolicy | None = None
+    gelu: SitePolicy | None = None
+    lower: str = "sites"
+
+    def __post_init__(self) -> None:
+        for kind in SITE_KINDS:
+            value = getattr(self, kind)
+            if value is not None and not isinstance(value, SitePolicy):
+                raise ValueError(f"Policy.{kind} must be a SitePolicy or None, got {type(value).__name__}")
+        _check_choice("lower", self.lower, ("sites", "all"), owner="Policy")
+
+    def for_kind(self, kind: str) -> SitePolicy | None:
+        return getattr(self, kind)
+
+    @classmethod
+    def from_overrides(cls, policy: "Policy | SitePolicy | None" = None, **overrides) -> "Policy":
+        """Build a Policy from an optional base and keyword overrides.
+
+        SitePolicy field names (format, tau, criterion, ...) apply to every enabled site kind; Policy field
+        names (attention, layer_norm, ..., lower) replace that field.
+        """
+        if isinstance(policy, SitePolicy):
+            policy = cls(attention=policy)
+        policy = policy or cls()
+        if not isinstance(policy, Policy):
+            raise ValueError(f"policy must be a lampc.Policy, a lampc.SitePolicy or None, got {type(policy).__name__}")
+        site_names = {f.name for f in dataclasses.fields(SitePolicy)}
+        policy_names = {f.name for f in dataclasses.fields(Policy)}
+        unknown = set(overrides) - site_names - policy_names
+        if unknown:
+            raise ValueError(
+                f"unknown policy field(s) {sorted(unknown)}; SitePolicy fields: {sorted(site_names)}, "
+                f"Policy fields: {sorted(policy_names)}"
+            )
+        site_overrides = {k: v for k, v in overrides.items() if k in site_names}
+        top = {k: v for k, v in overrides.items() if k in policy_names}
+        policy = dataclasses.replace(policy, **top)
+        if site_overrides:
+            changed = {}
+            for kind in SITE_KINDS:
+                current = getattr(policy, kind)
+                if current is not None:
+                    changed[kind] = _replace_site(current, site_overrides)
+            policy = dataclasses.replace(policy, **changed)
+        return policy
+
+    def to_dict(self) -> dict:
+        out = {"lower": self.lower}
+        for kind in SITE_KINDS:
+            site = getattr(self, kind)
+            out[kind] = None if site is None else _site_dict(site)
+        return out
+
+
+def _replace_site(site: SitePolicy, overrides: dict) -> SitePolicy:
+    """Apply overrides; a new criterion without a tau takes that criterion's default tau."""
+    overrides = dict(overrides)
+    if "criterion" in overrides and "tau" not in overrides:
+        overrides["tau"] = None
+    return dataclasses.replace(site, **overrides)
+
+
+def _site_dict(site: SitePolicy) -> dict:
+    out = dataclasses.asdict(site)
+    out["format"] = site.format.name
+    out["m_bits"] = site.m_bits
+    return out
+
+
+def _field_format(value) -> Format:
+    try:
+        return parse_format(value)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"SitePolicy.format: {err}") from None
+
+
+def _check_choice(name: str, value, choices, owner: str = "SitePolicy") -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"SitePolicy.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_tau(criterion: str, count_from: str, tau) -> float:
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
+        raise ValueError(f"SitePolicy.tau must be a finite number, got {tau!r}")
+    tau = float(tau)
+    rule = count_from if criterion in ("random", "oracle") else criterion
+    if rule == "target" and not 1.0 <= tau <= 2.0:
+        raise ValueError(f"SitePolicy.tau for criterion 'target' must be in [1, 2] (2 = no recompute), got {tau}")
+    if rule == "strict" and not tau > 0.0:
+        raise ValueError(f"SitePolicy.tau for criterion 'strict' must be > 0, got {tau}")
+    if rule == "relaxed" and not 0.0 < tau <= 1.0:
+        raise ValueError(f"SitePolicy.tau for criterion 'relaxed' must be in (0, 1], got {tau}")
+    return tau
+
+
+def _check_budget(criterion: str, budget) -> None:
+    if criterion != "budget":
+        if budget is not None:
+            raise ValueError(f"SitePolicy.budget applies to criterion='budget' only (criterion is {criterion!r})")
+        return
+    if isinstance(budget, bool) or budget is None:
+        raise ValueError("SitePolicy.budget is required for criterion='budget': an int k >= 0 or a fraction in (0, 1]")
+    if isinstance(budget, int):
+        if budget < 0:
+            raise ValueError(f"SitePolicy.budget as a count must be >= 0, got {budget}")
+    elif isinstance(budget, float):
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(f"SitePolicy.budget as a fraction must be in (0, 1], got {budget}")
+    else:
+        raise ValueError(f"SitePolicy.budget must be an int or a float, got {type(budget).__name__}")
+
+
+_SPEC_TYPES = {"block_k": int, "l_ref": int, "seed": int, "tau": float, "dense_above": float}
+
+
+def _parse_spec_value(name: str, text: str):
+    if name == "length_scaling":
+        return bool(int(text))
+    if name == "budget":
+        if text == "none":
+            return None
+        return float(text) if any(c in text for c in ".e") else int(text)
+    if name in _SPEC_TYPES:
+        return _SPEC_TYPES[name](text)
+    return text
+
+
+_SPEC_CACHE: dict[str, SitePolicy] = {}
+
+
+def _from_spec_cached(spec: str) -> SitePolicy:
+    site = _SPEC_CACHE.get(spec)
+    if site is None:
+        fields = dict(item.split("=", 1) for item in spec.split())
+        site = SitePolicy(**{k: _parse_spec_value(k, v) for k, v in fields.items()})
+        _SPEC_CACHE[spec] = site
+    return site

@@ -1,0 +1,1 @@
+"""The compiled model and its statistics."""

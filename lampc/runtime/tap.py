@@ -1,0 +1,51 @@
+"""SelectionTap: the graph's window onto each site's selection, for recompute-rate statistics.
+
+A rewritten graph calls `lampc_tap_<site>(selected, mask)` after each look-ahead. The tap adds the number of
+selected and of visible entries per head to running totals (visible entries only: the recompute rate of causal
+attention is over the causally visible scores). It returns nothing and changes no value; it is skipped while the
+graph is being traced (export, torch.compile) and can be switched off for timing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..lookahead.softmax import visible_from_mask
+
+
+class SelectionTap(nn.Module):
+    def __init__(self, site: int, is_causal: bool = False):
+        super().__init__()
+        self.site = site
+        self.is_causal = is_causal
+        self.enabled = True
+        self.keep_last = False
+        self.last_selection: Tensor | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.selected = None  # int64 per head, accumulated over calls
+        self.visible = None
+        self.calls = 0
+
+    def forward(self, selected: Tensor, mask: Tensor | None) -> None:
+        if not self.enabled or torch.compiler.is_compiling() or _is_fake(selected):
+            return None
+        visible = visible_from_mask(mask, selected.shape, self.is_causal, selected.device)
+        dims = [d for d in range(selected.dim()) if d != 1] if selected.dim() >= 3 else list(range(selected.dim()))
+        per_head_selected = (selected & visible).sum(dim=dims).cpu()
+        per_head_visible = visible.sum(dim=dims).cpu()
+        if self.selected is None or self.selected.shape != per_head_selected.shape:
+            self.selected = torch.zeros_like(per_head_selected)
+            self.visible = torch.zeros_like(per_head_visible)
+        self.selected += per_head_selected
+        self.visible += per_head_visible
+        self.calls += 1
+        if self.keep_last:
+            self.last_selection = selected.detach().clone()
+        return None
+
+
+def _is_fake(t: Tensor) -> bool:
+    return type(t).__name__ in ("FakeTensor", "FunctionalTensor") or t.device.type == "meta"
