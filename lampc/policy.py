@@ -28,6 +28,9 @@ COUNT_SOURCES = ("target", "strict", "relaxed")
 
 BACKENDS = ("emulate", "native")
 
+NATIVE_FORMATS = ("bf16", "fp16", "fp32")
+"""Formats the native backend runs as real torch dtypes (matmul with FP32 accumulation inside)."""
+
 DEFAULT_TAU = {"target": 1.1, "strict": 0.1, "relaxed": 0.03, "random": 0.1, "oracle": 0.1}
 """Default tau per criterion (for random/oracle: the tau of the criterion they take their counts from)."""
 
@@ -71,7 +74,7 @@ class SitePolicy:
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("criterion", self.criterion, CRITERIA)
         _check_choice("count_from", self.count_from, COUNT_SOURCES)
-        if self.backend == "native" and self.format.torch_dtype is None:
+        if self.backend == "native" and self.format.name not in NATIVE_FORMATS:
             raise ValueError(
                 f"SitePolicy.backend='native' needs a format torch has as a dtype (bf16, fp16, fp32), "
                 f"got format {self.format.name!r}; use backend='emulate'"

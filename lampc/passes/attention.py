@@ -154,11 +154,13 @@ def _rewrite_one(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, 
     tap_name = f"lampc_tap_{index}"
     gm.add_submodule(tap_name, SelectionTap(index, is_causal))
     with graph.inserting_before(consumer):
-        s_hat = insert_call(graph, torch.ops.lampc.lowp_scores.default, (q, k_t, match.scale, spec), like=matmul)
+        s_hat = insert_call(graph, torch.ops.lampc.lowp_scores.default, (q, k_t, match.scale, spec), like=matmul,
+                            name=f"scores_lp_{index}")
         args = (s_hat, q, k_t, match.scale, match.mask, is_causal, spec, index)
-        selected = insert_call(graph, torch.ops.lampc.lamp_select.default, args, like=matmul)
+        selected = insert_call(graph, torch.ops.lampc.lamp_select.default, args, like=matmul, name=f"selection_{index}")
         args = (s_hat, selected, q, k_t, match.scale, spec)
-        recomputed = insert_call(graph, torch.ops.lampc.recompute_scores.default, args, like=matmul)
+        recomputed = insert_call(graph, torch.ops.lampc.recompute_scores.default, args, like=matmul,
+                                 name=f"scores_{index}")
         tap = graph.call_module(tap_name, (selected, match.mask))
         tap.meta["nn_module_stack"] = matmul.meta.get("nn_module_stack", {})
     module = module_path(matmul)

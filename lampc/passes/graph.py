@@ -96,11 +96,12 @@ def to_dot(graph: nx.DiGraph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def insert_call(graph: fx.Graph, target, args: tuple, kwargs: dict | None = None, *, like: fx.Node) -> fx.Node:
+def insert_call(graph: fx.Graph, target, args: tuple, kwargs: dict | None = None, *, like: fx.Node,
+                name: str | None = None) -> fx.Node:
     """Insert `target(*args, **kwargs)` at the graph's insertion point, with the provenance of `like`
     and a fake value (meta["val"]) computed from the arguments' fake values."""
     kwargs = kwargs or {}
-    node = graph.call_function(target, args, kwargs)
+    node = graph.create_node("call_function", target, tuple(args), kwargs, name=name)
     for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
         if key in like.meta:
             node.meta[key] = like.meta[key]
