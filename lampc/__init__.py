@@ -9,9 +9,10 @@
 
 __version__ = "0.1.0"
 
-from . import formats  # noqa: E402
+from . import formats, inspect  # noqa: E402
 from .api import compile  # noqa: E402
 from .capture import CaptureError  # noqa: E402
+from .inspect import show  # noqa: E402
 from .policy import Policy, SitePolicy  # noqa: E402
 
-__all__ = ["CaptureError", "Policy", "SitePolicy", "compile", "formats", "__version__"]
+__all__ = ["CaptureError", "Policy", "SitePolicy", "compile", "formats", "inspect", "show", "__version__"]

@@ -95,13 +95,14 @@ def budget_counts(visible: Tensor, budget) -> Tensor:
     return torch.ceil(budget * lengths.to(torch.float32)).to(lengths.dtype)
 
 
-def select_rule(rule: str, s_hat: Tensor, a: Tensor, visible: Tensor, site: SitePolicy) -> Tensor:
-    """One of the count-giving rules: target, strict, relaxed."""
+def select_rule(rule: str, s_hat: Tensor, a: Tensor, usable: Tensor, visible: Tensor, site: SitePolicy) -> Tensor:
+    """One of the count-giving rules (target, strict, relaxed) over the usable (visible, finite) entries;
+    length scaling counts every visible key of the row."""
     if rule == "target":
-        return select_top(a, visible, target_counts(a, visible, site.tau))
+        return select_top(a, usable, target_counts(a, usable, site.tau))
     if rule == "strict":
-        return select_strict(s_hat, a, visible, row_tau(site, rule, visible))
-    return select_relaxed(s_hat, visible, row_tau(site, rule, visible))
+        return select_strict(s_hat, a, usable, row_tau(site, rule, visible))
+    return select_relaxed(s_hat, usable, row_tau(site, rule, visible))
 
 
 def select(
@@ -117,25 +118,26 @@ def select(
     s_fp32 (the true FP32 scores) is needed by "oracle" only; generator by "random" only.
     """
     visible = visible.expand(s_hat.shape)
+    usable = visible & torch.isfinite(s_hat)  # the rules look at finite scores; the rest is always recomputed
     criterion = site.criterion
-    a = masked_softmax(s_hat, visible) if criterion != "uniform" else None
+    a = masked_softmax(s_hat, usable) if criterion != "uniform" else None
     if criterion == "uniform":
         selected = torch.zeros_like(visible)
     elif criterion in ("target", "strict", "relaxed"):
-        selected = select_rule(criterion, s_hat, a, visible, site)
+        selected = select_rule(criterion, s_hat, a, usable, visible, site)
     elif criterion == "budget":
-        selected = select_top(strict_sensitivity(s_hat, a), visible, budget_counts(visible, site.budget))
+        selected = select_top(strict_sensitivity(s_hat, a), usable, budget_counts(visible, site.budget))
     else:
-        count = select_rule(site.count_from, s_hat, a, visible, site).sum(dim=-1, keepdim=True)
+        count = select_rule(site.count_from, s_hat, a, usable, visible, site).sum(dim=-1, keepdim=True)
         if criterion == "random":
             draws = torch.rand(s_hat.shape, generator=generator, device="cpu").to(s_hat.device)
-            selected = select_top(draws, visible, count)
+            selected = select_top(draws, usable, count)
         else:
             if s_fp32 is None:
                 raise ValueError("criterion 'oracle' needs the FP32 scores (s_fp32)")
-            p = masked_softmax(s_fp32, visible)
+            p = masked_softmax(s_fp32, usable)
             contribution = 2.0 * p * (1.0 - p) * (s_fp32 - s_hat).abs()
-            selected = select_top(contribution.nan_to_num(nan=0.0), visible, count)
+            selected = select_top(contribution.nan_to_num(nan=0.0), usable, count)
     return selected | (visible & ~torch.isfinite(s_hat))
 
 

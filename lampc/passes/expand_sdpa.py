@@ -4,7 +4,7 @@
     o = sdpa(q, k, v, mask, scale=c)                k_t = transpose(k, -2, -1)
                                                     s = matmul(q, k_t) * c
                                                     s = s + where(mask, 0, finfo.min)   # bool mask; float: + mask
-                                                    p = softmax(s, -1)
+                                                    p = softmax(s, -1) * any(mask, -1)  # 0 in empty rows
                                                     o = matmul(p, v)
 
 GQA (`enable_gqa=True`) repeats K and V heads as repeat_kv does; `is_causal=True` builds the causal mask from
@@ -67,10 +67,13 @@ def _expand(graph: fx.Graph, node: fx.Node) -> str | None:
         k_t = insert_call(graph, aten.transpose.int, (k, -2, -1), like=node)
         scores = insert_call(graph, aten.matmul.default, (q, k_t), like=node)
         scores = insert_call(graph, aten.mul.Tensor, (scores, float(scale)), like=node)
-        additive = _additive_mask(graph, node, mask, scores, a["is_causal"])
+        additive, allowed = _additive_mask(graph, node, mask, scores, a["is_causal"])
         if additive is not None:
             scores = insert_call(graph, aten.add.Tensor, (scores, additive), like=node)
         probs = insert_call(graph, aten.softmax.int, (scores, -1), like=node)
+        if allowed is not None:  # SDPA gives 0 (not a uniform row) where a boolean mask allows no key
+            any_key = insert_call(graph, aten.any.dim, (allowed, -1, True), like=node)
+            probs = insert_call(graph, aten.mul.Tensor, (probs, any_key), like=node)
         out = insert_call(graph, aten.matmul.default, (probs, v), like=node)
     node.replace_all_uses_with(out)
     graph.erase_node(node)
@@ -78,7 +81,7 @@ def _expand(graph: fx.Graph, node: fx.Node) -> str | None:
 
 
 def _additive_mask(graph, node, mask, scores, is_causal):
-    """0 where attention is allowed, finfo(float32).min where not (None when nothing is masked)."""
+    """(additive mask, boolean allowed-mask or None): 0 where attention is allowed, finfo(float32).min where not."""
     allowed = None
     if is_causal:
         ones = insert_call(graph, aten.ones_like.default, (scores,), {"dtype": torch.bool}, like=node)
@@ -87,10 +90,10 @@ def _additive_mask(graph, node, mask, scores, is_causal):
         allowed = mask if allowed is None else insert_call(graph, aten.logical_and.default, (allowed, mask), like=node)
     elif mask is not None:
         if allowed is None:
-            return mask
+            return mask, None
         masked = _bool_to_additive(graph, node, allowed)
-        return insert_call(graph, aten.add.Tensor, (masked, mask), like=node)
-    return None if allowed is None else _bool_to_additive(graph, node, allowed)
+        return insert_call(graph, aten.add.Tensor, (masked, mask), like=node), allowed
+    return (None, None) if allowed is None else (_bool_to_additive(graph, node, allowed), allowed)
 
 
 def _bool_to_additive(graph, node, allowed):
