@@ -130,10 +130,11 @@ def matmul_oracle(a: np.ndarray, b: np.ndarray, spec: Spec, block_k: int = 1) ->
     return out.reshape(batch + out.shape[-2:])
 
 
-def gamma(n: int, u: float) -> float:
-    """Higham's gamma_n = n u / (1 - n u): the bound on n chained relative roundings of size u."""
-    assert n * u < 1, "bound only valid for n*u < 1"
-    return n * u / (1 - n * u)
+def accumulation_bound(n_low: int, u_low: float, n_fp32: int) -> float:
+    """(1 + u_low)^n_low (1 + u32)^n_fp32 - 1: the relative bound, against sum |a_k b_k|, of a dot
+    product in which every term passes through at most n_low roundings of unit roundoff u_low and
+    n_fp32 FP32 roundings (Higham, Accuracy and Stability of Numerical Algorithms, ch. 3)."""
+    return (1 + u_low) ** n_low * (1 + 2.0**-24) ** n_fp32 - 1
 
 
 def same_bits(x: np.ndarray, y: np.ndarray) -> bool:
