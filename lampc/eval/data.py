@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 DEBIAN_PACKAGE = "r-cran-janeaustenr"
-_PACKAGE_DATA = Path("usr/lib/R/site-library/janeaustenr/data")  # inside the .deb (and / when it is installed)
+_PACKAGE_DATA = Path("usr/lib/R/site-library/janeaustenr/data")  # inside the .deb
+INSTALLED_DATA = Path("/") / _PACKAGE_DATA  # where `apt-get install r-cran-janeaustenr` puts it
 
 # R object name in the package -> title used by lampc (and by janeaustenr's own `austen_books()`).
 NOVELS: dict[str, str] = {
@@ -138,9 +139,8 @@ def make_sequences(
 
 def _novels_from_debian() -> dict[str, str]:
     """{R object name: text}, from the installed package if present, else from a downloaded .deb."""
-    installed = Path("/") / _PACKAGE_DATA
-    if (installed / "Rdata.rdx").is_file():
-        return _read_lazyload(installed)
+    if (INSTALLED_DATA / "Rdata.rdx").is_file():
+        return _read_lazyload(INSTALLED_DATA)
     with tempfile.TemporaryDirectory(prefix="lampc-austen-") as tmp:
         deb = _download_deb(Path(tmp))
         out = Path(tmp) / "extracted"

@@ -1,7 +1,11 @@
-"""Load a causal LM and its tokenizer for lampc: the embedded GPT-2 by name, or any local Hugging Face directory.
+"""Load a causal LM and its tokenizer for lampc: a registered name (the embedded GPT-2) or a local directory.
 
-Nothing is downloaded: a name maps to a directory that is already on disk (the embedded model ships inside the
-package). Other modules may add names to `MODELS` (e.g. a model that a pip package ships).
+Nothing is downloaded. A name maps to a loader function in `MODELS`; other modules register theirs there, e.g.
+
+    from lampc.models.load import MODELS
+    MODELS["smollm2-135m"] = load_smollm2     # any fn(*, attn_implementation) -> (model, tokenizer)
+
+A path is loaded with `from_pretrained` from that directory (config.json + weights + tokenizer files).
 """
 
 from __future__ import annotations
@@ -12,48 +16,56 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
-# name -> function returning the model's local directory. Register more with `MODELS["name"] = fn`.
-MODELS: dict[str, Callable[[], Path]] = {"embedded": lambda: EMBEDDED_DIR}
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"  # shipped inside the package
 
 
 class ModelNotFoundError(LookupError):
-    """The name is not registered and is not a directory holding a model."""
+    """Neither a registered name nor a directory holding a model; the message lists the known names."""
 
 
-def model_dir(name_or_path: str | Path) -> Path:
-    """The local directory for a registered name or a path; raises ModelNotFoundError with the known names."""
-    if isinstance(name_or_path, str) and name_or_path in MODELS:
-        path = Path(MODELS[name_or_path]())
-        where = f"model {name_or_path!r} ({path})"
-    else:
-        path = Path(name_or_path).expanduser()
-        if not path.exists():
-            raise ModelNotFoundError(
-                f"unknown model {str(name_or_path)!r}: not a registered name ({', '.join(sorted(MODELS))}) "
-                "and no such directory"
-            )
-        where = f"{path}"
-    if not path.is_dir():
-        raise ModelNotFoundError(f"{where}: not a directory")
-    if not (path / "config.json").is_file():
-        raise ModelNotFoundError(f"{where}: no config.json, so no Hugging Face model to load there")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise ModelNotFoundError(f"{where}: config.json but no weights (*.safetensors or *.bin)")
-    return path
-
-
-def load_model(
-    name_or_path: str | Path = "embedded", *, attn_implementation: str = "eager"
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) from a registered name or a local directory, offline: eval mode, FP32.
-
-    Eager attention by default, so the scores go through explicit matmul/softmax ops that lampc can capture.
-    """
-    path = model_dir(name_or_path)
+def load_dir(path: str | Path, *, attn_implementation: str = "eager") -> Loaded:
+    """(model, tokenizer) from a local Hugging Face directory, offline: eval mode, FP32."""
+    path = check_model_dir(Path(path).expanduser())
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, attn_implementation=attn_implementation, local_files_only=True
     )
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model.eval(), tokenizer
+
+
+def load_embedded(*, attn_implementation: str = "eager") -> Loaded:
+    """lampc's own small GPT-2, trained on five Jane Austen novels (see embedded/MODEL_CARD.md)."""
+    return load_dir(EMBEDDED_DIR, attn_implementation=attn_implementation)
+
+
+# name -> loader(*, attn_implementation) -> (model, tokenizer)
+MODELS: dict[str, Callable[..., Loaded]] = {"embedded": load_embedded}
+
+
+def load_model(name_or_path: str | Path = "embedded", *, attn_implementation: str = "eager") -> Loaded:
+    """(model, tokenizer) for a registered name (see `MODELS`) or a local model directory; eval mode, FP32.
+
+    Eager attention by default, so attention scores go through explicit matmul -> softmax ops lampc can capture.
+    """
+    if isinstance(name_or_path, str) and name_or_path in MODELS:
+        return MODELS[name_or_path](attn_implementation=attn_implementation)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"unknown model {str(name_or_path)!r}: not a known name ({', '.join(sorted(MODELS))}) "
+            "and no such directory"
+        )
+    return load_dir(path, attn_implementation=attn_implementation)
+
+
+def check_model_dir(path: Path) -> Path:
+    """`path` if it looks like a Hugging Face model directory, else ModelNotFoundError saying what is missing."""
+    if not path.is_dir():
+        raise ModelNotFoundError(f"{path}: not a directory, so no model to load there")
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path}: no config.json, so no Hugging Face model to load there")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelNotFoundError(f"{path}: config.json but no weights (*.safetensors or *.bin)")
+    return path
