@@ -13,6 +13,10 @@ product and the sum are separate float32 ops).
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
+
 import torch
 
 from lampc.formats import Format, parse
@@ -24,28 +28,52 @@ from lampc.numerics.rounding import (
 )
 
 # Elements of the accumulator tile processed per elementwise op: large enough to amortise the
-# per-op overhead, small enough that the tile and its scratch stay in L2.
-TILE_ELEMENTS = 64 * 1024
+# per-op overhead, small enough that the tile and its scratch (2 x 1 MiB) stay in L2.
+TILE_ELEMENTS = 256 * 1024
+
+# Strict steps fused into one torch.compile'd kernel (impl="compiled").
+COMPILED_CHUNK = 16
+
+IMPLS = ("eager", "compiled")
+DEFAULT_IMPL = os.environ.get("LAMPC_LP_MATMUL_IMPL", "eager")
 
 
-def lp_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format | str, block_k: int = 1) -> torch.Tensor:
+def lp_matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    fmt: Format | str,
+    block_k: int = 1,
+    *,
+    impl: str | None = None,
+) -> torch.Tensor:
     """`a @ b` (torch.matmul broadcasting) with the accumulator rounded to `fmt` (LAMP.md §2).
 
     a: (..., M, K) float32, b: (..., K, N) float32 -> (..., M, N) float32. Inputs are not rounded.
     block_k = 1 is strict accumulation; block_k > 1 rounds after every FP32 block of block_k terms.
     An identity format (fp32, m23) runs plain torch.matmul.
+
+    impl: "eager" (tiled torch ops) or "compiled" (strict mode with an FP32-range format only:
+    COMPILED_CHUNK steps fused by torch.compile, one compile per shape, cached by inductor; falls
+    back to eager with a warning if compiling fails). Default: $LAMPC_LP_MATMUL_IMPL or "eager".
+    Both give bit-identical results.
     """
     fmt = _parse_fmt(fmt)
     _check_operand("a", a)
     _check_operand("b", b)
     _check_block_k(block_k)
+    impl = DEFAULT_IMPL if impl is None else impl
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if fmt.is_identity:
         return torch.matmul(a, b)
     a3, b3, out_shape = _as_batched(a, b)  # (B, M, K), (B, K, N)
-    if block_k == 1:
-        out = _strict(_canonical_nans(a3), _canonical_nans(b3), fmt)
-    else:
+    a3, b3 = _canonical_nans(a3), _canonical_nans(b3)
+    if block_k > 1:
         out = _blocked(a3, b3, fmt, block_k)
+    elif impl == "compiled" and _has_fp32_exponent_range(fmt):
+        out = _strict_compiled(a3, b3, fmt)
+    else:
+        out = _strict(a3, b3, fmt)
     return out.reshape(out_shape)
 
 
@@ -86,6 +114,43 @@ def _strict(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
     return out
 
 
+def _strict_compiled(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Strict accumulation with COMPILED_CHUNK steps per fused kernel; the remainder runs eagerly."""
+    batch, rows, inner = a.shape
+    acc = torch.zeros(batch, rows, b.shape[-1], dtype=torch.float32, device=a.device)  # (B, M, N)
+    chunked = inner - inner % COMPILED_CHUNK
+    try:
+        kernel = _compiled_strict_chunk(dropped_mantissa_bits(fmt))
+        for k0 in range(0, chunked, COMPILED_CHUNK):
+            acc = kernel(acc, a[..., k0 : k0 + COMPILED_CHUNK], b[:, k0 : k0 + COMPILED_CHUNK])
+    except Exception as err:  # noqa: BLE001 (any compiler failure: fall back, results are identical)
+        warnings.warn(f"lp_matmul: torch.compile failed ({err!r}); using the eager path", stacklevel=3)
+        return _strict(a, b, fmt)
+    for k in range(chunked, inner):
+        acc.add_(a[..., k : k + 1] * b[:, k : k + 1])
+        _round_accumulator_(acc, fmt)
+    return acc
+
+
+@functools.cache
+def _compiled_strict_chunk(dropped: int):
+    """A compiled function doing COMPILED_CHUNK strict steps: (acc, a chunk, b chunk) -> acc."""
+    half_minus_one = (1 << (dropped - 1)) - 1
+    keep_mask = -(1 << dropped)
+
+    def strict_chunk(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # acc (B, M, N), a (B, M, C), b (B, C, N); separate mul and add: inductor does not contract
+        # them into an FMA (cpp.enable_floating_point_contract_flag is off), tests check bits.
+        for k in range(COMPILED_CHUNK):
+            acc = acc + a[..., k : k + 1] * b[:, k : k + 1]
+            bits = acc.view(torch.int32)
+            bits = (bits + (((bits >> dropped) & 1) + half_minus_one)) & keep_mask
+            acc = bits.view(torch.float32)
+        return acc
+
+    return torch.compile(strict_chunk, dynamic=False)
+
+
 def _round_accumulator_(acc: torch.Tensor, fmt: Format) -> None:
     """RN(acc) in place; NaNs reaching here have no payload (see `_canonical_nans`)."""
     if _has_fp32_exponent_range(fmt):
@@ -106,7 +171,9 @@ def _canonical_nans(x: torch.Tensor) -> torch.Tensor:
 
 
 def _blocked(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int) -> torch.Tensor:
-    """FP32 block sums (torch.matmul on K-slices), each added to the rounded accumulator."""
+    """FP32 block sums (torch.matmul on K-slices), each added to the rounded accumulator.
+
+    NaNs from the BLAS carry no payload bits because the inputs' NaNs were canonicalised."""
     batch, rows, inner = a.shape
     cols = b.shape[-1]
     out = torch.empty(batch, rows, cols, dtype=torch.float32, device=a.device)
@@ -118,7 +185,7 @@ def _blocked(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int) -> tor
             k1 = min(k0 + block_k, inner)
             torch.matmul(a[batches, row_slice, k0:k1], b[batches, k0:k1], out=block_sum)
             acc.add_(block_sum)
-            round_to_(acc, fmt)
+            _round_accumulator_(acc, fmt)
     return out
 
 
