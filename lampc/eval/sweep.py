@@ -1,0 +1,444 @@
+"""The accuracy protocol (LAMP.md §5): a grid of formats x criteria x tau against the FP32 reference.
+
+    rows = run_sweep(model, tokenizer, formats=["m4", "m7"], criteria=["uniform", "strict", "random", "oracle"],
+                     seq_len=128, n_seq=4, out_dir="sweep-out")
+
+One sweep = one set of token windows. The FP32 reference logits of every batch are computed once (TF32 off) and
+reused by every cell; each cell (format, criterion, tau) compiles the model once, runs all batches, and reads its
+recompute rate from `compiled.stats()` summed over all batches. `random` and `oracle` take their per-row counts
+from `count_from` (default `strict`) at the same tau, so they recompute exactly as many entries as that rule.
+
+Outputs in `out_dir`: results.csv (one row per cell), results.json (rows + metadata), kl_vs_rate.png (one panel
+per format), kl_vs_m.png (uniform KL against mantissa bits, when there are several formats).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..formats import parse as parse_format
+from ..policy import COUNT_SOURCES, CRITERIA, Policy, SitePolicy
+from .metrics import LogitComparison
+
+TAU_GRIDS: dict[str, tuple[float, ...]] = {
+    "strict": (50.0, 10.0, 2.0, 0.5),
+    "relaxed": (0.09, 0.03, 0.009, 0.003),
+    "target": (1.5, 1.2, 1.1, 1.05),
+}
+"""Default tau per rule: short versions of the paper's grids (LAMP.md §5), chosen to span recompute rates of about
+0.1% to 10% on the embedded model. random/oracle use the grid of the rule they take their counts from."""
+
+LAMP_CRITERIA = ("target", "strict", "relaxed")
+"""The deployable look-ahead rules (budget needs a count, not a tau, and is not swept)."""
+
+SWEEP_CRITERIA = ("uniform", "target", "strict", "relaxed", "random", "oracle")
+
+CSV_COLUMNS = (
+    "model", "seed", "n_seq", "seq_len", "dataset", "shuffle", "criterion", "format", "m_bits", "block_k", "tau",
+    "count_from", "kl", "flip_rate", "recompute_rate", "recompute_rate_pooled", "top1_match", "ppl_ref", "ppl_test",
+    "acc_ref", "acc_test", "nan_rate", "ref_nan_rate", "kl_max", "logit_absdiff_p50", "logit_absdiff_p90",
+    "logit_absdiff_p99", "logit_absdiff_max", "n_positions", "n_labels", "layer_rates", "rule", "seconds",
+)
+"""results.csv columns; the first ones are named as in the paper's logs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One point of the grid: a format and a look-ahead rule."""
+
+    format: str
+    criterion: str
+    tau: float | None = None  # None for uniform
+    count_from: str | None = None  # random/oracle only
+
+    def overrides(self, block_k: int) -> dict:
+        out = {"format": self.format, "criterion": self.criterion, "tau": self.tau, "block_k": block_k}
+        if self.count_from:
+            out["count_from"] = self.count_from
+        return out
+
+    @property
+    def label(self) -> str:
+        return f"{self.format} {self.criterion}" + ("" if self.tau is None else f" tau={self.tau:g}")
+
+
+def plan_cells(formats: Sequence[str], criteria: Sequence[str], taus=None, count_from: str = "strict") -> list[Cell]:
+    """The cells of a sweep, validated: every format parses, every tau is in its criterion's range.
+
+    taus: None (default grids, `TAU_GRIDS`), a sequence of floats used by every criterion that takes a tau, or a
+    dict {criterion: [tau, ...]} (random/oracle fall back to the grid of `count_from`).
+    Raises ValueError naming the bad value.
+    """
+    if not formats:
+        raise ValueError("formats: give at least one format (e.g. m4)")
+    if not criteria:
+        raise ValueError("criteria: give at least one criterion")
+    names = []
+    for f in formats:
+        try:
+            names.append(parse_format(f).name)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"format {f!r}: {err}") from None
+    for c in criteria:
+        if c not in SWEEP_CRITERIA:
+            raise ValueError(f"criterion {c!r} is not one of {', '.join(SWEEP_CRITERIA)}")
+    if count_from not in COUNT_SOURCES:
+        raise ValueError(f"count_from {count_from!r} is not one of {', '.join(COUNT_SOURCES)}")
+    cells = []
+    for f in names:
+        for c in criteria:
+            if c == "uniform":
+                cells.append(Cell(f, c))
+                continue
+            source = count_from if c in ("random", "oracle") else None
+            for tau in _taus_for(c, source, taus):
+                _check_tau(c, source, tau)
+                cells.append(Cell(f, c, float(tau), source))
+    return list(dict.fromkeys(cells))  # drop duplicates, keep order
+
+
+def _taus_for(criterion: str, source: str | None, taus) -> Sequence[float]:
+    rule = source or criterion
+    if taus is None:
+        return TAU_GRIDS[rule]
+    if isinstance(taus, dict):
+        return taus.get(criterion) or taus.get(rule) or TAU_GRIDS[rule]
+    return taus
+
+
+def _check_tau(criterion: str, source: str | None, tau) -> None:
+    try:
+        SitePolicy(criterion=criterion, tau=tau, count_from=source or "strict")
+    except ValueError as err:
+        rule = f"{criterion} (counts of {source})" if source else criterion
+        raise ValueError(f"tau {tau!r} for criterion {rule}: {str(err).removeprefix('SitePolicy.tau ')}") from None
+
+
+class CellCompiler:
+    """`lampc.compile` for many policies of one model: capture once, rewrite a fresh copy of the graph per cell.
+
+    Capturing (torch.export) is most of compile's cost; the rewrite itself is cheap. The result is the same
+    `CompiledModel` that `lampc.compile(model, **overrides)` returns (tests/test_sweep.py checks it is identical).
+    """
+
+    def __init__(self, model: nn.Module):
+        from ..capture import capture
+
+        self.captured = capture(model)
+
+    def __call__(self, **overrides):
+        from ..passes import run_passes
+        from ..runtime.compiled import CompiledModel
+
+        policy = Policy.from_overrides(None, **overrides)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pytree deprecation noise from deepcopy
+            gm = copy.deepcopy(self.captured.graph_module)
+        result = run_passes(gm, policy)
+        c = self.captured
+        return CompiledModel(result.graph_module, result, policy, model_type=c.model_type, max_len=c.max_len,
+                             vocab_size=c.vocab_size)
+
+
+@contextlib.contextmanager
+def fp32_reference():
+    """FP32 as the reference means IEEE FP32: TF32 off for CUDA matmuls and cuDNN while inside; restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class Sweep:
+    """Fixed token windows, their FP32 reference logits and the captured model: measures cells against them.
+
+    The reference is computed once, on construction; `run(cells)` may be called several times (the demo first
+    runs uniform and the rule's grid, then the baselines at the tau it picked) and every call reuses it.
+    """
+
+    def __init__(self, model: nn.Module, sequences: torch.Tensor, *, batch_size: int = 4, block_k: int = 1,
+                 info: dict | None = None, progress: bool = True):
+        _check_positive(batch_size=batch_size, block_k=block_k)
+        self.batches = list(sequences.split(batch_size))  # each (b, T)
+        self.block_k = block_k
+        self.info = dict(info or {})  # constant columns of every row (model, seed, dataset, ...)
+        self.progress = progress
+        self.reference = []
+        with self._bar(len(self.batches), "FP32 reference") as bar, fp32_reference(), torch.no_grad():
+            for ids in self.batches:
+                self.reference.append(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float())
+                bar.update(1)
+        self.compiler = CellCompiler(model)
+
+    def run(self, cells: Sequence[Cell]) -> list[dict]:
+        """One row per cell: the metrics over all batches, the recompute rates, the cell's policy and timing."""
+        rows = []
+        with self._bar(len(cells) * len(self.batches), "") as bar:
+            for cell in cells:
+                bar.set_description(cell.label)
+                t0 = time.perf_counter()
+                compiled = self.compiler(**cell.overrides(self.block_k))
+                measured = self.measure(compiled, bar)
+                site = compiled.policy.attention
+                rows.append({**self.info, "criterion": cell.criterion, "format": cell.format, "m_bits": site.m_bits,
+                             "block_k": self.block_k, "tau": cell.tau, "count_from": cell.count_from or "",
+                             **measured, "rule": site.rule_text, "seconds": round(time.perf_counter() - t0, 2)})
+        return rows
+
+    def measure(self, compiled, bar=None) -> dict:
+        """Metrics of `compiled` over all batches, plus its recompute rates summed over all of them."""
+        compiled.reset_stats()
+        acc = LogitComparison()
+        with fp32_reference(), torch.no_grad():
+            for ids, ref in zip(self.batches, self.reference):
+                mask = torch.ones_like(ids)
+                acc.update(ref, compiled(ids, attention_mask=mask).logits.float(), ids, mask)
+                if bar is not None:
+                    bar.update(1)
+        stats = compiled.stats()
+        out = acc.result()
+        out["recompute_rate"] = stats["overall"]["layer_mean_rate"]  # the paper's: mean over layers
+        out["recompute_rate_pooled"] = stats["overall"]["rate"]  # selected / visible over all sites
+        out["layer_rates"] = json.dumps([round(s["rate"], 8) for s in stats["sites"]])
+        return out
+
+    def _bar(self, total: int, text: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=text, file=sys.stderr, unit="batch", dynamic_ncols=True, leave=False,
+                    disable=not self.progress, mininterval=0.5)
+
+
+def load_sequences(tokenizer=None, *, text=None, token_ids=None, seq_len: int, n_seq: int, seed: int,
+                   shuffle: bool = False) -> tuple[torch.Tensor, str]:
+    """(windows (n_seq, seq_len), dataset name) from `token_ids`, or from `text` (a path; default Persuasion)."""
+    from .data import make_sequences
+
+    _check_positive(seq_len=seq_len, n_seq=n_seq)
+    ids, dataset = _token_stream(tokenizer, text, token_ids)
+    return make_sequences(ids, seq_len, n_seq, seed, shuffle=shuffle), dataset
+
+
+def run_sweep(
+    model: nn.Module,
+    tokenizer=None,
+    *,
+    formats: Sequence[str] = ("m4", "m7"),
+    criteria: Sequence[str] = ("uniform", "strict", "random", "oracle"),
+    taus=None,
+    seq_len: int = 128,
+    n_seq: int = 4,
+    seed: int = 42,
+    text: str | Path | None = None,
+    token_ids=None,
+    shuffle: bool = False,
+    batch_size: int = 4,
+    block_k: int = 1,
+    count_from: str = "strict",
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    model_name: str | None = None,
+    command: str | None = None,
+) -> list[dict]:
+    """Run the grid and return one row (dict) per cell; with `out_dir`, also write CSV, JSON and plots there.
+
+    Data: `token_ids` (a 1-D sequence of ids) if given; else `text` (a file path) or, by default, Persuasion,
+    tokenised with `tokenizer`. `n_seq` windows of `seq_len` tokens are cut with `seed` (and token-shuffled with
+    `shuffle`), see `lampc.eval.data.make_sequences`. `taus` as in `plan_cells`.
+    """
+    cells = plan_cells(formats, criteria, taus, count_from)
+    _check_positive(seq_len=seq_len, n_seq=n_seq, batch_size=batch_size, block_k=block_k)
+    check_seq_len(model, seq_len)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    sequences, dataset = load_sequences(tokenizer, text=text, token_ids=token_ids, seq_len=seq_len, n_seq=n_seq,
+                                        seed=seed, shuffle=shuffle)
+    info = {"model": model_name or _model_name(model), "seed": seed, "n_seq": n_seq, "seq_len": seq_len,
+            "dataset": dataset, "shuffle": shuffle}
+    sweep = Sweep(model, sequences, batch_size=batch_size, block_k=block_k, info=info, progress=progress)
+    rows = sweep.run(cells)
+    if out_dir is not None:
+        meta = metadata(sweep, cells, command=command, started=started, batch_size=batch_size, count_from=count_from)
+        write_outputs(rows, out_dir, meta)
+    return rows
+
+
+def check_seq_len(model: nn.Module, seq_len: int) -> None:
+    context = _model_context(model)
+    if not 2 <= seq_len <= context:
+        raise ValueError(f"seq_len {seq_len} outside [2, {context}] (the model's context)")
+
+
+def metadata(sweep: Sweep, cells: Sequence[Cell], **extra) -> dict:
+    """What results.json records besides the rows: settings, the base policy, every cell's overrides, versions."""
+    return {"command": extra.pop("command", None) or " ".join(sys.argv), **extra, **sweep.info,
+            "block_k": sweep.block_k, "reference": "the same model in FP32, eager, TF32 off",
+            "policy": Policy.from_overrides(None, format=cells[0].format, block_k=sweep.block_k).to_dict(),
+            "cells": [cell.overrides(sweep.block_k) for cell in cells], "versions": _versions()}
+
+
+def write_outputs(rows: list[dict], out_dir: str | Path, metadata: dict) -> dict[str, Path]:
+    """results.csv, results.json and the plots in `out_dir` (created); returns {name: path}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "results.csv", "json": out / "results.json", "kl_vs_rate": out / "kl_vs_rate.png"}
+    columns = list(CSV_COLUMNS) + sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    paths["json"].write_text(json.dumps({"metadata": metadata, "rows": rows}, indent=1) + "\n")
+    plot_kl_vs_rate(rows, paths["kl_vs_rate"])
+    if len({r["format"] for r in rows if r["criterion"] == "uniform"}) > 1:
+        paths["kl_vs_m"] = out / "kl_vs_m.png"
+        plot_kl_vs_m(rows, paths["kl_vs_m"])
+    return paths
+
+
+def _token_stream(tokenizer, text, token_ids) -> tuple[torch.Tensor, str]:
+    if token_ids is not None:
+        return torch.as_tensor(token_ids, dtype=torch.long).flatten(), "token_ids"
+    from .data import persuasion_text, read_text
+
+    if tokenizer is None:
+        raise ValueError("a tokenizer is needed to tokenise the text (or pass token_ids=)")
+    if text is None:
+        body, dataset = persuasion_text(), "persuasion"
+    else:
+        body, dataset = read_text(text), Path(text).name
+    ids = tokenizer(body, add_special_tokens=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long), dataset
+
+
+def _model_context(model: nn.Module) -> int:
+    config = model.config
+    for name in ("n_positions", "max_position_embeddings"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return 1 << 30
+
+
+def _model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", "") or getattr(config, "model_type", type(model).__name__)
+
+
+def _check_positive(**values) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _versions() -> dict:
+    from .. import __version__
+
+    import transformers
+
+    return {"lampc": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": sys.version.split()[0]}
+
+
+# ---- plots -----------------------------------------------------------------------------------------------------
+
+_STYLE = {"strict": ("C0", "o"), "relaxed": ("C2", "s"), "target": ("C4", "D"), "random": ("C3", "x"),
+          "oracle": ("k", "^")}
+
+
+def plot_kl_vs_rate(rows: list[dict], path: str | Path) -> None:
+    """One panel per format: KL against recompute rate for each rule; uniform as a horizontal dashed line."""
+    plt = _pyplot()
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    fig, axes = plt.subplots(1, len(formats), figsize=(5.2 * len(formats), 4.2), squeeze=False)
+    for ax, fmt in zip(axes[0], formats):
+        cells = [r for r in rows if r["format"] == fmt]
+        for r in cells:
+            if r["criterion"] == "uniform" and _positive(r["kl"]):
+                ax.axhline(r["kl"], color="0.4", ls="--", lw=1.2, label=f"uniform {fmt}")
+        for crit, (color, marker) in _STYLE.items():
+            pts = sorted((100 * r["recompute_rate"], r["kl"]) for r in cells if r["criterion"] == crit
+                         and _positive(r["kl"]) and r["recompute_rate"] > 0)
+            if pts:
+                source = next((r["count_from"] for r in cells if r["criterion"] == crit), "")
+                label = f"{crit} (counts of {source})" if source else crit
+                ax.plot(*zip(*pts), color=color, marker=marker, lw=1.2, ms=5, label=label)
+        ax.set_yscale("log")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(_percent_formatter())
+        ax.set_xlabel("recompute rate (% of visible QK^T entries, layer mean)")
+        ax.set_ylabel("mean KL(P_fp32 || P_test)")
+        ax.set_title(f"{fmt}: {_subtitle(cells)}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_kl_vs_m(rows: list[dict], path: str | Path) -> None:
+    """Uniform KL against mantissa bits, with each rule's best KL at a recompute rate <= 5%."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    series = {"uniform": [(r["m_bits"], r["kl"]) for r in rows if r["criterion"] == "uniform"]}
+    for crit in LAMP_CRITERIA:
+        best = {}
+        for r in rows:
+            if r["criterion"] == crit and r["recompute_rate"] <= 0.05 and _positive(r["kl"]):
+                best[r["m_bits"]] = min(best.get(r["m_bits"], math.inf), r["kl"])
+        if best:
+            series[f"{crit}, best at rate <= 5%"] = sorted(best.items())
+    for name, pts in series.items():
+        pts = sorted(p for p in pts if _positive(p[1]))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ls="--" if name == "uniform" else "-", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("accumulator mantissa bits m")
+    ax.set_ylabel("mean KL(P_fp32 || P_test)")
+    ax.set_title(_subtitle(rows), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _percent_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda x, _: f"{x:g}%")
+
+
+def _positive(x) -> bool:
+    return isinstance(x, float) and x > 0 and math.isfinite(x)
+
+
+def _subtitle(rows: list[dict]) -> str:
+    r = rows[0]
+    shuffled = ", shuffled" if r["shuffle"] else ""
+    return f"{r['dataset']}{shuffled}, {r['n_seq']} x {r['seq_len']} tokens"

@@ -1,0 +1,135 @@
+"""lampc.eval.sweep on a tiny seeded GPT-2 whose attention is peaked enough for the look-ahead to matter."""
+
+import csv
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import lampc
+from lampc.eval.sweep import CSV_COLUMNS, TAU_GRIDS, Cell, CellCompiler, plan_cells, run_sweep
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    """2 layers, 2 heads, width 32, vocab 64, context 64; q/k weights drawn large so scores reach ~10."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=64, bos_token_id=0,
+                        eos_token_id=0, attn_implementation="eager")
+    model = GPT2LMHeadModel(config).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight[:, :64].normal_(0.0, 0.5, generator=gen)  # the q and k projections
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_gpt2()
+
+
+@pytest.fixture(scope="module")
+def token_ids():
+    return torch.randint(0, 64, (600,), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def sweep(model, token_ids, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    rows = run_sweep(model, token_ids=token_ids, formats=["m3", "m23"], criteria=["uniform", "strict", "random",
+                     "oracle"], taus={"strict": [0.3]}, seq_len=32, n_seq=4, batch_size=3, out_dir=out,
+                     progress=False, model_name="tiny")
+    return rows, out
+
+
+def by(rows, fmt, criterion):
+    return next(r for r in rows if r["format"] == fmt and r["criterion"] == criterion)
+
+
+def test_rows_cover_the_grid(sweep):
+    rows, _ = sweep
+    assert [(r["format"], r["criterion"], r["tau"]) for r in rows] == [
+        (f, c, t) for f in ("m3", "m23") for c, t in
+        (("uniform", None), ("strict", 0.3), ("random", 0.3), ("oracle", 0.3))]
+    for r in rows:
+        assert r["n_positions"] == 4 * 32 and r["n_labels"] == 4 * 31  # all batches counted, the last one short
+        assert r["model"] == "tiny" and r["dataset"] == "token_ids" and r["seed"] == 42
+        assert r["count_from"] == ("strict" if r["criterion"] in ("random", "oracle") else "")
+
+
+def test_accuracy_ordering(sweep):
+    rows, _ = sweep
+    uniform, strict, random = by(rows, "m3", "uniform"), by(rows, "m3", "strict"), by(rows, "m3", "random")
+    assert uniform["recompute_rate"] == 0.0 and uniform["kl"] > 0
+    assert 0.0 < strict["recompute_rate"] < 0.5
+    assert strict["kl"] < uniform["kl"] / 10  # the look-ahead removes most of the error here
+    assert strict["kl"] < random["kl"]
+    # random draws the same count per row: layer 0 sees the same inputs, so the same rate exactly
+    assert json.loads(random["layer_rates"])[0] == json.loads(strict["layer_rates"])[0]
+    assert by(rows, "m23", "uniform")["kl"] == 0.0  # m23 is FP32: the compiled graph equals the reference
+    assert by(rows, "m23", "uniform")["flip_rate"] == 0.0
+    assert by(rows, "m3", "uniform")["ppl_ref"] == by(rows, "m23", "strict")["ppl_ref"]
+
+
+def test_outputs_written(sweep):
+    rows, out = sweep
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows)
+    assert list(table[0])[: len(CSV_COLUMNS)] == list(CSV_COLUMNS)
+    assert {"model", "seed", "n_seq", "seq_len", "dataset", "shuffle", "criterion", "format", "m_bits", "block_k",
+            "tau", "kl", "flip_rate", "recompute_rate", "top1_match", "ppl_ref", "ppl_test", "nan_rate",
+            "logit_absdiff_p50", "logit_absdiff_p90", "logit_absdiff_p99", "logit_absdiff_max", "layer_rates",
+            "seconds"} <= set(table[0])
+    assert table[0]["tau"] == "" and float(table[1]["tau"]) == 0.3 and table[0]["m_bits"] == "3"
+    assert len(json.loads(table[1]["layer_rates"])) == 2
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["rows"] == json.loads(json.dumps(rows))
+    meta = doc["metadata"]
+    assert meta["policy"]["attention"]["format"] == "m3" and meta["reference"].startswith("the same model in FP32")
+    assert {"torch", "transformers", "lampc"} <= set(meta["versions"]) and len(meta["cells"]) == len(rows)
+    for name in ("kl_vs_rate.png", "kl_vs_m.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cell_compiler_is_lampc_compile(model):
+    ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(3))
+    overrides = {"format": "m3", "criterion": "strict", "tau": 0.3, "block_k": 1}
+    fast = CellCompiler(model)(**overrides)
+    slow = lampc.compile(model, **overrides)
+    with torch.no_grad():
+        assert torch.equal(fast(ids).logits, slow(ids).logits)
+    assert fast.stats() == slow.stats()
+    assert [s.to_dict() for s in fast.sites] == [s.to_dict() for s in slow.sites]
+
+
+def test_plan_cells():
+    cells = plan_cells(["M4"], ["uniform", "strict", "random"])
+    assert cells[0] == Cell("m4", "uniform")
+    assert [c.tau for c in cells if c.criterion == "strict"] == list(TAU_GRIDS["strict"])
+    assert all(c.count_from == "strict" for c in cells if c.criterion == "random")
+    cells = plan_cells(["m4"], ["relaxed", "oracle"], [0.5, 0.5], count_from="relaxed")
+    assert cells == [Cell("m4", "relaxed", 0.5), Cell("m4", "oracle", 0.5, "relaxed")]
+    assert plan_cells(["m4"], ["target"], {"strict": [1.0]}) == [Cell("m4", "target", t) for t in TAU_GRIDS["target"]]
+    with pytest.raises(ValueError, match=r"tau 0.1 for criterion target.*\[1, 2\]"):
+        plan_cells(["m4"], ["target"], [0.1])
+    with pytest.raises(ValueError, match="tau 5.0 for criterion random \\(counts of relaxed\\)"):
+        plan_cells(["m4"], ["random"], [5.0], count_from="relaxed")
+    with pytest.raises(ValueError, match="format 'm99'"):
+        plan_cells(["m99"], ["uniform"])
+    with pytest.raises(ValueError, match="criterion 'budget'"):
+        plan_cells(["m4"], ["budget"])
+
+
+def test_run_sweep_rejects_bad_sizes(model, token_ids):
+    with pytest.raises(ValueError, match="seq_len 65 outside \\[2, 64\\]"):
+        run_sweep(model, token_ids=token_ids, seq_len=65, n_seq=1, progress=False)
+    with pytest.raises(ValueError, match="text too short"):
+        run_sweep(model, token_ids=token_ids, seq_len=64, n_seq=20, progress=False)
+    with pytest.raises(ValueError, match="n_seq must be a positive integer"):
+        run_sweep(model, token_ids=token_ids, seq_len=32, n_seq=0, progress=False)
+    with pytest.raises(ValueError, match="tokenizer"):
+        run_sweep(model, seq_len=32, n_seq=1, progress=False)
