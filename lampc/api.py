@@ -16,7 +16,8 @@ def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, **overr
     policy:     a `Policy`, a `SitePolicy` (for attention), or None for the default (attention sites, m4,
                 strict tau=0.1).
     overrides:  `SitePolicy` fields (format, block_k, backend, criterion, tau, ...) applied to every enabled
-                site kind, or `Policy` fields (attention, layer_norm, logits, gelu, lower).
+                site kind, or `Policy` fields (attention, layer_norm, logits, gelu, sites); `kinds=[...]` picks
+                the site kinds (default: attention only, as in the paper).
 
     >>> compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.1)
     >>> compiled(input_ids).logits

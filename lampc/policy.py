@@ -134,22 +134,33 @@ class SitePolicy:
 class Policy:
     """One `SitePolicy` per site kind; a kind set to None is not rewritten.
 
-    lower:  "sites" lowers only the producers of the enabled site kinds (the paper's setting: attention's QK^T);
-            "all" lowers every matmul of the model to its site kind's format (the deployment case).
+    sites:  "guarded" lowers only the producers of the enabled site kinds (the paper's setting: attention's QKᵀ);
+            "all" also lowers every other matmul of the model (the deployment case), in the format of the first
+            enabled kind, with no look-ahead where there is no site.
     """
 
     attention: SitePolicy | None = field(default_factory=SitePolicy)
     layer_norm: SitePolicy | None = None
     logits: SitePolicy | None = None
     gelu: SitePolicy | None = None
-    lower: str = "sites"
+    sites: str = "guarded"
 
     def __post_init__(self) -> None:
         for kind in SITE_KINDS:
             value = getattr(self, kind)
             if value is not None and not isinstance(value, SitePolicy):
                 raise ValueError(f"Policy.{kind} must be a SitePolicy or None, got {type(value).__name__}")
-        _check_choice("lower", self.lower, ("sites", "all"), owner="Policy")
+        _check_choice("sites", self.sites, ("guarded", "all"), owner="Policy")
+        if self.sites == "all" and not self.enabled_kinds():
+            raise ValueError("Policy.sites='all' needs at least one enabled site kind to take the format from")
+
+    def enabled_kinds(self) -> list[str]:
+        return [kind for kind in SITE_KINDS if getattr(self, kind) is not None]
+
+    def unguarded(self) -> SitePolicy:
+        """The policy of producers that are no site (sites='all'): the first enabled kind's numbers, uniform."""
+        base = getattr(self, self.enabled_kinds()[0])
+        return dataclasses.replace(base, criterion="uniform", tau=None, budget=None)
 
     def for_kind(self, kind: str) -> SitePolicy | None:
         return getattr(self, kind)
@@ -159,13 +170,22 @@ class Policy:
         """Build a Policy from an optional base and keyword overrides.
 
         SitePolicy field names (format, tau, criterion, ...) apply to every enabled site kind; Policy field
-        names (attention, layer_norm, ..., lower) replace that field.
+        names (attention, layer_norm, logits, gelu, sites) replace that field. `kinds=[...]` enables those
+        site kinds with the default SitePolicy (before the SitePolicy overrides apply).
         """
         if isinstance(policy, SitePolicy):
             policy = cls(attention=policy)
         policy = policy or cls()
         if not isinstance(policy, Policy):
             raise ValueError(f"policy must be a lampc.Policy, a lampc.SitePolicy or None, got {type(policy).__name__}")
+        kinds = overrides.pop("kinds", None)
+        if kinds is not None:
+            kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+            bad = [k for k in kinds if k not in SITE_KINDS]
+            if bad or not kinds:
+                raise ValueError(f"kinds must be a non-empty list of {', '.join(SITE_KINDS)}; got {kinds}")
+            policy = dataclasses.replace(
+                policy, **{k: (getattr(policy, k) or SitePolicy()) if k in kinds else None for k in SITE_KINDS})
         site_names = {f.name for f in dataclasses.fields(SitePolicy)}
         policy_names = {f.name for f in dataclasses.fields(Policy)}
         unknown = set(overrides) - site_names - policy_names
@@ -187,7 +207,7 @@ class Policy:
         return policy
 
     def to_dict(self) -> dict:
-        out = {"lower": self.lower}
+        out = {"sites": self.sites}
         for kind in SITE_KINDS:
             site = getattr(self, kind)
             out[kind] = None if site is None else _site_dict(site)

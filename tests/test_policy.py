@@ -36,5 +36,5 @@ def test_overrides_reach_every_enabled_kind_and_reject_unknown_names():
     assert policy.layer_norm is None
     with pytest.raises(ValueError, match="unknown policy field"):
         Policy.from_overrides(None, m=4)
-    with pytest.raises(ValueError, match="lower"):
-        Policy(lower="everything")
+    with pytest.raises(ValueError, match="sites"):
+        Policy(sites="everything")

@@ -149,27 +149,31 @@ def rewrite_attention(gm: fx.GraphModule, policy: SitePolicy, first_index: int =
 def _rewrite_one(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, spec: str, index: int) -> Site:
     graph, matmul, scores = gm.graph, match.matmul, match.scores
     q, k_t = matmul.args[:2]
-    is_causal = False
     consumer = next(iter(scores.users))  # the mask add or the softmax: after q, k_t and the mask
-    tap_name = f"lampc_tap_{index}"
-    gm.add_submodule(tap_name, SelectionTap(index, is_causal))
     with graph.inserting_before(consumer):
-        s_hat = insert_call(graph, torch.ops.lampc.lowp_scores.default, (q, k_t, match.scale, spec), like=matmul,
-                            name=f"scores_lp_{index}")
-        args = (s_hat, q, k_t, match.scale, match.mask, is_causal, spec, index)
-        selected = insert_call(graph, torch.ops.lampc.lamp_select.default, args, like=matmul, name=f"selection_{index}")
-        args = (s_hat, selected, q, k_t, match.scale, spec)
-        recomputed = insert_call(graph, torch.ops.lampc.recompute_scores.default, args, like=matmul,
-                                 name=f"scores_{index}")
-        tap = graph.call_module(tap_name, (selected, match.mask))
-        tap.meta["nn_module_stack"] = matmul.meta.get("nn_module_stack", {})
-    module = module_path(matmul)
-    scores.replace_all_uses_with(recomputed)
+        nodes = insert_softmax_lookahead(gm, q, k_t, match.scale, match.mask, spec, index, like=matmul)
+    scores.replace_all_uses_with(nodes[2])
     for dead in (match.scale_node, matmul):
         if dead is not None and not dead.users:
             graph.erase_node(dead)
+    rule = f"format {policy.format.name} (block_k {policy.block_k}, {policy.backend})  rule {policy.rule_text}"
+    return Site(index, "attention", module_path(matmul), "matmul", "softmax", rule, tuple(n.name for n in nodes))
+
+
+def insert_softmax_lookahead(gm: fx.GraphModule, q, k_t, scale: float, mask, spec: str, index: int, *,
+                             like: fx.Node, per_head: bool = True) -> tuple[fx.Node, ...]:
+    """Insert (at the insertion point) the LAMP ops of a softmax site; returns (s_hat, sel, s, tap)."""
+    graph = gm.graph
+    tap_name = f"lampc_tap_{index}"
+    gm.add_submodule(tap_name, SelectionTap(index, False, per_head=per_head))
+    ops = torch.ops.lampc
+    s_hat = insert_call(graph, ops.lowp_scores.default, (q, k_t, scale, spec), like=like, name=f"scores_lp_{index}")
+    args = (s_hat, q, k_t, scale, mask, False, spec, index)
+    selected = insert_call(graph, ops.lamp_select.default, args, like=like, name=f"selection_{index}")
+    args = (s_hat, selected, q, k_t, scale, spec)
+    recomputed = insert_call(graph, ops.recompute_scores.default, args, like=like, name=f"scores_{index}")
+    tap = graph.call_module(tap_name, (selected, mask))
+    tap.meta["nn_module_stack"] = like.meta.get("nn_module_stack", {})
     for node in (s_hat, selected, recomputed, tap):
         node.meta["lampc_site"] = index
-    rule = f"format {policy.format.name} (block_k {policy.block_k}, {policy.backend})  rule {policy.rule_text}"
-    nodes = (s_hat.name, selected.name, recomputed.name, tap.name)
-    return Site(index, "attention", module, "matmul", "softmax", rule, nodes)
+    return s_hat, selected, recomputed, tap

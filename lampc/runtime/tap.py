@@ -15,10 +15,11 @@ from ..lookahead.softmax import visible_from_mask
 
 
 class SelectionTap(nn.Module):
-    def __init__(self, site: int, is_causal: bool = False):
+    def __init__(self, site: int, is_causal: bool = False, per_head: bool = True):
         super().__init__()
         self.site = site
         self.is_causal = is_causal
+        self.per_head = per_head  # attention: counts per head (dim 1); other sites: one total
         self.enabled = True
         self.keep_last = False
         self.last_selection: Tensor | None = None
@@ -33,9 +34,13 @@ class SelectionTap(nn.Module):
         if not self.enabled or torch.compiler.is_compiling() or _is_fake(selected):
             return None
         visible = visible_from_mask(mask, selected.shape, self.is_causal, selected.device)
-        dims = [d for d in range(selected.dim()) if d != 1] if selected.dim() >= 3 else list(range(selected.dim()))
-        per_head_selected = (selected & visible).sum(dim=dims).cpu()
-        per_head_visible = visible.sum(dim=dims).cpu()
+        if self.per_head and selected.dim() >= 3:
+            dims = [d for d in range(selected.dim()) if d != 1]
+            per_head_selected = (selected & visible).sum(dim=dims).cpu()
+            per_head_visible = visible.sum(dim=dims).cpu()
+        else:
+            per_head_selected = (selected & visible).sum().reshape(1).cpu()
+            per_head_visible = torch.tensor([visible.numel()])
         if self.selected is None or self.selected.shape != per_head_selected.shape:
             self.selected = torch.zeros_like(per_head_selected)
             self.visible = torch.zeros_like(per_head_visible)

@@ -1,0 +1,111 @@
+"""Custom ops of the linear sites (layer_norm, activation) and of the lowered matmuls.
+
+    y_hat = lampc.lowp_matmul(x, w, bias, policy)        # RN(lp_matmul(x, w) + bias): any matmul in low precision
+    sel   = lampc.component_select(y_hat, x, w, bias, residual, gamma, eps, consumer, policy, site)
+    y     = lampc.recompute_linear(y_hat, sel, x, w, bias, policy)   # FP32 x_t·w_i + b_i at the selected outputs
+
+x: f32[..., K], w: f32[K, N] (or batched like torch.matmul), bias: f32[N] or None. The consumer's input is
+`residual + y_hat` (viewed to the residual's shape) when the site has a residual add, else y_hat.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .lookahead.components import column_norms, select_components
+from .numerics import lp_matmul, native_matmul, round_to
+from .ops import random_generator
+from .policy import SitePolicy
+
+
+def _product(x: Tensor, w: Tensor, bias: Optional[Tensor], site: SitePolicy) -> Tensor:
+    raw = native_matmul(x, w, site.format) if site.backend == "native" else lp_matmul(x, w, site.format, site.block_k)
+    return raw if bias is None else raw + bias
+
+
+def _fp32(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
+    y = torch.matmul(x, w)
+    return y if bias is None else y + bias
+
+
+@torch.library.custom_op("lampc::lowp_matmul", mutates_args=())
+def lowp_matmul(x: Tensor, w: Tensor, bias: Optional[Tensor], policy: str) -> Tensor:
+    """RN(lp_matmul(x, w) + bias) in the policy's format (native: the real dtype)."""
+    for name, value in (("x", x), ("w", w)):
+        if value.dtype != torch.float32:
+            raise TypeError(f"lampc.lowp_matmul: {name} must be float32, got {value.dtype}")
+    site = SitePolicy.from_spec(policy)
+    return round_to(_product(x, w, bias, site), site.format)
+
+
+@lowp_matmul.register_fake
+def _(x, w, bias, policy):
+    return torch.empty(_out_shape(x, w), dtype=x.dtype, device=x.device)
+
+
+def _out_shape(x, w):
+    batch = torch.broadcast_shapes(x.shape[:-2], w.shape[:-2]) if w.dim() > 2 else x.shape[:-2]
+    return [*batch, x.shape[-2], w.shape[-1]] if x.dim() > 1 else [w.shape[-1]]
+
+
+def consumer_input(y_hat: Tensor, residual: Optional[Tensor]) -> Tensor:
+    """What the consumer sees: residual + y_hat in the residual's shape, or y_hat."""
+    return y_hat if residual is None else residual + y_hat.reshape(residual.shape)
+
+
+@torch.library.custom_op("lampc::component_select", mutates_args=())
+def component_select(
+    y_hat: Tensor, x: Tensor, w: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], gamma: Optional[Tensor],
+    eps: float, consumer: str, policy: str, site: int,
+) -> Tensor:
+    """The look-ahead at a linear producer: c_i = column norm of the consumer's Jacobian x |ŷ_i|."""
+    rule = SitePolicy.from_spec(policy)
+    h_hat = consumer_input(y_hat, residual)
+    weight = column_norms(consumer, h_hat, gamma, eps) * y_hat.reshape(h_hat.shape).abs()
+    true_error = None
+    if rule.criterion == "oracle":
+        y = _fp32(x, w, bias)
+        h = consumer_input(y, residual)
+        true_error = column_norms(consumer, h, gamma, eps) * (y - y_hat).reshape(h.shape).abs()
+    generator = random_generator(rule.seed, site) if rule.criterion == "random" else None
+    selected = select_components(y_hat.reshape(h_hat.shape), weight, rule, true_error=true_error, generator=generator)
+    return selected.reshape(y_hat.shape)
+
+
+@component_select.register_fake
+def _(y_hat, x, w, bias, residual, gamma, eps, consumer, policy, site):
+    return torch.empty_like(y_hat, dtype=torch.bool)
+
+
+@torch.library.custom_op("lampc::recompute_linear", mutates_args=())
+def recompute_linear(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Optional[Tensor], policy: str) -> Tensor:
+    """y_hat with the selected outputs replaced by FP32 x_t·w_i + b_i (gathered; dense above the policy's rate)."""
+    rule = SitePolicy.from_spec(policy)
+    count = int(selected.sum())
+    if count == 0:
+        return y_hat.clone()
+    if count > rule.dense_above * selected.numel():
+        return torch.where(selected, _fp32(x, w, bias), y_hat)
+    rows, cols = selected.reshape(-1, selected.shape[-1]).nonzero(as_tuple=True)
+    x_rows = x.reshape(-1, x.shape[-1])[rows]  # (S, K)
+    values = (x_rows * w.t()[cols]).sum(dim=-1)  # (S,)
+    if bias is not None:
+        values = values + bias[cols]
+    out = y_hat.clone()
+    out.view(-1, out.shape[-1])[rows, cols] = values
+    return out
+
+
+@recompute_linear.register_fake
+def _(y_hat, selected, x, w, bias, policy):
+    return torch.empty_like(y_hat)
+
+
+LINEAR_OPS = (
+    torch.ops.lampc.lowp_matmul.default,
+    torch.ops.lampc.component_select.default,
+    torch.ops.lampc.recompute_linear.default,
+)
