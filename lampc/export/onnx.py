@@ -1,0 +1,377 @@
+"""export_onnx: a lampc-compiled model as a standard ONNX model that stock ONNX Runtime runs.
+
+    before (fx graph of a CompiledModel)                 after (ONNX, standard ops only)
+    s_hat = lampc.lowp_scores(q, k_t, scale, policy)     lampc_site_0/lowp_scores/*:  unrolled RN(acc + q_k*k_k)
+    sel   = lampc.lamp_select(s_hat, ..., policy, 0)     lampc_site_0/lamp_select/*:  softmax, rule, TopK, ...
+    s     = lampc.recompute_scores(s_hat, sel, ...)      lampc_site_0/recompute_scores/*: Where(sel, MatMul*scale, s_hat)
+    lampc_tap_0(sel, mask)                               (dropped: statistics only)
+
+Steps: check the graph (every lampc op has a translation, every site's policy an ONNX form) -> copy the graph
+without its statistics taps -> `torch.onnx.export(dynamo=True, custom_translation_table=...)` at opset 18 ->
+tag every node a translation emitted with its site (node name `lampc_site_<i>/<op>/...`, metadata
+`lampc.site`, `lampc.module`, `lampc.op`) -> convert to the target opset -> optimise -> write the policy and
+versions into the model's metadata_props -> save -> `onnx.checker.check_model(full_check=True)`.
+
+Inputs `input_ids` and `attention_mask` (int64, dynamic batch and sequence), output `logits`; with
+`debug_outputs=True` also `selection_<i>` (bool) and `scores_lp_<i>` (the low-precision scores) per site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import onnx
+import onnx_ir as ir
+import torch
+from torch import fx, nn
+
+from .. import __version__
+from ..ops import LAMPC_OPS
+from ..passes.graph import module_path
+from ..policy import SitePolicy
+from ..runtime.compiled import CompiledModel
+from .rounding import BITCAST_OPSET, ROUNDINGS
+from .translations import TranslationError, check_exportable, translation_table
+
+EXPORT_OPSET = 18
+"""The opset torch's exporter builds in (torchlib's); higher targets are reached by version conversion."""
+MAX_OPSET = 26
+DEFAULT_OPSET = BITCAST_OPSET
+EXAMPLE_BATCH, EXAMPLE_LEN = 2, 16
+TAP_PREFIX = "lampc_tap_"
+_PENDING_DOMAIN = "lampc.pending"  # BitCast nodes hide here while the opset-18 graph is converted
+
+
+class OnnxExportError(RuntimeError):
+    """lampc could not export a compiled model to ONNX; the message names the op, site or path at fault."""
+
+
+@dataclass
+class OnnxExport:
+    """What `export_onnx` wrote."""
+
+    path: str
+    opset: int
+    rounding: str
+    sites: list[dict]
+    outputs: list[str]
+    seconds: float
+    size_bytes: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def export_onnx(
+    compiled: CompiledModel,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    rounding: str = "auto",
+    optimize: bool = True,
+    debug_outputs: bool = False,
+    check: bool = True,
+) -> OnnxExport:
+    """Export `compiled` (a `lampc.compile` result) to the ONNX file `path`, in standard ONNX ops only.
+
+    opset:         target ONNX opset, 18..26. 26 (the default) has BitCast, so rounding is the same integer
+                   algorithm as lampc.numerics.round_to; below 26 rounding is exact float arithmetic.
+    rounding:      "auto" (bits at opset >= 26, else arith), "bits" (needs opset >= 26) or "arith".
+    optimize:      run onnxscript's optimiser (constant folding, dead code) on the exported graph.
+    debug_outputs: add `selection_<i>` and `scores_lp_<i>` outputs per site (for parity checks).
+    check:         run onnx.checker.check_model(full_check=True) on the written file.
+    """
+    start = time.perf_counter()
+    if not isinstance(compiled, CompiledModel):
+        raise TypeError(
+            f"export_onnx needs a lampc CompiledModel (the result of lampc.compile(model, ...)), got "
+            f"{type(compiled).__module__}.{type(compiled).__name__}"
+        )
+    path = os.fspath(path)
+    _check_writable(path)
+    opset, rounding = _resolve_opset(opset, rounding)
+    graph_module = compiled.graph_module
+    modules = {site.index: site.module for site in compiled.sites}
+    _check_graph(graph_module, modules)
+
+    program = _torch_export(_ExportWrapper(_without_taps(graph_module)), compiled.max_len, opset, rounding)
+    model = program.model
+    fx_sites = _fx_sites(program.exported_program.graph)
+    _tag_sites(model, fx_sites, modules)
+    outputs = ["logits"]
+    if debug_outputs:
+        outputs += _add_debug_outputs(model, fx_sites)
+    if opset > EXPORT_OPSET:
+        model = _convert_opset(model, opset)
+    if optimize:
+        import onnxscript.optimizer
+
+        onnxscript.optimizer.optimize(model)
+    metadata = _metadata(compiled, opset, rounding, outputs)
+    model.metadata_props.update(metadata)
+    model.doc_string = f"lampc {__version__}: {compiled.model_type} with LAMP attention sites (standard ONNX ops)"
+    program.model = model
+    _save(program, path)
+    if check:
+        onnx.checker.check_model(path, full_check=True)
+    return OnnxExport(
+        path=path,
+        opset=opset,
+        rounding=rounding,
+        sites=[site.to_dict() for site in compiled.sites],
+        outputs=outputs,
+        seconds=time.perf_counter() - start,
+        size_bytes=_size(path),
+        metadata=metadata,
+    )
+
+
+# -- checks ---------------------------------------------------------------------------------------------
+
+
+def _check_writable(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise OnnxExportError(f"cannot write the ONNX model to {path!r}: it is a directory")
+    if not os.path.isdir(directory):
+        raise OnnxExportError(f"cannot write the ONNX model to {path!r}: directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise OnnxExportError(f"cannot write the ONNX model to {path!r}: permission denied")
+
+
+def _resolve_opset(opset: int, rounding: str) -> tuple[int, str]:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not EXPORT_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be an int in {EXPORT_OPSET}..{MAX_OPSET}, got {opset!r}")
+    if rounding == "auto":
+        rounding = "bits" if opset >= BITCAST_OPSET else "arith"
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be 'auto' or one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    if rounding == "bits" and opset < BITCAST_OPSET:
+        raise ValueError(
+            f"rounding='bits' needs BitCast, which ONNX has from opset {BITCAST_OPSET}; got opset={opset} "
+            "(use rounding='arith' or opset=26)"
+        )
+    return opset, rounding
+
+
+def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
+    """Every lampc op has a translation and every site's policy an ONNX form (errors name op and site)."""
+    known = set(translation_table(EXPORT_OPSET, "arith"))
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        if node.target.namespace != "lampc":
+            continue
+        index = node.meta.get("lampc_site", "?")
+        where = f"site {index} ({modules.get(index) or module_path(node) or 'top level'})"
+        if node.target not in known:
+            raise OnnxExportError(
+                f"no ONNX translation for op {node.target.name()} (node {node.name}) at {where}; "
+                f"lampc.export translates {', '.join(op.name() for op in LAMPC_OPS)}"
+            )
+        spec = next((a for a in node.args if isinstance(a, str) and a.startswith("format=")), None)
+        if spec is not None:
+            try:
+                check_exportable(SitePolicy.from_spec(spec), index, modules.get(index, module_path(node)))
+            except TranslationError as err:
+                raise OnnxExportError(str(err)) from None
+
+
+# -- the graph to export --------------------------------------------------------------------------------
+
+
+def _without_taps(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of `gm` (sharing its parameters) without the lampc_tap_* statistics calls."""
+    graph = copy.deepcopy(gm.graph)
+    for node in list(graph.nodes):
+        if node.op == "call_module" and str(node.target).startswith(TAP_PREFIX):
+            if node.users:
+                raise OnnxExportError(f"statistics tap {node.target} has users; it should return nothing")
+            graph.erase_node(node)
+    copied = fx.GraphModule(gm, graph)
+    copied.graph.lint()
+    return copied
+
+
+class _ExportWrapper(nn.Module):
+    """input_ids, attention_mask -> logits, around the rewritten graph module."""
+
+    def __init__(self, graph_module: fx.GraphModule):
+        super().__init__()
+        self.graph_module = graph_module
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.graph_module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.logits if hasattr(out, "logits") else out[0]
+
+
+def _example_inputs(max_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    length = min(EXAMPLE_LEN, max_len)
+    ids = torch.zeros(EXAMPLE_BATCH, length, dtype=torch.long, device=device)
+    mask = torch.ones_like(ids)
+    mask[-1, 0] = 0  # left padding keeps the general masking path
+    return ids, mask
+
+
+def _torch_export(wrapper: _ExportWrapper, max_len: int, opset: int, rounding: str):
+    param = next(wrapper.parameters(), None)
+    ids, mask = _example_inputs(max_len, param.device if param is not None else "cpu")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("seq", min=2, max=max_len)
+    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    table = translation_table(opset if rounding == "bits" else EXPORT_OPSET, rounding)
+    try:
+        with _quiet():
+            return torch.onnx.export(
+                wrapper, (ids, mask), dynamo=True, opset_version=EXPORT_OPSET, optimize=False, verbose=False,
+                input_names=["input_ids", "attention_mask"], output_names=["logits"], dynamic_shapes=dynamic,
+                custom_translation_table=table,
+            )
+    except Exception as err:  # torch raises many types; all mean "could not export"
+        cause = _root_cause(err)
+        raise OnnxExportError(f"torch.onnx.export failed: {type(cause).__name__}: {cause}") from err
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's progress prints and known-harmless warnings."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception; a TranslationError anywhere in the chain wins (its message names the site)."""
+    seen = err
+    while True:
+        if isinstance(seen, TranslationError):
+            return seen
+        nxt = seen.__cause__ or seen.__context__
+        if nxt is None:
+            return seen
+        seen = nxt
+
+
+# -- site tags, debug outputs, opset, metadata ----------------------------------------------------------
+
+_OP_NAMES = {op: op._opname for op in LAMPC_OPS}
+
+
+def _fx_sites(graph: fx.Graph) -> dict[str, tuple[int, str]]:
+    """fx node name -> (site, op name) for the lampc ops of the exported program's graph.
+
+    torch.export renames nodes and drops lampc's node meta, so the site comes from the data flow: lamp_select
+    carries it as an argument; lowp_scores feeds that lamp_select; recompute_scores consumes it.
+    """
+    sites = {}
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.lampc.lamp_select.default:
+            index = int(node.args[7])
+            sites[node.name] = (index, "lamp_select")
+            s_hat = node.args[0]
+            if isinstance(s_hat, fx.Node) and s_hat.target == torch.ops.lampc.lowp_scores.default:
+                sites[s_hat.name] = (index, "lowp_scores")
+            for user in node.users:
+                if user.target == torch.ops.lampc.recompute_scores.default:
+                    sites[user.name] = (index, "recompute_scores")
+    return sites
+
+
+def _fx_name(node: ir.Node) -> str | None:
+    fx_node = node.meta.get("node")
+    if fx_node is not None:
+        return fx_node.name
+    text = node.metadata_props.get("pkg.torch.onnx.fx_node", "")
+    return text[1:].split(" ", 1)[0] if text.startswith("%") else None
+
+
+def _tag_sites(model: ir.Model, fx_sites: dict[str, tuple[int, str]], modules: dict[int, str]) -> None:
+    for node in model.graph:
+        found = fx_sites.get(_fx_name(node) or "")
+        if found is None:
+            continue
+        index, op_name = found
+        node.name = f"lampc_site_{index}/{op_name}/{node.name or node.op_type}"
+        node.metadata_props["lampc.site"] = str(index)
+        node.metadata_props["lampc.op"] = op_name
+        node.metadata_props["lampc.module"] = modules.get(index, "")
+
+
+def _add_debug_outputs(model: ir.Model, fx_sites: dict[str, tuple[int, str]]) -> list[str]:
+    wanted = {"lamp_select": "selection", "lowp_scores": "scores_lp"}
+    found = {}
+    for node in model.graph:
+        for value in node.outputs:
+            if value.name in fx_sites and fx_sites[value.name][1] in wanted:
+                index, op_name = fx_sites[value.name]
+                found[f"{wanted[op_name]}_{index}"] = value
+    names = sorted(found, key=lambda n: (int(n.rsplit("_", 1)[1]), n))
+    for name in names:
+        value = found[name]
+        identity = ir.node("Identity", [value], name=f"debug/{name}")
+        identity.outputs[0].name = name
+        identity.outputs[0].dtype = value.dtype
+        identity.outputs[0].shape = value.shape
+        model.graph.append(identity)
+        model.graph.outputs.append(identity.outputs[0])
+    return names
+
+
+def _convert_opset(model: ir.Model, opset: int) -> ir.Model:
+    """Convert the opset-18 graph to `opset`; BitCast (new in 26) is set aside while the converter runs."""
+    from onnxscript import version_converter
+
+    held = [node for node in model.graph if node.domain == "" and node.op_type == "BitCast"]
+    for node in held:
+        node.domain = _PENDING_DOMAIN
+    if held:
+        model.opset_imports[_PENDING_DOMAIN] = 1
+    with _quiet():
+        version_converter.convert_version(model, opset, fallback=True)
+    if model.opset_imports.get("") != opset:
+        raise OnnxExportError(f"could not convert the exported graph from opset {EXPORT_OPSET} to {opset}")
+    for node in model.graph:
+        if node.domain == _PENDING_DOMAIN:
+            node.domain = ""
+            node.version = None
+    model.opset_imports.pop(_PENDING_DOMAIN, None)
+    return model
+
+
+def _metadata(compiled: CompiledModel, opset: int, rounding: str, outputs: list[str]) -> dict[str, str]:
+    return {
+        "lampc.version": __version__,
+        "lampc.policy": json.dumps(compiled.policy.to_dict(), sort_keys=True),
+        "lampc.sites": json.dumps([site.to_dict() for site in compiled.sites]),
+        "lampc.model_type": compiled.model_type,
+        "lampc.max_len": str(compiled.max_len),
+        "lampc.vocab_size": str(compiled.vocab_size),
+        "lampc.opset": str(opset),
+        "lampc.rounding": rounding,
+        "lampc.outputs": ",".join(outputs),
+        "lampc.torch": torch.__version__,
+    }
+
+
+def _save(program, path: str) -> None:
+    try:
+        with _quiet():
+            program.save(path, external_data=False)
+    except OSError as err:
+        raise OnnxExportError(f"cannot write the ONNX model to {path!r}: {err.strerror or err}") from err
+
+
+def _size(path: str) -> int:
+    return os.path.getsize(path) if os.path.exists(path) else 0

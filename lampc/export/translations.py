@@ -1,0 +1,252 @@
+"""ONNX translations of lampc's custom ops, in standard ONNX ops only (the custom_translation_table).
+
+Each translation mirrors the op's plain-torch reference step by step (same operations, same order), so that
+ONNX Runtime reproduces it: bit-exactly for the low-precision scores, and to FP32 rounding for everything
+that involves an FP32 matmul, softmax or exp, whose kernels differ between torch and ORT.
+
+    lampc::lowp_scores(q, k_t, scale, policy)
+        strict (block_k = 1), K unrolled (K = head dim, static in the exported graph):
+            q, k_t = canonical NaNs;  acc = RN(0 + q[..., 0] * k_t[0, :])
+            acc = RN(acc + q[..., k] * k_t[k, :])                          k = 1 .. K-1
+        blocked: acc = RN(acc + MatMul(q[..., blk], k_t[blk, :]))           one FP32 MatMul per block
+        native (bf16/fp16): RN(MatMul(RN(q), RN(k_t)))
+        then s_hat = RN(acc * scale)
+    lampc::lamp_select(s_hat, q, k_t, scale, mask, is_causal, policy, site) -> bool
+        visible = mask > -1e4 (& causal);  a = softmax over visible keys;  the criterion's rule
+        (uniform, strict, relaxed, target, budget, oracle; random has no ONNX form: torch's RNG stream
+        cannot be reproduced, so exporting it raises);  | (visible & ~isfinite(s_hat))
+    lampc::recompute_scores(s_hat, selected, q, k_t, scale, policy)
+        Where(selected, MatMul(q, k_t) * scale, s_hat)      (dense: the sparse gather has no cheap ONNX form)
+
+Sorting rules (target, budget, oracle) use TopK, which breaks ties toward the lower key index; torch's
+default (unstable) sort may order tied entries differently, so those selections agree up to ties.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from onnxscript import BOOL, FLOAT
+
+from ..formats import Format
+from ..lookahead.softmax import MASKED_BELOW
+from ..policy import SitePolicy
+from .builder import BOOL as BOOL_TYPE
+from .builder import INT64, Builder
+from .rounding import canonical_nans, round_onnx
+
+FLOAT_TYPE = 1
+FLT_MAX = float(np.finfo(np.float32).max)
+EXPORTABLE_CRITERIA = ("uniform", "target", "strict", "relaxed", "budget", "oracle")
+
+
+class TranslationError(ValueError):
+    """A site's policy has no ONNX form; the message names the site, the op and the reason."""
+
+
+def translation_table(opset: int, rounding: str) -> dict[torch._ops.OpOverload, Callable]:
+    """The custom_translation_table for torch.onnx.export: every lampc op -> its standard-ONNX translation."""
+    make = functools.partial(Builder, opset)
+
+    def lowp_scores(q: FLOAT, k_t: FLOAT, scale: float, policy: str):
+        g = make()
+        return lowp_scores_onnx(g, q, k_t, scale, SitePolicy.from_spec(policy), rounding)
+
+    def lamp_select(s_hat: FLOAT, q: FLOAT, k_t: FLOAT, scale: float, mask, is_causal: bool, policy: str,
+                    site: int):
+        g = make()
+        return lamp_select_onnx(g, s_hat, q, k_t, scale, mask, is_causal, SitePolicy.from_spec(policy), site)
+
+    def recompute_scores(s_hat: FLOAT, selected: BOOL, q: FLOAT, k_t: FLOAT, scale: float, policy: str):
+        g = make()
+        return g.Where(selected, fp32_scores(g, q, k_t, scale), s_hat)
+
+    return {
+        torch.ops.lampc.lowp_scores.default: lowp_scores,
+        torch.ops.lampc.lamp_select.default: lamp_select,
+        torch.ops.lampc.recompute_scores.default: recompute_scores,
+    }
+
+
+def check_exportable(site: SitePolicy, index: int, module: str) -> None:
+    """Raise TranslationError if site `index`'s policy has no ONNX translation."""
+    where = f"site {index} ({module or 'top level'})"
+    if site.criterion not in EXPORTABLE_CRITERIA:
+        raise TranslationError(
+            f"{where}: criterion {site.criterion!r} cannot be exported to ONNX: it draws from torch's random "
+            f"generator, whose stream ONNX cannot reproduce; exportable criteria: {', '.join(EXPORTABLE_CRITERIA)}"
+        )
+
+
+# -- producer: low-precision scores ---------------------------------------------------------------------
+
+
+def fp32_scores(g: Builder, q, k_t, scale: float):
+    """fl32(q @ k_t) * scale, as lampc.lookahead.recompute.fp32_scores."""
+    return g.Mul(g.MatMul(q, k_t), g.const(scale))
+
+
+def lowp_scores_onnx(g: Builder, q, k_t, scale: float, site: SitePolicy, rounding: str):
+    fmt = site.format
+    if site.backend == "native":
+        raw = g.MatMul(round_onnx(g, q, fmt, rounding), round_onnx(g, k_t, fmt, rounding))
+        raw = round_onnx(g, raw, fmt, rounding)
+    else:
+        raw = lp_matmul_onnx(g, q, k_t, fmt, site.block_k, rounding)
+    return round_onnx(g, g.Mul(raw, g.const(scale)), fmt, rounding)
+
+
+def lp_matmul_onnx(g: Builder, a, b, fmt: Format, block_k: int, rounding: str):
+    """lampc.numerics.lp_matmul in ONNX ops: a (..., M, K) @ b (..., K, N) with a rounded accumulator."""
+    if fmt.is_identity:
+        return g.MatMul(a, b)
+    inner = a.shape[-1] if a.shape is not None else None
+    if not isinstance(inner, int):
+        raise TranslationError(
+            f"lp_matmul: the inner dimension K of q must be static in the exported graph, got {inner!r}"
+        )
+    if block_k == 1:
+        a, b = canonical_nans(g, a), canonical_nans(g, b)
+        a_cols = _split(g, a, -1, inner)  # K x (..., M, 1)
+        b_rows = _split(g, b, -2, inner)  # K x (..., 1, N)
+        acc = g.const(0.0)  # acc0 = +0: fl32(+0 + -0) = +0, as in lampc
+        for a_col, b_row in zip(a_cols, b_rows):
+            acc = round_onnx(g, g.Add(acc, g.Mul(a_col, b_row)), fmt, rounding, restore_nan=False)
+        return acc
+    acc = g.const(0.0)
+    for k0 in range(0, inner, block_k):
+        k1 = min(k0 + block_k, inner)
+        a_block = g.Slice(a, g.axes(k0), g.axes(k1), g.axes(-1))  # (..., M, k1 - k0)
+        b_block = g.Slice(b, g.axes(k0), g.axes(k1), g.axes(-2))  # (..., k1 - k0, N)
+        acc = round_onnx(g, g.Add(acc, g.MatMul(a_block, b_block)), fmt, rounding)
+    return acc
+
+
+def _split(g: Builder, x, axis: int, parts: int) -> list:
+    """x split into `parts` slices of width 1 along `axis`."""
+    if parts == 1:
+        return [x]
+    return list(g.Split(x, axis=axis, num_outputs=parts))
+
+
+# -- look-ahead: the selection ---------------------------------------------------------------------------
+
+
+def lamp_select_onnx(g: Builder, s_hat, q, k_t, scale: float, mask, is_causal: bool, site: SitePolicy,
+                     index: int):
+    """lampc.ops.lamp_select: the selection rule of `site.criterion` (lampc.lookahead.softmax.select)."""
+    check_exportable(site, index, "")
+    visible = _visible(g, s_hat, mask, is_causal)
+    criterion = site.criterion
+    if criterion == "uniform":
+        selected = g.Expand(g.const(False, np.bool_), g.Shape(s_hat))
+    else:
+        a = _masked_softmax(g, s_hat, visible)
+        if criterion in ("target", "strict", "relaxed"):
+            selected = _select_rule(g, criterion, s_hat, a, visible, site)
+        elif criterion == "budget":
+            selected = _select_top(g, _strict_sensitivity(g, s_hat, a), visible, _budget_counts(g, visible, site))
+        else:  # oracle
+            rule = _select_rule(g, site.count_from, s_hat, a, visible, site)
+            count = g.ReduceSum(g.Cast(rule, to=INT64), g.axes(-1), keepdims=1)
+            s_fp32 = fp32_scores(g, q, k_t, scale)
+            p = _masked_softmax(g, s_fp32, visible)
+            contribution = g.Mul(_two_a_one_minus_a(g, p), g.Abs(g.Sub(s_fp32, s_hat)))
+            contribution = _nan_to_num(g, contribution)
+            selected = _select_top(g, contribution, visible, count)
+    return g.Or(selected, g.And(visible, g.Not(_isfinite(g, s_hat))))
+
+
+def _visible(g: Builder, s_hat, mask, is_causal: bool):
+    """visible_from_mask, expanded to s_hat's shape."""
+    shape = g.Shape(s_hat)
+    visible = g.Expand(g.const(True, np.bool_), shape)
+    if is_causal:
+        rows_cols = g.Shape(s_hat, start=-2)
+        visible = g.And(visible, g.Cast(g.Trilu(g.Expand(g.const(1.0), rows_cols), upper=0), to=BOOL_TYPE))
+    if mask is not None:
+        keep = mask if mask.dtype == ir.DataType.BOOL else g.Greater(mask, g.const(MASKED_BELOW))
+        visible = g.And(visible, keep)
+    return visible
+
+
+def _masked_softmax(g: Builder, s, visible):
+    a = g.Softmax(g.Where(visible, s, g.const(-np.inf)), axis=-1)
+    a = g.Where(g.IsNaN(a), g.const(0.0), a)
+    return g.Where(visible, a, g.const(0.0))
+
+
+def _two_a_one_minus_a(g: Builder, a):
+    return g.Mul(g.Mul(g.const(2.0), a), g.Sub(g.const(1.0), a))
+
+
+def _strict_sensitivity(g: Builder, s_hat, a):
+    """2·a·(1 − a)·|ŝ|, evaluated in lampc's order."""
+    return g.Mul(_two_a_one_minus_a(g, a), g.Abs(s_hat))
+
+
+def _isfinite(g: Builder, x):
+    return g.Not(g.Or(g.IsInf(x), g.IsNaN(x)))
+
+
+def _nan_to_num(g: Builder, x):
+    """torch.nan_to_num(x, nan=0.0): NaN -> 0, ±inf -> ±FLT_MAX."""
+    return g.Clip(g.Where(g.IsNaN(x), g.const(0.0), x), g.const(-FLT_MAX), g.const(FLT_MAX))
+
+
+def _lengths(g: Builder, visible, dtype: int):
+    return g.ReduceSum(g.Cast(visible, to=dtype), g.axes(-1), keepdims=1)  # (…, T, 1)
+
+
+def _row_tau(g: Builder, site: SitePolicy, rule: str, visible):
+    if not site.length_scaling:
+        return g.const(site.tau)
+    lengths = _lengths(g, visible, FLOAT_TYPE)
+    tau_t = g.Mul(g.const(site.tau), g.Sqrt(g.Div(g.const(float(site.l_ref)), lengths)))
+    return g.Min(tau_t, g.const(1.0)) if rule == "relaxed" else tau_t
+
+
+def _select_rule(g: Builder, rule: str, s_hat, a, visible, site: SitePolicy):
+    if rule == "target":
+        return _select_top(g, a, visible, _target_counts(g, a, visible, site.tau))
+    tau = _row_tau(g, site, rule, visible)
+    if rule == "strict":
+        return g.And(g.Greater(_strict_sensitivity(g, s_hat, a), tau), visible)
+    finite = g.And(visible, _isfinite(g, s_hat))
+    row_max = g.ReduceMax(g.Where(finite, s_hat, g.const(-np.inf)), g.axes(-1), keepdims=1)
+    z = g.Where(finite, g.Mul(g.Abs(s_hat), g.Exp(g.Sub(s_hat, row_max))), g.const(0.0))
+    z_max = g.ReduceMax(z, g.axes(-1), keepdims=1)
+    return g.And(g.Greater(z, g.Mul(tau, z_max)), visible)
+
+
+def _target_counts(g: Builder, a, visible, tau: float):
+    """Paper v1: the shortest prefix (by descending a) with 2 − A_S − 2·min(a) ≤ tau."""
+    width = g.last_dim(a)
+    a_sorted, _ = g.TopK(g.Where(visible, a, g.const(-1.0)), width, axis=-1, largest=1, sorted=1)
+    a_sorted = g.Max(a_sorted, g.const(0.0))
+    prefix_mass = g.CumSum(a_sorted, g.const(-1, np.int64), exclusive=1)  # A_S for |S| = 0 .. L-1
+    min_a = g.ReduceMin(g.Where(visible, a, g.const(np.inf)), g.axes(-1), keepdims=1)
+    fails = g.Greater(g.Sub(g.Sub(g.const(2.0), prefix_mass), g.Mul(g.const(2.0), min_a)), g.const(tau))
+    count = g.ReduceSum(g.Cast(fails, to=INT64), g.axes(-1), keepdims=1)
+    return g.Min(count, _lengths(g, visible, INT64))
+
+
+def _budget_counts(g: Builder, visible, site: SitePolicy):
+    if isinstance(site.budget, int):
+        return g.Min(_lengths(g, visible, INT64), g.const(site.budget, np.int64))
+    lengths = _lengths(g, visible, FLOAT_TYPE)
+    return g.Cast(g.Ceil(g.Mul(g.const(site.budget), lengths)), to=INT64)
+
+
+def _select_top(g: Builder, score, visible, count):
+    """Per row, the `count` visible entries with the largest score (ties: lower key index first)."""
+    width = g.last_dim(score)
+    _, order = g.TopK(g.Where(visible, score, g.const(-np.inf)), width, axis=-1, largest=1, sorted=1)
+    ranks = g.Range(g.const(0, np.int64), g.Squeeze(width, g.axes(0)), g.const(1, np.int64))  # (L,)
+    chosen_sorted = g.Expand(g.Less(ranks, count), g.Shape(score))  # (…, T, L), in sorted order
+    selected = g.ScatterElements(g.Expand(g.const(False, np.bool_), g.Shape(score)), order, chosen_sorted, axis=-1)
+    return g.And(selected, visible)
