@@ -34,7 +34,8 @@ from .result import PassResult, Site, Skip
 aten = torch.ops.aten
 
 TRANSPARENT = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.dropout.default,
-               aten.clone.default, aten.contiguous.default, aten.alias.default)
+               aten.clone.default, aten.contiguous.default, aten.alias.default, aten.to.dtype)
+"""Ops a value passes through unchanged (graphs are FP32, so `to(float32)` is one; eval dropout is one)."""
 NORM_OPS = {aten.layer_norm.default: "layer_norm"}
 ACTIVATION_OPS = {aten.silu.default: "silu"}
 TANH_GELU_MODULES = ("NewGELUActivation", "GELUTanh", "FastGELUActivation", "GELUPytorchTanh", "gelu_new")
@@ -113,6 +114,7 @@ def match_norm(norm: fx.Node) -> LinearMatch | str:
 
 
 def _match_input(h, kind, consumer, gamma, eps, anchor) -> LinearMatch | str:
+    h = _through_transparent(h)
     candidates = [(h, None)]
     if h.op == "call_function" and h.target == aten.add.Tensor and all(isinstance(a, fx.Node) for a in h.args[:2]):
         a, b = h.args[:2]
@@ -129,12 +131,16 @@ def _match_input(h, kind, consumer, gamma, eps, anchor) -> LinearMatch | str:
         if residual is not None and _defined_after(residual, source):
             return f"residual {residual.name} is computed after the producer {source.name}"
         return LinearMatch(kind, consumer, producer, residual, gamma, eps, anchor)
-    what = _through_transparent(candidates[0][0])
-    return f"{consumer} input comes from {_op(what)}, not a linear layer [+ residual]"
+    sources = _op(_through_transparent(h))
+    if len(candidates) == 2:
+        sources = "add(" + ", ".join(_op(_through_transparent(v)) for v in (h.args[0], h.args[1])) + ")"
+    return f"{consumer} input is {sources}, not a linear layer [+ residual]"
 
 
 def _op(node: fx.Node) -> str:
-    return str(node.target) if node.op == "call_function" else node.op
+    if node.op != "call_function":
+        return node.op
+    return getattr(node.target, "_opname", str(node.target))
 
 
 def _defined_after(a: fx.Node, b: fx.Node) -> bool:
@@ -183,8 +189,32 @@ def find_tanh_gelu_inputs(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:
     return found
 
 
+def find_rms_norms(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node | None, float, fx.Node]]:
+    """(input, gamma, eps, first node) of each RMSNorm module (decomposed as pow/mean/add/rsqrt/mul)."""
+    groups: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and _module_type(node).endswith(RMS_NORM_MODULES):
+            groups.setdefault(module_path(node), []).append(node)
+    found = []
+    for path, nodes in groups.items():
+        members = set(nodes)
+        pow_node = next((n for n in nodes if n.target == aten.pow.Tensor_Scalar and n.args[1] == 2), None)
+        if pow_node is None:
+            continue
+        x = pow_node.args[0]
+        gamma = next((a for n in nodes for a in n.args if isinstance(a, fx.Node) and a not in members
+                      and a.op == "get_attr"), None)
+        eps = next((float(n.args[1]) for n in nodes if n.target == aten.add.Tensor
+                    and isinstance(n.args[1], (int, float))), 1e-6)
+        found.append((x, gamma, eps, pow_node))
+    return found
+
+
 def find_linear_sites(gm: fx.GraphModule, kinds: set[str]) -> tuple[list[LinearMatch], list[Skip]]:
     matches, skips = [], []
+    if "layer_norm" in kinds:
+        for x, gamma, eps, first in find_rms_norms(gm):
+            _collect(_match_input(x, "layer_norm", "rms_norm", gamma, eps, first), first, "layer_norm", matches, skips)
     if "gelu" in kinds:
         for value, first in find_tanh_gelu_inputs(gm):
             found = _match_input(value, "gelu", "gelu_tanh", None, 0.0, first)
