@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 import warnings
@@ -124,7 +125,8 @@ def _check_tau(criterion: str, source: str | None, tau) -> None:
         SitePolicy(criterion=criterion, tau=tau, count_from=source or "strict")
     except ValueError as err:
         rule = f"{criterion} (counts of {source})" if source else criterion
-        raise ValueError(f"tau {tau!r} for criterion {rule}: {str(err).removeprefix('SitePolicy.tau ')}") from None
+        reason = re.search(r"must be .*", str(err))
+        raise ValueError(f"tau {tau!r} for criterion {rule}: {reason.group(0) if reason else err}") from None
 
 
 class CellCompiler:

@@ -1,0 +1,209 @@
+"""`lampc eval`: the paper's accuracy protocol over a grid of formats x criteria x tau (LAMP.md §5)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import textwrap
+from pathlib import Path
+
+from ..cli import CliError
+from ..formats import parse as parse_format, valid_names
+from ..policy import COUNT_SOURCES
+from .sweep import SWEEP_CRITERIA, TAU_GRIDS, plan_cells
+
+DEFAULT_CRITERIA = "uniform,strict,random,oracle"
+
+
+def add_parser(subparsers) -> None:
+    grids = "; ".join(f"{c} {','.join(f'{t:g}' for t in g)}" for c, g in TAU_GRIDS.items())
+    parser = subparsers.add_parser(
+        "eval", help="measure accuracy against FP32 over formats x criteria x tau",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Run the accuracy protocol of the LAMP paper: for every format x criterion x tau, compile the model "
+            "once, run the same token windows as the FP32 reference (TF32 off), and report the mean "
+            "KL(P_fp32 || P_test), the flip rate, perplexity, NaN rate and the recompute rate over all batches. "
+            "Writes results.csv, results.json, kl_vs_rate.png and kl_vs_m.png to --out.", width=100),
+        epilog="criteria:\n"
+               "  uniform          everything in the low-precision format, no recompute (no tau)\n"
+               "  target           paper v1 amplification target, tau in [1, 2]\n"
+               "  strict           paper v2 strict threshold, tau > 0\n"
+               "  relaxed          paper v2 relaxed threshold, tau in (0, 1]\n"
+               "  random, oracle   baselines with the per-row counts of --count-from at the same tau\n"
+               f"\ndefault tau grids: {grids}\n"
+               "\nexample:\n"
+               "  lampc eval --format m4,m7 --criterion uniform,strict,random --tau 2,0.5 --seq-len 256 --n-seq 16")
+    add_data_arguments(parser)
+    grid = parser.add_argument_group("grid")
+    grid.add_argument("--format", default="m4,m7", metavar="LIST",
+                      help="comma-separated accumulator formats (default m4,m7; see `lampc formats`)")
+    grid.add_argument("--criterion", default=DEFAULT_CRITERIA, metavar="LIST",
+                      help=f"comma-separated criteria from {','.join(SWEEP_CRITERIA)} (default {DEFAULT_CRITERIA})")
+    grid.add_argument("--tau", default=None, metavar="LIST",
+                      help="comma-separated thresholds for every criterion that takes one (default: a grid per "
+                           "criterion, below)")
+    grid.add_argument("--count-from", default="strict", choices=COUNT_SOURCES,
+                      help="the rule whose per-row counts random and oracle reproduce (default strict)")
+    grid.add_argument("--block-k", type=positive_int, default=1, metavar="B",
+                      help="accumulation block: 1 = round after every multiply-add (default), B = FP32 partial "
+                           "sums of B terms")
+    parser.add_argument("--out", default="lampc-eval", metavar="DIR", help="output directory (default ./lampc-eval)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def add_data_arguments(parser, *, seq_len: int = 128, n_seq: int = 4, batch_size: int = 4) -> None:
+    """--model, --text, --shuffle, --seq-len, --n-seq, --batch-size, --seed (shared with `lampc demo`)."""
+    data = parser.add_argument_group("model and data")
+    data.add_argument("--model", default="embedded", metavar="NAME|DIR",
+                      help="'embedded' (default, lampc's small GPT-2) or a local Hugging Face model directory")
+    data.add_argument("--text", default=None, metavar="FILE",
+                      help="UTF-8 text to evaluate on (default: Jane Austen's Persuasion, held out from training)")
+    data.add_argument("--shuffle", action="store_true",
+                      help="permute the tokens of every window (the paper's nonsense-input stress case)")
+    data.add_argument("--seq-len", type=positive_int, default=seq_len, metavar="T",
+                      help=f"tokens per window (default {seq_len}; at most the model's context)")
+    data.add_argument("--n-seq", type=positive_int, default=n_seq, metavar="N",
+                      help=f"number of windows (default {n_seq})")
+    data.add_argument("--batch-size", type=positive_int, default=batch_size, metavar="B",
+                      help=f"windows per forward pass (default {batch_size})")
+    data.add_argument("--seed", type=int, default=42, help="seed for choosing (and shuffling) windows (default 42)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def run(args) -> int:
+    formats = parse_formats(args.format)
+    criteria = parse_criteria(args.criterion)
+    taus = parse_taus(args.tau)
+    cells = check_grid(formats, criteria, taus, args.count_from)
+    check_data_arguments(args)
+    model, tokenizer = load(args.model)
+    check_context(model, args)
+
+    from .report_table import EVAL_COLUMNS, format_table, headline, HEADLINE_COLUMNS
+    from .sweep import run_sweep
+
+    print(f"lampc eval: {len(cells)} cells on {args.model}, {args.n_seq} x {args.seq_len} tokens of "
+          f"{args.text or 'Persuasion'}{' (shuffled)' if args.shuffle else ''}", file=sys.stderr)
+    rows = run_sweep(model, tokenizer, formats=formats, criteria=criteria, taus=taus, seq_len=args.seq_len,
+                     n_seq=args.n_seq, seed=args.seed, text=args.text, shuffle=args.shuffle,
+                     batch_size=args.batch_size, block_k=args.block_k, count_from=args.count_from, out_dir=args.out,
+                     progress=not args.quiet, model_name=args.model, command=command_line(args))
+    print(format_table(rows, EVAL_COLUMNS))
+    best = headline(rows)
+    if best:
+        print("\nbest deployable rule at a recompute rate cap, against uniform and random at the same counts:")
+        print(format_table(best, HEADLINE_COLUMNS))
+    print(f"\nwrote {describe_outputs(args.out)}")
+    return 0
+
+
+# ---- argument checks (each error names its argument) ---------------------------------------------------------
+
+
+def split_list(text: str, name: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise CliError(f"{name}: expected a comma-separated list without empty items, got {text!r}")
+    return items
+
+
+def parse_formats(text: str) -> list[str]:
+    names = []
+    for item in split_list(text, "--format"):
+        try:
+            names.append(parse_format(item).name)
+        except ValueError:
+            raise CliError(f"--format: unknown format {item!r}; valid: {', '.join(valid_names())}") from None
+    return list(dict.fromkeys(names))
+
+
+def parse_criteria(text: str) -> list[str]:
+    items = split_list(text, "--criterion")
+    for item in items:
+        if item not in SWEEP_CRITERIA:
+            raise CliError(f"--criterion: unknown criterion {item!r}; choose from {', '.join(SWEEP_CRITERIA)}")
+    return list(dict.fromkeys(items))
+
+
+def parse_taus(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    taus = []
+    for item in split_list(text, "--tau"):
+        try:
+            taus.append(float(item))
+        except ValueError:
+            raise CliError(f"--tau: {item!r} is not a number") from None
+    return taus
+
+
+def check_grid(formats, criteria, taus, count_from):
+    """The sweep's cells; a tau outside a criterion's range is reported against --tau."""
+    if taus is not None and all(c == "uniform" for c in criteria):
+        raise CliError("--tau: no selected criterion takes a tau (uniform recomputes nothing)")
+    try:
+        return plan_cells(formats, criteria, taus, count_from)
+    except ValueError as err:
+        raise CliError(f"--tau: {err}") from None
+
+
+def check_data_arguments(args) -> None:
+    """The checks that need no model: --text exists, --out can be a directory."""
+    if args.text is not None and not Path(args.text).is_file():
+        raise CliError(f"--text: no such file: {args.text}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out: {out} exists and is not a directory")
+
+
+def check_context(model, args) -> None:
+    """--seq-len against the loaded model's context (n_positions / max_position_embeddings)."""
+    config = model.config
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if context and not 2 <= args.seq_len <= context:
+        raise CliError(f"--seq-len: {args.seq_len} is outside [2, {context}], the context of model {args.model!r}")
+
+
+def load(name: str):
+    from ..models import ModelNotFoundError, load_model
+
+    try:
+        return load_model(name)
+    except ModelNotFoundError as err:
+        raise CliError(f"--model: {_model_help(name, err)}") from None
+
+
+def _model_help(name: str, err: Exception) -> str:
+    if name == "embedded":
+        return (f"the embedded model's weights are not there yet ({err}). It is trained by "
+                "`python -m lampc.models.train_embedded`; or pass --model DIR with a local Hugging Face model")
+    return str(err)
+
+
+def command_line(args, name: str = "eval") -> str:
+    """The full command, every option spelled out (defaults included), so that results.json can be rerun."""
+    parts = ["lampc", name]
+    for key, value in vars(args).items():
+        if key in ("command", "run") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts += [flag] if value is True else [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def describe_outputs(out: str) -> str:
+    out_dir = Path(out)
+    names = [p.name for p in sorted(out_dir.glob("results.*")) + sorted(out_dir.glob("*.png"))]
+    return f"{', '.join(names)} in {out_dir.resolve()}"
