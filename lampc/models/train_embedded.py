@@ -225,8 +225,9 @@ def evaluate(model: GPT2LMHeadModel, val: torch.Tensor) -> float:
 
 
 def run_key(args: argparse.Namespace) -> dict:
-    """The arguments that must match for a checkpoint to be resumed."""
-    skip = ("out", "fresh", "card_only", "log_every", "eval_minutes", "ckpt_minutes", "threads", "slice")
+    """The arguments that must match for a checkpoint to be resumed. `--minutes` may change: the schedule then
+    stretches (or shrinks) to the new budget from where the run is."""
+    skip = ("out", "fresh", "card_only", "log_every", "eval_minutes", "ckpt_minutes", "threads", "slice", "minutes")
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
@@ -254,19 +255,27 @@ def write_card(out: Path, slice_path: Path) -> None:
     seq_len = training["seq_len"]
     persuasion = encode(tokenizer, austen_novels()[HELD_OUT])
     val_ppl, val_tokens = perplexity(model, persuasion, seq_len)
-    peak = attention_peakedness(model, validation_windows(tokenizer, seq_len, 16))
+    peak = {w: attention_peakedness(model, validation_windows(tokenizer, w, 16)) for w in sorted({256, seq_len})}
     slice_ids = encode(tokenizer, read_text(slice_path))
     slice_ppl, slice_tokens = perplexity(model, slice_ids, seq_len)
     size_mb = (out / "model.safetensors").stat().st_size / 2**20
     results = {
         "persuasion_ppl": val_ppl, "persuasion_tokens": val_tokens, "window": seq_len,
-        "attention_peakedness": peak, "peakedness_windows": 16,
+        "attention_peakedness": peak[seq_len], "peakedness_windows": 16,
+        "attention_peakedness_by_window": {str(w): v for w, v in peak.items()},
         "slice_file": "tests/fixtures/persuasion_slice.txt", "slice_ppl": slice_ppl, "slice_tokens": slice_tokens,
     }
     (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
-    log(f"Persuasion ppl {val_ppl:.2f}  peakedness {peak:.3f}  slice ppl {slice_ppl:.4f}  {size_mb:.1f} MB")
-    (out / "MODEL_CARD.md").write_text(CARD.format(t=training, r=results, size_mb=size_mb,
-                                                   head_dim=training["n_embd"] // training["n_head"]))
+    log(f"Persuasion ppl {val_ppl:.2f}  peakedness {peak}  slice ppl {slice_ppl:.4f}  {size_mb:.1f} MB")
+    peak_rows = "".join(
+        f"| attention peakedness, windows of {w}: mean over layers, heads and rows of the row's max attention "
+        f"weight (16 Persuasion windows) | **{v:.3f}** |\n" for w, v in peak.items()
+    )
+    curve = ", ".join(f"{h['val_ppl']:.0f} at step {h['step']}" for h in training["history"])
+    notes = "".join(f"\n\nNote: {n}" for n in training.get("notes", []))
+    (out / "MODEL_CARD.md").write_text(CARD.format(
+        t=training, r=results, size_mb=size_mb, head_dim=training["n_embd"] // training["n_head"],
+        peak_rows=peak_rows, curve=curve or "none recorded", notes=notes))
 
 
 CARD = """\
@@ -299,18 +308,21 @@ trained on five novels (Sense & Sensibility, Pride & Prejudice, Mansfield Park, 
 AdamW (betas 0.9/0.95, weight decay {t[weight_decay]} on matrices), peak learning rate {t[lr]}, linear warmup over
 the first {t[warmup]:.0%} then cosine decay to a tenth, following the fraction of the time budget spent; gradient
 clipping at 1.0; dropout {t[dropout]}; batches of {t[batch_size]} random windows of {t[seq_len]} tokens;
-bf16 autocast: {t[bf16]}; seed {t[seed]}; {t[threads]} CPU threads.
-**{t[steps_done]} steps, {t[train_minutes]:.1f} minutes of training** (wall time, evaluation excluded).
+bf16 autocast: {t[bf16]} (weights and optimizer state in FP32); seed {t[seed]}; {t[threads]} CPU threads on a
+shared 2-core machine. **{t[steps_done]} steps, {t[train_minutes]:.1f} minutes of training** (wall time, periodic
+evaluation and checkpointing excluded). Validation perplexity during training (24 fixed Persuasion windows):
+{curve}.{notes}
 
 ## Evaluation (eval.json)
 
 | measure | value |
 |---|---|
 | perplexity on Persuasion (all of it, {r[persuasion_tokens]:,} predicted tokens, windows of {r[window]}) | **{r[persuasion_ppl]:.2f}** |
-| attention peakedness: mean over layers, heads and rows of the row's max attention weight ({r[peakedness_windows]} Persuasion windows of {r[window]}) | **{r[attention_peakedness]:.3f}** |
-| perplexity on `{r[slice_file]}` ({r[slice_tokens]:,} predicted tokens) | {r[slice_ppl]:.4f} |
+{peak_rows}| perplexity on `{r[slice_file]}` ({r[slice_tokens]:,} predicted tokens) | {r[slice_ppl]:.4f} |
 
 Perplexity = exp(mean next-token NLL), each window scored on its own (its first token is context only).
+Peakedness includes every query row (row 0 attends only to itself, weight 1); longer windows spread attention
+over more keys, so the number falls as the window grows.
 The slice number is what `tests/test_embedded_model.py` reproduces (relative tolerance 1e-4).
 
 ## Reproduce
@@ -318,9 +330,10 @@ The slice number is what `tests/test_embedded_model.py` reproduces (relative tol
     apt-get download r-cran-janeaustenr   # done for you on first use of lampc.eval.data (needs apt)
     python -m lampc.models.train_embedded --minutes {t[minutes]} --out lampc/models/embedded
 
-Seeded, but time-boxed: the step count depends on the machine's speed, so a rerun gives a similar, not an
-identical, model (pass `--steps {t[steps_done]}` for a step-exact schedule). Interrupted runs resume from
-`train_ckpt/`. `--card-only` re-measures the shipped weights and rewrites this card.
+Seeded, but time-boxed: the learning-rate schedule follows wall time, so a rerun gives a similar, not an
+identical, model. `--steps N` makes the schedule follow the step count instead (reproducible on any machine,
+though not the same schedule as this run's). Interrupted runs resume from `train_ckpt/`. `--card-only`
+re-measures the shipped weights and rewrites this card and eval.json.
 """
 
 
