@@ -3,9 +3,13 @@
 import os
 import shutil
 import stat
+import struct
+import zlib
 from collections import Counter
 
+import numpy as np
 import pytest
+import rdata
 import torch
 
 from lampc.eval import data
@@ -102,6 +106,43 @@ def test_novels_read_from_cache_without_fetching(tmp_path, monkeypatch):
     assert novels["Persuasion"] == "persuasion text, wrapped\n"
     assert data.austen_novels(reflow=False)["Emma"] == "emma text,\nwrapped\n"
     assert data.persuasion_text() == "persuasion text, wrapped\n"
+
+
+def write_lazyload(folder, novels: dict[str, list[str]]) -> None:
+    """A small R lazy-load database laid out like r-cran-janeaustenr's data/ (Rdata.rdx index + Rdata.rdb)."""
+    folder.mkdir(parents=True)
+    blob, index = b"", {}
+    for key, lines in novels.items():
+        rdata.write_rds(folder / "one.rds", np.array(lines), compression=None)
+        raw = (folder / "one.rds").read_bytes()
+        entry = struct.pack(">I", len(raw)) + zlib.compress(raw)
+        index[key] = np.array([len(blob), len(entry)], dtype=np.int32)
+        blob += entry
+    (folder / "one.rds").unlink()
+    (folder / "Rdata.rdb").write_bytes(blob)
+    rdata.write_rds(folder / "Rdata.rdx", {"variables": index, "references": {}, "compressed": np.array([True])})
+
+
+def test_novels_decoded_from_installed_package_and_cached(tmp_path, monkeypatch):
+    package = tmp_path / "site-library" / "janeaustenr" / "data"
+    write_lazyload(package, {key: [f"{key} begins,", "  and £ goes on.", "", "The end."] for key in data.NOVELS})
+    monkeypatch.setattr(data, "INSTALLED_DATA", package)
+    monkeypatch.setenv("LAMPC_CACHE", str(tmp_path / "cache"))
+    novels = data.austen_novels()
+    assert novels["Emma"] == "emma begins, and £ goes on.\n\nThe end.\n"
+    assert data.austen_novels(reflow=False)["Persuasion"] == "persuasion begins,\n  and £ goes on.\n\nThe end.\n"
+    assert (tmp_path / "cache" / "austen" / "northangerabbey.txt").is_file()
+    shutil.rmtree(package)  # now served from the cache alone
+    assert data.austen_novels() == novels
+
+
+def test_package_without_a_novel_is_an_error(tmp_path, monkeypatch):
+    package = tmp_path / "data"
+    write_lazyload(package, {"emma": ["Emma Woodhouse"]})
+    monkeypatch.setattr(data, "INSTALLED_DATA", package)
+    monkeypatch.setenv("LAMPC_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="no novel named 'sensesensibility'"):
+        data.austen_novels()
 
 
 def test_fetch_failure_tells_what_to_run(tmp_path, monkeypatch):
