@@ -115,21 +115,28 @@ def _strict(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
 
 
 def _strict_compiled(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
-    """Strict accumulation with COMPILED_CHUNK steps per fused kernel; the remainder runs eagerly."""
+    """Strict accumulation, COMPILED_CHUNK steps per fused kernel call, over the same cache-sized
+    tiles as `_strict` (a ragged last tile costs one more compile); the K remainder runs eagerly."""
     batch, rows, inner = a.shape
-    acc = torch.zeros(batch, rows, b.shape[-1], dtype=torch.float32, device=a.device)  # (B, M, N)
+    cols = b.shape[-1]
+    out = torch.empty(batch, rows, cols, dtype=torch.float32, device=a.device)
     chunked = inner - inner % COMPILED_CHUNK
     try:
         kernel = _compiled_strict_chunk(dropped_mantissa_bits(fmt))
-        for k0 in range(0, chunked, COMPILED_CHUNK):
-            acc = kernel(acc, a[..., k0 : k0 + COMPILED_CHUNK], b[:, k0 : k0 + COMPILED_CHUNK])
+        for batches, row_slice in _tiles(batch, rows, cols):
+            a_tile, b_tile = a[batches, row_slice], b[batches]  # (Bt, Mt, K), (Bt, K, N)
+            acc = torch.zeros_like(out[batches, row_slice])  # (Bt, Mt, N)
+            for k0 in range(0, chunked, COMPILED_CHUNK):
+                k1 = k0 + COMPILED_CHUNK
+                acc = kernel(acc, a_tile[..., k0:k1], b_tile[:, k0:k1])
+            for k in range(chunked, inner):
+                acc.add_(a_tile[..., k : k + 1] * b_tile[:, k : k + 1])
+                _round_accumulator_(acc, fmt)
+            out[batches, row_slice] = acc
     except Exception as err:  # noqa: BLE001 (any compiler failure: fall back, results are identical)
         warnings.warn(f"lp_matmul: torch.compile failed ({err!r}); using the eager path", stacklevel=3)
         return _strict(a, b, fmt)
-    for k in range(chunked, inner):
-        acc.add_(a[..., k : k + 1] * b[:, k : k + 1])
-        _round_accumulator_(acc, fmt)
-    return acc
+    return out
 
 
 @functools.cache
