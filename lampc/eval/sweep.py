@@ -372,6 +372,8 @@ def plot_kl_vs_rate(rows: list[dict], path: str | Path) -> None:
         for r in cells:
             if r["criterion"] == "uniform" and _positive(r["kl"]):
                 ax.axhline(r["kl"], color="0.4", ls="--", lw=1.2, label=f"uniform {fmt}")
+            elif r["criterion"] == "uniform" and r["kl"] == 0.0:
+                ax.text(0.02, 0.02, "uniform: KL = 0", transform=ax.transAxes, fontsize=8, color="0.4")
         for crit, (color, marker) in _STYLE.items():
             pts = sorted((100 * r["recompute_rate"], r["kl"]) for r in cells if r["criterion"] == crit
                          and _positive(r["kl"]) and r["recompute_rate"] > 0)
@@ -380,8 +382,7 @@ def plot_kl_vs_rate(rows: list[dict], path: str | Path) -> None:
                 label = f"{crit} (counts of {source})" if source else crit
                 ax.plot(*zip(*pts), color=color, marker=marker, lw=1.2, ms=5, label=label)
         ax.set_yscale("log")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(_percent_formatter())
+        _log_percent_axis(ax, [100 * r["recompute_rate"] for r in cells if r["recompute_rate"] > 0])
         ax.set_xlabel("recompute rate (% of visible QK^T entries, layer mean)")
         ax.set_ylabel("mean KL(P_fp32 || P_test)")
         ax.set_title(f"{fmt}: {_subtitle(cells)}", fontsize=10)
@@ -430,10 +431,17 @@ def _pyplot():
     return plt
 
 
-def _percent_formatter():
-    from matplotlib.ticker import FuncFormatter
+def _log_percent_axis(ax, percents: list[float]) -> None:
+    """Log x axis labelled in %, spanning at least one decade around the points."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    return FuncFormatter(lambda x, _: f"{x:g}%")
+    ax.set_xscale("log")
+    if percents:
+        lo, hi = min(percents), max(percents)
+        mid = math.sqrt(lo * hi)
+        ax.set_xlim(min(lo / 1.5, mid / 3.2), max(hi * 1.5, mid * 3.2))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _positive(x) -> bool:
