@@ -8,6 +8,7 @@ from .capture import capture
 from .passes import run_passes
 from .policy import Policy, SitePolicy
 from .runtime.compiled import CompiledModel
+from .runtime.native import register_static_weights
 
 
 def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, **overrides) -> CompiledModel:
@@ -25,6 +26,7 @@ def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, **overr
     policy = Policy.from_overrides(policy, **overrides)
     captured = capture(model)
     result = run_passes(captured.graph_module, policy)
+    register_static_weights(result.graph_module.parameters())  # native backend: cast weights once
     return CompiledModel(
         result.graph_module,
         result,

@@ -18,8 +18,9 @@ from torch import Tensor
 
 from .lookahead.recompute import fp32_scores, recompute
 from .lookahead.softmax import select, visible_from_mask
-from .numerics import lp_matmul, native_matmul, round_to
+from .numerics import lp_matmul, round_to
 from .policy import SitePolicy
+from .runtime.native import native_product
 
 _GENERATORS: dict[tuple[int, int], torch.Generator] = {}
 
@@ -53,10 +54,10 @@ def lowp_scores(q: Tensor, k_t: Tensor, scale: float, policy: str) -> Tensor:
     """ŝ = RN(lp_matmul(q, k_t) * scale): the producer in the site's low-precision format."""
     _check_scores_inputs(q, k_t)
     site = SitePolicy.from_spec(policy)
-    if site.backend == "native":
-        raw = native_matmul(q, k_t, site.format)
-    else:
-        raw = lp_matmul(q, k_t, site.format, block_k=site.block_k)
+    if site.backend == "native":  # the GEMM writes the dtype; the scaling is rounded to it once more
+        dtype = site.format.torch_dtype
+        return (native_product(q, k_t, None, dtype).to(dtype) * scale).to(torch.float32)
+    raw = lp_matmul(q, k_t, site.format, block_k=site.block_k)
     return round_to(raw * scale, site.format)
 
 

@@ -16,14 +16,18 @@ import torch
 from torch import Tensor
 
 from .lookahead.components import column_norms, select_components
-from .numerics import lp_matmul, native_matmul, round_to
+from .numerics import lp_matmul, round_to
 from .ops import random_generator
 from .policy import SitePolicy
+from .runtime.native import native_product
 
 
-def _product(x: Tensor, w: Tensor, bias: Optional[Tensor], site: SitePolicy) -> Tensor:
-    raw = native_matmul(x, w, site.format) if site.backend == "native" else lp_matmul(x, w, site.format, site.block_k)
-    return raw if bias is None else raw + bias
+def _lowp(x: Tensor, w: Tensor, bias: Optional[Tensor], site: SitePolicy) -> Tensor:
+    """RN(x @ w + bias): emulated accumulator, or the native dtype's GEMM (its output is already rounded)."""
+    if site.backend == "native":
+        return native_product(x, w, bias, site.format.torch_dtype)
+    raw = lp_matmul(x, w, site.format, site.block_k)
+    return round_to(raw if bias is None else raw + bias, site.format)
 
 
 def _fp32(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -37,8 +41,7 @@ def lowp_matmul(x: Tensor, w: Tensor, bias: Optional[Tensor], policy: str) -> Te
     for name, value in (("x", x), ("w", w)):
         if value.dtype != torch.float32:
             raise TypeError(f"lampc.lowp_matmul: {name} must be float32, got {value.dtype}")
-    site = SitePolicy.from_spec(policy)
-    return round_to(_product(x, w, bias, site), site.format)
+    return _lowp(x, w, bias, SitePolicy.from_spec(policy))
 
 
 @lowp_matmul.register_fake
@@ -84,6 +87,8 @@ def _(y_hat, x, w, bias, residual, gamma, eps, consumer, policy, site):
 def recompute_linear(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Optional[Tensor], policy: str) -> Tensor:
     """y_hat with the selected outputs replaced by FP32 x_t·w_i + b_i (gathered; dense above the policy's rate)."""
     rule = SitePolicy.from_spec(policy)
+    if y_hat.device.type != "cpu":  # accelerators: masked dense path, no host synchronisation
+        return torch.where(selected, _fp32(x, w, bias), y_hat)
     count = int(selected.sum())
     if count == 0:
         return y_hat.clone()

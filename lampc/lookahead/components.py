@@ -21,7 +21,7 @@ from torch import Tensor
 from ..policy import SitePolicy
 from .activations import DERIVATIVES
 from .norms import layer_norm_column_norms, rms_norm_column_norms
-from .softmax import budget_counts, select_top
+from .softmax import budget_counts, budget_k_max, select_top, select_top_k
 
 CONSUMERS = ("layer_norm", "rms_norm", "gelu_tanh", "gelu", "silu")
 
@@ -63,7 +63,8 @@ def select_components(
     elif criterion in ("strict", "relaxed", "target"):
         selected = _rule(criterion, weight, finite, site.tau)
     elif criterion == "budget":
-        selected = select_top(weight, finite, budget_counts(torch.ones_like(finite), site.budget))
+        count = budget_counts(torch.ones_like(finite), site.budget)
+        selected = select_top_k(weight, finite, count, budget_k_max(y_hat.shape[-1], site.budget))
     else:
         count = _rule(site.count_from, weight, finite, site.tau).sum(dim=-1, keepdim=True)
         if criterion == "random":

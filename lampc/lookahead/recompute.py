@@ -38,7 +38,10 @@ def recompute_dense(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, sca
 
 
 def recompute(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float, dense_above: float) -> Tensor:
-    """Sparse recompute, or dense when the selected fraction exceeds `dense_above`."""
+    """On the CPU: sparse recompute, or dense when the selected fraction exceeds `dense_above`.
+    On accelerators: the masked dense path, which needs no host synchronisation."""
+    if s_hat.device.type != "cpu":
+        return recompute_dense(s_hat, selected, q, k_t, scale)
     if s_hat.numel() == 0:
         return s_hat.clone()
     rate = selected.sum().item() / selected.numel()

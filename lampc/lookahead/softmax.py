@@ -14,6 +14,8 @@ Conventions shared by every function:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -80,11 +82,34 @@ def target_counts(a: Tensor, visible: Tensor, tau: float) -> Tensor:
 
 
 def select_top(score: Tensor, visible: Tensor, count: Tensor) -> Tensor:
-    """Per row, the `count` visible entries with the largest `score` (count: int tensor (…, T, 1))."""
-    order = score.masked_fill(~visible, float("-inf")).sort(dim=-1, descending=True).indices
+    """Per row, the `count` visible entries with the largest `score` (count: int tensor (…, T, 1));
+    ties go to the lowest key index (stable sort)."""
+    order = score.masked_fill(~visible, float("-inf")).sort(dim=-1, descending=True, stable=True).indices
     ranks = torch.arange(score.shape[-1], device=score.device)
     chosen_sorted = ranks < count  # (…, T, L) in sorted order
     return torch.zeros_like(visible).scatter(-1, order, chosen_sorted) & visible
+
+
+def select_top_k(score: Tensor, visible: Tensor, count: Tensor, k_max: int) -> Tensor:
+    """select_top when no row takes more than k_max entries: a partial top-k instead of a full sort.
+
+    Ties at the threshold go to the lowest key index, as with a stable sort."""
+    k_max = min(k_max, score.shape[-1])
+    if k_max <= 0:
+        return torch.zeros_like(visible)
+    masked = score.masked_fill(~visible, float("-inf"))
+    top = masked.topk(k_max, dim=-1).values  # (…, T, k_max), descending
+    threshold = top.gather(-1, (count - 1).clamp(min=0, max=k_max - 1))  # the count-th largest per row
+    greater = masked > threshold
+    equal = masked == threshold
+    room = count - greater.sum(dim=-1, keepdim=True)
+    chosen = greater | (equal & (equal.cumsum(dim=-1) <= room))
+    return chosen & visible & (count > 0)
+
+
+def budget_k_max(length: int, budget) -> int:
+    """The most entries a budget picks in a row of `length` keys (a static bound: no host sync)."""
+    return min(budget, length) if isinstance(budget, int) else math.ceil(budget * length)
 
 
 def budget_counts(visible: Tensor, budget) -> Tensor:
@@ -126,7 +151,9 @@ def select(
     elif criterion in ("target", "strict", "relaxed"):
         selected = select_rule(criterion, s_hat, a, usable, visible, site)
     elif criterion == "budget":
-        selected = select_top(strict_sensitivity(s_hat, a), usable, budget_counts(visible, site.budget))
+        count = budget_counts(visible, site.budget)
+        k_max = budget_k_max(s_hat.shape[-1], site.budget)
+        selected = select_top_k(strict_sensitivity(s_hat, a), usable, count, k_max)
     else:
         count = select_rule(site.count_from, s_hat, a, usable, visible, site).sum(dim=-1, keepdim=True)
         if criterion == "random":
