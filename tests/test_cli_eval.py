@@ -9,6 +9,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from lampc.cli import main
+from lampc.eval.cli_eval import parse_taus
 
 WORDS = [f"w{i}" for i in range(63)]
 
@@ -60,7 +61,9 @@ def fails(capsys, *argv) -> str:
     (["--n-seq", "two"], "argument --n-seq: expected a positive integer, got 'two'"),
     (["--batch-size", "-3"], "argument --batch-size: must be a positive integer"),
     (["--block-k", "0"], "argument --block-k"),
-    (["--count-from", "oracle"], "argument --count-from: invalid choice"),
+    (["--count-from", "strict,oracle"], "--count-from: 'oracle' is not a rule random/oracle can count from"),
+    (["--tau", "best=0.1"], "--tau: 'best' in 'best=0.1' is not a criterion that takes a tau"),
+    (["--criterion", "strict,relaxed", "--tau", "strict=1.5", "--tau", "0.5,2.5"], "tau 2.5 for criterion relaxed"),
     (["--text", "/nonexistent/persuasion.txt"], "--text: no such file: /nonexistent/persuasion.txt"),
     (["--model", "/nonexistent/model"], "--model: unknown model '/nonexistent/model'"),
 ])
@@ -68,6 +71,13 @@ def test_eval_rejects_bad_arguments(capsys, argv, message):
     err = fails(capsys, "eval", *argv)
     assert message in err
     assert err.startswith(("lampc eval: error:", "usage:"))
+
+
+def test_tau_lists():
+    assert parse_taus(["0.5,2"]) == [0.5, 2.0]
+    assert parse_taus(["strict=0.5,2", "relaxed=0.03", "1.5"]) == {"strict": [0.5, 2.0], "relaxed": [0.03],
+                                                                   "all": [1.5]}
+    assert parse_taus(None) is None
 
 
 def test_eval_rejects_seq_len_above_context(capsys, model_dir):

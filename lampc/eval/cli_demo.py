@@ -40,6 +40,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     formats = parse_formats(args.format)
     taus = parse_taus(args.tau) or list(DEMO_TAUS)
+    if isinstance(taus, dict):
+        raise CliError(f"--tau: the demo sweeps the {RULE} rule only; give a plain list, e.g. --tau 10,2,0.5")
     try:
         plan_cells(formats, [RULE], taus)
     except ValueError as err:

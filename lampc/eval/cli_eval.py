@@ -41,11 +41,13 @@ def add_parser(subparsers) -> None:
                       help="comma-separated accumulator formats (default m4,m7; see `lampc formats`)")
     grid.add_argument("--criterion", default=DEFAULT_CRITERIA, metavar="LIST",
                       help=f"comma-separated criteria from {','.join(SWEEP_CRITERIA)} (default {DEFAULT_CRITERIA})")
-    grid.add_argument("--tau", default=None, metavar="LIST",
-                      help="comma-separated thresholds for every criterion that takes one (default: a grid per "
-                           "criterion, below)")
-    grid.add_argument("--count-from", default="strict", choices=COUNT_SOURCES,
-                      help="the rule whose per-row counts random and oracle reproduce (default strict)")
+    grid.add_argument("--tau", action="append", default=None, metavar="[CRITERION=]LIST",
+                      help="comma-separated thresholds for every criterion that takes one, or, prefixed with "
+                           "CRITERION=, for that criterion only (repeat the option; default: a grid per criterion, "
+                           "below)")
+    grid.add_argument("--count-from", default="strict", metavar="LIST",
+                      help=f"the rule(s) from {','.join(COUNT_SOURCES)} whose per-row counts random and oracle "
+                           "reproduce, one series each (default strict)")
     grid.add_argument("--block-k", type=positive_int, default=1, metavar="B",
                       help="accumulation block: 1 = round after every multiply-add (default), B = FP32 partial "
                            "sums of B terms")
@@ -86,7 +88,8 @@ def run(args) -> int:
     formats = parse_formats(args.format)
     criteria = parse_criteria(args.criterion)
     taus = parse_taus(args.tau)
-    cells = check_grid(formats, criteria, taus, args.count_from)
+    count_from = parse_count_from(args.count_from)
+    cells = check_grid(formats, criteria, taus, count_from)
     check_data_arguments(args)
     model, tokenizer = load(args.model)
     check_context(model, args)
@@ -98,7 +101,7 @@ def run(args) -> int:
           f"{args.text or 'Persuasion'}{' (shuffled)' if args.shuffle else ''}", file=sys.stderr)
     rows = run_sweep(model, tokenizer, formats=formats, criteria=criteria, taus=taus, seq_len=args.seq_len,
                      n_seq=args.n_seq, seed=args.seed, text=args.text, shuffle=args.shuffle,
-                     batch_size=args.batch_size, block_k=args.block_k, count_from=args.count_from, out_dir=args.out,
+                     batch_size=args.batch_size, block_k=args.block_k, count_from=count_from, out_dir=args.out,
                      progress=not args.quiet, model_name=args.model, command=command_line(args))
     print(format_table(rows, EVAL_COLUMNS))
     best = headline(rows)
@@ -137,16 +140,33 @@ def parse_criteria(text: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def parse_taus(text: str | None) -> list[float] | None:
-    if text is None:
+def parse_taus(values: list[str] | str | None) -> list[float] | dict[str, list[float]] | None:
+    """--tau values: 'LIST' (every criterion) or 'CRITERION=LIST'; a list when only plain lists are given."""
+    if values is None:
         return None
-    taus = []
-    for item in split_list(text, "--tau"):
-        try:
-            taus.append(float(item))
-        except ValueError:
-            raise CliError(f"--tau: {item!r} is not a number") from None
-    return taus
+    values = [values] if isinstance(values, str) else values
+    taus: dict[str, list[float]] = {}
+    for value in values:
+        criterion, sep, text = value.rpartition("=")
+        key = criterion.strip() if sep else "all"
+        if sep and key not in SWEEP_CRITERIA[1:]:
+            raise CliError(f"--tau: {key!r} in {value!r} is not a criterion that takes a tau "
+                           f"({', '.join(SWEEP_CRITERIA[1:])})")
+        for item in split_list(text, "--tau"):
+            try:
+                taus.setdefault(key, []).append(float(item))
+            except ValueError:
+                raise CliError(f"--tau: {item!r} is not a number") from None
+    return taus["all"] if list(taus) == ["all"] else taus
+
+
+def parse_count_from(text: str) -> list[str]:
+    items = split_list(text, "--count-from")
+    for item in items:
+        if item not in COUNT_SOURCES:
+            raise CliError(f"--count-from: {item!r} is not a rule random/oracle can count from; choose from "
+                           f"{', '.join(COUNT_SOURCES)}")
+    return list(dict.fromkeys(items))
 
 
 def check_grid(formats, criteria, taus, count_from):

@@ -76,11 +76,14 @@ class Cell:
         return f"{self.format} {self.criterion}" + ("" if self.tau is None else f" tau={self.tau:g}")
 
 
-def plan_cells(formats: Sequence[str], criteria: Sequence[str], taus=None, count_from: str = "strict") -> list[Cell]:
+def plan_cells(formats: Sequence[str], criteria: Sequence[str], taus=None,
+               count_from: str | Sequence[str] = "strict") -> list[Cell]:
     """The cells of a sweep, validated: every format parses, every tau is in its criterion's range.
 
-    taus: None (default grids, `TAU_GRIDS`), a sequence of floats used by every criterion that takes a tau, or a
-    dict {criterion: [tau, ...]} (random/oracle fall back to the grid of `count_from`).
+    taus:        None (default grids, `TAU_GRIDS`); a sequence of floats used by every criterion that takes a tau;
+                 or a dict {criterion: [tau, ...]} where the key "all" gives the rest a common list. random/oracle
+                 use their own entry if given, else that of the rule they count from.
+    count_from:  the rule (or rules: one random/oracle series each) whose per-row counts random/oracle reproduce.
     Raises ValueError naming the bad value.
     """
     if not formats:
@@ -96,18 +99,20 @@ def plan_cells(formats: Sequence[str], criteria: Sequence[str], taus=None, count
     for c in criteria:
         if c not in SWEEP_CRITERIA:
             raise ValueError(f"criterion {c!r} is not one of {', '.join(SWEEP_CRITERIA)}")
-    if count_from not in COUNT_SOURCES:
-        raise ValueError(f"count_from {count_from!r} is not one of {', '.join(COUNT_SOURCES)}")
+    sources = [count_from] if isinstance(count_from, str) else list(count_from)
+    for source in sources:
+        if source not in COUNT_SOURCES:
+            raise ValueError(f"count_from {source!r} is not one of {', '.join(COUNT_SOURCES)}")
     cells = []
     for f in names:
         for c in criteria:
             if c == "uniform":
                 cells.append(Cell(f, c))
                 continue
-            source = count_from if c in ("random", "oracle") else None
-            for tau in _taus_for(c, source, taus):
-                _check_tau(c, source, tau)
-                cells.append(Cell(f, c, float(tau), source))
+            for source in sources if c in ("random", "oracle") else [None]:
+                for tau in _taus_for(c, source, taus):
+                    _check_tau(c, source, tau)
+                    cells.append(Cell(f, c, float(tau), source))
     return list(dict.fromkeys(cells))  # drop duplicates, keep order
 
 
@@ -116,7 +121,7 @@ def _taus_for(criterion: str, source: str | None, taus) -> Sequence[float]:
     if taus is None:
         return TAU_GRIDS[rule]
     if isinstance(taus, dict):
-        return taus.get(criterion) or taus.get(rule) or TAU_GRIDS[rule]
+        return taus.get(criterion) or taus.get(rule) or taus.get("all") or TAU_GRIDS[rule]
     return taus
 
 
@@ -252,7 +257,7 @@ def run_sweep(
     shuffle: bool = False,
     batch_size: int = 4,
     block_k: int = 1,
-    count_from: str = "strict",
+    count_from: str | Sequence[str] = "strict",
     out_dir: str | Path | None = None,
     progress: bool = True,
     model_name: str | None = None,
@@ -275,7 +280,8 @@ def run_sweep(
     sweep = Sweep(model, sequences, batch_size=batch_size, block_k=block_k, info=info, progress=progress)
     rows = sweep.run(cells)
     if out_dir is not None:
-        meta = metadata(sweep, cells, command=command, started=started, batch_size=batch_size, count_from=count_from)
+        meta = metadata(sweep, cells, command=command, started=started, batch_size=batch_size,
+                        count_from=count_from if isinstance(count_from, str) else list(count_from))
         write_outputs(rows, out_dir, meta)
     return rows
 
@@ -374,13 +380,15 @@ def plot_kl_vs_rate(rows: list[dict], path: str | Path) -> None:
                 ax.axhline(r["kl"], color="0.4", ls="--", lw=1.2, label=f"uniform {fmt}")
             elif r["criterion"] == "uniform" and r["kl"] == 0.0:
                 ax.text(0.02, 0.02, "uniform: KL = 0", transform=ax.transAxes, fontsize=8, color="0.4")
-        for crit, (color, marker) in _STYLE.items():
-            pts = sorted((100 * r["recompute_rate"], r["kl"]) for r in cells if r["criterion"] == crit
-                         and _positive(r["kl"]) and r["recompute_rate"] > 0)
+        series = dict.fromkeys((r["criterion"], r["count_from"]) for r in cells if r["criterion"] in _STYLE)
+        for crit, source in sorted(series, key=lambda k: (list(_STYLE).index(k[0]), k[1])):
+            pts = sorted((100 * r["recompute_rate"], r["kl"]) for r in cells if (r["criterion"], r["count_from"])
+                         == (crit, source) and _positive(r["kl"]) and r["recompute_rate"] > 0)
             if pts:
-                source = next((r["count_from"] for r in cells if r["criterion"] == crit), "")
+                color, marker = _STYLE[crit]
+                ls = {"": "-", "strict": "-", "relaxed": "--", "target": ":"}[source]
                 label = f"{crit} (counts of {source})" if source else crit
-                ax.plot(*zip(*pts), color=color, marker=marker, lw=1.2, ms=5, label=label)
+                ax.plot(*zip(*pts), color=color, marker=marker, ls=ls, lw=1.2, ms=5, label=label)
         ax.set_yscale("log")
         _log_percent_axis(ax, [100 * r["recompute_rate"] for r in cells if r["recompute_rate"] > 0])
         ax.set_xlabel("recompute rate (% of visible QK^T entries, layer mean)")
