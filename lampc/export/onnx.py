@@ -100,19 +100,20 @@ def export_onnx(
     modules = {site.index: site.module for site in compiled.sites}
     _check_graph(graph_module, modules)
 
-    program = _torch_export(_ExportWrapper(_without_taps(graph_module)), compiled.max_len, opset, rounding)
+    with _quiet():
+        wrapper = _ExportWrapper(_without_taps(graph_module))
+    program = _torch_export(wrapper, compiled.max_len, opset, rounding)
     model = program.model
     fx_sites = _fx_sites(program.exported_program.graph)
-    _tag_sites(model, fx_sites, modules)
+    _tag_sites(model, fx_sites)
     outputs = ["logits"]
     if debug_outputs:
         outputs += _add_debug_outputs(model, fx_sites)
     if opset > EXPORT_OPSET:
         model = _convert_opset(model, opset)
     if optimize:
-        import onnxscript.optimizer
-
-        onnxscript.optimizer.optimize(model)
+        optimize_model(model)
+    _tag_metadata(model, modules)
     metadata = _metadata(compiled, opset, rounding, outputs)
     model.metadata_props.update(metadata)
     model.doc_string = f"lampc {__version__}: {compiled.model_type} with LAMP attention sites (standard ONNX ops)"
@@ -241,15 +242,17 @@ def _torch_export(wrapper: _ExportWrapper, max_len: int, opset: int, rounding: s
 @contextlib.contextmanager
 def _quiet():
     """Silence the exporter's progress prints and known-harmless warnings."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -297,13 +300,23 @@ def _fx_name(node: ir.Node) -> str | None:
     return text[1:].split(" ", 1)[0] if text.startswith("%") else None
 
 
-def _tag_sites(model: ir.Model, fx_sites: dict[str, tuple[int, str]], modules: dict[int, str]) -> None:
+def _tag_sites(model: ir.Model, fx_sites: dict[str, tuple[int, str]]) -> None:
+    """Name every node a translation emitted `lampc_site_<i>/<op>/<name>` (names survive opset conversion)."""
     for node in model.graph:
         found = fx_sites.get(_fx_name(node) or "")
-        if found is None:
+        if found is not None:
+            index, op_name = found
+            node.name = f"lampc_site_{index}/{op_name}/{node.name or node.op_type}"
+
+
+def _tag_metadata(model: ir.Model, modules: dict[int, str]) -> None:
+    """metadata_props lampc.site, lampc.op, lampc.module from the site names (after the last conversion: the
+    ONNX C API's version converter drops node metadata)."""
+    for node in model.graph:
+        if not (node.name or "").startswith("lampc_site_"):
             continue
-        index, op_name = found
-        node.name = f"lampc_site_{index}/{op_name}/{node.name or node.op_type}"
+        head, op_name = node.name.split("/", 2)[:2]
+        index = int(head.removeprefix("lampc_site_"))
         node.metadata_props["lampc.site"] = str(index)
         node.metadata_props["lampc.op"] = op_name
         node.metadata_props["lampc.module"] = modules.get(index, "")
@@ -348,6 +361,27 @@ def _convert_opset(model: ir.Model, opset: int) -> ir.Model:
             node.version = None
     model.opset_imports.pop(_PENDING_DOMAIN, None)
     return model
+
+
+def optimize_model(model: ir.Model) -> None:
+    """Constant folding, dead-node removal and common-subexpression elimination, in place.
+
+    Not onnxscript's rewrite rules: their pattern matching is slow on graphs with thousands of unrolled
+    accumulation steps, and algebraic rules such as Add(x, 0) -> x would change the sign of a zero.
+    """
+    import onnx_ir.passes.common as passes
+    from onnxscript.optimizer import fold_constants
+
+    with _quiet():
+        fold_constants(model)
+    ir.passes.Sequential(
+        passes.RemoveUnusedNodesPass(),
+        passes.RemoveUnusedFunctionsPass(),
+        passes.RemoveUnusedOpsetsPass(),
+        passes.CommonSubexpressionEliminationPass(),
+        passes.RemoveUnusedNodesPass(),
+        passes.DeduplicateInitializersPass(),
+    )(model)
 
 
 def _metadata(compiled: CompiledModel, opset: int, rounding: str, outputs: list[str]) -> dict[str, str]:

@@ -6,7 +6,7 @@ that involves an FP32 matmul, softmax or exp, whose kernels differ between torch
 
     lampc::lowp_scores(q, k_t, scale, policy)
         strict (block_k = 1), K unrolled (K = head dim, static in the exported graph):
-            q, k_t = canonical NaNs;  acc = RN(0 + q[..., 0] * k_t[0, :])
+            q, k_t = canonical NaNs;  acc = RN(+0 + q[..., 0] * k_t[0, :])    (as Where: x == 0 -> +0)
             acc = RN(acc + q[..., k] * k_t[k, :])                          k = 1 .. K-1
         blocked: acc = RN(acc + MatMul(q[..., blk], k_t[blk, :]))           one FP32 MatMul per block
         native (bf16/fp16): RN(MatMul(RN(q), RN(k_t)))
@@ -113,17 +113,29 @@ def lp_matmul_onnx(g: Builder, a, b, fmt: Format, block_k: int, rounding: str):
         a, b = canonical_nans(g, a), canonical_nans(g, b)
         a_cols = _split(g, a, -1, inner)  # K x (..., M, 1)
         b_rows = _split(g, b, -2, inner)  # K x (..., 1, N)
-        acc = g.const(0.0)  # acc0 = +0: fl32(+0 + -0) = +0, as in lampc
+        acc = None
         for a_col, b_row in zip(a_cols, b_rows):
-            acc = round_onnx(g, g.Add(acc, g.Mul(a_col, b_row)), fmt, rounding, restore_nan=False)
+            product = g.Mul(a_col, b_row)  # (..., M, N)
+            total = _plus_zero(g, product) if acc is None else g.Add(acc, product)
+            acc = round_onnx(g, total, fmt, rounding, restore_nan=False)
         return acc
-    acc = g.const(0.0)
+    acc = None
     for k0 in range(0, inner, block_k):
         k1 = min(k0 + block_k, inner)
         a_block = g.Slice(a, g.axes(k0), g.axes(k1), g.axes(-1))  # (..., M, k1 - k0)
         b_block = g.Slice(b, g.axes(k0), g.axes(k1), g.axes(-2))  # (..., k1 - k0, N)
-        acc = round_onnx(g, g.Add(acc, g.MatMul(a_block, b_block)), fmt, rounding)
+        block_sum = g.MatMul(a_block, b_block)
+        total = _plus_zero(g, block_sum) if acc is None else g.Add(acc, block_sum)
+        acc = round_onnx(g, total, fmt, rounding)
     return acc
+
+
+def _plus_zero(g: Builder, x):
+    """fl32(+0 + x), the accumulator's first step: x, except that -0 becomes +0.
+
+    Written as Where(x == 0, +0, x): ONNX Runtime's basic graph optimisations remove an Add of a zero constant.
+    """
+    return g.Where(g.Equal(x, g.const(0.0)), g.const(0.0), x)
 
 
 def _split(g: Builder, x, axis: int, parts: int) -> list:

@@ -1,0 +1,77 @@
+"""`lampc export`: compile a model and write it as a standard ONNX model, then (by default) check it in ORT.
+
+    lampc export --model embedded --format m4 --criterion strict --tau 0.1 --out model.onnx
+"""
+
+from __future__ import annotations
+
+from ..policy import CRITERIA
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export a compiled model to ONNX (standard ops, runs in stock ONNX Runtime)",
+        description="Compile a model with lampc and export it to ONNX in standard ops only: the low-precision "
+                    "rounding, the look-ahead selection and the FP32 recompute become ordinary ONNX nodes, tagged "
+                    "by site. The policy and lampc's version go into the model's metadata. Afterwards the model "
+                    "is run once in ONNX Runtime next to the PyTorch compiled model and the difference printed.")
+    parser.add_argument("--model", default="embedded", help="'embedded' (default), a known name, or a model directory")
+    parser.add_argument("--format", default="m4", help="producer format, e.g. m4, m7, bf16 (default m4)")
+    parser.add_argument("--criterion", default="strict", choices=CRITERIA,
+                        help="look-ahead rule (default strict; 'random' cannot be exported)")
+    parser.add_argument("--tau", type=float, default=None, help="the rule's threshold (default: per rule)")
+    parser.add_argument("--budget", type=_budget, default=None, help="for --criterion budget: k per row or a fraction")
+    parser.add_argument("--block-k", type=int, default=1, help="accumulation block (1 = strict, default)")
+    parser.add_argument("--out", required=True, help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=26, help="ONNX opset 18..26 (default 26: BitCast rounding)")
+    parser.add_argument("--rounding", default="auto", choices=("auto", "bits", "arith"),
+                        help="rounding formulation (auto: bits at opset 26, else arith)")
+    parser.add_argument("--no-optimize", action="store_true", help="skip onnxscript's graph optimiser")
+    parser.add_argument("--debug-outputs", action="store_true", help="also output selection_<i> and scores_lp_<i>")
+    parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check after exporting")
+    parser.set_defaults(run=run)
+
+
+def _budget(text: str):
+    return float(text) if any(c in text for c in ".e") else int(text)
+
+
+def run(args) -> int:
+    from ..api import compile
+    from ..cli import CliError
+    from ..models import load_model
+    from .describe import describe_onnx
+    from .onnx import OnnxExportError, export_onnx
+
+    model, tokenizer = load_model(args.model)
+    overrides = {"format": args.format, "criterion": args.criterion, "tau": args.tau, "block_k": args.block_k}
+    if args.budget is not None:
+        overrides["budget"] = args.budget
+    compiled = compile(model, **overrides)
+    try:
+        info = export_onnx(compiled, args.out, opset=args.opset, rounding=args.rounding,
+                           optimize=not args.no_optimize, debug_outputs=args.debug_outputs)
+    except OnnxExportError as err:
+        raise CliError(str(err)) from None
+    print(f"wrote {info.path} ({info.size_bytes / 1e6:.2f} MB, opset {info.opset}, rounding {info.rounding}, "
+          f"{info.seconds:.1f} s)")
+    print(describe_onnx(info.path))
+    if not args.no_verify:
+        print(_verify(compiled, tokenizer, info.path))
+    return 0
+
+
+def _verify(compiled, tokenizer, path: str) -> str:
+    """One forward pass in ORT and in PyTorch on a short text: the largest logit difference."""
+    import numpy as np
+    import torch
+
+    from .session import make_session, run_session
+
+    text = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
+    ids = torch.tensor([tokenizer(text)["input_ids"][: compiled.max_len]])
+    with torch.no_grad():
+        want = compiled(ids).logits.numpy()
+    got = run_session(make_session(path), ids, outputs=["logits"])["logits"]
+    diff = float(np.abs(got - want).max())
+    return f"ONNX Runtime vs PyTorch (compiled), {ids.shape[1]} tokens: max |logit difference| = {diff:.3g}"
