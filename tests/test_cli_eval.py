@@ -1,4 +1,4 @@
-"""`lampc eval` and `lampc demo`: bad arguments exit 2 with a message naming the argument; a tiny model runs end to end."""
+"""`lampc eval` and `lampc demo`: a bad argument exits 2 with a message naming it; a tiny model runs end to end."""
 
 import json
 import random
@@ -53,7 +53,8 @@ def fails(capsys, *argv) -> str:
     (["--format", "m4,,m7"], "--format: expected a comma-separated list"),
     (["--criterion", "strict,best"], "--criterion: unknown criterion 'best'"),
     (["--tau", "0.1,abc"], "--tau: 'abc' is not a number"),
-    (["--criterion", "target", "--tau", "0.5"], "--tau: tau 0.5 for criterion target: must be in [1, 2] (2 = no recompute), got 0.5"),
+    (["--criterion", "target", "--tau", "0.5"],
+     "--tau: tau 0.5 for criterion target: must be in [1, 2] (2 = no recompute), got 0.5"),
     (["--criterion", "relaxed", "--tau", "2"], "criterion relaxed"),
     (["--criterion", "strict", "--tau", "-1"], "must be > 0"),
     (["--criterion", "uniform", "--tau", "0.1"], "--tau: no selected criterion takes a tau"),

@@ -114,6 +114,10 @@ def test_plan_cells():
     cells = plan_cells(["m4"], ["relaxed", "oracle"], [0.5, 0.5], count_from="relaxed")
     assert cells == [Cell("m4", "relaxed", 0.5), Cell("m4", "oracle", 0.5, "relaxed")]
     assert plan_cells(["m4"], ["target"], {"strict": [1.0]}) == [Cell("m4", "target", t) for t in TAU_GRIDS["target"]]
+    cells = plan_cells(["m4"], ["strict", "relaxed", "random"], {"strict": [2.0], "all": [0.5]},
+                       count_from=["strict", "relaxed"])
+    assert cells == [Cell("m4", "strict", 2.0), Cell("m4", "relaxed", 0.5), Cell("m4", "random", 2.0, "strict"),
+                     Cell("m4", "random", 0.5, "relaxed")]
     with pytest.raises(ValueError, match=r"tau 0.1 for criterion target.*\[1, 2\]"):
         plan_cells(["m4"], ["target"], [0.1])
     with pytest.raises(ValueError, match="tau 5.0 for criterion random \\(counts of relaxed\\)"):

@@ -11,8 +11,16 @@ import sys
 import time
 
 from ..cli import CliError
-from .cli_eval import (add_data_arguments, check_context, check_data_arguments, command_line, describe_outputs, load, parse_formats,
-                       parse_taus)
+from .cli_eval import (
+    add_data_arguments,
+    check_context,
+    check_data_arguments,
+    command_line,
+    describe_outputs,
+    load,
+    parse_formats,
+    parse_taus,
+)
 from .sweep import TAU_GRIDS, Cell, Sweep, load_sequences, metadata, plan_cells, write_outputs
 
 RULE = "strict"

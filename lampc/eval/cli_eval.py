@@ -9,7 +9,8 @@ import textwrap
 from pathlib import Path
 
 from ..cli import CliError
-from ..formats import parse as parse_format, valid_names
+from ..formats import parse as parse_format
+from ..formats import valid_names
 from ..policy import COUNT_SOURCES
 from .sweep import SWEEP_CRITERIA, TAU_GRIDS, plan_cells
 
@@ -94,7 +95,7 @@ def run(args) -> int:
     model, tokenizer = load(args.model)
     check_context(model, args)
 
-    from .report_table import EVAL_COLUMNS, format_table, headline, HEADLINE_COLUMNS
+    from .report_table import EVAL_COLUMNS, HEADLINE_COLUMNS, format_table, headline
     from .sweep import run_sweep
 
     print(f"lampc eval: {len(cells)} cells on {args.model}, {args.n_seq} x {args.seq_len} tokens of "

@@ -1,13 +1,16 @@
-"""Sweep rows as compact text or markdown tables, and the headline comparison (best LAMP rule vs uniform/random).
+"""Sweep rows rendered: compact text or markdown tables, the headline comparison (best LAMP rule against uniform
+and random at the same counts), and the two plots (matplotlib, Agg backend).
 
     print(format_table(rows, EVAL_COLUMNS))
     print(format_table(headline(rows), HEADLINE_COLUMNS, markdown=True))
+    plot_kl_vs_rate(rows, "kl_vs_rate.png")
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .sweep import LAMP_CRITERIA
 
@@ -139,3 +142,103 @@ def _ratio(num, den):
 
 def _missing(v) -> bool:
     return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
+
+
+# ---- plots -----------------------------------------------------------------------------------------------------
+
+_STYLE = {"strict": ("C0", "o"), "relaxed": ("C2", "s"), "target": ("C4", "D"), "random": ("C3", "x"),
+          "oracle": ("k", "^")}
+
+
+def plot_kl_vs_rate(rows: list[dict], path: str | Path) -> None:
+    """One panel per format: KL against recompute rate for each rule; uniform as a horizontal dashed line."""
+    plt = _pyplot()
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    fig, axes = plt.subplots(1, len(formats), figsize=(5.2 * len(formats), 4.2), squeeze=False)
+    for ax, fmt in zip(axes[0], formats):
+        cells = [r for r in rows if r["format"] == fmt]
+        for r in cells:
+            if r["criterion"] == "uniform" and _positive(r["kl"]):
+                ax.axhline(r["kl"], color="0.4", ls="--", lw=1.2, label=f"uniform {fmt}")
+            elif r["criterion"] == "uniform" and r["kl"] == 0.0:
+                ax.text(0.02, 0.02, "uniform: KL = 0", transform=ax.transAxes, fontsize=8, color="0.4")
+        series = dict.fromkeys((r["criterion"], r["count_from"]) for r in cells if r["criterion"] in _STYLE)
+        for crit, source in sorted(series, key=lambda k: (list(_STYLE).index(k[0]), k[1])):
+            pts = sorted((100 * r["recompute_rate"], r["kl"]) for r in cells if (r["criterion"], r["count_from"])
+                         == (crit, source) and _positive(r["kl"]) and r["recompute_rate"] > 0)
+            if pts:
+                color, marker = _STYLE[crit]
+                ls = {"": "-", "strict": "-", "relaxed": "--", "target": ":"}[source]
+                label = f"{crit} (counts of {source})" if source else crit
+                ax.plot(*zip(*pts), color=color, marker=marker, ls=ls, lw=1.2, ms=5, label=label)
+        ax.set_yscale("log")
+        _log_percent_axis(ax, [100 * r["recompute_rate"] for r in cells if r["recompute_rate"] > 0])
+        ax.set_xlabel("recompute rate (% of visible QK^T entries, layer mean)")
+        ax.set_ylabel("mean KL(P_fp32 || P_test)")
+        ax.set_title(f"{fmt}: {_subtitle(cells)}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_kl_vs_m(rows: list[dict], path: str | Path) -> None:
+    """Uniform KL against mantissa bits, with each rule's best KL at a recompute rate <= 5%."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    series = {"uniform": [(r["m_bits"], r["kl"]) for r in rows if r["criterion"] == "uniform"]}
+    for crit in LAMP_CRITERIA:
+        best = {}
+        for r in rows:
+            if r["criterion"] == crit and r["recompute_rate"] <= 0.05 and _positive(r["kl"]):
+                best[r["m_bits"]] = min(best.get(r["m_bits"], math.inf), r["kl"])
+        if best:
+            series[f"{crit}, best at rate <= 5%"] = sorted(best.items())
+    for name, pts in series.items():
+        pts = sorted(p for p in pts if _positive(p[1]))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ls="--" if name == "uniform" else "-", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("accumulator mantissa bits m")
+    ax.set_ylabel("mean KL(P_fp32 || P_test)")
+    ax.set_title(_subtitle(rows), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _log_percent_axis(ax, percents: list[float]) -> None:
+    """Log x axis labelled in %, spanning at least one decade around the points."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    if percents:
+        lo, hi = min(percents), max(percents)
+        mid = math.sqrt(lo * hi)
+        ax.set_xlim(min(lo / 1.5, mid / 3.2), max(hi * 1.5, mid * 3.2))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _positive(x) -> bool:
+    return isinstance(x, float) and x > 0 and math.isfinite(x)
+
+
+def _subtitle(rows: list[dict]) -> str:
+    r = rows[0]
+    shuffled = ", shuffled" if r["shuffle"] else ""
+    return f"{r['dataset']}{shuffled}, {r['n_seq']} x {r['seq_len']} tokens"
