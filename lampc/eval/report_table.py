@@ -49,7 +49,7 @@ COLUMNS: dict[str, tuple[str, Callable]] = {
     "ppl_ref": ("ppl fp32", _num(".3f")),
     "ppl_test": ("ppl", _num(".3f")),
     "nan_rate": ("NaN", _pct(1)),
-    "logit_absdiff_p99": ("|dlogit| p99", _num(".2e")),
+    "logit_absdiff_p99": ("dlogit p99", _num(".2e")),
     "kl_gain": ("KL reduction vs uniform", _times),
     "seconds": ("s", _num(".1f")),
     # headline rows
