@@ -28,7 +28,7 @@ from lampc.policy import SitePolicy
 
 LEVELS = list(OPTIMIZATION_LEVELS)  # disable, basic, extended, all
 FORMATS = ["m1", "m2", "m3", "m4", "m7", "m10", "m16", "m22", "m23", "bf16", "tf32", "fp16", "fp8_e4m3", "fp8_e5m2"]
-SEQ, PAD = 16, 3  # rows of <= 16 keys: torch's default sort is then stable, like ONNX TopK (see site probe)
+SEQ, PAD = 16, 3
 
 
 # -- fixtures -------------------------------------------------------------------------------------------
@@ -115,15 +115,6 @@ def _same_bits(got: np.ndarray, want: np.ndarray, nan_sign_free: bool = False) -
     return same
 
 
-def _equal_up_to_ties(got: np.ndarray, want: np.ndarray, score: np.ndarray) -> bool:
-    """Per row, both selections pick the same multiset of scores (ties may be broken differently)."""
-    got, want, score = (a.reshape(-1, a.shape[-1]) for a in (got, want, score))
-    for row in np.nonzero((got != want).any(axis=-1))[0]:
-        if not np.array_equal(np.sort(score[row][got[row]]), np.sort(score[row][want[row]])):
-            return False
-    return True
-
-
 # -- rounding: bit-exact against lampc.numerics.round_to -------------------------------------------------
 
 
@@ -180,8 +171,8 @@ SITE_POLICIES = [
     SitePolicy(format="bf16", criterion="strict", tau=0.3, backend="native"),
     SitePolicy(format="fp16", criterion="strict", tau=0.3),
 ]
-SORTING = ("target", "budget", "oracle")  # TopK: ties go to the lower key index, torch's sort may differ
 SCALE = 0.25
+INF_AT = (0, 1, 3, 0)  # q[INF_AT] = inf: that query row's scores are ±inf and NaN, always recomputed
 
 
 def _site_inputs(rows: int, seed: int):
@@ -191,6 +182,7 @@ def _site_inputs(rows: int, seed: int):
     q = torch.randn(2, 2, rows, 16, generator=g) * 1.5
     k_t = torch.randn(2, 2, 16, rows, generator=g) * 1.5
     q[:, :, -1], k_t[..., -1] = -1.0, 0.0
+    q[INF_AT] = float("inf")
     visible = torch.ones(rows, rows, dtype=torch.bool).tril().expand(2, 1, rows, rows).clone()
     visible[1, :, :, :5] = False
     mask = torch.where(visible, 0.0, torch.finfo(torch.float32).min)
@@ -205,27 +197,30 @@ def site_model(tmp_path_factory):
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_site_translations_match_the_ops_for_every_policy(site_model, level):
-    q, k_t, mask = _site_inputs(40, seed=1)  # 40 keys: torch's sort is unstable there, ties are exercised
+    q, k_t, mask = _site_inputs(40, seed=1)  # 40 keys: a sort there is unstable unless asked to be stable
     session = make_session(site_model, optimization=level, providers=["CPUExecutionProvider"])
     out = session.run(None, {"q": q.numpy(), "k_t": k_t.numpy(), "mask": mask.numpy()})
     ops = torch.ops.lampc
+    finite_rows = np.ones(q.shape[:-1], dtype=bool)
+    finite_rows[INF_AT[:-1]] = False
     for i, policy in enumerate(SITE_POLICIES):
         spec, what = policy.to_spec(), f"{policy.format.name} {policy.rule_text} block_k={policy.block_k} at {level}"
         s_hat = ops.lowp_scores(q, k_t, SCALE, spec)
-        selected = ops.lamp_select(s_hat, q, k_t, SCALE, mask, False, spec, i)
-        scores = ops.recompute_scores(s_hat, selected, q, k_t, SCALE, spec)
+        selected = ops.lamp_select(s_hat, q, k_t, SCALE, mask, False, spec, i).numpy()
+        scores = ops.recompute_scores(s_hat, torch.from_numpy(selected), q, k_t, SCALE, spec).numpy()
         got_s_hat, got_selected, got_scores = out[3 * i : 3 * i + 3]
-        assert _same_bits(got_s_hat, s_hat.numpy()).all(), f"{what}: low-precision scores differ"
-        zeros = got_s_hat[..., -1]  # the last key is 0: every product is ±0 and the accumulator stays +0
+        native = policy.backend == "native"  # a NaN out of torch's bf16 GEMM has its own sign
+        assert _same_bits(got_s_hat, s_hat.numpy(), nan_sign_free=native).all(), f"{what}: scores differ"
+        zeros = got_s_hat[..., -1][finite_rows]  # the last key is 0: every product is ±0, the accumulator +0
         assert (zeros == 0).all() and not np.signbit(zeros).any(), f"{what}: fl32(+0 + -0) must be +0"
-        if policy.criterion in SORTING:
-            assert (got_selected.sum(-1) == selected.numpy().sum(-1)).all(), f"{what}: counts per row differ"
-            assert _equal_up_to_ties(got_selected, selected.numpy(), s_hat.numpy()), f"{what}: beyond ties"
-            same = got_selected == selected.numpy()
-            np.testing.assert_allclose(got_scores[same], scores.numpy()[same], rtol=1e-5, atol=1e-5)
+        assert got_selected[INF_AT[:-1]][mask[INF_AT[0], 0, INF_AT[2]].numpy() == 0].all(), "non-finite: selected"
+        if policy.criterion == "oracle":  # ranks true errors from an FP32 MatMul, whose last bit ORT may round
+            assert (got_selected.sum(-1) == selected.sum(-1)).all(), f"{what}: counts per row differ"
+            assert (got_selected != selected).mean() <= 1e-3, f"{what}: selections differ"
         else:
-            assert (got_selected == selected.numpy()).all(), f"{what}: selections differ"
-            np.testing.assert_allclose(got_scores, scores.numpy(), rtol=1e-5, atol=1e-5, err_msg=what)
+            assert (got_selected == selected).all(), f"{what}: selections differ"
+        same = got_selected == selected
+        np.testing.assert_allclose(got_scores[same], scores[same], rtol=1e-5, atol=1e-5, err_msg=what)
     assert out[3 * 1 + 1].any() and not out[3 * 1 + 1].all(), "strict selects some entries, not all"
 
 

@@ -12,14 +12,14 @@ that involves an FP32 matmul, softmax or exp, whose kernels differ between torch
         native (bf16/fp16): RN(MatMul(RN(q), RN(k_t)))
         then s_hat = RN(acc * scale)
     lampc::lamp_select(s_hat, q, k_t, scale, mask, is_causal, policy, site) -> bool
-        visible = mask > -1e4 (& causal);  a = softmax over visible keys;  the criterion's rule
+        visible = mask > -1e4 (& causal);  usable = visible & finite;  a = softmax over usable keys;  the rule
         (uniform, strict, relaxed, target, budget, oracle; random has no ONNX form: torch's RNG stream
         cannot be reproduced, so exporting it raises);  | (visible & ~isfinite(s_hat))
     lampc::recompute_scores(s_hat, selected, q, k_t, scale, policy)
         Where(selected, MatMul(q, k_t) * scale, s_hat)      (dense: the sparse gather has no cheap ONNX form)
 
-Sorting rules (target, budget, oracle) use TopK, which breaks ties toward the lower key index; torch's
-default (unstable) sort may order tied entries differently, so those selections agree up to ties.
+Sorting rules (target, budget, oracle) use TopK, which breaks ties toward the lower key index, as lampc's stable
+sort (select_top) and index tie-break (select_top_k) do.
 """
 
 from __future__ import annotations
@@ -153,23 +153,24 @@ def lamp_select_onnx(g: Builder, s_hat, q, k_t, scale: float, mask, is_causal: b
     """lampc.ops.lamp_select: the selection rule of `site.criterion` (lampc.lookahead.softmax.select)."""
     check_exportable(site, index, "")
     visible = _visible(g, s_hat, mask, is_causal)
+    usable = g.And(visible, _isfinite(g, s_hat))  # the rules look at finite scores; the rest is always recomputed
     criterion = site.criterion
     if criterion == "uniform":
         selected = g.Expand(g.const(False, np.bool_), g.Shape(s_hat))
     else:
-        a = _masked_softmax(g, s_hat, visible)
+        a = _masked_softmax(g, s_hat, usable)
         if criterion in ("target", "strict", "relaxed"):
-            selected = _select_rule(g, criterion, s_hat, a, visible, site)
+            selected = _select_rule(g, criterion, s_hat, a, usable, visible, site)
         elif criterion == "budget":
-            selected = _select_top(g, _strict_sensitivity(g, s_hat, a), visible, _budget_counts(g, visible, site))
+            sensitivity = _strict_sensitivity(g, s_hat, a)
+            selected = _select_top(g, sensitivity, usable, _budget_counts(g, visible, site))
         else:  # oracle
-            rule = _select_rule(g, site.count_from, s_hat, a, visible, site)
+            rule = _select_rule(g, site.count_from, s_hat, a, usable, visible, site)
             count = g.ReduceSum(g.Cast(rule, to=INT64), g.axes(-1), keepdims=1)
             s_fp32 = fp32_scores(g, q, k_t, scale)
-            p = _masked_softmax(g, s_fp32, visible)
+            p = _masked_softmax(g, s_fp32, usable)
             contribution = g.Mul(_two_a_one_minus_a(g, p), g.Abs(g.Sub(s_fp32, s_hat)))
-            contribution = _nan_to_num(g, contribution)
-            selected = _select_top(g, contribution, visible, count)
+            selected = _select_top(g, _nan_to_num(g, contribution), usable, count)
     return g.Or(selected, g.And(visible, g.Not(_isfinite(g, s_hat))))
 
 
@@ -222,17 +223,18 @@ def _row_tau(g: Builder, site: SitePolicy, rule: str, visible):
     return g.Min(tau_t, g.const(1.0)) if rule == "relaxed" else tau_t
 
 
-def _select_rule(g: Builder, rule: str, s_hat, a, visible, site: SitePolicy):
+def _select_rule(g: Builder, rule: str, s_hat, a, usable, visible, site: SitePolicy):
+    """target, strict or relaxed over the usable (visible, finite) entries; length scaling counts visible keys."""
     if rule == "target":
-        return _select_top(g, a, visible, _target_counts(g, a, visible, site.tau))
+        return _select_top(g, a, usable, _target_counts(g, a, usable, site.tau))
     tau = _row_tau(g, site, rule, visible)
     if rule == "strict":
-        return g.And(g.Greater(_strict_sensitivity(g, s_hat, a), tau), visible)
-    finite = g.And(visible, _isfinite(g, s_hat))
+        return g.And(g.Greater(_strict_sensitivity(g, s_hat, a), tau), usable)
+    finite = g.And(usable, _isfinite(g, s_hat))
     row_max = g.ReduceMax(g.Where(finite, s_hat, g.const(-np.inf)), g.axes(-1), keepdims=1)
     z = g.Where(finite, g.Mul(g.Abs(s_hat), g.Exp(g.Sub(s_hat, row_max))), g.const(0.0))
     z_max = g.ReduceMax(z, g.axes(-1), keepdims=1)
-    return g.And(g.Greater(z, g.Mul(tau, z_max)), visible)
+    return g.And(g.Greater(z, g.Mul(tau, z_max)), usable)
 
 
 def _target_counts(g: Builder, a, visible, tau: float):
