@@ -20,7 +20,8 @@ from .lookahead.recompute import fp32_scores, recompute
 from .lookahead.softmax import select, visible_from_mask
 from .numerics import lp_matmul, round_to
 from .policy import SitePolicy
-from .runtime.native import native_product
+from .lookahead.fused import fused_select
+from .runtime.native import native_scores
 
 _GENERATORS: dict[tuple[int, int], torch.Generator] = {}
 
@@ -55,8 +56,7 @@ def lowp_scores(q: Tensor, k_t: Tensor, scale: float, policy: str) -> Tensor:
     _check_scores_inputs(q, k_t)
     site = SitePolicy.from_spec(policy)
     if site.backend == "native":  # the GEMM writes the dtype; the scaling is rounded to it once more
-        dtype = site.format.torch_dtype
-        return (native_product(q, k_t, None, dtype).to(dtype) * scale).to(torch.float32)
+        return native_scores(q, k_t, scale, site.format.torch_dtype)
     raw = lp_matmul(q, k_t, site.format, block_k=site.block_k)
     return round_to(raw * scale, site.format)
 
@@ -81,6 +81,8 @@ def lamp_select(
     rule = SitePolicy.from_spec(policy)
     visible = visible_from_mask(mask, s_hat.shape, is_causal, s_hat.device)
     s_fp32 = fp32_scores(q, k_t, scale) if rule.criterion == "oracle" else None
+    if rule.fused and rule.criterion != "random":
+        return fused_select(s_hat, visible, rule, s_fp32=s_fp32)
     generator = random_generator(rule.seed, site) if rule.criterion == "random" else None
     return select(s_hat, visible, rule, s_fp32=s_fp32, generator=generator)
 

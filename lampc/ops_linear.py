@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .lookahead.components import column_norms, select_components
+from .lookahead.fused import fused_component_select
 from .numerics import lp_matmul, round_to
 from .ops import random_generator
 from .policy import SitePolicy
@@ -67,6 +68,8 @@ def component_select(
     """The look-ahead at a linear producer: c_i = column norm of the consumer's Jacobian x |ŷ_i|."""
     rule = SitePolicy.from_spec(policy)
     h_hat = consumer_input(y_hat, residual)
+    if rule.fused and rule.criterion not in ("random", "oracle"):
+        return fused_component_select(y_hat, h_hat, consumer, gamma, eps, rule).reshape(y_hat.shape)
     weight = column_norms(consumer, h_hat, gamma, eps) * y_hat.reshape(h_hat.shape).abs()
     true_error = None
     if rule.criterion == "oracle":

@@ -54,6 +54,8 @@ class SitePolicy:
     seed:           seed of the random baseline.
     dense_above:    recompute rate above which the FP32 recompute is done densely (one matmul) instead of
                     gathering the selected dot products.
+    fused:          run the look-ahead arithmetic through torch.compile, which fuses it into a few loops (the
+                    deployment setting; the first call of each shape compiles). Same selection as unfused.
     """
 
     format: Format | str = "m4"
@@ -67,6 +69,7 @@ class SitePolicy:
     count_from: str = "strict"
     seed: int = 0
     dense_above: float = 0.25
+    fused: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", _field_format(self.format))
@@ -84,8 +87,9 @@ class SitePolicy:
         if self.tau is None:
             object.__setattr__(self, "tau", DEFAULT_TAU.get(self.criterion, 0.0))
         object.__setattr__(self, "tau", _check_tau(self.criterion, self.count_from, self.tau))
-        if not isinstance(self.length_scaling, bool):
-            raise ValueError(f"SitePolicy.length_scaling must be a bool, got {self.length_scaling!r}")
+        for name in ("length_scaling", "fused"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SitePolicy.{name} must be a bool, got {getattr(self, name)!r}")
         _check_int("l_ref", self.l_ref, minimum=1)
         _check_int("seed", self.seed, minimum=0)
         _check_budget(self.criterion, self.budget)
@@ -281,7 +285,7 @@ _SPEC_TYPES = {"block_k": int, "l_ref": int, "seed": int, "tau": float, "dense_a
 
 
 def _parse_spec_value(name: str, text: str):
-    if name == "length_scaling":
+    if name in ("length_scaling", "fused"):
         return bool(int(text))
     if name == "budget":
         if text == "none":

@@ -39,8 +39,8 @@ def visible_from_mask(mask: Tensor | None, shape: torch.Size, is_causal: bool, d
 
 def masked_softmax(s: Tensor, visible: Tensor) -> Tensor:
     """softmax over the visible entries of each row; 0 at invisible entries and in rows with none visible."""
-    if bool(visible.all()) if visible.device.type == "cpu" else False:  # nothing masked: the plain softmax
-        return torch.softmax(s, dim=-1)
+    if not torch.compiler.is_compiling() and visible.device.type == "cpu" and bool(visible.all()):
+        return torch.softmax(s, dim=-1)  # nothing masked: the plain softmax
     a = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)  # (…, T, L); NaN in empty rows
     return a.nan_to_num(nan=0.0).masked_fill(~visible, 0.0)
 

@@ -56,3 +56,8 @@ def native_product(x: Tensor, w: Tensor, bias: Tensor | None, dtype: torch.dtype
     if bias is not None:
         out = out + bias.to(dtype)
     return out.to(torch.float32)
+
+
+def native_scores(q: Tensor, k_t: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
+    """fl_dtype(fl_dtype(q @ k_t) * scale) as float32: attention scores from a real low-precision GEMM."""
+    return (torch.matmul(q.to(dtype), _low(k_t, dtype)) * scale).to(torch.float32)

@@ -1,0 +1,36 @@
+"""Fused look-ahead: the selection arithmetic through torch.compile (SitePolicy.fused=True).
+
+Eager PyTorch runs the look-ahead as a dozen separate passes over the scores (masked softmax, sensitivity,
+threshold, ...), each reading and writing the whole (B, H, T, L) tensor; inductor fuses them into a few loops,
+which is what makes the look-ahead cheap next to the low-precision GEMM. Shapes are dynamic (one compile per
+rank, not per sequence length). The random baseline draws from a generator and stays eager.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .components import column_norms, select_components
+from .softmax import select
+
+
+@functools.cache
+def _compiled(fn):
+    return torch.compile(fn, dynamic=True)
+
+
+def fused_select(s_hat, visible, site, *, s_fp32=None):
+    """`select` (softmax sites), compiled."""
+    return _compiled(select)(s_hat, visible, site, s_fp32=s_fp32)
+
+
+def _component_weights_and_select(y_hat, h_hat, consumer, gamma, eps, site):
+    weight = column_norms(consumer, h_hat, gamma, eps) * y_hat.reshape(h_hat.shape).abs()
+    return select_components(y_hat.reshape(h_hat.shape), weight, site)
+
+
+def fused_component_select(y_hat, h_hat, consumer, gamma, eps, site):
+    """Weights and selection at a linear site, compiled (criteria without randomness or an oracle)."""
+    return _compiled(_component_weights_and_select)(y_hat, h_hat, consumer, gamma, eps, site)
