@@ -1,0 +1,115 @@
+"""The native backend: real bf16 GEMMs against an emulation of them, and a selection path with no host sync."""
+
+import inspect
+import re
+
+import pytest
+import torch
+
+import lampc
+from lampc.formats import BF16
+from lampc.lookahead import components, recompute, softmax
+from lampc.numerics import round_to
+from lampc.policy import SitePolicy
+from lampc.runtime.native import native_product, native_scores, register_static_weights
+from tiny_models import padded_batch, tiny_gpt2
+
+
+def _bf16_model(x, w, bias=None):
+    """The number model of a bf16 GEMM: inputs rounded to bf16, exact-ish FP32 (here float64) sums, output rounded."""
+    y = round_to(x, BF16).double() @ round_to(w, BF16).double()
+    if bias is not None:
+        y = y + round_to(bias, BF16).double()
+    return round_to(y.float(), BF16)
+
+
+def _tolerance(x, w):
+    """One bf16 unit of the result (2^-7 relative, from rounding near a tie) plus FP32 accumulation error."""
+    magnitude = round_to(x, BF16).abs().double() @ round_to(w, BF16).abs().double()
+    return (2.0 ** -7 + x.shape[-1] * 2.0 ** -23) * magnitude.float() + 1e-30
+
+
+@pytest.mark.parametrize("shape", [(5, 64, 48), (3, 17, 256, 33)])
+def test_native_product_matches_the_bf16_number_model(shape):
+    g = torch.Generator().manual_seed(0)
+    *batch, m, k, n = shape if len(shape) == 4 else (None, *shape)
+    x = torch.randn(*(b for b in batch if b), m, k, generator=g)
+    w = torch.randn(k, n, generator=g)
+    bias = torch.randn(n, generator=g)
+    got = native_product(x, w, bias, torch.bfloat16)
+    want = _bf16_model(x, w, bias)
+    assert torch.all((got - want).abs() <= _tolerance(x, w) + 2.0 ** -7 * bias.abs())
+    assert not torch.equal(got, x @ w + bias)  # rounding is real
+
+
+def test_cached_weights_give_the_same_product_and_follow_updates():
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(4, 32, generator=g), torch.nn.Parameter(torch.randn(32, 16, generator=g))
+    register_static_weights([w])
+    first = native_product(x, w, None, torch.bfloat16)
+    assert torch.equal(first, native_product(x, w.detach().clone(), None, torch.bfloat16))
+    with torch.no_grad():
+        w.mul_(2.0)  # bumps the version: the cached copy must be refreshed
+    assert torch.equal(native_product(x, w, None, torch.bfloat16), 2.0 * first)
+    scores = native_scores(x[None], w[None], 0.5, torch.bfloat16)  # a view of the cached weight
+    plain = (x.bfloat16() @ w.detach().bfloat16() * 0.5).float()
+    assert torch.equal(scores[0], plain)
+
+
+def test_native_compiled_model_runs_every_matmul_in_bf16_and_lamp_reduces_its_error():
+    model = tiny_gpt2(score_gain=6.0)
+    ids, mask = padded_batch(97)
+    kinds = ["attention", "layer_norm", "gelu", "logits"]
+    common = dict(kinds=kinds, sites="all", format="bf16", backend="native")
+    uniform = lampc.compile(model, criterion="uniform", **common)
+    lamp = lampc.compile(model, criterion="budget", budget=0.25, **common)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+        err_uniform = (uniform(ids, mask).logits - ref).abs()[mask.bool()].max()
+        err_lamp = (lamp(ids, mask).logits - ref).abs()[mask.bool()].max()
+    assert err_uniform > 1e-4  # bf16 is visible
+    assert err_lamp < err_uniform
+
+
+SYNC = re.compile(r'\.item\(|\.nonzero\(|\.tolist\(|\.cpu\(|\bint\(|\bbool\(|\bfloat\((?!"-?inf")')
+"""Python-side reads of tensor values: each one waits for the device."""
+
+
+def _functions_on_the_accelerator_path():
+    return [softmax.select, softmax.select_rule, softmax.select_top, softmax.select_top_k, softmax.select_strict,
+            softmax.select_relaxed, softmax.target_counts, softmax.row_tau, softmax.budget_counts,
+            softmax.strict_sensitivity, softmax.visible_from_mask, recompute.recompute_dense,
+            components.select_components, components.column_norms, native_scores, native_product]
+
+
+@pytest.mark.parametrize("fn", _functions_on_the_accelerator_path(), ids=lambda f: f.__name__)
+def test_accelerator_path_has_no_host_sync(fn):
+    source = inspect.getsource(fn)
+    body = source[source.index('"""', source.index('"""') + 3) + 3:] if '"""' in source else source
+    assert not SYNC.findall(body), f"{fn.__name__} synchronises with the host: {SYNC.findall(body)}"
+
+
+def test_dispatchers_leave_for_the_dense_path_before_any_sync():
+    from lampc import ops_linear
+
+    for fn in (recompute.recompute, ops_linear.recompute_linear._init_fn):
+        source = inspect.getsource(fn)
+        first_sync = SYNC.search(source[source.index('"""', source.index('"""') + 3):]).start()
+        assert source.index('device.type != "cpu"') < first_sync + source.index('"""', source.index('"""') + 3)
+
+
+@pytest.mark.parametrize("criterion,extra", [("strict", {"tau": 0.1}), ("relaxed", {"tau": 0.3}),
+                                             ("target", {"tau": 1.5}), ("budget", {"budget": 0.1}),
+                                             ("random", {"tau": 0.1})])
+def test_selection_runs_on_the_meta_device(criterion, extra):
+    """Meta tensors have no values: any data-dependent host sync would raise."""
+    s = torch.empty(2, 3, 16, 16, device="meta")
+    visible = torch.empty(2, 1, 16, 16, dtype=torch.bool, device="meta")
+    sel = softmax.select(s, visible, SitePolicy(criterion=criterion, **extra), generator=torch.Generator())
+    assert sel.shape == s.shape and sel.dtype == torch.bool
+    q, k_t = torch.empty(2, 3, 16, 8, device="meta"), torch.empty(2, 3, 8, 16, device="meta")
+    assert recompute.recompute(s, sel, q, k_t, 0.5, 0.25).shape == s.shape
+    y = torch.empty(32, 24, device="meta")
+    picked = components.select_components(y, torch.empty(32, 24, device="meta"),
+                                          SitePolicy(criterion="budget", budget=3))
+    assert picked.shape == y.shape
