@@ -169,8 +169,11 @@ def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
             continue
         if node.target.namespace != "lampc":
             continue
-        index = node.meta.get("lampc_site", "?")
-        where = f"site {index} ({modules.get(index) or module_path(node) or 'top level'})"
+        index = node.meta.get("lampc_site")
+        if index is None:  # a producer lowered by sites="all": no site, no look-ahead
+            where = f"{node.meta.get('lampc_lowered') or module_path(node) or 'top level'} (a lowered matmul, no site)"
+        else:
+            where = f"site {index} ({modules.get(index) or module_path(node) or 'top level'})"
         if node.target not in known:
             raise OnnxExportError(
                 f"no ONNX translation for op {node.target.name()} (node {node.name}) at {where}; "
@@ -269,7 +272,7 @@ def _root_cause(err: BaseException) -> BaseException:
 
 # -- site tags, debug outputs, opset, metadata ----------------------------------------------------------
 
-_OP_NAMES = {op: op._opname for op in LAMPC_OPS}
+_BULKY_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy")
 
 
 def _fx_sites(graph: fx.Graph) -> dict[str, tuple[int, str]]:
@@ -317,6 +320,8 @@ def _tag_metadata(model: ir.Model, modules: dict[int, str]) -> None:
             continue
         head, op_name = node.name.split("/", 2)[:2]
         index = int(head.removeprefix("lampc_site_"))
+        for key in _BULKY_METADATA:  # the same stack trace on each of thousands of unrolled nodes
+            node.metadata_props.pop(key, None)
         node.metadata_props["lampc.site"] = str(index)
         node.metadata_props["lampc.op"] = op_name
         node.metadata_props["lampc.module"] = modules.get(index, "")
@@ -402,10 +407,11 @@ def _metadata(compiled: CompiledModel, opset: int, rounding: str, outputs: list[
 def _save(program, path: str) -> None:
     try:
         with _quiet():
-            program.save(path, external_data=False)
+            program.save(path, external_data=None)  # weights beside the model (path + ".data") above 2 GB
     except OSError as err:
         raise OnnxExportError(f"cannot write the ONNX model to {path!r}: {err.strerror or err}") from err
 
 
 def _size(path: str) -> int:
-    return os.path.getsize(path) if os.path.exists(path) else 0
+    """Bytes of the model file and of its external weights file, if any."""
+    return sum(os.path.getsize(p) for p in (path, path + ".data") if os.path.exists(p))

@@ -16,25 +16,24 @@ infinity (a NaN stays a NaN: the default quiet NaN, as round_to returns it, exce
 
 "arith" (any opset >= 18): float arithmetic that no optimiser may rewrite, exact by construction.
 
-    e  = Floor(Log(|x|) / ln 2), made exact by one comparison with the exact power 2^e (a Gather from a
-         table of powers of two) and clipped to [emin, 127]
-    q  = 2^(e - m)                                  (Gather: the grid spacing at x)
-    y  = Round(x / q) * q                           (ONNX Round is half-to-even; x / q and * q are exact)
+    c = x * (2^d + 1);  y = c - (c - x)           Veltkamp's splitting: x rounded to nearest-even to m + 1
+                                                  significant bits, for normal x (|x| >= 2^-126, or the
+                                                  format's 2^emin), in three float32 operations
+    |x| < 2^emin:  y = Round(x / q) * q           q = 2^(emin - m), the subnormal grid (ONNX Round is
+                                                  half-to-even; dividing and multiplying by q are exact)
+    |x| >= 2^100:  scaled by 2^-64 around the splitting, so that c cannot overflow; a carry past the top
+                   binade gives inf, as IEEE arithmetic and the bit formulation do
+    ±inf, NaN pass through Where (Veltkamp's formula turns inf into NaN)
 
-  x / q lies in [2^m, 2^(m+1)] (or below for subnormals), so the division and the product by a power of
-  two are exact; Round is the only rounding step. A carry to 2^(e+1) is exact too, and past the top binade
-  the product overflows to inf, as IEEE arithmetic and the bit formulation do. Full formats clip e at the
-  format's emin (its subnormal grid) and map |x| >= overflow_threshold to +-inf (NaN for fp8_e4m3, with
-  the sign, as round_to does). Limitation: a NaN input to a full format keeps its own sign in "bits" mode
-  (as round_to does) but becomes the positive quiet NaN in "arith" mode.
+  Full formats (fp16, fp8_*) use their own emin and map |x| >= overflow_threshold to ±inf (NaN for
+  fp8_e4m3, with the sign, as round_to does). Limitation: a NaN input to a full format keeps its own sign in
+  "bits" mode (as round_to does) but becomes the positive quiet NaN in "arith" mode.
 
 Every function here takes `op`, a `lampc.export.builder.Builder` (inside torch.onnx.export its calls are
 recorded by the exporter's tracer), and float32 values, and returns float32 values.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -48,8 +47,6 @@ BITCAST_OPSET = 26
 FLOAT, UINT32 = 1, 12  # onnx.TensorProto data types
 QUIET_NAN = np.array(0x7FC00000, dtype=np.uint32).view(np.float32)
 NEG_QUIET_NAN = np.array(0xFFC00000, dtype=np.uint32).view(np.float32)
-POW2_OFFSET = 149
-"""POW2_TABLE[i] = 2^(i - 149) for i in 0..277: 2^-149 (the smallest FP32 subnormal) .. 2^128 (inf)."""
 
 
 def round_onnx(op, x, fmt: Format | str, rounding: str = "bits", *, restore_nan: bool = True):
@@ -123,36 +120,40 @@ def _round_full_format_bits(op, x, fmt: Format):
 
 # -- "arith": float operations exact by construction -----------------------------------------------------
 
-
-def _pow2_table(op):
-    exponents = np.arange(-POW2_OFFSET, 129, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        return op.const(np.exp2(exponents).astype(np.float32))
+BIG = 2.0**100
+"""Above this magnitude Veltkamp's product x·(2^d + 1) could overflow: such x are scaled by 2^-64 first."""
 
 
 def _round_arith(op, x, fmt: Format, restore_nan: bool):
+    """Veltkamp splitting for normal values, an exact division for the subnormal grid, Where for the rest."""
     m, emin = fmt.m_bits, max(fmt.emin, -126)
-    table = _pow2_table(op)
     magnitude = op.Abs(x)
-    guess = op.Floor(op.Mul(op.Log(magnitude), op.const(1.0 / math.log(2.0))))  # -inf at 0, NaN at NaN
-    guess = op.Where(op.IsNaN(guess), op.const(float(emin)), guess)
-    guess = op.Clip(guess, op.const(float(emin)), op.const(127.0))
-    index = op.Cast(op.Add(guess, op.const(float(POW2_OFFSET))), to=7)  # int64, in [23, 276]
-    low = op.Gather(table, index)  # 2^guess, exact
-    high = op.Gather(table, op.Add(index, op.const(1, np.int64)))  # 2^(guess + 1) (inf past the top)
-    # Log is off by at most one binade near powers of two: fix the exponent with exact comparisons.
-    exponent = op.Add(
-        op.Sub(index, op.Cast(op.Less(magnitude, low), to=7)),
-        op.Cast(op.GreaterOrEqual(magnitude, high), to=7),
-    )
-    exponent = op.Clip(exponent, op.const(emin + POW2_OFFSET, np.int64), op.const(127 + POW2_OFFSET, np.int64))
-    spacing = op.Gather(table, op.Sub(exponent, op.const(m, np.int64)))  # 2^(e - m) >= 2^-149
-    y = op.Mul(op.Round(op.Div(x, spacing)), spacing)
+    if _has_fp32_exponent_range(fmt):
+        in_range = op.Less(magnitude, op.const(BIG))
+        scale_down = op.Where(in_range, op.const(1.0), op.const(2.0**-64))
+        scale_up = op.Where(in_range, op.const(1.0), op.const(2.0**64))
+        normal = op.Mul(_veltkamp(op, op.Mul(x, scale_down), 23 - m), scale_up)  # exact scalings; inf past the top
+    else:
+        normal = _veltkamp(op, x, 23 - m)  # |x| below fmt's overflow threshold: no overflow inside
+    spacing = op.const(2.0 ** (emin - m))  # the subnormal grid, >= 2^-149
+    subnormal = op.Mul(op.Round(op.Div(x, spacing)), spacing)  # Round: half to even; Div, Mul: exact
+    # ONNX Runtime's CPU Where turns a -0 taken from its first branch into +0 (1.32): keep zeros in the second
+    y = op.Where(op.GreaterOrEqual(magnitude, op.const(2.0**emin)), normal, subnormal)
     if not _has_fp32_exponent_range(fmt):
-        threshold = op.const(fmt.overflow_threshold)
         if fmt.finite_only:
             over = op.Where(op.Less(x, op.const(0.0)), op.const(NEG_QUIET_NAN), op.const(QUIET_NAN))
         else:
             over = op.Where(op.Less(x, op.const(0.0)), op.const(-np.inf), op.const(np.inf))
-        y = op.Where(op.GreaterOrEqual(magnitude, threshold), over, y)
-    return op.Where(op.IsNaN(x), op.const(QUIET_NAN), y) if restore_nan else y
+        return op.Where(op.GreaterOrEqual(magnitude, op.const(fmt.overflow_threshold)), over,
+                        op.Where(op.IsNaN(x), op.const(QUIET_NAN), y))
+    # inf gives NaN inside Veltkamp's formula: y is NaN exactly when x is NaN or ±inf
+    passthrough = op.Where(op.IsNaN(x), op.const(QUIET_NAN), x) if restore_nan else x
+    return op.Where(op.IsNaN(y), passthrough, y)
+
+
+def _veltkamp(op, x, dropped: int):
+    """RN-even of float32 x to 24 - dropped significant bits: c = x·(2^d + 1); c - (c - x) (Veltkamp/Dekker).
+
+    Exact for normal x whose product does not overflow (checked exhaustively over a binade for every d)."""
+    c = op.Mul(x, op.const(float(2**dropped + 1)))
+    return op.Sub(c, op.Sub(c, x))

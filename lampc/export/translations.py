@@ -16,7 +16,8 @@ that involves an FP32 matmul, softmax or exp, whose kernels differ between torch
         (uniform, strict, relaxed, target, budget, oracle; random has no ONNX form: torch's RNG stream
         cannot be reproduced, so exporting it raises);  | (visible & ~isfinite(s_hat))
     lampc::recompute_scores(s_hat, selected, q, k_t, scale, policy)
-        Where(selected, MatMul(q, k_t) * scale, s_hat)      (dense: the sparse gather has no cheap ONNX form)
+        Where(selected, MatMul(q, k_t) * scale, s_hat)      (dense: the sparse gather has no cheap ONNX form;
+        ONNX Runtime's Where returns +0 for a recomputed -0, which no later op can tell apart)
 
 Sorting rules (target, budget, oracle) use TopK, which breaks ties toward the lower key index, as lampc's stable
 sort (select_top) and index tie-break (select_top_k) do.
