@@ -67,6 +67,8 @@ def component_select(
 ) -> Tensor:
     """The look-ahead at a linear producer: c_i = column norm of the consumer's Jacobian x |ŷ_i|."""
     rule = SitePolicy.from_spec(policy)
+    if rule.criterion == "uniform":  # no look-ahead: only non-finite outputs are recomputed
+        return ~torch.isfinite(y_hat)
     h_hat = consumer_input(y_hat, residual)
     if rule.fused and rule.criterion not in ("random", "oracle"):
         return fused_component_select(y_hat, h_hat, consumer, gamma, eps, rule).reshape(y_hat.shape)
