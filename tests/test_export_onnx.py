@@ -318,6 +318,16 @@ def test_cli_export_describes_and_verifies(exported, capsys):
 # -- errors ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--criterion", "random", "--out", "x.onnx"], "--criterion random: cannot be exported to ONNX"),
+    (["--out", "/no/such/dir/x.onnx"], "--out: cannot write the ONNX model to '/no/such/dir/x.onnx': directory"),
+])
+def test_cli_export_rejects_bad_arguments_before_loading(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--model", "/no/such/model", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_not_a_compiled_model(model, tmp_path):
     with pytest.raises(TypeError, match="needs a lampc CompiledModel .* got transformers"):
         export_onnx(model, tmp_path / "x.onnx")

@@ -41,8 +41,16 @@ def run(args) -> int:
     from ..cli import CliError
     from ..models import load_model
     from .describe import describe_onnx
-    from .onnx import OnnxExportError, export_onnx
+    from .onnx import OnnxExportError, check_writable, export_onnx
+    from .translations import EXPORTABLE_CRITERIA
 
+    if args.criterion not in EXPORTABLE_CRITERIA:  # fail before the slow part
+        raise CliError(f"--criterion {args.criterion}: cannot be exported to ONNX (it draws from torch's random "
+                       f"generator); exportable: {', '.join(EXPORTABLE_CRITERIA)}")
+    try:
+        check_writable(args.out)
+    except OnnxExportError as err:
+        raise CliError(f"--out: {err}") from None
     model, tokenizer = load_model(args.model)
     overrides = {"format": args.format, "criterion": args.criterion, "tau": args.tau, "block_k": args.block_k}
     if args.budget is not None:

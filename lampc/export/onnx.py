@@ -94,7 +94,7 @@ def export_onnx(
             f"{type(compiled).__module__}.{type(compiled).__name__}"
         )
     path = os.fspath(path)
-    _check_writable(path)
+    check_writable(path)
     opset, rounding = _resolve_opset(opset, rounding)
     graph_module = compiled.graph_module
     modules = {site.index: site.module for site in compiled.sites}
@@ -136,7 +136,8 @@ def export_onnx(
 # -- checks ---------------------------------------------------------------------------------------------
 
 
-def _check_writable(path: str) -> None:
+def check_writable(path: str) -> None:
+    """Raise OnnxExportError unless a file can be written at `path`."""
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise OnnxExportError(f"cannot write the ONNX model to {path!r}: it is a directory")
