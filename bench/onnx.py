@@ -20,19 +20,19 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import statistics
+import tempfile
+import time
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
 
-import lampc  # noqa: E402
-from lampc.export import export_onnx, make_session, run_session  # noqa: E402
-from lampc.models import ModelNotFoundError, load_model  # noqa: E402
+import lampc
+from lampc.export import export_onnx, make_session, run_session
+from lampc.models import ModelNotFoundError, load_model
 
 
 def pick_model(quick: bool):
@@ -89,6 +89,10 @@ def noise_floor(model, args, ids, mask, want: np.ndarray) -> float:
         compiled.record_stats(False)
         got = compiled(ids, attention_mask=mask).logits.numpy()
     return float(np.abs(got - want).max())
+
+
+def ort_fn(sess, ids, mask):
+    return lambda: run_session(sess, ids, mask, outputs=["logits"])
 
 
 def median_ms(fns: dict, repeats: int) -> dict:
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
 
         fns = {"PyTorch FP32 (eager)": torch_fn(model), "PyTorch lampc (compiled)": torch_fn(compiled)}
         for variant, sess in sessions.items():
-            fns[variant] = (lambda s: (lambda: run_session(s, ids, mask, outputs=["logits"])))(sess)
+            fns[variant] = ort_fn(sess, ids, mask)
         for variant, ms in median_ms(fns, args.repeats).items():
             rows.setdefault(variant, {})["ms"] = ms
 
@@ -174,10 +178,11 @@ def table(rows: dict, name: str, args, seq: int, compile_s: float) -> str:
     base_size = rows["ORT FP32 (plain export)"]["size_mb"]
     torch_lampc = rows["PyTorch lampc (compiled)"]["ms"]
     ort_fp32 = rows["ORT FP32 (plain export)"]["ms"]
+    header = (f"{name}; policy {args.format} {args.criterion} tau={args.tau}; batch {args.batch} x seq {seq}; "
+              f"{args.threads} thread(s); median of {args.repeats}; torch {torch.__version__}, "
+              f"onnxruntime {__import__('onnxruntime').__version__}; lampc.compile took {compile_s:.1f} s")
     lines = [
-        f"{name}; policy {args.format} {args.criterion} tau={args.tau}; batch {args.batch} x seq {seq}; "
-        f"{args.threads} thread(s); median of {args.repeats}; torch {torch.__version__}, "
-        f"onnxruntime {__import__('onnxruntime').__version__}; lampc.compile took {compile_s:.1f} s",
+        header,
         "",
         "| variant | export | size | latency | vs PyTorch lampc | vs ORT FP32 | max abs logit diff vs its PyTorch twin |",
         "|---|---|---|---|---|---|---|",

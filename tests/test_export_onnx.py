@@ -304,7 +304,7 @@ def test_describe_onnx_counts_ops_per_site(exported):
 
 
 def test_cli_export_describes_and_verifies(exported, capsys):
-    compiled, path = exported("m4_strict")
+    _, path = exported("m4_strict")
     text = exported.cli_output["m4_strict"]
     assert f"wrote {path}" in text and "opset 26, rounding bits" in text
     assert "site 1  transformer.h.1.attn" in text

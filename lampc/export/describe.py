@@ -45,9 +45,10 @@ def describe_onnx(path: str | os.PathLike, *, top: int = 6) -> str:
     model = onnx.load(path, load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), "?")
+    title = (f"{os.path.basename(path)}  opset {opset}  lampc {meta.get('lampc.version', '?')}  "
+             f"{_size(os.path.getsize(path))}  {len(model.graph.node):,} nodes")
     lines = [
-        f"{os.path.basename(path)}  opset {opset}  lampc {meta.get('lampc.version', '?')}  "
-        f"{_size(os.path.getsize(path))}  {len(model.graph.node):,} nodes",
+        title,
         "inputs   " + "  ".join(_value(v) for v in model.graph.input),
         "outputs  " + "  ".join(_value(v) for v in model.graph.output),
     ]

@@ -18,18 +18,13 @@ Inputs `input_ids` and `attention_mask` (int64, dynamic batch and sequence), out
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
-import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import onnx
-import onnx_ir as ir
 import torch
 from torch import fx, nn
 
@@ -38,6 +33,7 @@ from ..ops import LAMPC_OPS
 from ..passes.graph import module_path
 from ..policy import SitePolicy
 from ..runtime.compiled import CompiledModel
+from .ir_passes import add_debug_outputs, convert_opset, find_fx_sites, optimize_model, quiet, tag_metadata, tag_sites
 from .rounding import BITCAST_OPSET, ROUNDINGS
 from .translations import TranslationError, check_exportable, translation_table
 
@@ -47,7 +43,6 @@ MAX_OPSET = 26
 DEFAULT_OPSET = BITCAST_OPSET
 EXAMPLE_BATCH, EXAMPLE_LEN = 2, 16
 TAP_PREFIX = "lampc_tap_"
-_PENDING_DOMAIN = "lampc.pending"  # BitCast nodes hide here while the opset-18 graph is converted
 
 
 class OnnxExportError(RuntimeError):
@@ -83,7 +78,7 @@ def export_onnx(
     opset:         target ONNX opset, 18..26. 26 (the default) has BitCast, so rounding is the same integer
                    algorithm as lampc.numerics.round_to; below 26 rounding is exact float arithmetic.
     rounding:      "auto" (bits at opset >= 26, else arith), "bits" (needs opset >= 26) or "arith".
-    optimize:      run onnxscript's optimiser (constant folding, dead code) on the exported graph.
+    optimize:      constant folding, dead-node removal, common subexpressions (`optimize_model`).
     debug_outputs: add `selection_<i>` and `scores_lp_<i>` outputs per site (for parity checks).
     check:         run onnx.checker.check_model(full_check=True) on the written file.
     """
@@ -100,20 +95,22 @@ def export_onnx(
     modules = {site.index: site.module for site in compiled.sites}
     _check_graph(graph_module, modules)
 
-    with _quiet():
+    with quiet():
         wrapper = _ExportWrapper(_without_taps(graph_module))
     program = _torch_export(wrapper, compiled.max_len, opset, rounding)
     model = program.model
-    fx_sites = _fx_sites(program.exported_program.graph)
-    _tag_sites(model, fx_sites)
+    fx_sites = find_fx_sites(program.exported_program.graph)
+    tag_sites(model, fx_sites)
     outputs = ["logits"]
     if debug_outputs:
-        outputs += _add_debug_outputs(model, fx_sites)
+        outputs += add_debug_outputs(model, fx_sites)
     if opset > EXPORT_OPSET:
-        model = _convert_opset(model, opset)
+        model = convert_opset(model, opset)
+        if model.opset_imports.get("") != opset:
+            raise OnnxExportError(f"could not convert the exported graph from opset {EXPORT_OPSET} to {opset}")
     if optimize:
         optimize_model(model)
-    _tag_metadata(model, modules)
+    tag_metadata(model, modules)
     metadata = _metadata(compiled, opset, rounding, outputs)
     model.metadata_props.update(metadata)
     model.doc_string = f"lampc {__version__}: {compiled.model_type} with LAMP attention sites (standard ONNX ops)"
@@ -232,7 +229,7 @@ def _torch_export(wrapper: _ExportWrapper, max_len: int, opset: int, rounding: s
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     table = translation_table(opset if rounding == "bits" else EXPORT_OPSET, rounding)
     try:
-        with _quiet():
+        with quiet():
             return torch.onnx.export(
                 wrapper, (ids, mask), dynamo=True, opset_version=EXPORT_OPSET, optimize=False, verbose=False,
                 input_names=["input_ids", "attention_mask"], output_names=["logits"], dynamic_shapes=dynamic,
@@ -241,22 +238,6 @@ def _torch_export(wrapper: _ExportWrapper, max_len: int, opset: int, rounding: s
     except Exception as err:  # torch raises many types; all mean "could not export"
         cause = _root_cause(err)
         raise OnnxExportError(f"torch.onnx.export failed: {type(cause).__name__}: {cause}") from err
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporter's progress prints and known-harmless warnings."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _root_cause(err: BaseException) -> BaseException:
@@ -271,123 +252,7 @@ def _root_cause(err: BaseException) -> BaseException:
         seen = nxt
 
 
-# -- site tags, debug outputs, opset, metadata ----------------------------------------------------------
-
-_BULKY_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy")
-
-
-def _fx_sites(graph: fx.Graph) -> dict[str, tuple[int, str]]:
-    """fx node name -> (site, op name) for the lampc ops of the exported program's graph.
-
-    torch.export renames nodes and drops lampc's node meta, so the site comes from the data flow: lamp_select
-    carries it as an argument; lowp_scores feeds that lamp_select; recompute_scores consumes it.
-    """
-    sites = {}
-    for node in graph.nodes:
-        if node.op == "call_function" and node.target == torch.ops.lampc.lamp_select.default:
-            index = int(node.args[7])
-            sites[node.name] = (index, "lamp_select")
-            s_hat = node.args[0]
-            if isinstance(s_hat, fx.Node) and s_hat.target == torch.ops.lampc.lowp_scores.default:
-                sites[s_hat.name] = (index, "lowp_scores")
-            for user in node.users:
-                if user.target == torch.ops.lampc.recompute_scores.default:
-                    sites[user.name] = (index, "recompute_scores")
-    return sites
-
-
-def _fx_name(node: ir.Node) -> str | None:
-    fx_node = node.meta.get("node")
-    if fx_node is not None:
-        return fx_node.name
-    text = node.metadata_props.get("pkg.torch.onnx.fx_node", "")
-    return text[1:].split(" ", 1)[0] if text.startswith("%") else None
-
-
-def _tag_sites(model: ir.Model, fx_sites: dict[str, tuple[int, str]]) -> None:
-    """Name every node a translation emitted `lampc_site_<i>/<op>/<name>` (names survive opset conversion)."""
-    for node in model.graph:
-        found = fx_sites.get(_fx_name(node) or "")
-        if found is not None:
-            index, op_name = found
-            node.name = f"lampc_site_{index}/{op_name}/{node.name or node.op_type}"
-
-
-def _tag_metadata(model: ir.Model, modules: dict[int, str]) -> None:
-    """metadata_props lampc.site, lampc.op, lampc.module from the site names (after the last conversion: the
-    ONNX C API's version converter drops node metadata)."""
-    for node in model.graph:
-        if not (node.name or "").startswith("lampc_site_"):
-            continue
-        head, op_name = node.name.split("/", 2)[:2]
-        index = int(head.removeprefix("lampc_site_"))
-        for key in _BULKY_METADATA:  # the same stack trace on each of thousands of unrolled nodes
-            node.metadata_props.pop(key, None)
-        node.metadata_props["lampc.site"] = str(index)
-        node.metadata_props["lampc.op"] = op_name
-        node.metadata_props["lampc.module"] = modules.get(index, "")
-
-
-def _add_debug_outputs(model: ir.Model, fx_sites: dict[str, tuple[int, str]]) -> list[str]:
-    wanted = {"lamp_select": "selection", "lowp_scores": "scores_lp"}
-    found = {}
-    for node in model.graph:
-        for value in node.outputs:
-            if value.name in fx_sites and fx_sites[value.name][1] in wanted:
-                index, op_name = fx_sites[value.name]
-                found[f"{wanted[op_name]}_{index}"] = value
-    names = sorted(found, key=lambda n: (int(n.rsplit("_", 1)[1]), n))
-    for name in names:
-        value = found[name]
-        identity = ir.node("Identity", [value], name=f"debug/{name}")
-        identity.outputs[0].name = name
-        identity.outputs[0].dtype = value.dtype
-        identity.outputs[0].shape = value.shape
-        model.graph.append(identity)
-        model.graph.outputs.append(identity.outputs[0])
-    return names
-
-
-def _convert_opset(model: ir.Model, opset: int) -> ir.Model:
-    """Convert the opset-18 graph to `opset`; BitCast (new in 26) is set aside while the converter runs."""
-    from onnxscript import version_converter
-
-    held = [node for node in model.graph if node.domain == "" and node.op_type == "BitCast"]
-    for node in held:
-        node.domain = _PENDING_DOMAIN
-    if held:
-        model.opset_imports[_PENDING_DOMAIN] = 1
-    with _quiet():
-        version_converter.convert_version(model, opset, fallback=True)
-    if model.opset_imports.get("") != opset:
-        raise OnnxExportError(f"could not convert the exported graph from opset {EXPORT_OPSET} to {opset}")
-    for node in model.graph:
-        if node.domain == _PENDING_DOMAIN:
-            node.domain = ""
-            node.version = None
-    model.opset_imports.pop(_PENDING_DOMAIN, None)
-    return model
-
-
-def optimize_model(model: ir.Model) -> None:
-    """Constant folding, dead-node removal and common-subexpression elimination, in place.
-
-    Not onnxscript's rewrite rules: their pattern matching is slow on graphs with thousands of unrolled
-    accumulation steps, and algebraic rules such as Add(x, 0) -> x would change the sign of a zero.
-    """
-    import onnx_ir.passes.common as passes
-    from onnxscript.optimizer import fold_constants
-
-    with _quiet():
-        fold_constants(model)
-    ir.passes.Sequential(
-        passes.RemoveUnusedNodesPass(),
-        passes.RemoveUnusedFunctionsPass(),
-        passes.RemoveUnusedOpsetsPass(),
-        passes.CommonSubexpressionEliminationPass(),
-        passes.RemoveUnusedNodesPass(),
-        passes.DeduplicateInitializersPass(),
-    )(model)
+# -- metadata and saving ---------------------------------------------------------------------------------
 
 
 def _metadata(compiled: CompiledModel, opset: int, rounding: str, outputs: list[str]) -> dict[str, str]:
@@ -407,7 +272,7 @@ def _metadata(compiled: CompiledModel, opset: int, rounding: str, outputs: list[
 
 def _save(program, path: str) -> None:
     try:
-        with _quiet():
+        with quiet():
             program.save(path, external_data=None)  # weights beside the model (path + ".data") above 2 GB
     except OSError as err:
         raise OnnxExportError(f"cannot write the ONNX model to {path!r}: {err.strerror or err}") from err

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from ..numerics import round_to
 from .builder import Builder
-from .onnx import EXPORT_OPSET, _convert_opset, _quiet, _resolve_opset, optimize_model
+from .ir_passes import convert_opset, optimize_model, quiet
+from .onnx import EXPORT_OPSET, _resolve_opset
 from .rounding import round_onnx
 from .translations import translation_table
 
@@ -94,16 +95,16 @@ def site_probe(path: str | os.PathLike, specs: list[str], *, scale: float, examp
 
 def _export(module, example, dynamic, input_names, output_names, table, path, opset: int) -> str:
     path = os.fspath(path)
-    with _quiet():
+    with quiet():
         program = torch.onnx.export(
             module, example, dynamo=True, opset_version=EXPORT_OPSET, optimize=False, verbose=False,
             input_names=input_names, output_names=output_names, dynamic_shapes=dynamic,
             custom_translation_table=table,
         )
-    model = _convert_opset(program.model, opset) if opset > EXPORT_OPSET else program.model
+    model = convert_opset(program.model, opset) if opset > EXPORT_OPSET else program.model
     optimize_model(model)
     program.model = model
-    with _quiet():
+    with quiet():
         program.save(path, external_data=False)
     return path
 

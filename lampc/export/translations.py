@@ -26,7 +26,7 @@ sort (select_top) and index tie-break (select_top_k) do.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
