@@ -321,6 +321,7 @@ def test_cli_export_describes_and_verifies(exported, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--criterion", "random", "--out", "x.onnx"], "--criterion random: cannot be exported to ONNX"),
     (["--out", "/no/such/dir/x.onnx"], "--out: cannot write the ONNX model to '/no/such/dir/x.onnx': directory"),
+    (["--out", "x.onnx"], "--model: unknown model '/no/such/model'"),
 ])
 def test_cli_export_rejects_bad_arguments_before_loading(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -378,12 +379,27 @@ def test_embedded_model_exports_and_matches(tmp_path):
         model, tokenizer = load_model("embedded")
     except ModelNotFoundError as err:
         pytest.skip(f"embedded model not available yet (weights not trained): {err}")
+    check_trained_model(model, tokenizer, tmp_path)
+
+
+def check_trained_model(model, tokenizer, tmp_path):
+    """m4 strict on a real model: the export matches PyTorch to well within what the policy does.
+
+    Across several layers, one-ulp differences between torch's and ORT's FP32 kernels can move a few
+    accumulators across an m4 rounding boundary (bench/onnx.md), so the bound is relative to the policy's
+    effect rather than FP32-tight."""
     compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.1)
-    info = export_onnx(compiled, tmp_path / "embedded.onnx")
-    ids = torch.tensor([tokenizer("It is a truth universally acknowledged, that a single man")["input_ids"]])
+    info = export_onnx(compiled, tmp_path / "model.onnx", debug_outputs=True)
+    text = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    compiled.keep_selections(True)
     with torch.no_grad():
         want = compiled(ids).logits.numpy()
-        plain = model(ids).logits.numpy()
-    got = _ort(info.path, "all", ids, None)["logits"]
+        plain = model(input_ids=ids).logits.numpy()
+    got = _ort(info.path, "all", ids, None)
+    for site, selected in compiled.selections().items():
+        assert (got[f"selection_{site}"] != selected.numpy()).mean() <= 1e-3, f"site {site}: selections differ"
     effect = np.abs(want - plain).max()
-    assert np.abs(got - want).max() <= max(0.01 * effect, 1e-4)
+    assert np.abs(got["logits"] - want).max() <= 0.25 * effect + 1e-5
+    assert np.abs(got["logits"] - plain).max() >= 0.5 * effect
+    assert (got["logits"].argmax(-1) == want.argmax(-1)).mean() >= 0.9

@@ -39,7 +39,7 @@ def _budget(text: str):
 def run(args) -> int:
     from ..api import compile
     from ..cli import CliError
-    from ..models import load_model
+    from ..models import ModelNotFoundError, load_model
     from .describe import describe_onnx
     from .onnx import OnnxExportError, check_writable, export_onnx
     from .translations import EXPORTABLE_CRITERIA
@@ -51,7 +51,10 @@ def run(args) -> int:
         check_writable(args.out)
     except OnnxExportError as err:
         raise CliError(f"--out: {err}") from None
-    model, tokenizer = load_model(args.model)
+    try:
+        model, tokenizer = load_model(args.model)
+    except ModelNotFoundError as err:
+        raise CliError(f"--model: {err}") from None
     overrides = {"format": args.format, "criterion": args.criterion, "tau": args.tau, "block_k": args.block_k}
     if args.budget is not None:
         overrides["budget"] = args.budget
