@@ -42,7 +42,7 @@ from ..numerics.rounding import dropped_mantissa_bits
 
 ROUNDINGS = ("bits", "arith")
 BITCAST_OPSET = 26
-"""The first ONNX opset with BitCast (ONNX Runtime runs it from 1.23 on)."""
+"""The first ONNX opset with BitCast (checked with ONNX Runtime 1.32; older runtimes may lack it)."""
 
 FLOAT, UINT32 = 1, 12  # onnx.TensorProto data types
 QUIET_NAN = np.array(0x7FC00000, dtype=np.uint32).view(np.float32)
