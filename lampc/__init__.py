@@ -15,4 +15,14 @@ from .capture import CaptureError  # noqa: E402
 from .inspect import show  # noqa: E402
 from .policy import Policy, SitePolicy  # noqa: E402
 
-__all__ = ["CaptureError", "Policy", "SitePolicy", "compile", "formats", "inspect", "show", "__version__"]
+__all__ = ["CaptureError", "Policy", "SitePolicy", "compile", "export_onnx", "formats", "inspect", "show",
+           "__version__"]
+
+
+def __getattr__(name):
+    """`lampc.export_onnx` loads the ONNX stack (onnxscript, onnxruntime) only when first used."""
+    if name == "export_onnx":
+        from .export import export_onnx
+
+        return export_onnx
+    raise AttributeError(f"module 'lampc' has no attribute {name!r}")
