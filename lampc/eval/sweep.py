@@ -34,12 +34,13 @@ from ..policy import COUNT_SOURCES, Policy, SitePolicy
 from .metrics import LogitComparison
 
 TAU_GRIDS: dict[str, tuple[float, ...]] = {
-    "strict": (50.0, 10.0, 2.0, 0.5),
-    "relaxed": (0.09, 0.03, 0.009, 0.003),
-    "target": (1.5, 1.2, 1.1, 1.05),
+    "strict": (5.0, 1.0, 0.2),
+    "relaxed": (0.9, 0.5, 0.3),
+    "target": (1.95, 1.8, 1.7),
 }
-"""Default tau per rule: short versions of the paper's grids (LAMP.md §5), chosen to span recompute rates of about
-0.1% to 10% on the embedded model. random/oracle use the grid of the rule they take their counts from."""
+"""Default tau per rule: three points of the paper's grids (LAMP.md §5, relaxed and target extended towards "less
+recompute"), chosen so that each rule spans recompute rates of about 0.2-3% (strict), 1-8% (relaxed) and 1-7%
+(target) on the embedded model and Persuasion. random/oracle use the grid of the rule they count from."""
 
 LAMP_CRITERIA = ("target", "strict", "relaxed")
 """The deployable look-ahead rules (budget needs a count, not a tau, and is not swept)."""
