@@ -137,3 +137,23 @@ def test_run_sweep_rejects_bad_sizes(model, token_ids):
         run_sweep(model, token_ids=token_ids, seq_len=32, n_seq=0, progress=False)
     with pytest.raises(ValueError, match="tokenizer"):
         run_sweep(model, seq_len=32, n_seq=1, progress=False)
+
+
+def test_headline_matches_random_exactly_or_interpolates():
+    from lampc.eval.report_table import HEADLINE_COLUMNS, format_table, headline
+
+    def row(criterion, tau, rate, kl, count_from=""):
+        return {"format": "m4", "shuffle": False, "criterion": criterion, "tau": tau, "recompute_rate": rate,
+                "kl": kl, "flip_rate": 0.0, "count_from": count_from}
+
+    rows = [row("uniform", None, 0.0, 1e-2), row("strict", 1.0, 0.01, 1e-3), row("strict", 0.1, 0.08, 1e-4),
+            row("relaxed", 0.5, 0.04, 1e-4 * 4), row("random", 1.0, 0.01, 8e-3, "strict"),
+            row("random", 0.1, 0.08, 2e-3, "strict"), row("oracle", 1.0, 0.01, 5e-4, "strict")]
+    at5, at10 = headline(rows)
+    assert (at5["criterion"], at5["gain_vs_uniform"], at5["random_match"]) == ("relaxed", pytest.approx(25.0),
+                                                                               "interpolated")
+    # random between (1%, 8e-3) and (8%, 2e-3), log-log at 4%: 8e-3 * (1/4) ** (log 4 / log 8)
+    assert at5["kl_random"] == pytest.approx(8e-3 * 0.25 ** (2 / 3))
+    assert (at10["criterion"], at10["kl_random"], at10["random_match"]) == ("strict", 2e-3, "same counts")
+    assert at10["gain_vs_random"] == pytest.approx(20.0) and at10["kl_oracle"] is None
+    assert "interpolated" in format_table([at5, at10], HEADLINE_COLUMNS, markdown=True)

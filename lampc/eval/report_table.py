@@ -58,6 +58,7 @@ COLUMNS: dict[str, tuple[str, Callable]] = {
     "gain_vs_uniform": ("vs uniform", _times),
     "kl_random": ("KL random", _num(".2e")),
     "gain_vs_random": ("vs random", _times),
+    "random_match": ("random at", _text),
     "kl_oracle": ("KL oracle", _num(".2e")),
     "shuffle": ("shuffled", lambda v: "yes" if v else "no"),
 }
@@ -66,7 +67,7 @@ EVAL_COLUMNS = ("format", "criterion", "tau", "count_from", "recompute_rate", "k
                 "ppl_test", "nan_rate", "logit_absdiff_p99", "seconds")
 DEMO_COLUMNS = ("format", "criterion", "tau", "recompute_rate", "kl", "flip_rate", "kl_gain")
 HEADLINE_COLUMNS = ("format", "shuffle", "max_rate", "criterion", "tau", "recompute_rate", "kl", "kl_uniform",
-                    "gain_vs_uniform", "kl_random", "gain_vs_random", "kl_oracle")
+                    "gain_vs_uniform", "kl_random", "gain_vs_random", "random_match", "kl_oracle")
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] = EVAL_COLUMNS, *, markdown: bool = False) -> str:
@@ -74,7 +75,8 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] = EVAL_COLUMNS, *,
     headers = [COLUMNS.get(c, (c, _text))[0] for c in columns]
     body = [[COLUMNS.get(c, (c, _text))[1](row.get(c)) for c in columns] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
-    numeric = [i for i, c in enumerate(columns) if c not in ("format", "criterion", "count_from", "shuffle")]
+    numeric = [i for i, c in enumerate(columns)
+               if c not in ("format", "criterion", "count_from", "shuffle", "random_match")]
 
     def line(cells):
         padded = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
@@ -111,7 +113,12 @@ def matching(rows: Sequence[dict], best: dict, criterion: str):
 
 
 def headline(rows: Sequence[dict], max_rates: Sequence[float] = (0.05, 0.10)) -> list[dict]:
-    """Per format and rate cap: the best LAMP rule against uniform, and random/oracle at exactly its counts."""
+    """Per format and rate cap: the best LAMP rule against uniform, and against random/oracle at its counts.
+
+    Random and oracle are matched exactly (the row that took its counts from the best rule at the same tau); when
+    the sweep has no such row, random's KL is interpolated (log-log, between the random rows of the same format
+    whose rates bracket the best rule's) and `random_match` says "interpolated".
+    """
     out = []
     for fmt in dict.fromkeys(r["format"] for r in rows):
         uniform = next((r for r in rows if r["format"] == fmt and r["criterion"] == "uniform"), None)
@@ -121,15 +128,28 @@ def headline(rows: Sequence[dict], max_rates: Sequence[float] = (0.05, 0.10)) ->
                 continue
             random, oracle = matching(rows, best, "random"), matching(rows, best, "oracle")
             kl_u = uniform["kl"] if uniform else None
-            kl_r = random["kl"] if random else None
+            kl_r, how = (random["kl"], "same counts") if random else (_interpolate(rows, fmt, best), "interpolated")
             out.append({"format": fmt, "shuffle": best["shuffle"], "max_rate": cap, "criterion": best["criterion"],
                         "tau": best["tau"], "recompute_rate": best["recompute_rate"], "kl": best["kl"],
                         "flip_rate": best["flip_rate"], "kl_uniform": kl_u, "gain_vs_uniform": _ratio(kl_u, best["kl"]),
                         "kl_random": kl_r, "gain_vs_random": _ratio(kl_r, best["kl"]),
+                        "random_match": how if kl_r is not None else None,
                         "kl_oracle": oracle["kl"] if oracle else None,
                         "flip_uniform": uniform["flip_rate"] if uniform else None,
                         "flip_random": random["flip_rate"] if random else None})
     return out
+
+
+def _interpolate(rows: Sequence[dict], fmt: str, best: dict):
+    """KL of random recomputation at best's rate, log-log between the bracketing random rows (None if none)."""
+    pts = sorted((r["recompute_rate"], r["kl"]) for r in rows if r["format"] == fmt and r["criterion"] == "random"
+                 and r["recompute_rate"] > 0 and not _missing(r["kl"]) and r["kl"] > 0)
+    x = best["recompute_rate"]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1 and x0 < x1:
+            w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return math.exp((1 - w) * math.log(y0) + w * math.log(y1))
+    return None
 
 
 def _ratio(num, den):
