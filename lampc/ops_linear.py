@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .lookahead.components import column_norms, select_components
 from .lookahead.fused import fused_component_select
+from .lookahead.recompute import recompute_matrix
 from .numerics import lp_matmul, round_to
 from .ops import random_generator
 from .policy import SitePolicy
@@ -94,19 +95,9 @@ def recompute_linear(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias
     rule = SitePolicy.from_spec(policy)
     if y_hat.device.type != "cpu":  # accelerators: masked dense path, no host synchronisation
         return torch.where(selected, _fp32(x, w, bias), y_hat)
-    count = int(selected.sum())
-    if count == 0:
-        return y_hat.clone()
-    if count > rule.dense_above * selected.numel():
+    if int(selected.sum()) > rule.dense_above * selected.numel():
         return torch.where(selected, _fp32(x, w, bias), y_hat)
-    rows, cols = selected.reshape(-1, selected.shape[-1]).nonzero(as_tuple=True)
-    x_rows = x.reshape(-1, x.shape[-1])[rows]  # (S, K)
-    values = (x_rows * w.t()[cols]).sum(dim=-1)  # (S,)
-    if bias is not None:
-        values = values + bias[cols]
-    out = y_hat.clone()
-    out.view(-1, out.shape[-1])[rows, cols] = values
-    return out
+    return recompute_matrix(y_hat, selected, x, w, bias)
 
 
 @recompute_linear.register_fake

@@ -53,4 +53,41 @@ def recompute(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: fl
         return s_hat.clone()
     if rate > dense_above:
         return recompute_dense(s_hat, selected, q, k_t, scale)
+    if k_t.dim() == 2:  # one matrix for every row (the logits' lm_head)
+        return recompute_matrix(s_hat, selected, q, k_t, None, scale)
     return recompute_sparse(s_hat, selected, q, k_t, scale)
+
+
+GATHER_COST = 16
+"""A gathered FP32 dot product costs about this many multiply-adds of a BLAS GEMM (CPU, measured): the
+break-even between gathering the selected dot products and one GEMM over the columns they touch."""
+
+
+def recompute_matrix(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Tensor | None = None,
+                     scale: float = 1.0) -> Tensor:
+    """CPU recompute of y_hat (…, N) ≈ (x (…, K) @ w (K, N)) * scale + bias at the selected outputs.
+
+    A weight matrix is shared by all rows, so the selected entries often crowd into few columns (outlier
+    features, likely tokens): then one FP32 GEMM over those columns beats gathering every dot product."""
+    n, k = y_hat.shape[-1], x.shape[-1]
+    sel = selected.reshape(-1, n)  # (R, N)
+    x2 = x.reshape(-1, k)  # (R, K)
+    out = y_hat.clone()
+    out2 = out.view(-1, n)
+    count = int(sel.sum())  # host sync: CPU path only
+    if count == 0:
+        return out
+    cols = sel.any(dim=0).nonzero().squeeze(1)  # (U,)
+    if sel.shape[0] * cols.numel() <= GATHER_COST * count:
+        sub = (x2 @ w.index_select(1, cols)) * scale  # (R, U)
+        if bias is not None:
+            sub = sub + bias[cols]
+        out2[:, cols] = torch.where(sel[:, cols], sub, out2[:, cols])
+        return out
+    rows, keys = sel.nonzero(as_tuple=True)
+    w_rows = w.t().contiguous()  # rows are w's columns: contiguous gathers (strided ones are ~10x slower)
+    for start in range(0, rows.numel(), 65536):  # bounded temporaries: 64k x K floats
+        r, c = rows[start:start + 65536], keys[start:start + 65536]
+        values = (x2[r] * w_rows[c]).sum(dim=-1) * scale
+        out2[r, c] = values + bias[c] if bias is not None else values
+    return out
