@@ -23,12 +23,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import lampc
 
-ALL_KINDS = ["attention", "layer_norm", "gelu", "logits"]
+ALL_KINDS = ["attention", "layer_norm", "gelu", "logits"]  # columns of the recompute-rate report
 
 
-def variants(model, taus):
-    """name -> callable(input_ids) for every configuration compared."""
-    native = dict(kinds=ALL_KINDS, sites="all", format="bf16", backend="native")
+def variants(model, taus, *, with_torch_compile=False):
+    """name -> callable(input_ids) for every configuration compared; and the lampc models among them."""
+    native = dict(sites="all", format="bf16", backend="native")
     out = {"fp32": lambda ids: model(input_ids=ids).logits}
 
     def autocast(ids):
@@ -37,11 +37,22 @@ def variants(model, taus):
 
     out["autocast bf16"] = autocast
     compiled = {"lampc uniform bf16": lampc.compile(model, criterion="uniform", **native)}
-    for budget in taus:
-        compiled[f"lampc LAMP bf16 budget={budget}"] = lampc.compile(model, criterion="budget", budget=budget, **native)
+    for tau in taus:
+        compiled[f"lampc LAMP bf16 (attention strict {tau:g})"] = lampc.compile(
+            model, criterion="strict", tau=tau, fused=True, **native)
+    compiled["lampc LAMP bf16 (attention strict, layer_norm budget 0.02)"] = lampc.compile(
+        model, lampc.Policy(attention=lampc.SitePolicy(format="bf16", backend="native", criterion="strict",
+                                                       tau=taus[0], fused=True),
+                            layer_norm=lampc.SitePolicy(format="bf16", backend="native", criterion="budget",
+                                                        budget=0.02, fused=True), sites="all"))
     for name, c in compiled.items():
         c.record_stats(False)
         out[name] = (lambda c: (lambda ids: c(ids).logits))(c)
+    if with_torch_compile:
+        first = compiled[f"lampc LAMP bf16 (attention strict {taus[0]:g})"]
+        graph = torch.compile(first.graph_module, dynamic=False)
+        out[f"  same + torch.compile"] = lambda ids: graph(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                          use_cache=False).logits
     return out, compiled
 
 
@@ -71,8 +82,8 @@ def speed(args):
     config = GPT2Config(n_layer=layers, n_embd=width, n_head=width // 64, vocab_size=50257, n_positions=1024,
                         attn_implementation="eager")
     model = GPT2LMHeadModel(config).eval()
-    fns, _ = variants(model, args.budgets)
-    shapes = [(1, 256), (8, 256), (1, 1024), (8, 1024)] if not args.quick else [(1, 128), (2, 128)]
+    fns, _ = variants(model, args.taus, with_torch_compile=args.torch_compile)
+    shapes = args.shapes if not args.quick else [(1, 128), (2, 128)]
     print(f"## Speed: GPT-2 shape ({layers} layers, {width} wide, vocab 50257), random weights, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}\n")
     print("| batch x seq | " + " | ".join(fns) + " |")
@@ -94,7 +105,7 @@ def accuracy(args):
     model, tokenizer = load_model("embedded")
     ids = torch.tensor(tokenizer(persuasion_text())["input_ids"])
     seqs = make_sequences(ids, args.seq_len, args.n_seq, seed=42)
-    fns, compiled = variants(model, args.budgets)
+    fns, compiled = variants(model, args.taus)
     for c in compiled.values():
         c.record_stats(True)
     print(f"## Accuracy vs FP32: embedded model, Persuasion, {args.n_seq} x {args.seq_len} tokens\n")
@@ -120,13 +131,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small model and shapes (smoke run)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--budgets", type=lambda s: [float(x) if "." in x else int(x) for x in s.split(",")],
-                        default=[0.01, 0.05], help="LAMP per-row budgets (k or fraction), comma separated")
+    parser.add_argument("--taus", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 0.2],
+                        help="strict tau of the LAMP attention variants, comma separated")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shapes", type=lambda s: [tuple(int(v) for v in p.split("x")) for p in s.split(",")],
+                        default=[(1, 256), (8, 256), (1, 1024), (8, 1024)], help="batch x seq list, e.g. 1x256,8x256")
+    parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile of a LAMP graph")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--n-seq", type=int, default=16)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     print(f"command: python bench/deploy.py {' '.join(sys.argv[1:])}\n")
     if not args.skip_speed:
         speed(args)
