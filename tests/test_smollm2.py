@@ -23,10 +23,10 @@ PAD = 7  # left padding of the second sequence
 
 # Public-domain text (Jane Austen, Persuasion, 1817), kept inline so the test needs no data download.
 TEXTS = (
-    "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who, for his own amusement, never took up "
-    "any book but the Baronetage; there he found occupation for an idle hour, and consolation in a distressed one.",
-    "Vanity was the beginning and the end of Sir Walter Elliot's character; vanity of person and of situation. He "
-    "had been remarkably handsome in his youth; and, at fifty-four, was still a very fine man.",
+    ("Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who, for his own amusement, never took up "
+     "any book but the Baronetage; there he found occupation for an idle hour, and consolation in a distressed one."),
+    ("Vanity was the beginning and the end of Sir Walter Elliot's character; vanity of person and of situation. He "
+     "had been remarkably handsome in his youth; and, at fifty-four, was still a very fine man."),
 )
 
 # m23 uniform runs exactly the model's own ops (plain matmul, softmax, no recompute), so we expect equality up to
