@@ -12,14 +12,7 @@ from lampc.models import MODELS, ModelNotFoundError, load_model
 from lampc.models.load import EMBEDDED_DIR
 
 SLICE = Path(__file__).parent / "fixtures" / "persuasion_slice.txt"
-EXPECTED = json.loads((EMBEDDED_DIR / "eval.json").read_text()) if (EMBEDDED_DIR / "eval.json").is_file() else None
-
-
-# TEMPORARY until the first real training run finishes (remove then): the weights are not trained yet.
-pytestmark_weights = pytest.mark.skipif(
-    not (EMBEDDED_DIR / "model.safetensors").is_file(),
-    reason="embedded weights not trained yet: python -m lampc.models.train_embedded --out lampc/models/embedded",
-)
+EXPECTED = json.loads((EMBEDDED_DIR / "eval.json").read_text())  # written by train_embedded with the weights
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,6 @@ def slice_perplexity(model, ids: torch.Tensor, window: int) -> float:
     return math.exp(nll / count)
 
 
-@pytestmark_weights
 def test_loads_offline_in_eval_fp32_eager(embedded):
     model, tokenizer = embedded
     assert isinstance(model, GPT2LMHeadModel)
@@ -55,7 +47,6 @@ def test_loads_offline_in_eval_fp32_eager(embedded):
     assert (EMBEDDED_DIR / "model.safetensors").stat().st_size <= 25 * 2**20
 
 
-@pytestmark_weights
 def test_reproduces_model_card_perplexity_on_persuasion_slice(embedded):
     model, tokenizer = embedded
     ids = torch.tensor(tokenizer(SLICE.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])
@@ -66,7 +57,6 @@ def test_reproduces_model_card_perplexity_on_persuasion_slice(embedded):
     assert f"{EXPECTED['persuasion_ppl']:.2f}" in card and f"{EXPECTED['slice_ppl']:.4f}" in card
 
 
-@pytestmark_weights
 def test_sdpa_and_eager_agree(embedded):
     model, tokenizer = embedded
     sdpa, _ = load_model("embedded", attn_implementation="sdpa")
@@ -76,7 +66,6 @@ def test_sdpa_and_eager_agree(embedded):
         torch.testing.assert_close(sdpa(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)
 
 
-@pytestmark_weights
 @pytest.mark.parametrize(
     "text",
     [
@@ -91,7 +80,6 @@ def test_tokenizer_round_trips(embedded, text):
     assert tokenizer.decode(ids) == text
 
 
-@pytestmark_weights
 def test_tokenizer_loads_by_itself():
     for cls in (AutoTokenizer, PreTrainedTokenizerFast):
         tok = cls.from_pretrained(EMBEDDED_DIR, local_files_only=True)
@@ -99,7 +87,6 @@ def test_tokenizer_loads_by_itself():
         assert tok.decode(tok("Persuasion")["input_ids"]) == "Persuasion"
 
 
-@pytestmark_weights
 def test_same_model_by_name_and_by_path(embedded):
     model, _ = embedded
     by_path, _ = load_model(EMBEDDED_DIR)
