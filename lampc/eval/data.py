@@ -166,7 +166,7 @@ def _download_deb(tmp: Path) -> Path:
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
         raise DataError(f"`{' '.join(cmd)}` failed (exit {r.returncode}): {' | '.join(tail)}")
