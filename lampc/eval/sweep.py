@@ -39,8 +39,9 @@ TAU_GRIDS: dict[str, tuple[float, ...]] = {
     "target": (1.95, 1.8, 1.7),
 }
 """Default tau per rule: three points of the paper's grids (LAMP.md §5, relaxed and target extended towards "less
-recompute"), chosen so that each rule spans recompute rates of about 0.2-3% (strict), 1-8% (relaxed) and 1-7%
-(target) on the embedded model and Persuasion. random/oracle use the grid of the rule they count from."""
+recompute"), chosen so that each rule spans recompute rates of about 0.1-3% (strict), 1-6% (relaxed) and 1-7%
+(target) on the embedded model and Persuasion (bench/accuracy.md). random/oracle use the grid of the rule they
+count from."""
 
 LAMP_CRITERIA = ("target", "strict", "relaxed")
 """The deployable look-ahead rules (budget needs a count, not a tau, and is not swept)."""
