@@ -102,6 +102,7 @@ def test_eval_end_to_end(capsys, model_dir, text_file, tmp_path):
     out = tmp_path / "eval"
     code = main(["eval", "--model", str(model_dir), "--text", str(text_file), "--seq-len", "32", "--n-seq", "3",
                  "--batch-size", "2", "--format", "m3", "--criterion", "uniform,strict,random", "--tau", "0.3",
+                 "--tau", "random=0.3",
                  "--out", str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -110,6 +111,7 @@ def test_eval_end_to_end(capsys, model_dir, text_file, tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert [r["criterion"] for r in doc["rows"]] == ["uniform", "strict", "random"]
     assert doc["metadata"]["command"].startswith("lampc eval --model")
+    assert "--tau 0.3 --tau random=0.3 --count-from strict" in doc["metadata"]["command"]
     assert doc["rows"][0]["dataset"] == "words.txt"
     assert (out / "kl_vs_rate.png").is_file() and not (out / "kl_vs_m.png").exists()  # one format: no m plot
 

@@ -220,7 +220,11 @@ def command_line(args, name: str = "eval") -> str:
         if key in ("command", "run") or value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
-        parts += [flag] if value is True else [flag, str(value)]
+        if value is True:
+            parts.append(flag)
+        else:
+            for item in value if isinstance(value, list) else [value]:  # --tau may be repeated
+                parts += [flag, str(item)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
