@@ -60,5 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"lampc {args.command}: error: {err}\n")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m lampc.cli`: run the package's module, so CliError is the same class
+    from lampc.cli import main as package_main
+
+    sys.exit(package_main())

@@ -150,12 +150,16 @@ class CellCompiler:
     def __call__(self, **overrides):
         from ..passes import run_passes
         from ..runtime.compiled import CompiledModel
+        from ..runtime.native import register_static_weights
 
         policy = Policy.from_overrides(None, **overrides)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # pytree deprecation noise from deepcopy
-            gm = copy.deepcopy(self.captured.graph_module)
+            shared = {id(t): t for t in (*self.captured.graph_module.parameters(),
+                                         *self.captured.graph_module.buffers())}
+            gm = copy.deepcopy(self.captured.graph_module, memo=shared)  # weights shared, graph copied
         result = run_passes(gm, policy)
+        register_static_weights(result.graph_module.parameters())  # native backend: cast weights once
         c = self.captured
         return CompiledModel(result.graph_module, result, policy, model_type=c.model_type, max_len=c.max_len,
                              vocab_size=c.vocab_size)
