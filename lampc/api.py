@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .capture import capture
+from .capture import Captured, capture
 from .passes import run_passes
 from .policy import Policy, SitePolicy
 from .runtime.compiled import CompiledModel
@@ -23,8 +23,11 @@ def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, **overr
     >>> compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.1)
     >>> compiled(input_ids).logits
     """
-    policy = Policy.from_overrides(policy, **overrides)
-    captured = capture(model)
+    return compile_captured(capture(model), Policy.from_overrides(policy, **overrides))
+
+
+def compile_captured(captured: Captured, policy: Policy) -> CompiledModel:
+    """The rewrite half of `compile`, on an already captured model (rewrites `captured.graph_module` in place)."""
     result = run_passes(captured.graph_module, policy)
     register_static_weights(result.graph_module.parameters())  # native backend: cast weights once
     return CompiledModel(

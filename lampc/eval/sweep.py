@@ -148,21 +148,14 @@ class CellCompiler:
         self.captured = capture(model)
 
     def __call__(self, **overrides):
-        from ..passes import run_passes
-        from ..runtime.compiled import CompiledModel
-        from ..runtime.native import register_static_weights
+        from ..api import compile_captured
 
-        policy = Policy.from_overrides(None, **overrides)
+        graph = self.captured.graph_module
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # pytree deprecation noise from deepcopy
-            shared = {id(t): t for t in (*self.captured.graph_module.parameters(),
-                                         *self.captured.graph_module.buffers())}
-            gm = copy.deepcopy(self.captured.graph_module, memo=shared)  # weights shared, graph copied
-        result = run_passes(gm, policy)
-        register_static_weights(result.graph_module.parameters())  # native backend: cast weights once
-        c = self.captured
-        return CompiledModel(result.graph_module, result, policy, model_type=c.model_type, max_len=c.max_len,
-                             vocab_size=c.vocab_size)
+            shared = {id(t): t for t in (*graph.parameters(), *graph.buffers())}
+            copy_ = dataclasses.replace(self.captured, graph_module=copy.deepcopy(graph, memo=shared))  # weights shared
+        return compile_captured(copy_, Policy.from_overrides(None, **overrides))
 
 
 @contextlib.contextmanager
