@@ -114,6 +114,11 @@ class SitePolicy:
             text += f" length_scaling l_ref={self.l_ref}"
         return text
 
+    @property
+    def summary(self) -> str:
+        """Numbers and rule in a line, as `show` prints them: 'format m4 (block_k 1, emulate)  rule strict tau=0.1'."""
+        return f"format {self.format.name} (block_k {self.block_k}, {self.backend})  rule {self.rule_text}"
+
     def to_spec(self) -> str:
         """Serialise to the text spec carried by the custom ops."""
         parts = []

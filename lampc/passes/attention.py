@@ -156,8 +156,8 @@ def _rewrite_one(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, 
     for dead in (match.scale_node, matmul):
         if dead is not None and not dead.users:
             graph.erase_node(dead)
-    rule = f"format {policy.format.name} (block_k {policy.block_k}, {policy.backend})  rule {policy.rule_text}"
-    return Site(index, "attention", module_path(matmul), "matmul", "softmax", rule, tuple(n.name for n in nodes))
+    names = tuple(n.name for n in nodes)
+    return Site(index, "attention", module_path(matmul), "matmul", "softmax", policy.summary, names)
 
 
 def insert_softmax_lookahead(gm: fx.GraphModule, q, k_t, scale: float, mask, spec: str, index: int, *,

@@ -290,6 +290,6 @@ def _rewrite_one(gm: fx.GraphModule, match: LinearMatch, policy: SitePolicy, ind
     graph.erase_node(producer.node)
     for node in (y_hat, selected, y, tap) + ((w,) if w is not producer.weight else ()):
         node.meta["lampc_site"] = index
-    rule = f"format {policy.format.name} (block_k {policy.block_k}, {policy.backend})  rule {policy.rule_text}"
     consumer = match.consumer if match.residual is None else f"{match.consumer}(residual + .)"
-    return Site(index, match.kind, module_path(y), "linear", consumer, rule, (y_hat.name, selected.name, y.name, tap.name))
+    names = (y_hat.name, selected.name, y.name, tap.name)
+    return Site(index, match.kind, module_path(y), "linear", consumer, policy.summary, names)

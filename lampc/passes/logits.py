@@ -57,7 +57,6 @@ def rewrite_logits(gm: fx.GraphModule, policy: SitePolicy, index: int) -> PassRe
     graph.erase_node(producer.node)
     graph.lint()
     gm.recompile()
-    rule = f"format {policy.format.name} (block_k {policy.block_k}, {policy.backend})  rule {policy.rule_text}"
-    site = Site(index, "logits", module_path(nodes[0]), "linear", "softmax (next token)", rule,
+    site = Site(index, "logits", module_path(nodes[0]), "linear", "softmax (next token)", policy.summary,
                 tuple(n.name for n in nodes))
     return PassResult(gm, True, [site], [])
