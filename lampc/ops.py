@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .lookahead.recompute import fp32_scores, recompute
+from .lookahead.recompute import fp32_product, recompute
 from .lookahead.softmax import select, visible_from_mask
 from .numerics import lp_matmul, round_to
 from .policy import SitePolicy
@@ -82,7 +82,7 @@ def lamp_select(
     visible = visible_from_mask(mask, s_hat.shape, is_causal, s_hat.device)
     if rule.criterion == "uniform":  # no look-ahead: only non-finite scores are recomputed
         return visible & ~torch.isfinite(s_hat)
-    s_fp32 = fp32_scores(q, k_t, scale) if rule.criterion == "oracle" else None
+    s_fp32 = fp32_product(q, k_t, scale) if rule.criterion == "oracle" else None
     if rule.fused and rule.criterion != "random":
         return fused_select(s_hat, visible, rule, s_fp32=s_fp32)
     generator = random_generator(rule.seed, site) if rule.criterion == "random" else None

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .lookahead.components import column_norms, select_components
 from .lookahead.fused import fused_component_select
-from .lookahead.recompute import recompute_matrix
+from .lookahead.recompute import fp32_product, recompute
 from .numerics import lp_matmul, round_to
 from .ops import random_generator
 from .policy import SitePolicy
@@ -30,11 +30,6 @@ def _lowp(x: Tensor, w: Tensor, bias: Optional[Tensor], site: SitePolicy) -> Ten
         return native_product(x, w, bias, site.format.torch_dtype)
     raw = lp_matmul(x, w, site.format, site.block_k)
     return round_to(raw if bias is None else raw + bias, site.format)
-
-
-def _fp32(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
-    y = torch.matmul(x, w)
-    return y if bias is None else y + bias
 
 
 @torch.library.custom_op("lampc::lowp_matmul", mutates_args=())
@@ -76,7 +71,7 @@ def component_select(
     weight = column_norms(consumer, h_hat, gamma, eps) * y_hat.reshape(h_hat.shape).abs()
     true_error = None
     if rule.criterion == "oracle":
-        y = _fp32(x, w, bias)
+        y = fp32_product(x, w, bias=bias)
         h = consumer_input(y, residual)
         true_error = column_norms(consumer, h, gamma, eps) * (y - y_hat).reshape(h.shape).abs()
     generator = random_generator(rule.seed, site) if rule.criterion == "random" else None
@@ -92,12 +87,7 @@ def _(y_hat, x, w, bias, residual, gamma, eps, consumer, policy, site):
 @torch.library.custom_op("lampc::recompute_linear", mutates_args=())
 def recompute_linear(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Optional[Tensor], policy: str) -> Tensor:
     """y_hat with the selected outputs replaced by FP32 x_t·w_i + b_i (gathered; dense above the policy's rate)."""
-    rule = SitePolicy.from_spec(policy)
-    if y_hat.device.type != "cpu":  # accelerators: masked dense path, no host synchronisation
-        return torch.where(selected, _fp32(x, w, bias), y_hat)
-    if int(selected.sum()) > rule.dense_above * selected.numel():
-        return torch.where(selected, _fp32(x, w, bias), y_hat)
-    return recompute_matrix(y_hat, selected, x, w, bias)
+    return recompute(y_hat, selected, x, w, 1.0, SitePolicy.from_spec(policy).dense_above, bias)
 
 
 @recompute_linear.register_fake

@@ -92,10 +92,11 @@ def test_accelerator_path_has_no_host_sync(fn):
 def test_dispatchers_leave_for_the_dense_path_before_any_sync():
     from lampc import ops_linear
 
-    for fn in (recompute.recompute, ops_linear.recompute_linear._init_fn):
-        source = inspect.getsource(fn)
-        first_sync = SYNC.search(source[source.index('"""', source.index('"""') + 3):]).start()
-        assert source.index('device.type != "cpu"') < first_sync + source.index('"""', source.index('"""') + 3)
+    source = inspect.getsource(recompute.recompute)
+    first_sync = SYNC.search(source[source.index('"""', source.index('"""') + 3):]).start()
+    assert source.index('device.type != "cpu"') < first_sync + source.index('"""', source.index('"""') + 3)
+    linear = inspect.getsource(ops_linear.recompute_linear._init_fn)  # delegates to the same dispatcher
+    assert "recompute(" in linear and not SYNC.findall(linear[linear.index('"""', linear.index('"""') + 3):])
 
 
 @pytest.mark.parametrize("criterion,extra", [("strict", {"tau": 0.1}), ("relaxed", {"tau": 0.3}),
@@ -109,7 +110,10 @@ def test_selection_runs_on_the_meta_device(criterion, extra):
     assert sel.shape == s.shape and sel.dtype == torch.bool
     q, k_t = torch.empty(2, 3, 16, 8, device="meta"), torch.empty(2, 3, 8, 16, device="meta")
     assert recompute.recompute(s, sel, q, k_t, 0.5, 0.25).shape == s.shape
+    x, w, bias = torch.empty(32, 8, device="meta"), torch.empty(8, 24, device="meta"), torch.empty(24, device="meta")
     y = torch.empty(32, 24, device="meta")
+    assert recompute.recompute(y, torch.empty(32, 24, dtype=torch.bool, device="meta"), x, w, 1.0, 0.25,
+                               bias).shape == y.shape
     picked = components.select_components(y, torch.empty(32, 24, device="meta"),
                                           SitePolicy(criterion="budget", budget=3))
     assert picked.shape == y.shape

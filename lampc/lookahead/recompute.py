@@ -1,9 +1,11 @@
-"""Recompute: replace the selected low-precision scores by their FP32 values.
+"""Recompute: replace the selected low-precision outputs of a producer y ≈ (x @ w) * scale + bias by their FP32
+values. One mechanism for every site: attention scores (x = q, w = k_t), logits and linear layers (w a matrix).
 
-Sparse path (the default): gather the selected (row, key) pairs, one FP32 dot product each, scatter back:
-the cost is |S| dot products, not a matmul. Dense path: above a recompute rate the gather costs more than one
-FP32 matmul, so the whole FP32 matrix is computed and the selected entries taken from it. Both give the FP32
-dot product of the same vectors, up to FP32 summation order.
+Sparse path (the default): gather the selected (row, column) pairs, one FP32 dot product each, scatter back:
+the cost is |S| dot products, not a matmul; with one weight matrix for every row, a GEMM over the selected
+columns when they crowd. Dense path: above a recompute rate the gather costs more than one FP32 matmul, so the
+whole FP32 product is computed and the selected entries taken from it. Both give the FP32 dot product of the
+same vectors, up to FP32 summation order.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import torch
 from torch import Tensor
 
 
-def fp32_scores(q: Tensor, k_t: Tensor, scale: float) -> Tensor:
-    """The FP32 reference scores fl32(q @ k_t) * scale."""
-    return torch.matmul(q, k_t) * scale
+def fp32_product(x: Tensor, w: Tensor, scale: float = 1.0, bias: Tensor | None = None) -> Tensor:
+    """The FP32 reference fl32(x @ w) * scale (+ bias)."""
+    y = torch.matmul(x, w)
+    y = y * scale if scale != 1.0 else y
+    return y if bias is None else y + bias
 
 
 def recompute_sparse(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
@@ -36,26 +40,26 @@ def _operand_index(operand: Tensor, batch_index: list[Tensor], out_dim: int) -> 
                  for d, idx in enumerate(batch_index) if d >= lead)
 
 
-def recompute_dense(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
-    """torch.where(selected, FP32 scores, s_hat): one FP32 matmul, no host sync."""
-    return torch.where(selected, fp32_scores(q, k_t, scale), s_hat)
+def recompute_dense(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float = 1.0,
+                    bias: Tensor | None = None) -> Tensor:
+    """torch.where(selected, FP32 product, y_hat): one FP32 matmul, no host sync."""
+    return torch.where(selected, fp32_product(x, w, scale, bias), y_hat)
 
 
-def recompute(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float, dense_above: float) -> Tensor:
+def recompute(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float, dense_above: float,
+              bias: Tensor | None = None) -> Tensor:
     """On the CPU: sparse recompute, or dense when the selected fraction exceeds `dense_above`.
     On accelerators: the masked dense path, which needs no host synchronisation."""
-    if s_hat.device.type != "cpu":
-        return recompute_dense(s_hat, selected, q, k_t, scale)
-    if s_hat.numel() == 0:
-        return s_hat.clone()
-    rate = selected.sum().item() / selected.numel()
-    if rate == 0.0:
-        return s_hat.clone()
-    if rate > dense_above:
-        return recompute_dense(s_hat, selected, q, k_t, scale)
-    if k_t.dim() == 2:  # one matrix for every row (the logits' lm_head)
-        return recompute_matrix(s_hat, selected, q, k_t, None, scale)
-    return recompute_sparse(s_hat, selected, q, k_t, scale)
+    if y_hat.device.type != "cpu":
+        return recompute_dense(y_hat, selected, x, w, scale, bias)
+    count = int(selected.sum())  # host sync: CPU path only
+    if count == 0:
+        return y_hat.clone()
+    if count > dense_above * selected.numel():
+        return recompute_dense(y_hat, selected, x, w, scale, bias)
+    if w.dim() == 2:  # one matrix for every row (lm_head, linear layers)
+        return recompute_matrix(y_hat, selected, x, w, bias, scale, count=count)
+    return recompute_sparse(y_hat, selected, x, w, scale)
 
 
 GATHER_COST = 16
@@ -63,20 +67,18 @@ GATHER_COST = 16
 break-even between gathering the selected dot products and one GEMM over the columns they touch."""
 
 
-def recompute_matrix(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Tensor | None = None,
-                     scale: float = 1.0) -> Tensor:
+def recompute_matrix(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, scale: float,
+                     *, count: int) -> Tensor:
     """CPU recompute of y_hat (…, N) ≈ (x (…, K) @ w (K, N)) * scale + bias at the selected outputs.
 
     A weight matrix is shared by all rows, so the selected entries often crowd into few columns (outlier
-    features, likely tokens): then one FP32 GEMM over those columns beats gathering every dot product."""
+    features, likely tokens): then one FP32 GEMM over those columns beats gathering every dot product.
+    count: the number of selected entries (> 0), already known to the caller."""
     n, k = y_hat.shape[-1], x.shape[-1]
     sel = selected.reshape(-1, n)  # (R, N)
     x2 = x.reshape(-1, k)  # (R, K)
     out = y_hat.clone()
     out2 = out.view(-1, n)
-    count = int(sel.sum())  # host sync: CPU path only
-    if count == 0:
-        return out
     cols = sel.any(dim=0).nonzero().squeeze(1)  # (U,)
     if sel.shape[0] * cols.numel() <= GATHER_COST * count:
         sub = (x2 @ w.index_select(1, cols)) * scale  # (R, U)
