@@ -80,8 +80,6 @@ def lamp_select(
     """The look-ahead: which score entries to recompute in FP32 (bool, same shape as s_hat)."""
     rule = SitePolicy.from_spec(policy)
     visible = visible_from_mask(mask, s_hat.shape, is_causal, s_hat.device)
-    if rule.criterion == "uniform":  # no look-ahead: only non-finite scores are recomputed
-        return visible & ~torch.isfinite(s_hat)
     s_fp32 = fp32_product(q, k_t, scale) if rule.criterion == "oracle" else None
     if rule.fused and rule.criterion != "random":
         return fused_select(s_hat, visible, rule, s_fp32=s_fp32)

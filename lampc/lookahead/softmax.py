@@ -145,12 +145,13 @@ def select(
     s_fp32 (the true FP32 scores) is needed by "oracle" only; generator by "random" only.
     """
     visible = visible.expand(s_hat.shape)
-    usable = visible & torch.isfinite(s_hat)  # the rules look at finite scores; the rest is always recomputed
+    always = visible & ~torch.isfinite(s_hat)  # non-finite scores: always recomputed
     criterion = site.criterion
-    a = masked_softmax(s_hat, usable) if criterion != "uniform" else None
     if criterion == "uniform":
-        selected = torch.zeros_like(visible)
-    elif criterion in ("target", "strict", "relaxed"):
+        return always
+    usable = visible & ~always  # the rules look at the finite scores
+    a = masked_softmax(s_hat, usable)
+    if criterion in ("target", "strict", "relaxed"):
         selected = select_rule(criterion, s_hat, a, usable, visible, site)
     elif criterion == "budget":
         count = budget_counts(visible, site.budget)
@@ -167,7 +168,7 @@ def select(
             p = masked_softmax(s_fp32, usable)
             contribution = 2.0 * p * (1.0 - p) * (s_fp32 - s_hat).abs()
             selected = select_top(contribution.nan_to_num(nan=0.0), usable, count)
-    return selected | (visible & ~torch.isfinite(s_hat))
+    return selected | always
 
 
 def first_order_error(s_hat: Tensor, s_fp32: Tensor, visible: Tensor, selected: Tensor) -> Tensor:
