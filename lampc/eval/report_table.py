@@ -196,12 +196,8 @@ def plot_kl_vs_rate(rows: list[dict], path: str | Path) -> None:
         ax.set_xlabel("recompute rate (% of visible QK^T entries, layer mean)")
         ax.set_ylabel("mean KL(P_fp32 || P_test)")
         ax.set_title(f"{fmt}: {_subtitle(cells)}", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        _grid_and_legend(ax)
+    _save(plt, fig, path)
 
 
 def plot_kl_vs_m(rows: list[dict], path: str | Path) -> None:
@@ -224,9 +220,17 @@ def plot_kl_vs_m(rows: list[dict], path: str | Path) -> None:
     ax.set_xlabel("accumulator mantissa bits m")
     ax.set_ylabel("mean KL(P_fp32 || P_test)")
     ax.set_title(_subtitle(rows), fontsize=10)
+    _grid_and_legend(ax)
+    _save(plt, fig, path)
+
+
+def _grid_and_legend(ax) -> None:
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+
+
+def _save(plt, fig, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
