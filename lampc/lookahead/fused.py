@@ -26,6 +26,19 @@ def fused_select(s_hat, visible, site, *, s_fp32=None):
     return _compiled(select)(s_hat, visible, site, s_fp32=s_fp32)
 
 
+def _widen_and_select(s_low, visible, site):
+    s_hat = s_low.to(torch.float32)
+    return s_hat, select(s_hat, visible, site).to(torch.uint8)
+
+
+def fused_widen_select(s_low, visible, site):
+    """(ŝ in float32, `select` of it) from the scores of a native low-precision GEMM, in one compiled loop nest:
+    the widening to FP32 is not a pass of its own. (Inductor's CPU code stores uint8 several times faster than
+    bool; the selection is computed as uint8 and viewed as bool, without a copy.)"""
+    s_hat, selected = _compiled(_widen_and_select)(s_low, visible, site)
+    return s_hat, selected.view(torch.bool)
+
+
 def _component_weights_and_select(y_hat, h_hat, consumer, gamma, eps, site):
     weight = column_norms(consumer, h_hat, gamma, eps) * y_hat.reshape(h_hat.shape).abs()
     return select_components(y_hat.reshape(h_hat.shape), weight, site)

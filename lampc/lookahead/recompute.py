@@ -6,6 +6,9 @@ the cost is |S| dot products, not a matmul; with one weight matrix for every row
 columns when they crowd. Dense path: above a recompute rate the gather costs more than one FP32 matmul, so the
 whole FP32 product is computed and the selected entries taken from it. Both give the FP32 dot product of the
 same vectors, up to FP32 summation order.
+
+`recompute` returns a new tensor (what a custom op must do); `recompute_into` writes into the low-precision
+buffer itself, for a fused site that owns that buffer (no copy of the whole output).
 """
 
 from __future__ import annotations
@@ -21,15 +24,13 @@ def fp32_product(x: Tensor, w: Tensor, scale: float = 1.0, bias: Tensor | None =
     return y if bias is None else y + bias
 
 
-def recompute_sparse(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
-    """Scatter FP32 dot products into a copy of s_hat at the selected entries (gather, dot, scatter)."""
+def recompute_sparse(out: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
+    """Scatter FP32 dot products into `out` (in place) at the selected entries (gather, dot, scatter)."""
     index = selected.nonzero(as_tuple=True)  # host sync: the count decides the gather size
     *batch_index, rows, keys = index
     q_rows = q[(*_operand_index(q, batch_index, selected.dim()), rows)]  # (N, D)
     k_cols = k_t.transpose(-1, -2)[(*_operand_index(k_t, batch_index, selected.dim()), keys)]  # (N, D)
-    values = (q_rows * k_cols).sum(dim=-1) * scale  # (N,)
-    out = s_hat.clone()
-    out[index] = values
+    out[index] = (q_rows * k_cols).sum(dim=-1) * scale  # (N,)
     return out
 
 
@@ -40,26 +41,34 @@ def _operand_index(operand: Tensor, batch_index: list[Tensor], out_dim: int) -> 
                  for d, idx in enumerate(batch_index) if d >= lead)
 
 
-def recompute_dense(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float = 1.0,
+def recompute_dense(out: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float = 1.0,
                     bias: Tensor | None = None) -> Tensor:
-    """torch.where(selected, FP32 product, y_hat): one FP32 matmul, no host sync."""
-    return torch.where(selected, fp32_product(x, w, scale, bias), y_hat)
+    """out = where(selected, FP32 product, out), in place: one FP32 matmul, no host sync."""
+    return torch.where(selected, fp32_product(x, w, scale, bias), out, out=out)
 
 
 def recompute(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float, dense_above: float,
               bias: Tensor | None = None) -> Tensor:
-    """On the CPU: sparse recompute, or dense when the selected fraction exceeds `dense_above`.
+    """y_hat with the selected entries recomputed, as a new tensor (see `recompute_into`)."""
+    return recompute_into(y_hat.clone(), selected, x, w, scale, dense_above, bias)
+
+
+def recompute_into(out: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float, dense_above: float,
+                   bias: Tensor | None = None) -> Tensor:
+    """Overwrite the selected entries of `out` with their FP32 values; returns `out`.
+
+    On the CPU: sparse recompute, or dense when the selected fraction exceeds `dense_above`.
     On accelerators: the masked dense path, which needs no host synchronisation."""
-    if y_hat.device.type != "cpu":
-        return recompute_dense(y_hat, selected, x, w, scale, bias)
-    count = int(selected.sum())  # host sync: CPU path only
+    if out.device.type != "cpu":
+        return recompute_dense(out, selected, x, w, scale, bias)
+    count = int(torch.count_nonzero(selected))  # host sync: CPU path only (bool sum is ~20x slower)
     if count == 0:
-        return y_hat.clone()
+        return out
     if count > dense_above * selected.numel():
-        return recompute_dense(y_hat, selected, x, w, scale, bias)
+        return recompute_dense(out, selected, x, w, scale, bias)
     if w.dim() == 2:  # one matrix for every row (lm_head, linear layers)
-        return recompute_matrix(y_hat, selected, x, w, bias, scale, count=count)
-    return recompute_sparse(y_hat, selected, x, w, scale)
+        return recompute_matrix(out, selected, x, w, bias, scale, count=count)
+    return recompute_sparse(out, selected, x, w, scale)
 
 
 GATHER_COST = 16
@@ -67,17 +76,16 @@ GATHER_COST = 16
 break-even between gathering the selected dot products and one GEMM over the columns they touch."""
 
 
-def recompute_matrix(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, scale: float,
+def recompute_matrix(out: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, scale: float,
                      *, count: int) -> Tensor:
-    """CPU recompute of y_hat (…, N) ≈ (x (…, K) @ w (K, N)) * scale + bias at the selected outputs.
+    """CPU recompute, in place, of out (…, N) ≈ (x (…, K) @ w (K, N)) * scale + bias at the selected outputs.
 
     A weight matrix is shared by all rows, so the selected entries often crowd into few columns (outlier
     features, likely tokens): then one FP32 GEMM over those columns beats gathering every dot product.
     count: the number of selected entries (> 0), already known to the caller."""
-    n, k = y_hat.shape[-1], x.shape[-1]
+    n, k = out.shape[-1], x.shape[-1]
     sel = selected.reshape(-1, n)  # (R, N)
     x2 = x.reshape(-1, k)  # (R, K)
-    out = y_hat.clone()
     out2 = out.view(-1, n)
     cols = sel.any(dim=0).nonzero().squeeze(1)  # (U,)
     if sel.shape[0] * cols.numel() <= GATHER_COST * count:

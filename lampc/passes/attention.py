@@ -17,17 +17,23 @@ Rewrite (one named op per LAMP step; the mask add and the softmax are kept as th
                                         s = s + mask
                                         p = softmax(s, -1)
 
+With `SitePolicy.fused` the three ops are one, `lampc.lamp_scores` (see lampc/ops_fused.py):
+
+    both = lampc.lamp_scores(q, k_t, scale, mask, False, policy, site);  s = both[0];  sel = both[1]
+
 A softmax that does not fit becomes a `Skip` with the reason; a graph already rewritten is left unchanged.
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
 from torch import fx
 
 from ..ops import LAMPC_OPS
+from .. import ops_fused  # noqa: F401  (registers lampc::lamp_scores)
 from ..policy import SitePolicy
 from ..runtime.tap import SelectionTap
 from .graph import insert_call, module_path
@@ -36,6 +42,7 @@ from .result import PassResult, Site, Skip
 aten = torch.ops.aten
 
 SOFTMAX_OPS = (aten.softmax.int, aten._softmax.default)
+SITE_OPS = LAMPC_OPS + (torch.ops.lampc.lamp_scores.default,)
 SCALE_OPS = (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar)
 MASK_ADD_OPS = (aten.add.Tensor,)
 
@@ -65,7 +72,7 @@ def match_attention(softmax: fx.Node) -> AttentionMatch | str:
         return f"softmax over dim {dim}, not the last (key) dimension"
     if not isinstance(value, fx.Node):
         return "softmax input is not a graph value"
-    if value.op == "call_function" and value.target in LAMPC_OPS:
+    if _is_lampc(value):
         return "already rewritten by lampc"
     candidates = [(value, None)]
     if value.op == "call_function" and value.target in MASK_ADD_OPS:
@@ -101,12 +108,19 @@ def _match_scaled_matmul(node: fx.Node):
             return f"scores are scaled by a tensor ({node.name}), not a number"
         scale = float(c) if node.target in (aten.mul.Tensor, aten.mul.Scalar) else 1.0 / float(c)
         scale_node, node = node, x
-    if node.op == "call_function" and node.target in LAMPC_OPS:
+    if _is_lampc(node):
         return "already rewritten by lampc"
     if not (node.op == "call_function" and node.target == aten.matmul.default):
         what = node.target if node.op == "call_function" else node.op
         return f"softmax input comes from {what}, not matmul [* scale] [+ mask]"
     return node, scale_node, scale
+
+
+def _is_lampc(node: fx.Node) -> bool:
+    """A lampc site op, or an output of the fused one."""
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node.op == "call_function" and node.target in SITE_OPS
 
 
 def _ndim(value) -> int | None:
@@ -162,18 +176,29 @@ def _rewrite_one(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, 
 
 def insert_softmax_lookahead(gm: fx.GraphModule, q, k_t, scale: float, mask, spec: str, index: int, *,
                              like: fx.Node, per_head: bool = True) -> tuple[fx.Node, ...]:
-    """Insert (at the insertion point) the LAMP ops of a softmax site; returns (s_hat, sel, s, tap)."""
+    """Insert (at the insertion point) the LAMP ops of a softmax site; returns (first op, sel, s, tap)."""
     graph = gm.graph
     tap_name = f"lampc_tap_{index}"
     gm.add_submodule(tap_name, SelectionTap(index, False, per_head=per_head))
     ops = torch.ops.lampc
+    if SitePolicy.from_spec(spec).fused:
+        both = insert_call(graph, ops.lamp_scores.default, (q, k_t, scale, mask, False, spec, index), like=like,
+                           name=f"site_{index}")
+        recomputed = insert_call(graph, operator.getitem, (both, 0), like=like, name=f"scores_{index}")
+        selected = insert_call(graph, operator.getitem, (both, 1), like=like, name=f"selection_{index}")
+        return _tapped(graph, tap_name, index, like, mask, both, selected, recomputed)
     s_hat = insert_call(graph, ops.lowp_scores.default, (q, k_t, scale, spec), like=like, name=f"scores_lp_{index}")
     args = (s_hat, q, k_t, scale, mask, False, spec, index)
     selected = insert_call(graph, ops.lamp_select.default, args, like=like, name=f"selection_{index}")
     args = (s_hat, selected, q, k_t, scale, spec)
     recomputed = insert_call(graph, ops.recompute_scores.default, args, like=like, name=f"scores_{index}")
+    return _tapped(graph, tap_name, index, like, mask, s_hat, selected, recomputed)
+
+
+def _tapped(graph: fx.Graph, tap_name: str, index: int, like: fx.Node, mask, first, selected, recomputed):
+    """Add the statistics tap after the site's selection; tag the site's nodes."""
     tap = graph.call_module(tap_name, (selected, mask))
     tap.meta["nn_module_stack"] = like.meta.get("nn_module_stack", {})
-    for node in (s_hat, selected, recomputed, tap):
+    for node in (first, selected, recomputed, tap):
         node.meta["lampc_site"] = index
-    return s_hat, selected, recomputed, tap
+    return first, selected, recomputed, tap

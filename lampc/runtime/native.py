@@ -8,6 +8,7 @@ a native-backend graph) are cast once and cached; activations are cast at every 
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -60,4 +61,14 @@ def native_product(x: Tensor, w: Tensor, bias: Tensor | None, dtype: torch.dtype
 
 def native_scores(q: Tensor, k_t: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
     """fl_dtype(fl_dtype(q @ k_t) * scale) as float32: attention scores from a real low-precision GEMM."""
-    return (torch.matmul(q.to(dtype), _low(k_t, dtype)) * scale).to(torch.float32)
+    return native_scores_low(q, k_t, scale, dtype).to(torch.float32)
+
+
+def native_scores_low(q: Tensor, k_t: Tensor, scale: float, dtype: torch.dtype) -> Tensor:
+    """fl_dtype(fl_dtype(q @ k_t) * scale) in `dtype`.
+
+    A power-of-two scale (1/8 for 64-wide heads) commutes with rounding in a binary format, so it is applied to q
+    before the GEMM: the same bits, over T x D entries instead of T x L."""
+    if scale > 0.0 and math.frexp(scale)[0] == 0.5:
+        return torch.matmul((q * scale).to(dtype), _low(k_t, dtype))
+    return torch.matmul(q.to(dtype), _low(k_t, dtype)) * scale

@@ -1,0 +1,82 @@
+"""Strict and uniform selection from row statistics: the CPU fast path of a fused site (SitePolicy.fused).
+
+The general `softmax.select` writes several score-sized temporaries (the softmax, the sensitivity, ...). The strict
+rule needs far less. With lse the log-sum-exp of a row, a_i = exp(ŝ_i − lse) and d = lse − ŝ_i ≥ 0, c = |lse|:
+
+    2·a_i·(1 − a_i)·|ŝ_i|  ≤  2·e^(−d)·(c + d)  ≤  2·(c + 2/e)·e^(−d/2)        (as d ≤ 2·e^(d/2 − 1) for d ≥ 0)
+
+so an entry can pass `> tau` only if d < d* = 2·ln(2·(c + 2/e) / tau). The selection is then: one compiled
+reduction for lse per row, one comparison pass for the candidates ŝ_i > lse − d*, and the exact rule on the few
+candidates. No softmax-sized temporary is written. The uniform rule (non-finite entries only) reads one sum.
+Scores with a non-finite entry anywhere take the general rule (`select`), which handles those.
+
+It equals `select_strict` up to the rounding of a_i (here exp(ŝ − lse), there a softmax): an entry whose
+sensitivity is within a few FP32 ulps of tau may fall on the other side. The sum and the candidates are read on
+the host (`bool`, `nonzero`): CPU only; accelerators take the general compiled path.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+from ..policy import SitePolicy
+from .softmax import select
+
+SLACK = 1.0e-3
+"""Extra width of the candidate band (in units of the scores): covers the rounding of lse and d*."""
+
+
+def supports(site: SitePolicy, device: torch.device) -> bool:
+    """Whether `select_from_row_stats` implements this site's rule on this device."""
+    return device.type == "cpu" and site.criterion in ("uniform", "strict") and not site.length_scaling
+
+
+def _lse_and_candidates(s_low: Tensor, bias: Tensor | None, tau: float) -> tuple[Tensor, Tensor]:
+    masked = s_low.to(torch.float32)
+    if bias is not None:  # 0 where visible, -inf elsewhere: an additive mask reads far faster than a bool one
+        masked = masked + bias
+    lse = torch.logsumexp(masked, dim=-1, keepdim=True)  # (…, T, 1); -inf in a row with nothing visible
+    d_star = 2.0 * torch.log(2.0 * (lse.abs() + 2.0 / math.e) / tau)
+    return lse, (masked > lse - d_star - SLACK).to(torch.uint8)  # uint8: inductor stores bool slowly
+
+
+@functools.cache
+def _compiled():
+    return torch.compile(_lse_and_candidates, dynamic=True)
+
+
+def _compact(visible: Tensor) -> Tensor:
+    """An expanded mask without its broadcast (stride-0) dimensions materialised."""
+    index = tuple(slice(0, 1) if stride == 0 else slice(None) for stride in visible.stride())
+    return visible[index]
+
+
+def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolicy, *,
+                          s_low: Tensor | None = None) -> Tensor:
+    """The selection of `softmax.select` for the uniform and strict rules (see the module docstring).
+
+    visible: None when every entry is visible (no mask, not causal). s_low: the same scores in the GEMM's own
+    dtype when there is one (bf16: half the bytes to read for the statistics)."""
+    if not bool(torch.isfinite(s_hat.sum())):  # host sync (CPU path); a non-finite score: the general rule
+        all_visible = torch.ones((1,) * s_hat.dim(), dtype=torch.bool, device=s_hat.device)
+        return select(s_hat, all_visible if visible is None else visible, site)
+    if site.criterion == "uniform":  # only non-finite scores are recomputed, and there are none
+        return torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device)
+    bias = None
+    if visible is not None:
+        visible = _compact(visible)
+        bias = torch.zeros(visible.shape, device=s_hat.device).masked_fill(~visible, float("-inf"))
+    lse, candidates = _compiled()(s_hat if s_low is None else s_low, bias, site.tau)
+    candidates = candidates.view(torch.bool)
+    index = candidates.nonzero(as_tuple=True)  # host sync: CPU path
+    if index[0].numel() == 0:
+        return candidates
+    s_c = s_hat[index]
+    a_c = torch.exp(s_c - lse[index[:-1]].squeeze(-1))
+    rejected = ~(2.0 * a_c * (1.0 - a_c) * s_c.abs() > site.tau)
+    candidates[tuple(i[rejected] for i in index)] = False
+    return candidates

@@ -1,0 +1,60 @@
+"""The fused softmax site: producer, look-ahead and recompute in one op, over one buffer (SitePolicy.fused).
+
+The unfused site is three ops (lowp_scores, lamp_select, recompute_scores), each returning a new tensor, as
+custom ops must: the recompute copies the whole score tensor to change a few entries, and the native scores are
+widened to FP32 in a pass of their own. The fused op owns its score buffer, so the look-ahead reads the GEMM's
+low-precision output while widening it (one compiled loop nest; on the CPU, strict and uniform sites select from
+row statistics instead, lampc/lookahead/row_stats.py) and the recompute writes into the buffer:
+
+    before (fused=False)                                    after (fused=True)
+    s_hat = lampc.lowp_scores(q, k_t, scale, policy)        both = lampc.lamp_scores(q, k_t, scale, mask, False,
+    sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask,                            policy, site)
+                              False, policy, site)          s    = both[0]
+    s     = lampc.recompute_scores(s_hat, sel, q, k_t,      sel  = both[1]
+                                   scale, policy)
+
+The values and the selection are those of the three ops (tests/test_fused_site.py checks them equal).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .lookahead import row_stats
+from .lookahead.fused import fused_widen_select
+from .lookahead.recompute import recompute_into
+from .lookahead.softmax import visible_from_mask
+from .ops import _check_scores_inputs, _scores_shape, lamp_select, lowp_scores
+from .policy import SitePolicy
+from .runtime.native import native_scores_low
+
+
+@torch.library.custom_op("lampc::lamp_scores", mutates_args=())
+def lamp_scores(
+    q: Tensor, k_t: Tensor, scale: float, mask: Optional[Tensor], is_causal: bool, policy: str, site: int
+) -> tuple[Tensor, Tensor]:
+    """(scores with the selected entries in FP32, the selection): one softmax site in one op."""
+    _check_scores_inputs(q, k_t)
+    rule = SitePolicy.from_spec(policy)
+    if rule.backend == "native" and rule.criterion not in ("random", "oracle"):
+        visible = visible_from_mask(mask, _scores_shape(q, k_t), is_causal, q.device)
+        s_low = native_scores_low(q, k_t, scale, rule.format.torch_dtype)
+        if row_stats.supports(rule, q.device):
+            s_hat = s_low.to(torch.float32)
+            every = mask is None and not is_causal
+            selected = row_stats.select_from_row_stats(s_hat, None if every else visible, rule, s_low=s_low)
+        else:
+            s_hat, selected = fused_widen_select(s_low, visible, rule)
+    else:  # emulated formats and the evaluation baselines: the unfused ops' own code
+        s_hat = lowp_scores(q, k_t, scale, policy)
+        selected = lamp_select(s_hat, q, k_t, scale, mask, is_causal, policy, site)
+    return recompute_into(s_hat, selected, q, k_t, scale, rule.dense_above), selected
+
+
+@lamp_scores.register_fake
+def _(q, k_t, scale, mask, is_causal, policy, site):
+    scores = q.new_empty(_scores_shape(q, k_t))
+    return scores, torch.empty_like(scores, dtype=torch.bool)
