@@ -1,20 +1,36 @@
 """Deployment speed and accuracy: LAMP on native bf16 vs FP32 vs torch.autocast bf16, side by side in one run.
 
-    python bench/deploy.py                      # full run (GPT-2-124M shape; ~15 min on 2 cores)
+    python bench/deploy.py                      # speed (4 shapes) and accuracy; long at 1 thread
     python bench/deploy.py --quick              # small shapes, for a smoke run
+    python bench/deploy.py --skip-speed         # accuracy only (embedded model, Persuasion)
+    python bench/deploy.py --memory             # peak memory, one fresh process per variant and shape
 
-Speed: a GPT-2-124M-shaped model with random weights (timing does not depend on weights), batch x seq in
-{1, 8} x {256, 1024}; wall time = median of repeated runs, the variants interleaved in every repetition;
-peak memory = the process's peak RSS growth over the variant's first run (a fresh subprocess per variant would
-be cleaner; RSS growth in one process is a lower bound). Accuracy: KL / flip rate vs FP32 on the embedded model
-and Persuasion, with the recompute rate. Writes a markdown table to stdout (bench/deploy.md keeps a copy).
+Variants: FP32; `torch.autocast("cpu", bfloat16)`; lampc with every matmul a real bf16 GEMM (sites="all",
+backend="native", fused sites) and no look-ahead ("uniform"); and LAMP bf16: the same plus the strict look-ahead
+at the attention sites and at the logits (lm_head -> softmax), each selected entry recomputed in FP32.
+
+Speed: a GPT-2-124M-shaped model with random weights, batch x seq in {1, 8} x {256, 1024}; wall time = median
+of repeated runs, the variants interleaved in every repetition. Random weights fix the GEMM time but not the
+look-ahead's work: the recompute rate of each LAMP variant is printed next to its time (on random weights it is
+near 0; the accuracy table gives the rates of a trained model).
+
+Allocator (--malloc): glibc serves every allocation above 32 MB with a fresh mmap, so each score-sized tensor
+is page-faulted in at every call (a pass over a 50 MB tensor: ~25 ms instead of ~4 ms here). `heap` (the
+default) calls mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=max) at start-up, as jemalloc/tcmalloc would do for a
+deployment; it applies to every variant alike. `default` keeps glibc's behaviour.
+
+Accuracy: KL / flip rate vs FP32 on the embedded model and Persuasion, with the recompute rate per site kind.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -22,13 +38,33 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lampc
+from lampc import Policy, SitePolicy
 
-ALL_KINDS = ["attention", "layer_norm", "gelu", "logits"]  # columns of the recompute-rate report
+KINDS = ["attention", "layer_norm", "gelu", "logits"]  # columns of the recompute-rate report
 
 
-def variants(model, taus, *, with_torch_compile=False):
-    """name -> callable(input_ids) for every configuration compared; and the lampc models among them."""
-    native = dict(sites="all", format="bf16", backend="native")
+def keep_freed_memory() -> None:
+    """glibc: no mmap for large blocks, no trimming; freed tensors are reused without page faults."""
+    libc = ctypes.CDLL("libc.so.6")
+    if not (libc.mallopt(-4, 0) and libc.mallopt(-1, 2 ** 30)):  # M_MMAP_MAX, M_TRIM_THRESHOLD
+        raise RuntimeError("mallopt failed: --malloc heap needs glibc")
+
+
+def bf16(**rule) -> SitePolicy:
+    return SitePolicy(format="bf16", backend="native", fused=True, **rule)
+
+
+def lamp_policies(attention_taus, logits_taus) -> dict[str, Policy]:
+    """name -> Policy of every lampc variant."""
+    out = {"lampc uniform bf16": Policy(attention=bf16(criterion="uniform"), sites="all")}
+    for tau_a, tau_l in zip(attention_taus, logits_taus):
+        out[f"LAMP bf16 (attention {tau_a:g}, logits {tau_l:g})"] = Policy(
+            attention=bf16(criterion="strict", tau=tau_a), logits=bf16(criterion="strict", tau=tau_l), sites="all")
+    return out
+
+
+def variants(model, args, *, with_torch_compile=False):
+    """name -> callable(input_ids) -> FP32 logits, and name -> CompiledModel for the lampc variants."""
     out = {"fp32": lambda ids: model(input_ids=ids).logits}
 
     def autocast(ids):
@@ -36,65 +72,72 @@ def variants(model, taus, *, with_torch_compile=False):
             return model(input_ids=ids).logits.float()
 
     out["autocast bf16"] = autocast
-    compiled = {"lampc uniform bf16": lampc.compile(model, criterion="uniform", **native)}
-    for tau in taus:
-        compiled[f"lampc LAMP bf16 (attention strict {tau:g})"] = lampc.compile(
-            model, criterion="strict", tau=tau, fused=True, **native)
-    compiled["lampc LAMP bf16 (attention strict, layer_norm budget 0.02)"] = lampc.compile(
-        model, lampc.Policy(attention=lampc.SitePolicy(format="bf16", backend="native", criterion="strict",
-                                                       tau=taus[0], fused=True),
-                            layer_norm=lampc.SitePolicy(format="bf16", backend="native", criterion="budget",
-                                                        budget=0.02, fused=True), sites="all"))
+    compiled = {name: lampc.compile(model, policy)
+                for name, policy in lamp_policies(args.attention_taus, args.logits_taus).items()}
     for name, c in compiled.items():
-        c.record_stats(False)
         out[name] = (lambda c: (lambda ids: c(ids).logits))(c)
     if with_torch_compile:
-        first = compiled[f"lampc LAMP bf16 (attention strict {taus[0]:g})"]
+        first = compiled[next(n for n in compiled if n.startswith("LAMP"))]
         graph = torch.compile(first.graph_module, dynamic=False)
-        out[f"  same + torch.compile"] = lambda ids: graph(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                                          use_cache=False).logits
+        out["LAMP (first) + torch.compile"] = lambda ids: graph(
+            input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
     return out, compiled
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def gpt2_124m_shape(quick: bool) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    layers, width = (12, 768) if not quick else (2, 256)
+    config = GPT2Config(n_layer=layers, n_embd=width, n_head=width // 64, vocab_size=50257, n_positions=1024,
+                        attn_implementation="eager")
+    return GPT2LMHeadModel(config).eval()
 
 
 def time_variants(fns, ids, repeats):
     times = {name: [] for name in fns}
-    memory = {}
     with torch.no_grad():
-        for name, fn in fns.items():  # warm-up, and the memory reading
-            before = peak_rss_mb()
+        for fn in fns.values():  # warm-up (first calls compile the look-ahead kernels)
             fn(ids)
-            memory[name] = peak_rss_mb() - before
         for _ in range(repeats):
             for name, fn in fns.items():
                 start = time.perf_counter()
                 fn(ids)
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, memory
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def rates(compiled_model) -> str:
+    by_kind = compiled_model.stats()["by_kind"]
+    return " / ".join(f"{100 * by_kind[k]['rate']:.2f}%" for k in KINDS if k in by_kind)
 
 
 def speed(args):
-    torch.manual_seed(0)
-    layers, width = (12, 768) if not args.quick else (2, 256)
-    config = GPT2Config(n_layer=layers, n_embd=width, n_head=width // 64, vocab_size=50257, n_positions=1024,
-                        attn_implementation="eager")
-    model = GPT2LMHeadModel(config).eval()
-    fns, _ = variants(model, args.taus, with_torch_compile=args.torch_compile)
+    model = gpt2_124m_shape(args.quick)
+    fns, compiled = variants(model, args, with_torch_compile=args.torch_compile)
     shapes = args.shapes if not args.quick else [(1, 128), (2, 128)]
-    print(f"## Speed: GPT-2 shape ({layers} layers, {width} wide, vocab 50257), random weights, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}\n")
+    print(f"## Speed: GPT-2-124M shape, random weights, {torch.get_num_threads()} thread(s), malloc {args.malloc}, "
+          f"median of {args.repeats}\n")
     print("| batch x seq | " + " | ".join(fns) + " |")
     print("|---" * (len(fns) + 1) + "|")
     for batch, seq in shapes:
-        ids = torch.randint(0, 50257, (batch, seq))
-        medians, memory = time_variants(fns, ids, args.repeats)
-        base = medians["fp32"]
-        cells = [f"{1000 * medians[n]:.0f} ms ({base / medians[n]:.2f}x, +{memory[n]:.0f} MB)" for n in fns]
+        ids = torch.randint(0, 50257, (batch, seq), generator=torch.Generator().manual_seed(seq))
+        for c in compiled.values():
+            c.record_stats(False)
+        medians = time_variants(fns, ids, args.repeats)
+        for c in compiled.values():  # one more call with statistics on: the recompute rate of this input
+            c.reset_stats()
+            c.record_stats(True)
+            with torch.no_grad():
+                c(ids)
+        base, ref = medians["fp32"], medians["autocast bf16"]
+        cells = []
+        for name in fns:
+            cell = f"{1000 * medians[name]:.0f} ms ({base / medians[name]:.2f}x"
+            cell += f", {medians[name] / ref - 1:+.0%} vs autocast)" if name not in ("fp32", "autocast bf16") else ")"
+            if name in compiled and name.startswith("LAMP"):
+                cell += f" rate {rates(compiled[name])}"
+            cells.append(cell)
         print(f"| {batch} x {seq} | " + " | ".join(cells) + " |", flush=True)
-    print("\n(x = speed-up over FP32 in the same run; MB = peak RSS growth during the first call)\n")
+    print("\n(x = speed-up over FP32 in the same run; rate = recompute rate attention / logits on this input)\n")
 
 
 def accuracy(args):
@@ -105,35 +148,65 @@ def accuracy(args):
     model, tokenizer = load_model("embedded")
     ids = torch.tensor(tokenizer(persuasion_text())["input_ids"])
     seqs = make_sequences(ids, args.seq_len, args.n_seq, seed=42)
-    fns, compiled = variants(model, args.taus)
+    fns, compiled = variants(model, args)
     for c in compiled.values():
         c.record_stats(True)
     print(f"## Accuracy vs FP32: embedded model, Persuasion, {args.n_seq} x {args.seq_len} tokens\n")
-    print("| variant | KL | flip rate | recompute rate (attention / layer_norm / gelu / logits) |")
-    print("|---|---|---|---|")
+    print("| variant | KL | KL below autocast | flip rate | recompute rate (attention / logits) |")
+    print("|---|---|---|---|---|")
+    chunks = [seqs[i:i + 4] for i in range(0, len(seqs), 4)]
     with torch.no_grad():
-        refs = [model(input_ids=seqs[i:i + 4]).logits for i in range(0, len(seqs), 4)]
+        refs = [model(input_ids=chunk).logits for chunk in chunks]
+        autocast_kl = None
         for name, fn in fns.items():
             if name == "fp32":
                 continue
             acc = LogitComparison()
-            for i, ref in zip(range(0, len(seqs), 4), refs):
-                acc.update(ref, fn(seqs[i:i + 4]), seqs[i:i + 4])
+            for chunk, ref in zip(chunks, refs):
+                acc.update(ref, fn(chunk), chunk)
             result = acc.result()
-            rates = "-"
-            if name in compiled:
-                by_kind = compiled[name].stats()["by_kind"]
-                rates = " / ".join(f"{100 * by_kind[k]['rate']:.2f}%" if k in by_kind else "-" for k in ALL_KINDS)
-            print(f"| {name} | {result['kl']:.3e} | {result['flip_rate']:.4f} | {rates} |", flush=True)
+            autocast_kl = autocast_kl or result["kl"]
+            rate = rates(compiled[name]) if name in compiled else "-"
+            print(f"| {name} | {result['kl']:.3e} | {autocast_kl / result['kl']:.1f}x | {result['flip_rate']:.4f} "
+                  f"| {rate} |", flush=True)
+
+
+def memory(args):
+    """Peak RSS of one forward per variant and shape, each in a fresh process (over the process's RSS after
+    building and compiling the models)."""
+    print(f"## Peak memory: one forward, a fresh process per variant (RSS growth over the loaded models)\n")
+    names = list(variants(gpt2_124m_shape(True), args)[0])
+    print("| batch x seq | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for batch, seq in args.shapes:
+        cells = []
+        for name in names:
+            cmd = [sys.executable, __file__, "--one", name, "--shapes", f"{batch}x{seq}", "--malloc", args.malloc,
+                   "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            cells.append(f"{json.loads(out)['peak_mb']:.0f} MB")
+        print(f"| {batch} x {seq} | " + " | ".join(cells) + " |", flush=True)
+
+
+def one(args):
+    (batch, seq), = args.shapes
+    fns, _ = variants(gpt2_124m_shape(False), args)
+    ids = torch.randint(0, 50257, (batch, seq))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.no_grad():
+        fns[args.one](ids)
+    print(json.dumps({"peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    floats = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
     parser.add_argument("--quick", action="store_true", help="small model and shapes (smoke run)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--taus", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 0.2],
-                        help="strict tau of the LAMP attention variants, comma separated")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--attention-taus", type=floats, default=[1.0, 0.2], help="strict tau at attention sites")
+    parser.add_argument("--logits-taus", type=floats, default=[0.01, 0.001], help="strict tau at the logits site")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--malloc", choices=["heap", "default"], default="heap")
     parser.add_argument("--shapes", type=lambda s: [tuple(int(v) for v in p.split("x")) for p in s.split(",")],
                         default=[(1, 256), (8, 256), (1, 1024), (8, 1024)], help="batch x seq list, e.g. 1x256,8x256")
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile of a LAMP graph")
@@ -141,9 +214,20 @@ def main(argv=None):
     parser.add_argument("--n-seq", type=int, default=16)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="peak memory per variant (fresh processes) only")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one variant's peak memory
     args = parser.parse_args(argv)
+    if len(args.attention_taus) != len(args.logits_taus):
+        parser.error("--attention-taus and --logits-taus need the same number of values (one LAMP variant each)")
+    if args.malloc == "heap":
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.one:
+        return one(args)
     print(f"command: python bench/deploy.py {' '.join(sys.argv[1:])}\n")
+    if args.memory:
+        return memory(args)
     if not args.skip_speed:
         speed(args)
     if not args.skip_accuracy:
