@@ -96,6 +96,9 @@ def exported(model, model_dir, tmp_path_factory):
             elif name == "m4_budget":
                 compiled = lampc.compile(model, format="m4", criterion="budget", budget=3)
                 export_onnx(compiled, path, debug_outputs=True)
+            elif name == "m4_fused":  # one lamp_scores op per site: exported in the three-op form
+                compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.05, fused=True)
+                export_onnx(compiled, path, debug_outputs=True)
             cache[name] = (compiled, str(path))
         return cache[name]
 
@@ -249,7 +252,7 @@ def test_dynamic_batch_and_sequence(exported):
     assert got.shape == (3, 9, 64) and np.abs(got - want).max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["m4_strict", "m4_budget"])
+@pytest.mark.parametrize("name", ["m4_strict", "m4_budget", "m4_fused"])
 @pytest.mark.parametrize("level", LEVELS)
 def test_m4_matches_pytorch_and_rounding_survives(exported, batch, fp32_logits, name, level):
     compiled, path = exported(name)

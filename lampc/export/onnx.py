@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from .. import __version__
 from ..ops import LAMPC_OPS
+from ..passes.attention import unfuse_sites
 from ..passes.graph import module_path
 from ..policy import SitePolicy
 from ..runtime.compiled import CompiledModel
@@ -91,12 +92,12 @@ def export_onnx(
     path = os.fspath(path)
     check_writable(path)
     opset, rounding = _resolve_opset(opset, rounding)
-    graph_module = compiled.graph_module
     modules = {site.index: site.module for site in compiled.sites}
+    graph_module = _exportable_copy(compiled.graph_module)
     _check_graph(graph_module, modules)
 
     with quiet():
-        wrapper = _ExportWrapper(_without_taps(graph_module))
+        wrapper = _ExportWrapper(graph_module)
     program = _torch_export(wrapper, compiled.max_len, opset, rounding)
     model = program.model
     fx_sites = find_fx_sites(program.exported_program.graph)
@@ -188,9 +189,11 @@ def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
 # -- the graph to export --------------------------------------------------------------------------------
 
 
-def _without_taps(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of `gm` (sharing its parameters) without the lampc_tap_* statistics calls."""
+def _exportable_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of `gm` (sharing its parameters) without the lampc_tap_* statistics calls and with fused sites
+    (SitePolicy.fused, a CPU runtime arrangement) back in their three-op form, which has the same values."""
     graph = copy.deepcopy(gm.graph)
+    unfuse_sites(graph)
     for node in list(graph.nodes):
         if node.op == "call_module" and str(node.target).startswith(TAP_PREFIX):
             if node.users:

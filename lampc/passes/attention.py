@@ -202,3 +202,28 @@ def _tapped(graph: fx.Graph, tap_name: str, index: int, like: fx.Node, mask, fir
     for node in (first, selected, recomputed, tap):
         node.meta["lampc_site"] = index
     return first, selected, recomputed, tap
+
+
+def unfuse_sites(graph: fx.Graph) -> int:
+    """Replace every fused site op (lampc.lamp_scores and its two getitems) by the three unfused ops, which
+    compute the same values (ONNX export translates those). Returns the number of sites unfused."""
+    ops, count = torch.ops.lampc, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target != ops.lamp_scores.default:
+            continue
+        q, k_t, scale, mask, is_causal, spec, index = node.args
+        with graph.inserting_before(node):
+            s_hat = insert_call(graph, ops.lowp_scores.default, (q, k_t, scale, spec), like=node,
+                                name=f"scores_lp_{index}")
+            selected = insert_call(graph, ops.lamp_select.default, (s_hat, q, k_t, scale, mask, is_causal, spec, index),
+                                   like=node, name=f"selection_{index}")
+            recomputed = insert_call(graph, ops.recompute_scores.default, (s_hat, selected, q, k_t, scale, spec),
+                                     like=node, name=f"scores_{index}")
+        for user in list(node.users):  # the getitems: [0] the scores, [1] the selection
+            user.replace_all_uses_with(recomputed if user.args[1] == 0 else selected)
+            graph.erase_node(user)
+        for new in (s_hat, selected, recomputed):
+            new.meta["lampc_site"] = index
+        graph.erase_node(node)
+        count += 1
+    return count
