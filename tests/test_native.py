@@ -8,9 +8,10 @@ import torch
 
 import lampc
 from lampc.formats import BF16
-from lampc.lookahead import components, recompute, softmax
+from lampc.lookahead import components, fused, recompute, row_stats, softmax
 from lampc.numerics import round_to
 from lampc.policy import SitePolicy
+from lampc.runtime import native
 from lampc.runtime.native import native_product, native_scores, register_static_weights
 from tiny_models import padded_batch, tiny_gpt2
 
@@ -79,7 +80,8 @@ def _functions_on_the_accelerator_path():
     return [softmax.select, softmax.select_rule, softmax.select_top, softmax.select_top_k, softmax.select_strict,
             softmax.select_relaxed, softmax.target_counts, softmax.row_tau, softmax.budget_counts,
             softmax.strict_sensitivity, softmax.visible_from_mask, recompute.recompute_dense,
-            components.select_components, components.column_norms, native_scores, native_product]
+            components.select_components, components.column_norms, native_scores, native_product,
+            native.native_scores_low, fused.fused_widen_select]
 
 
 @pytest.mark.parametrize("fn", _functions_on_the_accelerator_path(), ids=lambda f: f.__name__)
@@ -90,7 +92,11 @@ def test_accelerator_path_has_no_host_sync(fn):
 
 
 def test_dispatchers_leave_for_the_dense_path_before_any_sync():
-    from lampc import ops_linear
+    from lampc import ops_fused, ops_linear
+
+    fused_site = inspect.getsource(ops_fused.lamp_scores._init_fn)  # the CPU-only fast path is asked for by device
+    assert "row_stats.supports(rule, q.device)" in fused_site and not SYNC.findall(fused_site.split('"""')[2])
+    assert not row_stats.supports(SitePolicy(criterion="strict"), torch.device("cuda"))
 
     source = inspect.getsource(recompute.recompute_into)
     first_sync = SYNC.search(source[source.index('"""', source.index('"""') + 3):]).start()
