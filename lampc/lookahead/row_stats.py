@@ -9,8 +9,9 @@ so an entry can pass `> tau` only if d < d*, the largest root of h(d) = ln(2·(c
 from d0 = 2·ln(2·(c + 2/e) / tau) (a root bound from the right-hand inequality), Newton steps stay at or above the
 root and close in on it, so the band stays exact-but-conservative. The selection is then: one compiled
 reduction for lse per row, one comparison pass for the candidates ŝ_i > lse − d*, and the exact rule on the few
-candidates. No softmax-sized temporary is written. The uniform rule (non-finite entries only) reads one sum.
-Scores with a non-finite entry anywhere take the general rule (`select`), which handles those.
+candidates. No softmax-sized temporary is written, and none is compared when no row's maximum lies in its band
+(flat rows). The uniform rule (non-finite entries only) reads one sum. Scores with a non-finite entry anywhere
+take the general rule (`select`), which handles those.
 
 It equals `select_strict` up to the rounding of a_i (here exp(ŝ − lse), there a softmax): an entry whose
 sensitivity is within a few FP32 ulps of tau may fall on the other side. The sum and the candidates are read on
@@ -37,11 +38,12 @@ def supports(site: SitePolicy, device: torch.device) -> bool:
     return device.type == "cpu" and site.criterion in ("uniform", "strict") and not site.length_scaling
 
 
-def _row_lse(s_low: Tensor, bias: Tensor | None) -> Tensor:
-    masked = s_low.to(torch.float32)
-    if bias is not None:  # 0 where visible, -inf elsewhere: an additive mask reads far faster than a bool one
-        masked = masked + bias
-    return torch.logsumexp(masked, dim=-1, keepdim=True)  # (…, T, 1); -inf in a row with nothing visible
+def _row_stats(s_low: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row (…, T, 1): log-sum-exp and max over the visible entries (-inf where none), and the plain sum of
+    all entries (non-finite iff the row holds a non-finite score, or overflows). One pass over the scores."""
+    s = s_low.to(torch.float32)
+    masked = s if bias is None else s + bias  # bias: 0 where visible, -inf elsewhere (reads faster than a bool)
+    return torch.logsumexp(masked, dim=-1, keepdim=True), masked.amax(dim=-1, keepdim=True), s.sum(-1, keepdim=True)
 
 
 def band_width(lse: Tensor, tau: float, steps: int = 3) -> Tensor:
@@ -85,18 +87,23 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
 
     visible: None when every entry is visible (no mask, not causal). s_low: the same scores in the GEMM's own
     dtype when there is one (bf16: half the bytes to read for the statistics)."""
-    if not bool(torch.isfinite(s_hat.sum())):  # host sync (CPU path); a non-finite score: the general rule
-        all_visible = torch.ones((1,) * s_hat.dim(), dtype=torch.bool, device=s_hat.device)
-        return select(s_hat, all_visible if visible is None else visible, site)
-    if site.criterion == "uniform":  # only non-finite scores are recomputed, and there are none
-        return torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device)
+    general = visible if visible is not None else torch.ones((1,) * s_hat.dim(), dtype=torch.bool, device=s_hat.device)
+    if site.criterion == "uniform":  # only non-finite scores are recomputed: none if the sum is finite
+        if bool(torch.isfinite(s_hat.sum())):  # host sync: CPU path
+            return torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device)
+        return select(s_hat, general, site)
     bias = None
     if visible is not None:
         visible = _compact(visible)
         bias = torch.zeros(visible.shape, device=s_hat.device).masked_fill(~visible, float("-inf"))
     s_low = s_hat if s_low is None else s_low
-    lse = _compiled(_row_lse)(s_low, bias)  # compiled: one fused reduction (eager logsumexp is 3x slower)
-    candidates = s_hat > lse - band_width(lse, site.tau) - SLACK  # eager: inductor stores bool slowly
+    lse, row_max, row_sum = _compiled(_row_stats)(s_low, bias)  # eager logsumexp alone is 3x slower
+    if not bool(torch.isfinite(row_sum).all()):  # host sync (CPU path); a non-finite score: the general rule
+        return select(s_hat, general, site)
+    threshold = lse - band_width(lse, site.tau) - SLACK  # (…, T, 1)
+    if not bool((row_max > threshold).any()):  # no row's largest score is in its band: nothing to select
+        return torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device)
+    candidates = s_hat > threshold  # eager: inductor stores bool slowly
     if visible is not None:
         candidates &= visible
     count = int(torch.count_nonzero(candidates))  # host sync: CPU path
