@@ -60,9 +60,13 @@ def _masks(shape):
 @pytest.mark.parametrize("tau", [3.0, 1.0, 0.1, 0.01, 0.001])
 @pytest.mark.parametrize("mask_name", ["none", "causal", "padding"])
 @pytest.mark.parametrize("seed,spread", [(0, 4.0), (1, 0.3), (2, 12.0)])
-def test_row_stats_selection_is_the_strict_rule(tau, mask_name, seed, spread):
+@pytest.mark.parametrize("path", ["rows", "whole", "dense"])
+def test_row_stats_selection_is_the_strict_rule(tau, mask_name, seed, spread, path, monkeypatch):
     """Oracle: `select` (softmax, sensitivity, threshold). Entries may differ only where the sensitivity is within
-    FP32 rounding of tau (the two compute a_i in different orders)."""
+    FP32 rounding of tau (the two compute a_i in different orders). Each of the three code paths is forced:
+    gathered rows, candidates over the whole tensor, the dense exact pass."""
+    monkeypatch.setattr(row_stats, "GATHER_ROWS_BELOW", 1.0 if path == "rows" else -1.0)
+    monkeypatch.setattr(row_stats, "DENSE_ABOVE", 0.0 if path == "dense" else 1.0)
     s = _scores(seed, spread=spread)
     visible = _masks(s.shape)[mask_name]
     site = SitePolicy(criterion="strict", tau=tau)

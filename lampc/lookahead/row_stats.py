@@ -9,8 +9,8 @@ so an entry can pass `> tau` only if d < d*, the largest root of h(d) = ln(2·(c
 from d0 = 2·ln(2·(c + 2/e) / tau) (a root bound from the right-hand inequality), Newton steps stay at or above the
 root and close in on it, so the band stays exact-but-conservative. The selection is then: one compiled
 reduction for lse per row, one comparison pass for the candidates ŝ_i > lse − d*, and the exact rule on the few
-candidates. No softmax-sized temporary is written, and none is compared when no row's maximum lies in its band
-(flat rows). The uniform rule (non-finite entries only) reads one sum. Scores with a non-finite entry anywhere
+candidates. No softmax-sized temporary is written; when few rows have their maximum in the band (flat rows, as
+in random models and many heads of trained ones), only those rows are compared. The uniform rule (non-finite entries only) reads one sum. Scores with a non-finite entry anywhere
 take the general rule (`select`), which handles those.
 
 It equals `select_strict` up to the rounding of a_i (here exp(ŝ − lse), there a softmax): an entry whose
@@ -87,7 +87,8 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
 
     visible: None when every entry is visible (no mask, not causal). s_low: the same scores in the GEMM's own
     dtype when there is one (bf16: half the bytes to read for the statistics)."""
-    general = visible if visible is not None else torch.ones((1,) * s_hat.dim(), dtype=torch.bool, device=s_hat.device)
+    every = torch.ones((1,) * s_hat.dim(), dtype=torch.bool, device=s_hat.device)
+    general = every if visible is None else visible  # for the general rule
     if site.criterion == "uniform":  # only non-finite scores are recomputed: none if the sum is finite
         if bool(torch.isfinite(s_hat.sum())):  # host sync: CPU path
             return torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device)
@@ -101,8 +102,9 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
     if not bool(torch.isfinite(row_sum).all()):  # host sync (CPU path); a non-finite score: the general rule
         return select(s_hat, general, site)
     threshold = lse - band_width(lse, site.tau) - SLACK  # (…, T, 1)
-    if not bool((row_max > threshold).any()):  # no row's largest score is in its band: nothing to select
-        return torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device)
+    rows = (row_max > threshold).reshape(-1).nonzero().squeeze(1)  # rows whose maximum is in the band
+    if rows.numel() <= GATHER_ROWS_BELOW * lse.numel():  # few such rows (flat attention): look at those only
+        return _select_in_rows(s_hat, visible, lse, threshold, rows, site.tau)
     candidates = s_hat > threshold  # eager: inductor stores bool slowly
     if visible is not None:
         candidates &= visible
@@ -116,3 +118,27 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
     a_c = torch.exp(s_c - lse.reshape(-1)[flat // s_hat.shape[-1]])  # lse: one value per row
     candidates.view(-1)[flat] = 2.0 * a_c * (1.0 - a_c) * s_c.abs() > site.tau
     return candidates
+
+
+GATHER_ROWS_BELOW = 0.25
+"""Fraction of rows with a candidate below which those rows are gathered instead of comparing every score."""
+
+
+def _select_in_rows(s_hat: Tensor, visible: Tensor | None, lse: Tensor, threshold: Tensor, rows: Tensor,
+                    tau: float) -> Tensor:
+    """The strict rule on the given rows only (flattened row indices); every other row selects nothing."""
+    length = s_hat.shape[-1]
+    selected = torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device)
+    if rows.numel() == 0:
+        return selected
+    sub = s_hat.view(-1, length).index_select(0, rows)  # (R, L)
+    candidates = sub > threshold.reshape(-1, 1)[rows]
+    if visible is not None:  # the compact mask's rows: index 0 along its broadcast dimensions
+        position = torch.unravel_index(rows, s_hat.shape[:-1])
+        candidates &= visible[tuple(p if n > 1 else torch.zeros_like(p) for p, n in zip(position, visible.shape))]
+    r, column = candidates.nonzero(as_tuple=True)
+    s_c = sub[r, column]
+    a_c = torch.exp(s_c - lse.reshape(-1)[rows[r]])
+    keep = 2.0 * a_c * (1.0 - a_c) * s_c.abs() > tau
+    selected.view(-1, length)[rows[r[keep]], column[keep]] = True
+    return selected
