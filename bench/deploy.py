@@ -4,6 +4,7 @@
     python bench/deploy.py --quick              # small shapes, for a smoke run
     python bench/deploy.py --skip-speed         # accuracy only (embedded model, Persuasion)
     python bench/deploy.py --memory             # peak memory, one fresh process per variant and shape
+    python bench/deploy.py --model smollm2-135m --skip-accuracy   # speed on a trained model and real text
 
 Variants: FP32; `torch.autocast("cpu", bfloat16)`; lampc with every matmul a real bf16 GEMM (sites="all",
 backend="native", fused sites) and no look-ahead ("uniform"); and LAMP bf16: the same plus the strict look-ahead
@@ -12,7 +13,8 @@ at the attention sites and at the logits (lm_head -> softmax), each selected ent
 Speed: a GPT-2-124M-shaped model with random weights, batch x seq in {1, 8} x {256, 1024}; wall time = median
 of repeated runs, the variants interleaved in every repetition. Random weights fix the GEMM time but not the
 look-ahead's work: the recompute rate of each LAMP variant is printed next to its time (on random weights it is
-near 0; the accuracy table gives the rates of a trained model).
+near 0). `--model smollm2-135m` times a trained model on real text instead, where the look-ahead does its
+deployed amount of work.
 
 Allocator (--malloc): glibc serves every allocation above 32 MB with a fresh mmap, so each score-sized tensor
 is page-faulted in at every call (a pass over a 50 MB tensor: ~25 ms instead of ~4 ms here). `heap` (the
@@ -110,16 +112,31 @@ def rates(compiled_model) -> str:
     return " / ".join(f"{100 * by_kind[k]['rate']:.2f}%" for k in KINDS if k in by_kind)
 
 
+def speed_model(args):
+    """(model, description, batch x seq -> input ids): random GPT-2-124M on random tokens, or a lampc model on
+    Persuasion (trained weights on real text: the look-ahead's work is the deployed one)."""
+    if args.model == "gpt2-random":
+        model = gpt2_124m_shape(args.quick)
+        return model, "GPT-2-124M shape, random weights, random tokens", lambda b, t: torch.randint(
+            0, 50257, (b, t), generator=torch.Generator().manual_seed(t))
+    from lampc.eval.data import make_sequences, persuasion_text
+    from lampc.models import load_model
+
+    model, tokenizer = load_model(args.model)
+    text = torch.tensor(tokenizer(persuasion_text())["input_ids"])
+    return model, f"{args.model}, trained weights, Persuasion", lambda b, t: make_sequences(text, t, b, seed=7)
+
+
 def speed(args):
-    model = gpt2_124m_shape(args.quick)
+    model, description, make_ids = speed_model(args)
     fns, compiled = variants(model, args, with_torch_compile=args.torch_compile)
     shapes = args.shapes if not args.quick else [(1, 128), (2, 128)]
-    print(f"## Speed: GPT-2-124M shape, random weights, {torch.get_num_threads()} thread(s), malloc {args.malloc}, "
+    print(f"## Speed: {description}, {torch.get_num_threads()} thread(s), malloc {args.malloc}, "
           f"median of {args.repeats}\n")
     print("| batch x seq | " + " | ".join(fns) + " |")
     print("|---" * (len(fns) + 1) + "|")
     for batch, seq in shapes:
-        ids = torch.randint(0, 50257, (batch, seq), generator=torch.Generator().manual_seed(seq))
+        ids = make_ids(batch, seq)
         for c in compiled.values():
             c.record_stats(False)
         medians = time_variants(fns, ids, args.repeats)
@@ -202,6 +219,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     floats = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
     parser.add_argument("--quick", action="store_true", help="small model and shapes (smoke run)")
+    parser.add_argument("--model", default="gpt2-random",
+                        help="speed model: gpt2-random (GPT-2-124M shape) or a lampc model name (embedded, smollm2-135m)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--attention-taus", type=floats, default=[1.0, 0.2], help="strict tau at attention sites")
     parser.add_argument("--logits-taus", type=floats, default=[0.01, 0.001], help="strict tau at the logits site")

@@ -45,9 +45,9 @@ def lamp_scores(
         if row_stats.supports(rule, q.device):
             s_hat = s_low.to(torch.float32)
             every = mask is None and not is_causal
-            selected = row_stats.select_from_row_stats(s_hat, None if every else visible, rule, s_low=s_low)
-        else:
-            s_hat, selected = fused_widen_select(s_low, visible, rule)
+            selected, flat = row_stats.select_from_row_stats(s_hat, None if every else visible, rule, s_low=s_low)
+            return recompute_into(s_hat, selected, q, k_t, scale, rule.dense_above, flat=flat), selected
+        s_hat, selected = fused_widen_select(s_low, visible, rule)
     else:  # emulated formats and the evaluation baselines: the unfused ops' own code
         s_hat = lowp_scores(q, k_t, scale, policy)
         selected = lamp_select(s_hat, q, k_t, scale, mask, is_causal, policy, site)

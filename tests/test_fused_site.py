@@ -72,7 +72,9 @@ def test_row_stats_selection_is_the_strict_rule(tau, mask_name, seed, spread, pa
     site = SitePolicy(criterion="strict", tau=tau)
     every = torch.ones(s.shape, dtype=torch.bool) if visible is None else visible.expand(s.shape)
     want = select(s, every, site)
-    got = row_stats.select_from_row_stats(s, visible, site)
+    got, flat = row_stats.select_from_row_stats(s, visible, site)
+    if flat is not None:
+        assert torch.equal(flat, got.view(-1).nonzero().squeeze(1))
     sens = strict_sensitivity(s, masked_softmax(s, every))
     differ = got != want
     assert not differ.any() or (sens[differ] - tau).abs().max() <= 1e-5 * tau
@@ -86,14 +88,14 @@ def test_row_stats_takes_the_general_rule_with_non_finite_scores():
     visible = _masks(s.shape)["causal"]
     for criterion, rule in (("strict", {"tau": 0.1}), ("uniform", {})):
         site = SitePolicy(criterion=criterion, **rule)
-        got = row_stats.select_from_row_stats(s, visible, site)
-        assert torch.equal(got, select(s, visible, site))
+        got, flat = row_stats.select_from_row_stats(s, visible, site)
+        assert flat is None and torch.equal(got, select(s, visible, site))
         assert got[0, 0, 4, 2] and got[1, 2, 9, 9] and not got[1, 1, 0, 30]  # (0, 30) is not causally visible
 
 
 def test_row_stats_uniform_selects_nothing_on_finite_scores():
-    got = row_stats.select_from_row_stats(_scores(4), None, SitePolicy(criterion="uniform"))
-    assert got.dtype == torch.bool and not got.any()
+    got, flat = row_stats.select_from_row_stats(_scores(4), None, SitePolicy(criterion="uniform"))
+    assert got.dtype == torch.bool and not got.any() and flat.numel() == 0
 
 
 @pytest.mark.parametrize("c", [0.0, 0.3, 1.0, 5.0, 10.8, 30.0])

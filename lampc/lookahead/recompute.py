@@ -24,13 +24,13 @@ def fp32_product(x: Tensor, w: Tensor, scale: float = 1.0, bias: Tensor | None =
     return y if bias is None else y + bias
 
 
-def recompute_sparse(out: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
-    """Scatter FP32 dot products into `out` (in place) at the selected entries (gather, dot, scatter)."""
-    index = selected.nonzero(as_tuple=True)  # host sync: the count decides the gather size
-    *batch_index, rows, keys = index
-    q_rows = q[(*_operand_index(q, batch_index, selected.dim()), rows)]  # (N, D)
-    k_cols = k_t.transpose(-1, -2)[(*_operand_index(k_t, batch_index, selected.dim()), keys)]  # (N, D)
-    out[index] = (q_rows * k_cols).sum(dim=-1) * scale  # (N,)
+def recompute_sparse(out: Tensor, flat: Tensor, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
+    """FP32 dot products written into `out` (in place) at the positions `flat` of out.view(-1): gather, dot,
+    scatter. q: (…, T, D), k_t: (…, D, L), batch dimensions broadcasting as in torch.matmul."""
+    *batch_index, rows, keys = torch.unravel_index(flat, out.shape)
+    q_rows = q[(*_operand_index(q, batch_index, out.dim()), rows)]  # (N, D)
+    k_cols = k_t.transpose(-1, -2)[(*_operand_index(k_t, batch_index, out.dim()), keys)]  # (N, D)
+    out.view(-1)[flat] = (q_rows * k_cols).sum(dim=-1) * scale  # (N,)
     return out
 
 
@@ -50,25 +50,30 @@ def recompute_dense(out: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: 
 def recompute(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float, dense_above: float,
               bias: Tensor | None = None) -> Tensor:
     """y_hat with the selected entries recomputed, as a new tensor (see `recompute_into`)."""
-    return recompute_into(y_hat.clone(), selected, x, w, scale, dense_above, bias)
+    return recompute_into(y_hat.clone(memory_format=torch.contiguous_format), selected, x, w, scale, dense_above, bias)
 
 
 def recompute_into(out: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float, dense_above: float,
-                   bias: Tensor | None = None) -> Tensor:
-    """Overwrite the selected entries of `out` with their FP32 values; returns `out`.
+                   bias: Tensor | None = None, *, flat: Tensor | None = None) -> Tensor:
+    """Overwrite the selected entries of `out` (contiguous) with their FP32 values; returns `out`.
 
-    On the CPU: sparse recompute, or dense when the selected fraction exceeds `dense_above`.
+    On the CPU: sparse recompute, or dense when the selected fraction exceeds `dense_above`. `flat`, the
+    selected positions in out.view(-1) in increasing order, saves two scans when the caller already has them.
     On accelerators: the masked dense path, which needs no host synchronisation."""
     if out.device.type != "cpu":
         return recompute_dense(out, selected, x, w, scale, bias)
-    count = int(torch.count_nonzero(selected))  # host sync: CPU path only (bool sum is ~20x slower)
+    if not out.is_contiguous():
+        raise ValueError("recompute_into: `out` must be contiguous (the positions index out.view(-1))")
+    count = flat.numel() if flat is not None else int(torch.count_nonzero(selected))  # host sync: CPU path only
     if count == 0:
         return out
     if count > dense_above * selected.numel():
         return recompute_dense(out, selected, x, w, scale, bias)
+    if flat is None:
+        flat = selected.reshape(-1).nonzero().squeeze(1)
     if w.dim() == 2:  # one matrix for every row (lm_head, linear layers)
-        return recompute_matrix(out, selected, x, w, bias, scale, count=count)
-    return recompute_sparse(out, selected, x, w, scale)
+        return recompute_matrix(out, flat, x, w, bias, scale)
+    return recompute_sparse(out, flat, x, w, scale)
 
 
 GATHER_COST = 16
@@ -76,28 +81,25 @@ GATHER_COST = 16
 break-even between gathering the selected dot products and one GEMM over the columns they touch."""
 
 
-def recompute_matrix(out: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, scale: float,
-                     *, count: int) -> Tensor:
-    """CPU recompute, in place, of out (…, N) ≈ (x (…, K) @ w (K, N)) * scale + bias at the selected outputs.
+def recompute_matrix(out: Tensor, flat: Tensor, x: Tensor, w: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+    """CPU recompute, in place, of out (…, N) ≈ (x (…, K) @ w (K, N)) * scale + bias at the positions `flat` of
+    out.view(-1).
 
     A weight matrix is shared by all rows, so the selected entries often crowd into few columns (outlier
-    features, likely tokens): then one FP32 GEMM over those columns beats gathering every dot product.
-    count: the number of selected entries (> 0), already known to the caller."""
+    features, likely tokens): then one FP32 GEMM over those columns beats gathering every dot product."""
     n, k = out.shape[-1], x.shape[-1]
-    sel = selected.reshape(-1, n)  # (R, N)
     x2 = x.reshape(-1, k)  # (R, K)
-    out2 = out.view(-1, n)
-    cols = sel.any(dim=0).nonzero().squeeze(1)  # (U,)
-    if sel.shape[0] * cols.numel() <= GATHER_COST * count:
+    rows, keys = flat // n, flat % n
+    cols, which = torch.unique(keys, return_inverse=True)  # (U,), and each entry's position in cols
+    if x2.shape[0] * cols.numel() <= GATHER_COST * flat.numel():
         sub = (x2 @ w.index_select(1, cols)) * scale  # (R, U)
         if bias is not None:
             sub = sub + bias[cols]
-        out2[:, cols] = torch.where(sel[:, cols], sub, out2[:, cols])
+        out.view(-1)[flat] = sub[rows, which]
         return out
-    rows, keys = sel.nonzero(as_tuple=True)
     w_rows = w.t().contiguous()  # rows are w's columns: contiguous gathers (strided ones are ~10x slower)
-    for start in range(0, rows.numel(), 65536):  # bounded temporaries: 64k x K floats
+    for start in range(0, flat.numel(), 65536):  # bounded temporaries: 64k x K floats
         r, c = rows[start:start + 65536], keys[start:start + 65536]
         values = (x2[r] * w_rows[c]).sum(dim=-1) * scale
-        out2[r, c] = values + bias[c] if bias is not None else values
+        out.view(-1)[flat[start:start + 65536]] = values + bias[c] if bias is not None else values
     return out

@@ -82,8 +82,9 @@ def _compact(visible: Tensor) -> Tensor:
 
 
 def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolicy, *,
-                          s_low: Tensor | None = None) -> Tensor:
-    """The selection of `softmax.select` for the uniform and strict rules (see the module docstring).
+                          s_low: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The selection of `softmax.select` for the uniform and strict rules (see the module docstring), and the
+    selected positions in s_hat.view(-1) in increasing order when this path knows them (else None).
 
     visible: None when every entry is visible (no mask, not causal). s_low: the same scores in the GEMM's own
     dtype when there is one (bf16: half the bytes to read for the statistics)."""
@@ -91,8 +92,8 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
     general = every if visible is None else visible  # for the general rule
     if site.criterion == "uniform":  # only non-finite scores are recomputed: none if the sum is finite
         if bool(torch.isfinite(s_hat.sum())):  # host sync: CPU path
-            return torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device)
-        return select(s_hat, general, site)
+            return _nothing(s_hat)
+        return select(s_hat, general, site), None
     bias = None
     if visible is not None:
         visible = _compact(visible)
@@ -100,7 +101,7 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
     s_low = s_hat if s_low is None else s_low
     lse, row_max, row_sum = _compiled(_row_stats)(s_low, bias)  # eager logsumexp alone is 3x slower
     if not bool(torch.isfinite(row_sum).all()):  # host sync (CPU path); a non-finite score: the general rule
-        return select(s_hat, general, site)
+        return select(s_hat, general, site), None
     threshold = lse - band_width(lse, site.tau) - SLACK  # (…, T, 1)
     rows = (row_max > threshold).reshape(-1).nonzero().squeeze(1)  # rows whose maximum is in the band
     if rows.numel() <= GATHER_ROWS_BELOW * lse.numel():  # few such rows (flat attention): look at those only
@@ -110,14 +111,23 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
         candidates &= visible
     count = int(torch.count_nonzero(candidates))  # host sync: CPU path
     if count == 0:
-        return candidates
+        return candidates, _no_positions(s_hat)
     if count > DENSE_ABOVE * candidates.numel():
-        return _compiled(_strict_dense)(s_low, bias, lse, site.tau).view(torch.bool)
+        return _compiled(_strict_dense)(s_low, bias, lse, site.tau).view(torch.bool), None
     flat = candidates.view(-1).nonzero().squeeze(1)  # candidate positions in the flattened scores
     s_c = s_hat.reshape(-1)[flat]
     a_c = torch.exp(s_c - lse.reshape(-1)[flat // s_hat.shape[-1]])  # lse: one value per row
-    candidates.view(-1)[flat] = 2.0 * a_c * (1.0 - a_c) * s_c.abs() > site.tau
-    return candidates
+    keep = 2.0 * a_c * (1.0 - a_c) * s_c.abs() > site.tau
+    candidates.view(-1)[flat] = keep
+    return candidates, flat[keep]
+
+
+def _nothing(s_hat: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device), _no_positions(s_hat)
+
+
+def _no_positions(s_hat: Tensor) -> Tensor:
+    return torch.zeros(0, dtype=torch.int64, device=s_hat.device)
 
 
 GATHER_ROWS_BELOW = 0.25
@@ -125,12 +135,12 @@ GATHER_ROWS_BELOW = 0.25
 
 
 def _select_in_rows(s_hat: Tensor, visible: Tensor | None, lse: Tensor, threshold: Tensor, rows: Tensor,
-                    tau: float) -> Tensor:
+                    tau: float) -> tuple[Tensor, Tensor]:
     """The strict rule on the given rows only (flattened row indices); every other row selects nothing."""
     length = s_hat.shape[-1]
-    selected = torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device)
     if rows.numel() == 0:
-        return selected
+        return _nothing(s_hat)
+    selected = torch.zeros(s_hat.shape, dtype=torch.bool, device=s_hat.device)
     sub = s_hat.view(-1, length).index_select(0, rows)  # (R, L)
     candidates = sub > threshold.reshape(-1, 1)[rows]
     if visible is not None:  # the compact mask's rows: index 0 along its broadcast dimensions
@@ -140,5 +150,6 @@ def _select_in_rows(s_hat: Tensor, visible: Tensor | None, lse: Tensor, threshol
     s_c = sub[r, column]
     a_c = torch.exp(s_c - lse.reshape(-1)[rows[r]])
     keep = 2.0 * a_c * (1.0 - a_c) * s_c.abs() > tau
-    selected.view(-1, length)[rows[r[keep]], column[keep]] = True
-    return selected
+    flat = rows[r[keep]] * length + column[keep]  # increasing: rows ascend, columns ascend within a row
+    selected.view(-1)[flat] = True
+    return selected, flat
