@@ -30,10 +30,10 @@ import argparse
 import ctypes
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -186,19 +186,48 @@ def accuracy(args):
             rate = rates(compiled[name]) if name in compiled else "-"
             print(f"| {name} | {result['kl']:.3e} | {autocast_kl / result['kl']:.1f}x | {result['flip_rate']:.4f} "
                   f"| {rate} |", flush=True)
+    error_sources(model, seqs, refs)
+
+
+def error_sources(model, seqs, refs):
+    """Where bf16's error comes from: KL vs FP32 with only some matmuls in native bf16 (no look-ahead)."""
+    from lampc.eval.metrics import LogitComparison
+
+    b = bf16(criterion="uniform")
+    fp32_logits = SitePolicy(format="fp32", backend="native", criterion="uniform")
+    rows = {
+        "every matmul (sites='all')": Policy(attention=b, sites="all"),
+        "every matmul but lm_head": Policy(attention=b, logits=fp32_logits, sites="all"),
+        "lm_head only": Policy(attention=None, logits=b),
+        "QKᵀ only": Policy(attention=b),
+        "c_fc only (before gelu)": Policy(attention=None, gelu=b),
+        "attn/mlp c_proj only (before the residual add and layer_norm)": Policy(attention=None, layer_norm=b),
+    }
+    print("\n## Where the bf16 error comes from (embedded model, same text, no look-ahead)\n")
+    print("| matmuls in bf16 | KL vs FP32 |")
+    print("|---|---|")
+    chunks = [seqs[i:i + 4] for i in range(0, len(seqs), 4)]
+    with torch.no_grad():
+        for name, policy in rows.items():
+            compiled = lampc.compile(model, policy)
+            acc = LogitComparison()
+            for chunk, ref in zip(chunks, refs):
+                acc.update(ref, compiled(chunk).logits, chunk)
+            print(f"| {name} | {acc.result()['kl']:.3e} |", flush=True)
 
 
 def memory(args):
-    """Peak RSS of one forward per variant and shape, each in a fresh process (over the process's RSS after
-    building and compiling the models)."""
-    print(f"## Peak memory: one forward, a fresh process per variant (RSS growth over the loaded models)\n")
+    """Peak memory of one forward per variant and shape, each in a fresh process: RSS sampled during a second
+    forward (the first compiles the look-ahead kernels), minus the RSS before it; glibc's default malloc, so
+    freed large tensors leave the RSS and the peak is the forward's live memory."""
+    print("## Peak memory of one forward (RSS growth during the call), a fresh process per variant\n")
     names = list(variants(gpt2_124m_shape(True), args)[0])
     print("| batch x seq | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     for batch, seq in args.shapes:
         cells = []
         for name in names:
-            cmd = [sys.executable, __file__, "--one", name, "--shapes", f"{batch}x{seq}", "--malloc", args.malloc,
+            cmd = [sys.executable, __file__, "--one", name, "--shapes", f"{batch}x{seq}", "--malloc", "default",
                    "--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             cells.append(f"{json.loads(out)['peak_mb']:.0f} MB")
@@ -209,10 +238,35 @@ def one(args):
     (batch, seq), = args.shapes
     fns, _ = variants(gpt2_124m_shape(False), args)
     ids = torch.randint(0, 50257, (batch, seq))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad():
-        fns[args.one](ids)
-    print(json.dumps({"peak_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}))
+        fns[args.one](ids)  # compiles
+        peak = peak_rss_growth(lambda: fns[args.one](ids))
+    print(json.dumps({"peak_mb": peak / 2 ** 20}))
+
+
+def peak_rss_growth(fn) -> int:
+    """Bytes: the highest RSS seen (sampled every 0.5 ms) while fn runs, minus the RSS before."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    base, peak, done = rss(), [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.0005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        watcher.join()
+    return max(peak[0], rss()) - base
 
 
 def main(argv=None):

@@ -54,8 +54,12 @@ class SitePolicy:
     seed:           seed of the random baseline.
     dense_above:    recompute rate above which the FP32 recompute is done densely (one matmul) instead of
                     gathering the selected dot products.
-    fused:          run the look-ahead arithmetic through torch.compile, which fuses it into a few loops (the
-                    deployment setting; the first call of each shape compiles). Same selection as unfused.
+    fused:          the deployment setting. Softmax sites (attention, logits) become one op, lampc.lamp_scores
+                    (producer, look-ahead and recompute over one score buffer, no copies); their look-ahead, and
+                    that of linear sites, runs through torch.compile (the first call of each shape compiles),
+                    or for native strict/uniform sites on the CPU from row statistics (lookahead/row_stats.py).
+                    Same values as unfused; the row-statistics selection can differ only where a sensitivity is
+                    within FP32 rounding of tau.
     """
 
     format: Format | str = "m4"

@@ -149,7 +149,7 @@ def _select_in_rows(s_hat: Tensor, visible: Tensor | None, lse: Tensor, threshol
     r, column = candidates.nonzero(as_tuple=True)
     s_c = sub[r, column]
     a_c = torch.exp(s_c - lse.reshape(-1)[rows[r]])
-    keep = 2.0 * a_c * (1.0 - a_c) * s_c.abs() > tau
+    keep = (2.0 * a_c * (1.0 - a_c) * s_c.abs() > tau).nonzero().squeeze(1)
     flat = rows[r[keep]] * length + column[keep]  # increasing: rows ascend, columns ascend within a row
     selected.view(-1)[flat] = True
     return selected, flat
