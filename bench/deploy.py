@@ -273,8 +273,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     floats = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
     parser.add_argument("--quick", action="store_true", help="small model and shapes (smoke run)")
-    parser.add_argument("--model", default="gpt2-random",
-                        help="speed model: gpt2-random (GPT-2-124M shape) or a lampc model name (embedded, smollm2-135m)")
+    parser.add_argument("--model", default="gpt2-random", help="speed model: gpt2-random (GPT-2-124M shape) "
+                        "or a lampc model name (embedded, smollm2-135m)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--attention-taus", type=floats, default=[1.0, 0.2], help="strict tau at attention sites")
     parser.add_argument("--logits-taus", type=floats, default=[0.01, 0.001], help="strict tau at the logits site")

@@ -191,7 +191,7 @@ def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
 
 def _exportable_copy(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of `gm` (sharing its parameters) without the lampc_tap_* statistics calls and with fused sites
-    (SitePolicy.fused, a CPU runtime arrangement) back in their three-op form, which has the same values."""
+    (SitePolicy.fused, a runtime arrangement) back in their three-op form, which has the same values."""
     graph = copy.deepcopy(gm.graph)
     unfuse_sites(graph)
     for node in list(graph.nodes):

@@ -3,15 +3,15 @@
 The general `softmax.select` writes several score-sized temporaries (the softmax, the sensitivity, ...). The strict
 rule needs far less. With lse the log-sum-exp of a row, a_i = exp(ŝ_i − lse) and d = lse − ŝ_i ≥ 0, c = |lse|:
 
-    2·a_i·(1 − a_i)·|ŝ_i|  ≤  2·e^(−d)·(c + d)  ≤  2·(c + 2/e)·e^(−d/2)        (as d ≤ 2·e^(d/2 − 1) for d ≥ 0)
+    2·a_i·(1 − a_i)·|ŝ_i|  ≤  2·e^(−d)·(c + d)  ≤  2·(c + 2/e)·e^(−d/2)    (d ≤ 2·e^(d/2 − 1) for d ≥ 0)
 
 so an entry can pass `> tau` only if d < d*, the largest root of h(d) = ln(2·(c + d)) − d − ln(tau). h is concave:
 from d0 = 2·ln(2·(c + 2/e) / tau) (a root bound from the right-hand inequality), Newton steps stay at or above the
-root and close in on it, so the band stays exact-but-conservative. The selection is then: one compiled
-reduction for lse per row, one comparison pass for the candidates ŝ_i > lse − d*, and the exact rule on the few
-candidates. No softmax-sized temporary is written; when few rows have their maximum in the band (flat rows, as
-in random models and many heads of trained ones), only those rows are compared. The uniform rule (non-finite entries only) reads one sum. Scores with a non-finite entry anywhere
-take the general rule (`select`), which handles those.
+root and close in on it, so the band never loses an entry that can pass. The selection is then: one compiled pass
+for lse and max per row, one comparison for the candidates ŝ_i > lse − d*, and the exact rule on the few
+candidates. No softmax-sized temporary is written; when few rows have their maximum in the band (flat rows, as in
+random models and many heads of trained ones), only those rows are compared. The uniform rule (non-finite entries
+only) reads one sum. Scores with a non-finite entry anywhere take the general rule (`select`), which handles them.
 
 It equals `select_strict` up to the rounding of a_i (here exp(ŝ − lse), there a softmax): an entry whose
 sensitivity is within a few FP32 ulps of tau may fall on the other side. The sum and the candidates are read on
@@ -68,6 +68,10 @@ DENSE_ABOVE = 0.02
 """Candidate fraction above which the exact rule runs densely (one compiled pass) instead of on gathered entries:
 a gathered candidate costs about as much as 15-20 dense entries on this CPU (flat rows, e.g. random weights, make
 most entries candidates)."""
+
+
+GATHER_ROWS_BELOW = 0.25
+"""Fraction of rows with a candidate below which those rows are gathered instead of comparing every score."""
 
 
 @functools.cache
@@ -128,10 +132,6 @@ def _nothing(s_hat: Tensor) -> tuple[Tensor, Tensor]:
 
 def _no_positions(s_hat: Tensor) -> Tensor:
     return torch.zeros(0, dtype=torch.int64, device=s_hat.device)
-
-
-GATHER_ROWS_BELOW = 0.25
-"""Fraction of rows with a candidate below which those rows are gathered instead of comparing every score."""
 
 
 def _select_in_rows(s_hat: Tensor, visible: Tensor | None, lse: Tensor, threshold: Tensor, rows: Tensor,

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from ..ops import LAMPC_OPS
 from .. import ops_fused  # noqa: F401  (registers lampc::lamp_scores)
+from ..ops import LAMPC_OPS
 from ..policy import SitePolicy
 from ..runtime.tap import SelectionTap
 from .graph import insert_call, module_path
