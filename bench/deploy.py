@@ -4,6 +4,7 @@
     python bench/deploy.py --quick              # small shapes, for a smoke run
     python bench/deploy.py --skip-speed         # accuracy only (embedded model, Persuasion)
     python bench/deploy.py --memory             # peak memory, one fresh process per variant and shape
+    python bench/deploy.py --ceiling            # bf16 vs FP32 on this CPU: one GEMM, the model cast to bf16
     python bench/deploy.py --model smollm2-135m --skip-accuracy   # speed on a trained model and real text
 
 Variants: FP32; `torch.autocast("cpu", bfloat16)`; lampc with every matmul a real bf16 GEMM (sites="all",
@@ -216,6 +217,28 @@ def error_sources(model, seqs, refs):
             print(f"| {name} | {acc.result()['kl']:.3e} |", flush=True)
 
 
+def ceiling(args):
+    """How much faster bf16 can be on this CPU: one GEMM, and the whole model cast to bf16 (no FP32 anywhere)."""
+    model = gpt2_124m_shape(args.quick)
+    pure = gpt2_124m_shape(args.quick).to(torch.bfloat16)  # same seed: the same weights, rounded
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(256, 768, generator=g), torch.randn(768, 3072, generator=g)
+    xb, wb = x.bfloat16(), w.bfloat16()
+    fns = {"GEMM 256x768x3072 fp32": lambda ids: x @ w, "GEMM 256x768x3072 bf16": lambda ids: xb @ wb}
+    fns["model fp32"] = lambda ids: model(input_ids=ids).logits
+    fns["model.to(bfloat16)"] = lambda ids: pure(input_ids=ids).logits
+    print(f"## The bf16 ceiling: {torch.get_num_threads()} thread(s), malloc {args.malloc}, median of "
+          f"{args.repeats}\n")
+    print("| batch x seq | GEMM fp32 | GEMM bf16 (speed-up) | model fp32 | model.to(bfloat16) (speed-up) |")
+    print("|---|---|---|---|---|")
+    for batch, seq in args.shapes:
+        ids = torch.randint(0, 50257, (batch, seq), generator=g)
+        t = time_variants(fns, ids, args.repeats)
+        gemm, full = list(t.values())[:2], list(t.values())[2:]
+        print(f"| {batch} x {seq} | {1e3 * gemm[0]:.2f} ms | {1e3 * gemm[1]:.2f} ms ({gemm[0] / gemm[1]:.2f}x) "
+              f"| {1e3 * full[0]:.0f} ms | {1e3 * full[1]:.0f} ms ({full[0] / full[1]:.2f}x) |", flush=True)
+
+
 def memory(args):
     """Peak memory of one forward per variant and shape, each in a fresh process: RSS sampled during a second
     forward (the first compiles the look-ahead kernels), minus the RSS before it; glibc's default malloc, so
@@ -288,6 +311,7 @@ def main(argv=None):
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--memory", action="store_true", help="peak memory per variant (fresh processes) only")
+    parser.add_argument("--ceiling", action="store_true", help="bf16 vs FP32: one GEMM and a model cast to bf16")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one variant's peak memory
     args = parser.parse_args(argv)
     if len(args.attention_taus) != len(args.logits_taus):
@@ -301,6 +325,8 @@ def main(argv=None):
     print(f"command: python bench/deploy.py {' '.join(sys.argv[1:])}\n")
     if args.memory:
         return memory(args)
+    if args.ceiling:
+        return ceiling(args)
     if not args.skip_speed:
         speed(args)
     if not args.skip_accuracy:
