@@ -50,7 +50,8 @@ def recompute_dense(out: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: 
 def recompute(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float, dense_above: float,
               bias: Tensor | None = None) -> Tensor:
     """y_hat with the selected entries recomputed, as a new tensor (see `recompute_into`)."""
-    return recompute_into(y_hat.clone(memory_format=torch.contiguous_format), selected, x, w, scale, dense_above, bias)
+    out = y_hat.clone(memory_format=torch.contiguous_format)
+    return recompute_into(out, selected, x, w, scale, dense_above, bias)
 
 
 def recompute_into(out: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float, dense_above: float,
