@@ -17,13 +17,14 @@ from .softmax import select
 
 
 @functools.cache
-def _compiled(fn):
+def compiled(fn):
+    """fn through torch.compile with dynamic shapes, once per function."""
     return torch.compile(fn, dynamic=True)
 
 
 def fused_select(s_hat, visible, site, *, s_fp32=None):
     """`select` (softmax sites), compiled."""
-    return _compiled(select)(s_hat, visible, site, s_fp32=s_fp32)
+    return compiled(select)(s_hat, visible, site, s_fp32=s_fp32)
 
 
 def _widen_and_select(s_low, visible, site):
@@ -35,7 +36,7 @@ def fused_widen_select(s_low, visible, site):
     """(ŝ in float32, `select` of it) from the scores of a native low-precision GEMM, in one compiled loop nest:
     the widening to FP32 is not a pass of its own. (Inductor's CPU code stores uint8 several times faster than
     bool; the selection is computed as uint8 and viewed as bool, without a copy.)"""
-    s_hat, selected = _compiled(_widen_and_select)(s_low, visible, site)
+    s_hat, selected = compiled(_widen_and_select)(s_low, visible, site)
     return s_hat, selected.view(torch.bool)
 
 
@@ -46,4 +47,4 @@ def _component_weights_and_select(y_hat, h_hat, consumer, gamma, eps, site):
 
 def fused_component_select(y_hat, h_hat, consumer, gamma, eps, site):
     """Weights and selection at a linear site, compiled (criteria without randomness or an oracle)."""
-    return _compiled(_component_weights_and_select)(y_hat, h_hat, consumer, gamma, eps, site)
+    return compiled(_component_weights_and_select)(y_hat, h_hat, consumer, gamma, eps, site)

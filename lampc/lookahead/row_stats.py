@@ -20,13 +20,13 @@ the host (`bool`, `nonzero`): CPU only; accelerators take the general compiled p
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 from torch import Tensor
 
 from ..policy import SitePolicy
+from .fused import compiled
 from .softmax import select
 
 SLACK = 1.0e-3
@@ -74,11 +74,6 @@ GATHER_ROWS_BELOW = 0.25
 """Fraction of rows with a candidate below which those rows are gathered instead of comparing every score."""
 
 
-@functools.cache
-def _compiled(fn):
-    return torch.compile(fn, dynamic=True)
-
-
 def _compact(visible: Tensor) -> Tensor:
     """An expanded mask without its broadcast (stride-0) dimensions materialised."""
     index = tuple(slice(0, 1) if stride == 0 else slice(None) for stride in visible.stride())
@@ -103,7 +98,7 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
         visible = _compact(visible)
         bias = torch.zeros(visible.shape, device=s_hat.device).masked_fill(~visible, float("-inf"))
     s_low = s_hat if s_low is None else s_low
-    lse, row_max, row_sum = _compiled(_row_stats)(s_low, bias)  # eager logsumexp alone is 3x slower
+    lse, row_max, row_sum = compiled(_row_stats)(s_low, bias)  # eager logsumexp alone is 3x slower
     if not bool(torch.isfinite(row_sum).all()):  # host sync (CPU path); a non-finite score: the general rule
         return select(s_hat, general, site), None
     threshold = lse - band_width(lse, site.tau) - SLACK  # (…, T, 1)
@@ -117,7 +112,7 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
     if count == 0:
         return candidates, _no_positions(s_hat)
     if count > DENSE_ABOVE * candidates.numel():
-        return _compiled(_strict_dense)(s_low, bias, lse, site.tau).view(torch.bool), None
+        return compiled(_strict_dense)(s_low, bias, lse, site.tau).view(torch.bool), None
     flat = candidates.view(-1).nonzero().squeeze(1)  # candidate positions in the flattened scores
     s_c = s_hat.reshape(-1)[flat]
     a_c = torch.exp(s_c - lse.reshape(-1)[flat // s_hat.shape[-1]])  # lse: one value per row
