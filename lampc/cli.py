@@ -29,6 +29,16 @@ class CliError(Exception):
     """A user error on the command line: printed as `lampc: error: ...`, exit status 2."""
 
 
+def budget_arg(text: str):
+    """argparse type of --budget: an int k per row or a fraction (SitePolicy.budget)."""
+    from .policy import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int k or a fraction, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lampc",

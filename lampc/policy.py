@@ -290,6 +290,11 @@ def _check_budget(criterion: str, budget) -> None:
         raise ValueError(f"SitePolicy.budget must be an int or a float, got {type(budget).__name__}")
 
 
+def parse_budget(text: str) -> int | float:
+    """SitePolicy.budget from text: "8" is a count k, "0.05" or "5e-2" a fraction (ValueError otherwise)."""
+    return float(text) if any(c in text for c in ".e") else int(text)
+
+
 _SPEC_TYPES = {"block_k": int, "l_ref": int, "seed": int, "tau": float, "dense_above": float}
 
 
@@ -297,9 +302,7 @@ def _parse_spec_value(name: str, text: str):
     if name in ("length_scaling", "fused"):
         return bool(int(text))
     if name == "budget":
-        if text == "none":
-            return None
-        return float(text) if any(c in text for c in ".e") else int(text)
+        return None if text == "none" else parse_budget(text)
     if name in _SPEC_TYPES:
         return _SPEC_TYPES[name](text)
     return text

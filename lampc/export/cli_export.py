@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ..cli import budget_arg
 from ..policy import CRITERIA
 
 
@@ -20,7 +21,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--criterion", default="strict", choices=CRITERIA,
                         help="look-ahead rule (default strict; 'random' cannot be exported)")
     parser.add_argument("--tau", type=float, default=None, help="the rule's threshold (default: per rule)")
-    parser.add_argument("--budget", type=_budget, default=None, help="for --criterion budget: k per row or a fraction")
+    parser.add_argument("--budget", type=budget_arg, default=None, help="for --criterion budget: k per row or a fraction")
     parser.add_argument("--block-k", type=int, default=1, help="accumulation block (1 = strict, default)")
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=26, help="ONNX opset 18..26 (default 26: BitCast rounding)")
@@ -30,10 +31,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--debug-outputs", action="store_true", help="also output selection_<i> and scores_lp_<i>")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check after exporting")
     parser.set_defaults(run=run)
-
-
-def _budget(text: str):
-    return float(text) if any(c in text for c in ".e") else int(text)
 
 
 def run(args) -> int:

@@ -37,7 +37,6 @@ def quiet():
             logger.setLevel(level)
 
 
-
 _BULKY_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import budget_arg
 from ..policy import CRITERIA, SITE_KINDS
 
 
@@ -13,13 +14,6 @@ def _kinds(text: str) -> list[str]:
     if bad or not kinds:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(SITE_KINDS)} or 'all', got {text!r}")
     return kinds
-
-
-def _budget(text: str):
-    try:
-        return float(text) if any(c in text for c in ".e") else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int k or a fraction, got {text!r}") from None
 
 
 def add_parser(subparsers) -> None:
@@ -32,7 +26,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--format", default="m4", help="producer format, e.g. m4, m7, bf16 (default m4)")
     parser.add_argument("--criterion", default="strict", choices=CRITERIA, help="look-ahead rule (default strict)")
     parser.add_argument("--tau", type=float, default=None, help="the rule's threshold (default: per rule)")
-    parser.add_argument("--budget", type=_budget, default=None, help="for --criterion budget: k per row, or a fraction")
+    parser.add_argument("--budget", type=budget_arg, default=None, help="for --criterion budget: k per row, or a fraction")
     parser.add_argument("--kinds", default="attention", type=_kinds,
                         help="site kinds to rewrite, comma separated: attention,layer_norm,gelu,logits or 'all' "
                              "(default attention, as in the paper)")
