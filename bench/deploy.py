@@ -36,7 +36,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
@@ -44,6 +43,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import lampc
 from lampc import Policy, SitePolicy
+from peak_memory import peak_growth_mb  # bench/peak_memory.py: this script's directory is on sys.path
 
 KINDS = ["attention", "layer_norm", "gelu", "logits"]  # columns of the recompute-rate report
 
@@ -162,40 +162,32 @@ def speed(args):
 
 def accuracy(args):
     from lampc.eval.data import make_sequences, persuasion_text
-    from lampc.eval.metrics import LogitComparison
+    from lampc.eval.sweep import Sweep
     from lampc.models import load_model
 
     model, tokenizer = load_model("embedded")
     ids = torch.tensor(tokenizer(persuasion_text())["input_ids"])
-    seqs = make_sequences(ids, args.seq_len, args.n_seq, seed=42)
+    sweep = Sweep(model, make_sequences(ids, args.seq_len, args.n_seq, seed=42), batch_size=4, progress=False)
     fns, compiled = variants(model, args)
     for c in compiled.values():
         c.record_stats(True)
     print(f"## Accuracy vs FP32: embedded model, Persuasion, {args.n_seq} x {args.seq_len} tokens\n")
     print("| variant | KL | KL below autocast | flip rate | recompute rate (attention / logits) |")
     print("|---|---|---|---|---|")
-    chunks = [seqs[i:i + 4] for i in range(0, len(seqs), 4)]
-    with torch.no_grad():
-        refs = [model(input_ids=chunk).logits for chunk in chunks]
-        autocast_kl = None
-        for name, fn in fns.items():
-            if name == "fp32":
-                continue
-            acc = LogitComparison()
-            for chunk, ref in zip(chunks, refs):
-                acc.update(ref, fn(chunk), chunk)
-            result = acc.result()
-            autocast_kl = autocast_kl or result["kl"]
-            rate = rates(compiled[name]) if name in compiled else "-"
-            print(f"| {name} | {result['kl']:.3e} | {autocast_kl / result['kl']:.1f}x | {result['flip_rate']:.4f} "
-                  f"| {rate} |", flush=True)
-    error_sources(model, seqs, refs)
+    autocast_kl = None
+    for name, fn in fns.items():
+        if name == "fp32":
+            continue
+        result = sweep.compare(lambda ids, mask: fn(ids))
+        autocast_kl = autocast_kl or result["kl"]
+        rate = rates(compiled[name]) if name in compiled else "-"
+        print(f"| {name} | {result['kl']:.3e} | {autocast_kl / result['kl']:.1f}x | {result['flip_rate']:.4f} "
+              f"| {rate} |", flush=True)
+    error_sources(model, sweep)
 
 
-def error_sources(model, seqs, refs):
+def error_sources(model, sweep):
     """Where bf16's error comes from: KL vs FP32 with only some matmuls in native bf16 (no look-ahead)."""
-    from lampc.eval.metrics import LogitComparison
-
     b = bf16(criterion="uniform")
     fp32_logits = SitePolicy(format="fp32", backend="native", criterion="uniform")
     rows = {
@@ -209,14 +201,8 @@ def error_sources(model, seqs, refs):
     print("\n## Where the bf16 error comes from (embedded model, same text, no look-ahead)\n")
     print("| matmuls in bf16 | KL vs FP32 |")
     print("|---|---|")
-    chunks = [seqs[i:i + 4] for i in range(0, len(seqs), 4)]
-    with torch.no_grad():
-        for name, policy in rows.items():
-            compiled = lampc.compile(model, policy)
-            acc = LogitComparison()
-            for chunk, ref in zip(chunks, refs):
-                acc.update(ref, compiled(chunk).logits, chunk)
-            print(f"| {name} | {acc.result()['kl']:.3e} |", flush=True)
+    for name, policy in rows.items():
+        print(f"| {name} | {sweep.measure(lampc.compile(model, policy))['kl']:.3e} |", flush=True)
 
 
 def ceiling(args):
@@ -242,10 +228,10 @@ def ceiling(args):
 
 
 def memory(args):
-    """Peak memory of one forward per variant and shape, each in a fresh process: RSS sampled during a second
-    forward (the first compiles the look-ahead kernels), minus the RSS before it; glibc's default malloc, so
-    freed large tensors leave the RSS and the peak is the forward's live memory."""
-    print("## Peak memory of one forward (RSS growth during the call), a fresh process per variant\n")
+    """Peak memory of one forward per variant and shape, each in a fresh process: the rise of the resident set's
+    high-water mark during a second forward (the first compiles the look-ahead kernels); glibc's default malloc,
+    so freed large tensors leave the RSS and the peak is the forward's live memory."""
+    print("## Peak memory of one forward (rise of the RSS high-water mark), a fresh process per variant\n")
     names = list(variants(gpt2_124m_shape(True), args)[0])
     print("| batch x seq | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
@@ -267,33 +253,8 @@ def one(args):
     ids = torch.randint(0, 50257, (batch, seq))
     with torch.no_grad():
         fns[args.one](ids)  # compiles
-        peak = peak_rss_growth(lambda: fns[args.one](ids))
-    print(json.dumps({"peak_mb": peak / 2 ** 20}))
-
-
-def peak_rss_growth(fn) -> int:
-    """Bytes: the highest RSS seen (sampled every 0.5 ms) while fn runs, minus the RSS before."""
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
-    base, peak, done = rss(), [0], threading.Event()
-
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.0005)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        watcher.join()
-    return max(peak[0], rss()) - base
+        peak = peak_growth_mb(lambda: fns[args.one](ids))
+    print(json.dumps({"peak_mb": peak}))
 
 
 def main(argv=None):

@@ -20,9 +20,7 @@ the process's peak resident set (VmHWM, reset through /proc/self/clear_refs afte
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
-import itertools
 import json
 import math
 import statistics
@@ -31,6 +29,9 @@ import time
 from pathlib import Path
 
 import torch
+from peak_memory import peak_growth_mb  # bench/peak_memory.py: this script's directory is on sys.path
+
+from lampc.eval.report_table import loglog_interpolate
 
 STRICT_TAUS = (1.0, 0.3, 0.1, 0.03, 0.01)  # recompute rates ~1% .. ~15% on SmolLM2 at T=256
 ORACLE_TAUS = (1.0, 0.1, 0.03)
@@ -61,25 +62,6 @@ def plan(quick: bool):
 
 
 # ---- speed and memory -----------------------------------------------------------------------------------------
-
-
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
-
-
-def peak_growth_mb(fn) -> float:
-    """MB by which the peak resident set grows while fn() runs (freed heap returned to the OS first)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    except OSError:
-        return float("nan")
-    before = _rss_kb("VmRSS")
-    fn()
-    return (_rss_kb("VmHWM") - before) / 1024
 
 
 def _forward(compiled, ids, mask):
@@ -171,11 +153,8 @@ def interpolate_gain(rows: list[dict], fmt: str, rate: float) -> float | None:
                  if r["format"] == fmt and r["criterion"] == "strict" and r["kl"] > 0 and r["recompute_rate"] > 0)
     if uniform is None:
         return None
-    for (r0, k0), (r1, k1) in itertools.pairwise(pts):
-        if r0 <= rate <= r1:
-            w = (math.log(rate) - math.log(r0)) / (math.log(r1) - math.log(r0))
-            return uniform / math.exp(math.log(k0) + w * (math.log(k1) - math.log(k0)))
-    return None
+    kl = loglog_interpolate(pts, rate)
+    return None if kl is None else uniform / kl
 
 
 def timing_table(timing: list[dict]) -> str:

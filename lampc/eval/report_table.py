@@ -144,8 +144,12 @@ def _interpolate(rows: Sequence[dict], fmt: str, best: dict):
     """KL of random recomputation at best's rate, log-log between the bracketing random rows (None if none)."""
     pts = sorted((r["recompute_rate"], r["kl"]) for r in rows if r["format"] == fmt and r["criterion"] == "random"
                  and r["recompute_rate"] > 0 and not _missing(r["kl"]) and r["kl"] > 0)
-    x = best["recompute_rate"]
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+    return loglog_interpolate(pts, best["recompute_rate"])
+
+
+def loglog_interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """y at x, linear in log-log between the sorted points (x_i, y_i > 0) that bracket x; None outside them."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
         if x0 <= x <= x1 and x0 < x1:
             w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
             return math.exp((1 - w) * math.log(y0) + w * math.log(y1))

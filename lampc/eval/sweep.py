@@ -209,19 +209,23 @@ class Sweep:
     def measure(self, compiled, bar=None) -> dict:
         """Metrics of `compiled` over all batches, plus its recompute rates summed over all of them."""
         compiled.reset_stats()
-        acc = LogitComparison()
-        with fp32_reference(), torch.no_grad():
-            for ids, ref in zip(self.batches, self.reference):
-                mask = torch.ones_like(ids)
-                acc.update(ref, compiled(ids, attention_mask=mask).logits.float(), ids, mask)
-                if bar is not None:
-                    bar.update(1)
+        out = self.compare(lambda ids, mask: compiled(ids, attention_mask=mask).logits, bar)
         stats = compiled.stats()
-        out = acc.result()
         out["recompute_rate"] = stats["overall"]["layer_mean_rate"]  # the paper's: mean over layers
         out["recompute_rate_pooled"] = stats["overall"]["rate"]  # selected / visible over all sites
         out["layer_rates"] = json.dumps([round(s["rate"], 8) for s in stats["sites"]])
         return out
+
+    def compare(self, fn, bar=None) -> dict:
+        """Metrics (LogitComparison) of fn(input_ids, attention_mask) -> logits against the FP32 reference."""
+        acc = LogitComparison()
+        with fp32_reference(), torch.no_grad():
+            for ids, ref in zip(self.batches, self.reference):
+                mask = torch.ones_like(ids)
+                acc.update(ref, fn(ids, mask).float(), ids, mask)
+                if bar is not None:
+                    bar.update(1)
+        return acc.result()
 
     def _bar(self, total: int, text: str):
         from tqdm.auto import tqdm
