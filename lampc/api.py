@@ -37,4 +37,6 @@ def compile_captured(captured: Captured, policy: Policy) -> CompiledModel:
         model_type=captured.model_type,
         max_len=captured.max_len,
         vocab_size=captured.vocab_size,
+        steps=captured.steps,
+        generation_config=captured.generation_config,
     )

@@ -33,25 +33,15 @@ class Captured:
     model_type: str
     max_len: int
     vocab_size: int
+    steps: "StepCapture | None" = None  # the cached-step graphs for decoding, captured on first use
+    generation_config: object = None  # the model's transformers GenerationConfig (generate's defaults)
 
 
 def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
     """Export `model` (a transformers causal LM in FP32, eval mode) to an fx.GraphModule."""
-    if not isinstance(model, nn.Module):
-        raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "vocab_size"):
-        raise CaptureError(
-            f"model {type(model).__name__} has no Hugging Face config with a vocab_size; lampc captures "
-            "transformers causal LMs (input_ids, attention_mask -> logits)"
-        )
-    _check_fp32(model)
-    impl = getattr(config, "_attn_implementation", "eager") or "eager"
-    if impl not in ("eager", "sdpa"):
-        raise CaptureError(
-            f"{type(model).__name__}: attn_implementation={impl!r} is not supported; load the model with "
-            "attn_implementation='eager' (or 'sdpa')"
-        )
+    from .capture_step import StepCapture
+
+    config = check_capturable(model)
     max_len = max_len or _max_positions(config)
     model.eval()
     ids, mask = _example_inputs(config.vocab_size, next(model.parameters()).device)
@@ -68,8 +58,29 @@ def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
                 strict=False,
             )
     except Exception as err:  # torch.export raises many types; all mean "cannot capture"
-        raise CaptureError(_describe_failure(model, err)) from err
-    return Captured(program.module(), getattr(config, "model_type", type(model).__name__), max_len, config.vocab_size)
+        raise CaptureError(describe_failure(model, err)) from err
+    return Captured(program.module(), getattr(config, "model_type", type(model).__name__), max_len, config.vocab_size,
+                    StepCapture(model, max_len), getattr(model, "generation_config", None))
+
+
+def check_capturable(model: nn.Module):
+    """The model's config if lampc can capture `model` (an FP32 transformers LM, eager or sdpa), else CaptureError."""
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "vocab_size"):
+        raise CaptureError(
+            f"model {type(model).__name__} has no Hugging Face config with a vocab_size; lampc captures "
+            "transformers causal LMs (input_ids, attention_mask -> logits)"
+        )
+    _check_fp32(model)
+    impl = getattr(config, "_attn_implementation", "eager") or "eager"
+    if impl not in ("eager", "sdpa"):
+        raise CaptureError(
+            f"{type(model).__name__}: attn_implementation={impl!r} is not supported; load the model with "
+            "attn_implementation='eager' (or 'sdpa')"
+        )
+    return config
 
 
 def _check_fp32(model: nn.Module) -> None:
@@ -98,7 +109,7 @@ def _example_inputs(vocab_size: int, device) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
-def _describe_failure(model: nn.Module, err: Exception) -> str:
+def describe_failure(model: nn.Module, err: Exception) -> str:
     """Name the innermost module of `model` whose forward was running when the capture failed."""
     names = {id(module): name for name, module in model.named_modules()}
     culprit = None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, fx, nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..passes.graph import to_networkx, write_graph
 from ..passes.result import PassResult
 from ..policy import Policy
 from .report import build_report
-from .stats import collect_stats
+from .stats import collect_stats, merge_taps
+from .steps import KVCache, StepGraphs
 from .tap import SelectionTap
 
 
@@ -17,12 +19,14 @@ class CompiledModel(nn.Module):
     """A causal LM whose sites run in low precision under the LAMP look-ahead.
 
     Call it like the Hugging Face model: `compiled(input_ids, attention_mask=None)` returns an output with
-    `.logits` (f32[B, T, vocab]). `sites`, `skips`, `stats()`, `reset_stats()` and `report()` tell what was
-    rewritten and how much was recomputed, over all calls since the last reset.
+    `.logits` (f32[B, T, vocab]). With `use_cache=True` (or a `past_key_values` from an earlier call) it runs the
+    cached-step graphs instead and returns `.past_key_values` too (a `KVCache`); `generate(...)` decodes with them.
+    `sites`, `skips`, `stats()`, `reset_stats()` and `report()` tell what was rewritten and how much was
+    recomputed, over all calls since the last reset.
     """
 
     def __init__(self, graph_module: fx.GraphModule, result: PassResult, policy: Policy, *, model_type: str,
-                 max_len: int, vocab_size: int):
+                 max_len: int, vocab_size: int, steps=None, generation_config=None):
         super().__init__()
         self.graph_module = graph_module
         self.sites = list(result.sites)
@@ -31,43 +35,107 @@ class CompiledModel(nn.Module):
         self.model_type = model_type
         self.max_len = max_len
         self.vocab_size = vocab_size
+        self.step_graphs = StepGraphs(steps, policy) if steps is not None else None
+        self.generation_config = generation_config
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **unused):
-        if unused.get("use_cache"):
-            raise ValueError("use_cache=True: a lampc-compiled model runs whole sequences without a KV cache")
-        _check_input_ids(input_ids, self.vocab_size, self.max_len)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                past_key_values: KVCache | None = None, position_ids: Tensor | None = None,
+                use_cache: bool | None = None, **unused):
+        """Logits of the whole sequence; the cached-step graphs when a cache is asked for or given, when the
+        sequence is one token, or when position_ids are given (the full-sequence graph numbers positions 0..T-1)."""
+        past = 0 if past_key_values is None else _check_cache(past_key_values, input_ids)
+        cached = bool(use_cache) or past_key_values is not None or position_ids is not None \
+            or (isinstance(input_ids, Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 1)
+        _check_input_ids(input_ids, self.vocab_size, self.max_len, past=past, min_len=1 if cached else 2)
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        _check_attention_mask(attention_mask, input_ids)
-        return self.graph_module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            attention_mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long,
+                                        device=input_ids.device)
+        _check_attention_mask(attention_mask, input_ids, past)
+        if not cached:
+            return self.graph_module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask)[:, past:]
+        elif tuple(position_ids.shape) != tuple(input_ids.shape):
+            raise ValueError(f"position_ids must be shaped like input_ids {tuple(input_ids.shape)}, "
+                             f"got {tuple(position_ids.shape)}")
+        logits, cache = self._steps().run(input_ids, attention_mask, position_ids, past_key_values)
+        return CausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache is not False else None)
+
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> Tensor:
+        """Decode with the KV cache, as Hugging Face's `generate` does for these arguments (see
+        lampc/runtime/generate.py): `max_new_tokens`, `do_sample`, `temperature`, `top_k`, `top_p`,
+        `eos_token_id`, `pad_token_id`, `generator`, `streamer`. Returns prompt + new tokens, i64[B, T + n]."""
+        from .generate import generate
+
+        return generate(self, input_ids, attention_mask, **options)
+
+    def _steps(self) -> StepGraphs:
+        if self.step_graphs is None:
+            raise RuntimeError("this compiled model was built without its model's step capture; "
+                               "compile it with lampc.compile(model) to decode with a cache")
+        return self.step_graphs
+
+    def _all_taps(self) -> list[SelectionTap]:
+        taps = list(self.taps.values())
+        if self.step_graphs is not None:
+            taps += [tap for graph_taps in self.step_graphs.taps().values() for tap in graph_taps.values()]
+        return taps
 
     @property
     def taps(self) -> dict[int, SelectionTap]:
+        """The full-sequence graph's taps, by site."""
         return {m.site: m for m in self.graph_module.children() if isinstance(m, SelectionTap)}
 
-    def stats(self) -> dict:
-        """Recompute rates per site (= per layer for attention), per head, per kind and overall."""
-        return collect_stats(self.sites, self.taps)
+    def stats(self, phase: str | None = None) -> dict:
+        """Recompute rates per site (= per layer for attention), per head, per kind and overall.
+
+        phase None: the full-sequence graph (every plain forward), plus "prefill" and "decode" entries holding the
+        same account for the cached steps once any ran (generate's prompt pass, and its one-token steps).
+        phase "forward", "prefill" or "decode": that account alone."""
+        if phase not in (None, "forward", "prefill", "decode"):
+            raise ValueError(f"phase must be None, 'forward', 'prefill' or 'decode', got {phase!r}")
+        if phase in ("prefill", "decode"):
+            steps = self.step_graphs
+            if steps is None:
+                return collect_stats([], {})
+            return collect_stats(steps.sites(phase), merge_taps(steps.taps(phase).values()))
+        out = collect_stats(self.sites, self.taps)
+        if phase is None and self.step_graphs is not None:
+            for name in ("prefill", "decode"):
+                if self.step_graphs.taps(name):
+                    out[name] = self.stats(name)
+        return out
 
     def reset_stats(self) -> None:
-        for tap in self.taps.values():
+        for tap in self._all_taps():
             tap.reset()
 
     def record_stats(self, enabled: bool = True) -> None:
-        """Switch the statistics taps on or off (off: no counting cost, e.g. for timing)."""
-        for tap in self.taps.values():
+        """Switch the statistics taps on or off, in every graph (off: no counting cost, e.g. for timing)."""
+        if self.step_graphs is not None:
+            self.step_graphs.tap_settings["enabled"] = enabled
+        for tap in self._all_taps():
             tap.enabled = enabled
 
     def keep_selections(self, enabled: bool = True) -> None:
-        """Keep the last call's selection mask of every site (for inspection and tests)."""
-        for tap in self.taps.values():
+        """Keep the last call's selection mask of every site, in every graph (for inspection and tests)."""
+        if self.step_graphs is not None:
+            self.step_graphs.tap_settings["keep_last"] = enabled
+        for tap in self._all_taps():
             tap.keep_last = enabled
             if not enabled:
                 tap.last_selection = None
 
-    def selections(self) -> dict[int, Tensor]:
-        """The last call's selection per site (needs `keep_selections()`)."""
-        return {site: tap.last_selection for site, tap in self.taps.items() if tap.last_selection is not None}
+    def selections(self, phase: str = "forward") -> dict[int, Tensor]:
+        """The last call's selection per site (needs `keep_selections()`); phase "prefill"/"decode" for the
+        cached steps (decode: whichever decode graph ran last)."""
+        if phase == "forward":
+            taps = self.taps
+        else:
+            taps = {}
+            for graph_taps in (self.step_graphs.taps(phase).values() if self.step_graphs else ()):
+                taps.update(graph_taps)
+        return {site: tap.last_selection for site, tap in taps.items() if tap.last_selection is not None}
 
     def report(self) -> dict:
         """A JSON-serialisable account: policy, sites, skips, stats, versions."""
@@ -81,23 +149,43 @@ class CompiledModel(nn.Module):
         write_graph(self.graph_module, path)
 
 
-def _check_input_ids(input_ids, vocab_size: int, max_len: int) -> None:
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids as Hugging Face's generate makes them: the count of tokens before each one; 0 at padding."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+def _check_cache(cache, input_ids) -> int:
+    if not isinstance(cache, KVCache):
+        raise TypeError("past_key_values must be the KVCache a compiled model returned (use_cache=True), "
+                        f"got {type(cache).__name__}")
+    if isinstance(input_ids, Tensor) and input_ids.dim() == 2 and cache.batch != input_ids.shape[0]:
+        raise ValueError(f"past_key_values holds {cache.batch} sequences, input_ids {input_ids.shape[0]}")
+    return cache.length
+
+
+def _check_input_ids(input_ids, vocab_size: int, max_len: int, *, past: int = 0, min_len: int = 2) -> None:
     if not isinstance(input_ids, Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
     if input_ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"input_ids must be an integer tensor (int64), got {input_ids.dtype}")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}")
-    if not 2 <= input_ids.shape[1] <= max_len:
-        raise ValueError(f"input_ids: sequence length {input_ids.shape[1]} outside [2, {max_len}] (the model's context)")
+    if not min_len <= input_ids.shape[1] <= max_len - past:
+        raise ValueError(f"input_ids: sequence length {input_ids.shape[1]} outside [{min_len}, {max_len - past}] "
+                         f"(the model's context is {max_len}" + (f", {past} of it cached)" if past else ")"))
+    if input_ids.shape[0] == 0:
+        raise ValueError("input_ids: a batch of 0 sequences")
     if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
         raise ValueError(f"input_ids: token ids must be in [0, {vocab_size}), got [{input_ids.min()}, {input_ids.max()}]")
 
 
-def _check_attention_mask(attention_mask, input_ids: Tensor) -> None:
-    if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
+def _check_attention_mask(attention_mask, input_ids: Tensor, past: int = 0) -> None:
+    expected = (input_ids.shape[0], past + input_ids.shape[1])
+    if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != expected:
         shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
-        raise ValueError(f"attention_mask must be a tensor shaped like input_ids {tuple(input_ids.shape)}, got {shape}")
+        what = "shaped like input_ids" if not past else f"over the {past} cached and the new positions"
+        raise ValueError(f"attention_mask must be a tensor {what} {expected}, got {shape}")
     if attention_mask.dtype == torch.bool or attention_mask.is_floating_point():
         raise TypeError(f"attention_mask must be an integer tensor of 0/1 (as Hugging Face uses), got {attention_mask.dtype}")
     if attention_mask.numel() and not ((attention_mask == 0) | (attention_mask == 1)).all():

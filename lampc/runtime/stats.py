@@ -35,3 +35,22 @@ def collect_stats(sites, taps) -> dict:
     overall = {"selected": total_selected, "visible": total_visible, "rate": _rate(total_selected, total_visible),
                "layer_mean_rate": sum(p["rate"] for p in per_site) / len(per_site) if per_site else 0.0}
     return {"overall": overall, "by_kind": by_kind, "sites": per_site}
+
+
+class TapTotals:
+    """The running totals of several taps of one site (the same site in several step graphs), summed."""
+
+    def __init__(self, taps):
+        taps = [t for t in taps if t.selected is not None]
+        self.calls = sum(t.calls for t in taps)
+        self.selected = sum((t.selected for t in taps[1:]), taps[0].selected.clone()) if taps else None
+        self.visible = sum((t.visible for t in taps[1:]), taps[0].visible.clone()) if taps else None
+
+
+def merge_taps(tap_maps) -> dict[int, TapTotals]:
+    """{site: TapTotals} over several {site: tap} maps (one per graph of the same phase)."""
+    by_site: dict[int, list] = {}
+    for taps in tap_maps:
+        for site, tap in taps.items():
+            by_site.setdefault(site, []).append(tap)
+    return {site: TapTotals(taps) for site, taps in by_site.items()}

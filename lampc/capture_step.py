@@ -1,0 +1,185 @@
+"""Capture of cached steps: new tokens + a KV cache -> logits + the updated cache, as fx graphs.
+
+Autoregressive decoding runs the model on a few new tokens while attending to the keys and values of every token
+before them (the KV cache). lampc captures that step as a graph of its own, with the same `torch.export` route as
+the full-sequence graph (lampc/capture.py), and the same passes rewrite it: the attention site of a step is the
+same composition, new query rows x cached keys -> softmax (docs/DESIGN.md, "Decoding").
+
+The captured module is `CacheStep` around the Hugging Face model: it builds a transformers `DynamicCache` from
+plain per-layer tensors, calls the model with `use_cache=True`, and returns the grown tensors, so the graph's
+inputs and outputs are tensors only (no cache object crosses the graph boundary):
+
+    logits, keys, values = step(input_ids, attention_mask, position_ids, past_keys, past_values)
+    # input_ids    i64[B, T]           the new tokens
+    # attention_mask i64[B, P + T]     1 = token, 0 = padding, over past and new tokens
+    # position_ids i64[B, T]           as Hugging Face's generate computes them (cumsum of the mask - 1)
+    # past_keys    (f32[B, H_kv, P, D], ...) one per layer; past_values alike
+    # keys, values (f32[B, H_kv, P + T, D], ...)
+
+Why this route and not transformers' `StaticCache` exporters: a static cache fixes the batch and the maximum
+length at capture time and attends over the whole buffer (masked) at every step, so the look-ahead and the
+recompute-rate statistics would see max_len keys per row; a dynamic cache attends over exactly the P + T keys a
+full-sequence model sees at that row, which is what makes a decode step's selection comparable to the prefill's.
+
+torch.export specialises on sizes 0 and 1 (aten.matmul's decomposition asks whether a dimension is 1), so a step
+is captured per shape class, each on first use:
+
+    prefill   B >= 1, T >= 2, P >= 0     the prompt (P = 0) or a chunk of it
+    decode    B >= 2, T = 1,  P >= 1     one new token per sequence
+    decode_1  B = 1,  T = 1,  P >= 1     one sequence (GPT-2's fused QKV makes B = 1 a different view)
+
+A single new token with no past (a one-token prompt) runs as `decode_1`/`decode` over one masked placeholder
+slot (runtime/steps.py): a masked key gets probability exactly 0, so the values equal those of an empty past.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, fx, nn
+
+from .capture import CaptureError, check_capturable, describe_failure
+
+STEP_KINDS = ("prefill", "decode", "decode_1")
+
+
+class CacheStep(nn.Module):
+    """The Hugging Face model as a function of plain cache tensors (see module docstring)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, past_keys, past_values):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer, (k, v) in enumerate(zip(past_keys, past_values)):
+            cache.update(k, v, layer)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         cache=cache, use_cache=True)
+        grown = out.get("cache", None) or out.get("past_key_values", None)
+        return out.logits, tuple(layer.keys for layer in grown.layers), tuple(layer.values for layer in grown.layers)
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """The shape of one token's cache entry per layer: (kv heads, head dim), as the model itself writes it."""
+
+    heads: tuple[tuple[int, int], ...]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.heads)
+
+    def empty(self, batch: int, length: int, device) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """Zero keys and values of `length` positions per layer."""
+        keys = tuple(torch.zeros(batch, h, length, d, device=device) for h, d in self.heads)
+        values = tuple(torch.zeros(batch, h, length, d, device=device) for h, d in self.heads)
+        return keys, values
+
+
+def cache_layout(model: nn.Module) -> CacheLayout:
+    """Run the model once on one token and read what its cache holds per layer."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True)
+    grown = out.get("cache", None) or out.get("past_key_values", None)
+    layers = getattr(grown, "layers", None)
+    if not layers:
+        raise CaptureError(f"{type(model).__name__}: use_cache=True returned no per-layer cache; lampc decodes "
+                           "models whose forward fills a transformers Cache with keys and values")
+    heads = []
+    for index, layer in enumerate(layers):
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(keys, Tensor) or keys.dim() != 4 or not isinstance(values, Tensor) \
+                or values.shape[:3] != keys.shape[:3]:
+            raise CaptureError(f"{type(model).__name__}: cache layer {index} holds no (batch, heads, seq, dim) "
+                               "keys and values; lampc decodes models with a plain per-layer KV cache")
+        heads.append((keys.shape[1], keys.shape[3]))
+    return CacheLayout(tuple(heads))
+
+
+class StepCapture:
+    """The captured (not yet rewritten) step graphs of one model, each captured on first use.
+
+    `graph(kind)` returns a fresh copy that a compile may rewrite; the copies share the model's weights. One
+    StepCapture serves every compile of the same model (a sweep captures each step once, like the prefill).
+    """
+
+    def __init__(self, model: nn.Module, max_len: int):
+        self.model = model
+        self.max_len = max_len
+        self._layout: CacheLayout | None = None
+        self._graphs: dict[str, fx.GraphModule] = {}
+
+    @property
+    def layout(self) -> CacheLayout:
+        if self._layout is None:
+            self._layout = cache_layout(self.model)
+        return self._layout
+
+    def graph(self, kind: str) -> fx.GraphModule:
+        if kind not in STEP_KINDS:
+            raise ValueError(f"step kind must be one of {', '.join(STEP_KINDS)}, got {kind!r}")
+        if kind not in self._graphs:
+            self._graphs[kind] = self._capture(kind)
+        raw = self._graphs[kind]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pytree deprecation noise from deepcopy
+            shared = {id(t): t for t in (*raw.parameters(), *raw.buffers())}
+            return copy.deepcopy(raw, memo=shared)
+
+    def _capture(self, kind: str) -> fx.GraphModule:
+        check_capturable(self.model)
+        if self.max_len < 3:
+            raise CaptureError(f"the model's context ({self.max_len}) is too short to decode")
+        example, dynamic = _example(kind, self.layout, self.max_len, next(self.model.parameters()).device,
+                                    self.model.config.vocab_size)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), _size_oblivious():
+                program = torch.export.export(CacheStep(self.model), example, dynamic_shapes=dynamic, strict=False)
+        except Exception as err:  # torch.export raises many types; all mean "cannot capture"
+            raise CaptureError(f"{kind} step: " + describe_failure(self.model, err)) from err
+        finally:
+            self.model.train(was_training)
+        return program.module()
+
+
+def _example(kind: str, layout: CacheLayout, max_len: int, device, vocab: int):
+    """Example inputs and dynamic shapes of one step kind (see the table in the module docstring)."""
+    Dim = torch.export.Dim
+    batch, new, past = {"prefill": (2, 3, 4), "decode": (2, 1, 5), "decode_1": (1, 1, 5)}[kind]
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, new), generator=generator).to(device)
+    mask = torch.ones(batch, past + new, dtype=torch.long, device=device)
+    mask[-1, 0] = 0  # a padded position keeps the general masking path
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
+    keys, values = layout.empty(batch, past, device)
+    total = Dim("total", min=2, max=max_len)
+    if kind == "prefill":
+        b, t, p = Dim("batch", min=1, max=4096), Dim("new", min=2, max=max_len), Dim("past", min=0, max=max_len - 2)
+    else:
+        b = Dim("batch", min=2, max=4096) if kind == "decode" else Dim.STATIC
+        t, p = Dim.STATIC, Dim("past", min=1, max=max_len - 1)
+    cache = tuple({0: b, 2: p} for _ in range(layout.n_layers))
+    dynamic = {"input_ids": {0: b, 1: t}, "attention_mask": {0: b, 1: total}, "position_ids": {0: b, 1: t},
+               "past_keys": cache, "past_values": cache}
+    return (ids, mask, positions, keys, values), dynamic
+
+
+def _size_oblivious():
+    """Let sizes 0 and 1 stay symbolic where torch can (the empty cache of a prefill step)."""
+    try:
+        from torch.fx.experimental import _config
+
+        return _config.patch(backed_size_oblivious=True)
+    except (ImportError, AttributeError):  # older torch: the default specialisation
+        import contextlib
+
+        return contextlib.nullcontext()
