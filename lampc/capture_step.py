@@ -35,6 +35,7 @@ slot (runtime/steps.py): a masked key gets probability exactly 0, so the values 
 from __future__ import annotations
 
 import copy
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -60,9 +61,21 @@ class CacheStep(nn.Module):
         for layer, (k, v) in enumerate(zip(past_keys, past_values)):
             cache.update(k, v, layer)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         cache=cache, use_cache=True)
-        grown = out.get("cache", None) or out.get("past_key_values", None)
+                         use_cache=True, **{cache_argument(self.model): cache})
+        grown = returned_cache(out)
         return out.logits, tuple(layer.keys for layer in grown.layers), tuple(layer.values for layer in grown.layers)
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The name the model's forward takes its cache by: `cache` (transformers >= 5.x) or `past_key_values`."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The cache a transformers output holds, under either name."""
+    keys = out.keys() if hasattr(out, "keys") else ()
+    return out["cache"] if "cache" in keys else out.get("past_key_values", None)
 
 
 @dataclass(frozen=True)
@@ -87,8 +100,7 @@ def cache_layout(model: nn.Module) -> CacheLayout:
     device = next(model.parameters()).device
     with torch.no_grad():
         out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=True)
-    grown = out.get("cache", None) or out.get("past_key_values", None)
-    layers = getattr(grown, "layers", None)
+    layers = getattr(returned_cache(out), "layers", None)
     if not layers:
         raise CaptureError(f"{type(model).__name__}: use_cache=True returned no per-layer cache; lampc decodes "
                            "models whose forward fills a transformers Cache with keys and values")

@@ -5,6 +5,7 @@
     lampc demo                         the main job: the accuracy protocol on the embedded model, compact table
     lampc eval ...                     the paper's accuracy protocol, a grid of formats x criteria x tau
     lampc export ...                   export a compiled model to ONNX
+    lampc generate --prompt TEXT ...   continue prompts with a compiled model (KV cache), beside FP32 if asked
 
 Each subcommand lives beside the code it drives and registers itself through `add_parser(subparsers)` and
 `run(args) -> int`. Errors in arguments exit with status 2 and a one-line message naming the argument.
@@ -22,6 +23,7 @@ SUBCOMMANDS = {
     "demo": "lampc.eval.cli_demo",
     "eval": "lampc.eval.cli_eval",
     "export": "lampc.export.cli_export",
+    "generate": "lampc.eval.cli_generate",
 }
 
 

@@ -52,6 +52,10 @@ def add_parser(subparsers) -> None:
     grid.add_argument("--block-k", type=positive_int, default=1, metavar="B",
                       help="accumulation block: 1 = round after every multiply-add (default), B = FP32 partial "
                            "sums of B terms")
+    parser.add_argument("--generate", default=None, metavar="N,M", type=generate_arg,
+                        help="also decode N prompts (of --seq-len tokens) greedily for M new tokens in every cell "
+                             "and compare with FP32's continuations: mean tokens before the first divergence, share "
+                             "identical, recompute rate of prefill and of decode steps")
     parser.add_argument("--out", default="lampc-eval", metavar="DIR", help="output directory (default ./lampc-eval)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
@@ -75,6 +79,18 @@ def add_data_arguments(parser, *, seq_len: int = 128, n_seq: int = 4, batch_size
     data.add_argument("--seed", type=int, default=42, help="seed for choosing (and shuffling) windows (default 42)")
 
 
+def generate_arg(text: str) -> tuple[int, int]:
+    """argparse type of --generate: N,M (prompts, new tokens), both positive."""
+    parts = text.split(",")
+    try:
+        n, m = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,M (prompts, new tokens), got {text!r}") from None
+    if n < 1 or m < 1:
+        raise argparse.ArgumentTypeError(f"N and M must be positive, got {text!r}")
+    return n, m
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -95,7 +111,7 @@ def run(args) -> int:
     model, tokenizer = load(args.model)
     check_context(model, args)
 
-    from .report_table import EVAL_COLUMNS, HEADLINE_COLUMNS, format_table, headline
+    from .report_table import EVAL_COLUMNS, GENERATION_COLUMNS, HEADLINE_COLUMNS, format_table, headline
     from .sweep import run_sweep
 
     print(f"lampc eval: {len(cells)} cells on {args.model}, {args.n_seq} x {args.seq_len} tokens of "
@@ -103,8 +119,9 @@ def run(args) -> int:
     rows = run_sweep(model, tokenizer, formats=formats, criteria=criteria, taus=taus, seq_len=args.seq_len,
                      n_seq=args.n_seq, seed=args.seed, text=args.text, shuffle=args.shuffle,
                      batch_size=args.batch_size, block_k=args.block_k, count_from=count_from, out_dir=args.out,
-                     progress=not args.quiet, model_name=args.model, command=command_line(args))
-    print(format_table(rows, EVAL_COLUMNS))
+                     progress=not args.quiet, model_name=args.model, command=command_line(args),
+                     generate=args.generate)
+    print(format_table(rows, EVAL_COLUMNS + (GENERATION_COLUMNS if args.generate else ())))
     best = headline(rows)
     if best:
         print("\nbest deployable rule at a recompute rate cap, against uniform and random at the same counts:")

@@ -61,10 +61,16 @@ COLUMNS: dict[str, tuple[str, Callable]] = {
     "random_match": ("random at", _text),
     "kl_oracle": ("KL oracle", _num(".2e")),
     "shuffle": ("shuffled", lambda v: "yes" if v else "no"),
+    # generation (lampc eval --generate)
+    "gen_match_tokens": ("tokens = fp32", _num(".1f")),
+    "gen_identical": ("identical", _pct(0)),
+    "gen_prefill_rate": ("prefill rate", _pct(2)),
+    "gen_decode_rate": ("decode rate", _pct(2)),
 }
 
 EVAL_COLUMNS = ("format", "criterion", "tau", "count_from", "recompute_rate", "kl", "flip_rate", "top1_match",
                 "ppl_test", "nan_rate", "logit_absdiff_p99", "seconds")
+GENERATION_COLUMNS = ("gen_match_tokens", "gen_identical", "gen_prefill_rate", "gen_decode_rate")
 DEMO_COLUMNS = ("format", "criterion", "tau", "recompute_rate", "kl", "flip_rate", "kl_gain")
 HEADLINE_COLUMNS = ("format", "shuffle", "max_rate", "criterion", "tau", "recompute_rate", "kl", "kl_uniform",
                     "gain_vs_uniform", "kl_random", "gain_vs_random", "random_match", "kl_oracle")

@@ -178,7 +178,7 @@ class Sweep:
     """
 
     def __init__(self, model: nn.Module, sequences: torch.Tensor, *, batch_size: int = 4, block_k: int = 1,
-                 info: dict | None = None, progress: bool = True):
+                 info: dict | None = None, progress: bool = True, generation=None):
         _check_positive(batch_size=batch_size, block_k=block_k)
         self.batches = list(sequences.split(batch_size))  # each (b, T)
         self.block_k = block_k
@@ -190,6 +190,7 @@ class Sweep:
                 self.reference.append(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float())
                 bar.update(1)
         self.compiler = CellCompiler(model)
+        self.generation = generation  # a GenerationProbe: greedy continuations measured against FP32's, per cell
 
     def run(self, cells: Sequence[Cell]) -> list[dict]:
         """One row per cell: the metrics over all batches, the recompute rates, the cell's policy and timing."""
@@ -200,6 +201,8 @@ class Sweep:
                 t0 = time.perf_counter()
                 compiled = self.compiler(**cell.overrides(self.block_k))
                 measured = self.measure(compiled, bar)
+                if self.generation is not None:
+                    measured.update(self.generation.measure(compiled))
                 site = compiled.policy.attention
                 rows.append({**self.info, "criterion": cell.criterion, "format": cell.format, "m_bits": site.m_bits,
                              "block_k": self.block_k, "tau": cell.tau, "count_from": cell.count_from or "",
@@ -264,12 +267,17 @@ def run_sweep(
     progress: bool = True,
     model_name: str | None = None,
     command: str | None = None,
+    generate: tuple[int, int] | None = None,
 ) -> list[dict]:
     """Run the grid and return one row (dict) per cell; with `out_dir`, also write CSV, JSON and plots there.
 
     Data: `token_ids` (a 1-D sequence of ids) if given; else `text` (a file path) or, by default, Persuasion,
     tokenised with `tokenizer`. `n_seq` windows of `seq_len` tokens are cut with `seed` (and token-shuffled with
     `shuffle`), see `lampc.eval.data.make_sequences`. `taus` as in `plan_cells`.
+
+    generate=(N, M): also decode N prompts of `seq_len` tokens (cut from the same text with seed + 1) greedily
+    for M new tokens in every cell, against the FP32 model's continuations (lampc.eval.generation): columns
+    gen_match_tokens, gen_identical, gen_prefill_rate, gen_decode_rate.
     """
     cells = plan_cells(formats, criteria, taus, count_from)
     _check_positive(seq_len=seq_len, n_seq=n_seq, batch_size=batch_size, block_k=block_k)
@@ -279,13 +287,35 @@ def run_sweep(
                                         seed=seed, shuffle=shuffle)
     info = {"model": model_name or _model_name(model), "seed": seed, "n_seq": n_seq, "seq_len": seq_len,
             "dataset": dataset, "shuffle": shuffle}
-    sweep = Sweep(model, sequences, batch_size=batch_size, block_k=block_k, info=info, progress=progress)
+    probe = None
+    if generate is not None:
+        probe = generation_probe(model, tokenizer, generate, text=text, token_ids=token_ids, seq_len=seq_len,
+                                 seed=seed, shuffle=shuffle, batch_size=batch_size)
+    sweep = Sweep(model, sequences, batch_size=batch_size, block_k=block_k, info=info, progress=progress,
+                  generation=probe)
     rows = sweep.run(cells)
     if out_dir is not None:
         meta = metadata(sweep, cells, command=command, started=started, batch_size=batch_size,
                         count_from=count_from if isinstance(count_from, str) else list(count_from))
         write_outputs(rows, out_dir, meta)
     return rows
+
+
+def generation_probe(model, tokenizer, generate: tuple[int, int], *, text, token_ids, seq_len: int, seed: int,
+                     shuffle: bool, batch_size: int):
+    """The GenerationProbe of `run_sweep(generate=(N, M))`: N prompts of seq_len tokens, M new tokens each."""
+    from .generation import GenerationProbe
+
+    n_prompts, new_tokens = generate
+    _check_positive(generate_prompts=n_prompts, generate_new_tokens=new_tokens)
+    context = _model_context(model)
+    if seq_len + new_tokens > context:
+        raise ValueError(f"generate: prompts of {seq_len} tokens + {new_tokens} new tokens exceed the model's "
+                         f"context of {context}")
+    prompts, _ = load_sequences(tokenizer, text=text, token_ids=token_ids, seq_len=seq_len, n_seq=n_prompts,
+                                seed=seed + 1, shuffle=shuffle)
+    with fp32_reference():
+        return GenerationProbe.build(model, prompts, new_tokens, batch_size=batch_size)
 
 
 def check_seq_len(model: nn.Module, seq_len: int) -> None:

@@ -59,30 +59,45 @@ def site_nodes(gm: fx.GraphModule, index: int) -> list[fx.Node]:
     return inserted + tail
 
 
-def render(compiled, *, full: bool = False) -> str:
-    """The listing `show` prints (see module docstring); full=True lists the whole graph."""
-    gm = compiled.graph_module
+def render(compiled, *, full: bool = False, phase: str | None = None) -> str:
+    """The listing `show` prints (see module docstring); full=True lists the whole graph; phase="decode" (or
+    "prefill") adds the listing of that cached-step graph, once a generation has built it."""
+    text = _render_graph(compiled.graph_module, compiled.sites, compiled.skips, compiled.stats(), compiled.model_type,
+                         full=full)
+    if phase is None:
+        return text
+    steps = compiled.step_graphs
+    built = [kind for kind in (steps.graphs if steps is not None else {}) if kind.startswith(phase)]
+    if not built:
+        return text + f"\n{phase} step: not built yet (run compiled.generate or a cached forward first)"
+    kind = built[-1]
+    result = steps.results[kind]
+    header = f"\n{phase} step graph ({kind}: new tokens x cached keys), statistics over every {phase} step"
+    return text + header + "\n" + _render_graph(steps.graphs[kind], result.sites, result.skips,
+                                                compiled.stats(phase), compiled.model_type, full=full)
+
+
+def _render_graph(gm, sites, skips, stats, model_type: str, *, full: bool) -> str:
     policy_names = _policy_specs(gm)
-    stats = {s["site"]: s for s in compiled.stats()["sites"]}
-    kinds = sorted({s.kind for s in compiled.sites})
-    lines = [f"lampc: {compiled.model_type}, {len(compiled.sites)} site(s) ({', '.join(kinds) or 'none'}), "
-             f"{len(compiled.skips)} skipped"]
+    stats = {s["site"]: s for s in stats["sites"]}
+    kinds = sorted({s.kind for s in sites})
+    lines = [f"lampc: {model_type}, {len(sites)} site(s) ({', '.join(kinds) or 'none'}), {len(skips)} skipped"]
     if full:
         for node in gm.graph.nodes:
             if node.op in ("call_function", "call_module"):
                 mark = f"  # site {node.meta['lampc_site']}" if "lampc_site" in node.meta else ""
                 lines.append(f"    {format_node(node, policy_names)}    # {module_path(node)}{mark}")
-    total = len(compiled.sites)
-    for site in compiled.sites:
+    total = len(sites)
+    for site in sites:
         lines.append(f"site {site.index}/{total}  {site.kind}: {site.consumer} <- {site.producer}  @ {site.module}")
         lines.append(f"    {site.rule}")
         for node in site_nodes(gm, site.index):
             lines.append(f"    {format_node(node, policy_names)}")
         lines.append(f"    {_rate_line(stats.get(site.index))}")
-    for skip in compiled.skips:
+    for skip in skips:
         where = f" @ {skip.module}" if skip.module else ""
         lines.append(f"skipped: {skip.kind}{where} ({skip.node}): {skip.reason}")
-    if not compiled.sites:
+    if not sites:
         lines.append("no sites: the model runs entirely in FP32")
     return "\n".join(lines)
 
@@ -103,6 +118,7 @@ def _policy_specs(gm: fx.GraphModule) -> dict[str, str]:
     return specs
 
 
-def show(compiled, *, full: bool = False, file=None) -> None:
-    """Print the rewritten graph of a compiled model, grouped by site (full=True: the whole graph)."""
-    print(render(compiled, full=full), file=file or sys.stdout)
+def show(compiled, *, full: bool = False, phase: str | None = None, file=None) -> None:
+    """Print the rewritten graph of a compiled model, grouped by site (full=True: the whole graph; phase="decode":
+    the decode-step graph too)."""
+    print(render(compiled, full=full, phase=phase), file=file or sys.stdout)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, fx, nn
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..passes.graph import to_networkx, write_graph
 from ..passes.result import PassResult
 from ..policy import Policy
 from .report import build_report
 from .stats import collect_stats, merge_taps
-from .steps import KVCache, StepGraphs
+from .steps import KVCache, StepGraphs, StepOutput
 from .tap import SelectionTap
 
 
@@ -40,9 +39,13 @@ class CompiledModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 past_key_values: KVCache | None = None, position_ids: Tensor | None = None,
-                use_cache: bool | None = None, **unused):
+                use_cache: bool | None = None, cache: KVCache | None = None, **unused):
         """Logits of the whole sequence; the cached-step graphs when a cache is asked for or given, when the
         sequence is one token, or when position_ids are given (the full-sequence graph numbers positions 0..T-1)."""
+        if cache is not None:  # transformers 5's name for past_key_values
+            if past_key_values is not None:
+                raise ValueError("give the cache as past_key_values or as cache, not both")
+            past_key_values = cache
         past = 0 if past_key_values is None else _check_cache(past_key_values, input_ids)
         cached = bool(use_cache) or past_key_values is not None or position_ids is not None \
             or (isinstance(input_ids, Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 1)
@@ -58,8 +61,8 @@ class CompiledModel(nn.Module):
         elif tuple(position_ids.shape) != tuple(input_ids.shape):
             raise ValueError(f"position_ids must be shaped like input_ids {tuple(input_ids.shape)}, "
                              f"got {tuple(position_ids.shape)}")
-        logits, cache = self._steps().run(input_ids, attention_mask, position_ids, past_key_values)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache if use_cache is not False else None)
+        logits, grown = self._steps().run(input_ids, attention_mask, position_ids, past_key_values)
+        return StepOutput(logits, grown if use_cache is not False else None)
 
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> Tensor:
         """Decode with the KV cache, as Hugging Face's `generate` does for these arguments (see

@@ -27,6 +27,10 @@ def build_report(compiled) -> dict:
         "stats": compiled.stats(),
         "versions": versions(),
     }
+    steps = compiled.step_graphs
+    if steps is not None and steps.results:  # the cached-step graphs built so far (generate, cached forward)
+        report["steps"] = {kind: {"n_sites": len(result.sites), "skips": [s.to_dict() for s in result.skips]}
+                           for kind, result in steps.results.items()}
     if not sites:
         report["note"] = "no sites found: the model runs entirely in FP32 (see skips for the candidates left alone)"
     return report

@@ -43,6 +43,19 @@ class KVCache:
         return self.keys[0].shape[0] if self.keys else 0
 
 
+@dataclass
+class StepOutput:
+    """What a cached forward returns: logits f32[B, T, V] and the grown cache (`cache` is the same object, under
+    the name transformers 5 uses)."""
+
+    logits: Tensor
+    past_key_values: KVCache | None = None
+
+    @property
+    def cache(self) -> KVCache | None:
+        return self.past_key_values
+
+
 def step_kind(batch: int, new: int, past: int) -> str:
     """The captured shape class that serves (batch, new tokens, past length); past 0 with one token: decode over a
     placeholder slot."""
