@@ -160,7 +160,24 @@ class StepCapture:
             raise CaptureError(f"{kind} step: " + describe_failure(self.model, err)) from err
         finally:
             self.model.train(was_training)
-        return program.module()
+        gm = program.module()
+        _strip_wrapper_paths(gm)
+        return gm
+
+
+def _strip_wrapper_paths(gm: fx.GraphModule) -> None:
+    """Module paths as in the model itself ("transformer.h.0.attn", not "model.transformer.h.0.attn"), so a step
+    graph's sites carry the names of the full-sequence graph's."""
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        renamed = {}
+        for key, (path, kind) in stack.items():
+            if path == "model":
+                continue  # the wrapped model itself: the top level, as in the full-sequence capture
+            renamed[key] = (path[len("model."):] if isinstance(path, str) and path.startswith("model.") else path, kind)
+        node.meta["nn_module_stack"] = renamed
 
 
 def _example(kind: str, layout: CacheLayout, max_len: int, device, vocab: int):

@@ -127,3 +127,83 @@ def test_demo_end_to_end(capsys, model_dir, text_file, tmp_path):
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["criterion"] for r in rows] == ["uniform", "strict", "strict", "random", "oracle"]
     assert rows[3]["tau"] == rows[4]["tau"] and rows[3]["count_from"] == "strict"
+
+
+def test_eval_generate_adds_the_generation_columns(capsys, model_dir, text_file, tmp_path):
+    out = tmp_path / "gen"
+    code = main(["eval", "--model", str(model_dir), "--text", str(text_file), "--seq-len", "16", "--n-seq", "2",
+                 "--format", "m3", "--criterion", "uniform,strict", "--tau", "0.3", "--generate", "3,6",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    assert "tokens = fp32" in capsys.readouterr().out
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    for row in rows:
+        assert row["gen_prompts"] == 3 and row["gen_new_tokens"] == 6
+        assert 0 <= row["gen_match_tokens"] <= 6 and 0 <= row["gen_identical"] <= 1
+    assert rows[0]["gen_decode_rate"] == 0.0 and rows[1]["gen_decode_rate"] > 0.0  # uniform / strict
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert "gen_match_tokens" in header and "gen_decode_rate" in header
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--generate", "3"], "argument --generate: expected N,M"),
+    (["--generate", "0,4"], "argument --generate: N and M must be positive"),
+])
+def test_eval_generate_rejects_bad_values(capsys, argv, message):
+    assert message in fails(capsys, "eval", *argv)
+
+
+def test_eval_generate_beyond_the_context_is_refused(capsys, model_dir, tmp_path):
+    err = fails(capsys, "eval", "--model", str(model_dir), "--seq-len", "60", "--generate", "2,8",
+                "--out", str(tmp_path), "--quiet")
+    assert "generate: prompts of 60 tokens + 8 new tokens exceed the model's context of 64" in err
+
+
+def test_generate_command_compares_variants(capsys, model_dir, tmp_path):
+    out = tmp_path / "gen.json"
+    code = main(["generate", "--model", str(model_dir), "--prompt", "w1 w2 w3 w4", "--prompt", "w5 w6",
+                 "--max-new-tokens", "6", "--compare", "fp32,uniform", "--format", "m3", "--tau", "0.3",
+                 "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("prompt: ") == 2 and "fp32" in printed and "uniform" in printed and "lamp" in printed
+    doc = json.loads(out.read_text())
+    assert [v["variant"] for v in doc["prompts"][0]["variants"]] == ["fp32", "lamp", "uniform"]
+    for item in doc["prompts"]:
+        reference = item["variants"][0]["tokens"]
+        for v in item["variants"][1:]:  # the marked position is the first token that differs from fp32's
+            at = v["diverges_at"]
+            if at is None:
+                assert v["tokens"] == reference
+            else:
+                assert v["tokens"][:at] == reference[:at] and (at == len(reference) or v["tokens"][at] != reference[at])
+                assert "[[" in v["marked"]
+    assert doc["recompute_rate"]["decode"] > 0.0
+
+
+def test_generate_command_greedy_fp32_equals_transformers(capsys, model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    main(["generate", "--model", str(model_dir), "--prompt", "w1 w2 w3", "--max-new-tokens", "5",
+          "--compare", "fp32", "--json", "-"])
+    doc = json.loads(capsys.readouterr().out)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    ids = torch.tensor([AutoTokenizer.from_pretrained(model_dir)("w1 w2 w3")["input_ids"]])
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False)[0, 3:]
+    fp32 = doc["prompts"][0]["variants"][0]
+    eos = model.generation_config.eos_token_id
+    tokens = expected.tolist()
+    assert fp32["tokens"] == (tokens[:tokens.index(eos) + 1] if eos in tokens else tokens)
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give at least one --prompt or a --prompts-file"),
+    (["--prompt", "a", "--compare", "fp16"], "--compare: expected a comma-separated list of fp32, uniform"),
+    (["--prompt", "a", "--max-new-tokens", "-2"], "--max-new-tokens: must be >= 0"),
+    (["--prompts-file", "/nonexistent/prompts.txt"], "--prompts-file: no such file"),
+    (["--prompt", "a", "--json", "/nonexistent/dir/out.json"], "--json: cannot write"),
+    (["--prompt", "a", "--kinds", "attention,softmax"], "argument --kinds"),
+])
+def test_generate_command_rejects_bad_arguments(capsys, argv, message):
+    err = fails(capsys, "generate", *argv)
+    assert message in err

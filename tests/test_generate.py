@@ -282,3 +282,16 @@ def test_every_site_kind_runs_in_the_decode_graph(model, compiler):
     decode = compiled.stats("decode")
     assert {s["kind"] for s in decode["sites"]} == {s.kind for s in compiled.sites}
     assert all(s["calls"] == 3 for s in decode["sites"])
+
+
+def test_step_graphs_have_the_sites_of_the_full_sequence_graph(model, compiler):
+    compiled = compiler(format="m4", criterion="strict", tau=0.01, kinds=["attention", "logits"])
+    ids, mask = left_padded(model.config.vocab_size)
+    compiled.generate(ids, mask, max_new_tokens=2)
+    compiled.generate(ids[:1], max_new_tokens=2)
+    full = [(s.index, s.kind, s.module, s.rule) for s in compiled.sites]
+    assert set(compiled.step_graphs.results) == {"prefill", "decode", "decode_1"}
+    for result in compiled.step_graphs.results.values():
+        assert [(s.index, s.kind, s.module, s.rule) for s in result.sites] == full
+    report = compiled.report()
+    assert report["steps"]["decode"]["n_sites"] == len(full) and "decode" in report["stats"]

@@ -136,3 +136,17 @@ def test_sdpa_model_compiles_to_the_same_sites(loaded, batch, reference):
     # the expanded SDPA is the eager math: same logits as the eager model; and close to torch's fused kernel
     assert real_positions_max_diff(got, reference, mask) <= ATOL_SAME_MATH
     assert real_positions_max_diff(got, sdpa_logits, mask) <= ATOL_VS_SDPA_KERNEL
+
+
+def test_m23_greedy_generation_equals_transformers_generate(loaded, compiled):
+    """Two left-padded prompts, 12 greedy tokens: lampc's prefill and decode graphs against HF's own generate."""
+    model, tokenizer = loaded
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"][:n] for t, n in zip(TEXTS, (10, 6))]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([[pad_id] * (10 - len(p)) + p for p in prompts])
+    mask = (torch.arange(10) >= torch.tensor([[10 - len(p)] for p in prompts])).long()
+    with torch.no_grad():
+        theirs = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
+    ours = compiled.generate(ids, mask, max_new_tokens=12)
+    assert torch.equal(ours, theirs)
+    assert compiled.stats("decode")["sites"][0]["calls"] >= 1 and len(compiled.stats("decode")["sites"]) == N_LAYERS
