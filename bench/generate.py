@@ -102,11 +102,15 @@ def speed(name: str, model, tokenizer, args) -> str:
             prefill[label].append(p)
             steps[label].append(s)
     rows = []
-    hf_step = statistics.median(statistics.median(s) for s in steps["HF FP32 generate"])
     quarter = max(1, (args.new_tokens - 1) // 4)
+
+    def per_position(label):  # median over repeats, per decode position
+        return [statistics.median(col) for col in zip(*steps[label])]
+
+    hf_step = statistics.median(per_position("HF FP32 generate"))
     for label in variants:
         p = statistics.median(prefill[label])
-        per_step = [statistics.median(col) for col in zip(*steps[label])]  # median over repeats, per position
+        per_step = per_position(label)
         step = statistics.median(per_step)
         early, late = statistics.mean(per_step[:quarter]), statistics.mean(per_step[-quarter:])
         rows.append([label, f"{args.prompt_len / p:.0f}", f"{1000 * p:.0f}", f"{1 / step:.1f}", f"{1000 * step:.1f}",

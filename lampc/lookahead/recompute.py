@@ -92,13 +92,18 @@ def recompute_matrix(out: Tensor, flat: Tensor, x: Tensor, w: Tensor, bias: Tens
     x2 = x.reshape(-1, k)  # (R, K)
     rows, keys = flat // n, flat % n
     cols, which = torch.unique(keys, return_inverse=True)  # (U,), and each entry's position in cols
+    # rows of w_rows are w's columns: contiguous gathers (strided ones are ~10x slower). A linear layer's w is
+    # the transposed view of its (N, K) weight, so that is the weight itself, not a copy.
+    w_rows = w.t() if w.t().is_contiguous() else None
     if x2.shape[0] * cols.numel() <= GATHER_COST * flat.numel():
-        sub = (x2 @ w.index_select(1, cols)) * scale  # (R, U)
+        columns = w_rows.index_select(0, cols).t() if w_rows is not None else w.index_select(1, cols)  # (K, U)
+        sub = (x2 @ columns) * scale  # (R, U)
         if bias is not None:
             sub = sub + bias[cols]
         out.view(-1)[flat] = sub[rows, which]
         return out
-    w_rows = w.t().contiguous()  # rows are w's columns: contiguous gathers (strided ones are ~10x slower)
+    if w_rows is None:
+        w_rows = w.t().contiguous()
     for start in range(0, flat.numel(), 65536):  # bounded temporaries: 64k x K floats
         r, c = rows[start:start + 65536], keys[start:start + 65536]
         values = (x2[r] * w_rows[c]).sum(dim=-1) * scale
