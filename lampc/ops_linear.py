@@ -1,6 +1,7 @@
 """Custom ops of the linear sites (layer_norm, activation) and of the lowered matmuls.
 
-    y_hat = lampc.lowp_matmul(x, w, bias, policy)        # RN(lp_matmul(x, w) + bias): any matmul in low precision
+    y_hat = lampc.lowp_matmul(x, w, bias, policy)        # RN(lp_matmul(x, w) + bias): any matmul in low precision;
+                                                         # fp16/fp8 overflows recomputed in FP32 (never inf)
     sel   = lampc.component_select(y_hat, x, w, bias, residual, gamma, eps, consumer, policy, site)
     y     = lampc.recompute_linear(y_hat, sel, x, w, bias, policy)   # FP32 x_t·w_i + b_i at the selected outputs
 
@@ -38,7 +39,19 @@ def lowp_matmul(x: Tensor, w: Tensor, bias: Optional[Tensor], policy: str) -> Te
     for name, value in (("x", x), ("w", w)):
         if value.dtype != torch.float32:
             raise TypeError(f"lampc.lowp_matmul: {name} must be float32, got {value.dtype}")
-    return _lowp(x, w, bias, SitePolicy.from_spec(policy))
+    site = SitePolicy.from_spec(policy)
+    y_hat = _lowp(x, w, bias, site)
+    if narrow_range(site):  # an overflow must not reach the consumer where the FP32 product is finite
+        overflowed = ~torch.isfinite(y_hat)
+        if bool(overflowed.any()):  # host sync, fp16/fp8 only
+            y_hat = recompute(y_hat, overflowed, x, w, 1.0, site.dense_above, bias)
+    return y_hat
+
+
+def narrow_range(site: SitePolicy) -> bool:
+    """Whether the site's format overflows below FP32's range (fp16, fp8): its outputs need a finiteness guard."""
+    exp_bits = site.format.exp_bits
+    return exp_bits is not None and exp_bits < 8
 
 
 @lowp_matmul.register_fake

@@ -14,7 +14,7 @@ that involves an FP32 matmul, softmax or exp, whose kernels differ between torch
     lampc::lamp_select(s_hat, q, k_t, scale, mask, is_causal, policy, site) -> bool
         visible = mask > -1e4 (& causal);  usable = visible & finite;  a = softmax over usable keys;  the rule
         (uniform, strict, relaxed, target, budget, oracle; random has no ONNX form: torch's RNG stream
-        cannot be reproduced, so exporting it raises);  | (visible & ~isfinite(s_hat))
+        cannot be reproduced, so exporting it raises);  | ~isfinite(s_hat)
     lampc::recompute_scores(s_hat, selected, q, k_t, scale, policy)
         Where(selected, MatMul(q, k_t) * scale, s_hat)      (dense: the sparse gather has no cheap ONNX form;
         ONNX Runtime's Where returns +0 for a recomputed -0, which no later op can tell apart)
@@ -172,7 +172,7 @@ def lamp_select_onnx(g: Builder, s_hat, q, k_t, scale: float, mask, is_causal: b
             p = _masked_softmax(g, s_fp32, usable)
             contribution = g.Mul(_two_a_one_minus_a(g, p), g.Abs(g.Sub(s_fp32, s_hat)))
             selected = _select_top(g, _nan_to_num(g, contribution), usable, count)
-    return g.Or(selected, g.And(visible, g.Not(_isfinite(g, s_hat))))
+    return g.Or(selected, g.Not(_isfinite(g, s_hat)))  # non-finite scores, masked or not
 
 
 def _visible(g: Builder, s_hat, mask, is_causal: bool):

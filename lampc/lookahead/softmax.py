@@ -140,12 +140,16 @@ def select(
     s_fp32: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """The selection for `site.criterion`; a visible non-finite ŝ is always selected.
+    """The selection for `site.criterion`; a non-finite ŝ is always selected, masked or not.
+
+    A masked score that overflowed would stay inf after the additive mask (inf + finfo.min = inf) and turn the
+    softmax row into NaN; selected, it is recomputed in FP32 (finite wherever the FP32 model is). The recompute
+    rate counts visible entries only, so these never show in it.
 
     s_fp32 (the true FP32 scores) is needed by "oracle" only; generator by "random" only.
     """
     visible = visible.expand(s_hat.shape)
-    always = visible & ~torch.isfinite(s_hat)  # non-finite scores: always recomputed
+    always = ~torch.isfinite(s_hat)  # non-finite scores: always recomputed, visible or not
     criterion = site.criterion
     if criterion == "uniform":
         return always
