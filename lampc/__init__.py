@@ -10,12 +10,12 @@
 __version__ = "0.1.0"
 
 from . import formats, inspect  # noqa: E402
-from .api import compile  # noqa: E402
+from .api import NoSitesError, compile  # noqa: E402
 from .capture import CaptureError  # noqa: E402
 from .inspect import show  # noqa: E402
 from .policy import Policy, SitePolicy  # noqa: E402
 
-__all__ = ["CaptureError", "Policy", "SitePolicy", "compile", "export_onnx", "formats", "inspect", "show",
+__all__ = ["CaptureError", "NoSitesError", "Policy", "SitePolicy", "compile", "export_onnx", "formats", "inspect", "show",
            "__version__"]
 
 

@@ -1,6 +1,8 @@
-"""lampc.compile: capture, rewrite, wrap."""
+"""lampc.compile: capture, rewrite, wrap; a compile that lowers nothing it was asked to is an error."""
 
 from __future__ import annotations
+
+import warnings
 
 from torch import nn
 
@@ -11,7 +13,13 @@ from .runtime.compiled import CompiledModel
 from .runtime.native import register_static_weights
 
 
-def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, **overrides) -> CompiledModel:
+class NoSitesError(ValueError):
+    """A requested site kind found no site in the model: the compiled model would silently be FP32 there. The
+    message lists why each candidate was skipped; `compile(..., allow_no_sites=True)` accepts it."""
+
+
+def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, *, allow_no_sites: bool = False,
+            **overrides) -> CompiledModel:
     """Compile a Hugging Face causal LM (FP32, eager or sdpa attention) into its LAMP form.
 
     policy:     a `Policy`, a `SitePolicy` (for attention), or None for the default (attention sites, m4,
@@ -20,15 +28,21 @@ def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, **overr
                 site kind, or `Policy` fields (attention, layer_norm, logits, gelu, sites); `kinds=[...]` picks
                 the site kinds (default: attention only, as in the paper).
 
+    allow_no_sites: accept a requested site kind that finds no site (else NoSitesError, naming the reasons).
+                Candidates skipped beside found sites give one warning with their count and the first reason.
+
     >>> compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.1)
     >>> compiled(input_ids).logits
     """
-    return compile_captured(capture(model), Policy.from_overrides(policy, **overrides))
+    if not isinstance(allow_no_sites, bool):
+        raise TypeError(f"allow_no_sites must be True or False, got {allow_no_sites!r}")
+    return compile_captured(capture(model), Policy.from_overrides(policy, **overrides), allow_no_sites=allow_no_sites)
 
 
-def compile_captured(captured: Captured, policy: Policy) -> CompiledModel:
+def compile_captured(captured: Captured, policy: Policy, *, allow_no_sites: bool = False) -> CompiledModel:
     """The rewrite half of `compile`, on an already captured model (rewrites `captured.graph_module` in place)."""
     result = run_passes(captured.graph_module, policy)
+    check_sites(result, policy, captured.model_type, allow_no_sites=allow_no_sites)
     register_static_weights(result.graph_module.parameters())  # native backend: cast weights once
     return CompiledModel(
         result.graph_module,
@@ -40,3 +54,22 @@ def compile_captured(captured: Captured, policy: Policy) -> CompiledModel:
         steps=captured.steps,
         generation_config=captured.generation_config,
     )
+
+
+def check_sites(result, policy: Policy, model_type: str, *, allow_no_sites: bool = False) -> None:
+    """NoSitesError for a requested kind without sites (unless allowed); one warning for skipped candidates."""
+    for kind in policy.enabled_kinds():
+        found = [s for s in result.sites if s.kind == kind]
+        skipped = [s for s in result.skips if s.kind == kind and s.reason != "already rewritten by lampc"]
+        if not found and not allow_no_sites:
+            reasons = "; ".join(f"{s.module or '(top level)'} ({s.node}): {s.reason}" for s in skipped[:5])
+            more = f"; and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            raise NoSitesError(
+                f"no {kind} site found in {model_type}: the compiled model would run {kind} in FP32 and report a "
+                f"perfect result. " + (f"Candidates skipped: {reasons}{more}." if skipped else
+                                       "The graph holds no candidate of this kind.")
+                + " Pass allow_no_sites=True to accept it, or leave the kind out of `kinds`.")
+        if found and skipped:
+            first = skipped[0]
+            warnings.warn(f"lampc: {len(skipped)} {kind} candidate(s) left in FP32 beside {len(found)} site(s); "
+                          f"first: {first.module or '(top level)'}: {first.reason}", stacklevel=3)

@@ -147,7 +147,7 @@ class CellCompiler:
 
         self.captured = capture(model)
 
-    def __call__(self, **overrides):
+    def __call__(self, *, allow_no_sites: bool = False, **overrides):
         from ..api import compile_captured
 
         graph = self.captured.graph_module
@@ -155,7 +155,7 @@ class CellCompiler:
             warnings.simplefilter("ignore", FutureWarning)  # pytree deprecation noise from deepcopy
             shared = {id(t): t for t in (*graph.parameters(), *graph.buffers())}
             copy_ = dataclasses.replace(self.captured, graph_module=copy.deepcopy(graph, memo=shared))  # weights shared
-        return compile_captured(copy_, Policy.from_overrides(None, **overrides))
+        return compile_captured(copy_, Policy.from_overrides(None, **overrides), allow_no_sites=allow_no_sites)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,61 @@
+"""A compile that lowers nothing it was asked to is an error, not an FP32 model reporting a perfect KL.
+
+Small random configs of architectures whose attention lampc does not match (Gemma2's logit softcapping, Bloom's
+ALiBi through baddbmm, Falcon's in-place `scores /= sqrt(d)` under eager) must raise NoSitesError naming the
+reason; skipped candidates beside found sites give one warning with their count and first reason.
+"""
+
+import warnings
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import lampc
+from tiny_models import tiny_gpt2
+
+
+def tiny(kind: str, **config):
+    cfg = AutoConfig.for_model(kind, vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               **config)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+
+
+UNMATCHED = {
+    "gemma2": (dict(num_key_value_heads=2, intermediate_size=64, head_dim=8, attn_logit_softcapping=50.0),
+               "aten.tanh"),
+    "bloom": (dict(n_layer=2, n_head=4), "softmax input comes from"),
+    "falcon": (dict(new_decoder_architecture=False), "aten.div_"),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNMATCHED))
+def test_unmatched_attention_raises_with_the_reason(kind):
+    config, reason = UNMATCHED[kind]
+    model = tiny(kind, **config)
+    with pytest.raises(lampc.NoSitesError, match=rf"no attention site found in {kind}.*{reason}"):
+        lampc.compile(model, format="m4", criterion="strict", tau=0.1)
+    compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.1, allow_no_sites=True)
+    assert compiled.sites == [] and len(compiled.skips) == 2
+
+
+def test_a_kind_without_candidates_is_named():
+    from test_attention_pass import SoftmaxHeadLM
+
+    with pytest.raises(lampc.NoSitesError, match="no logits site found"):
+        lampc.compile(SoftmaxHeadLM().eval(), kinds=["logits"], criterion="budget", budget=1)
+
+
+def test_skips_beside_sites_warn_once_with_count_and_first_reason():
+    with pytest.warns(UserWarning, match=r"1 layer_norm candidate\(s\) left in FP32 beside 4 site\(s\); first: "
+                                         r"transformer.h.0.ln_1: .*embedding"):
+        lampc.compile(tiny_gpt2(), kinds=["layer_norm"], criterion="budget", budget=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lampc.compile(tiny_gpt2(), format="m4")  # every attention candidate matched: no warning
+
+
+def test_allow_no_sites_must_be_a_bool():
+    with pytest.raises(TypeError, match="allow_no_sites must be True or False"):
+        lampc.compile(tiny_gpt2(), allow_no_sites="yes")
