@@ -184,7 +184,7 @@ class Policy:
 
         SitePolicy field names (format, tau, criterion, ...) apply to every enabled site kind; Policy field
         names (attention, layer_norm, logits, gelu, sites) replace that field. `kinds=[...]` enables those
-        site kinds with the default SitePolicy (before the SitePolicy overrides apply).
+        site kinds with the default SitePolicy (before the SitePolicy overrides apply); `kinds="all"` every kind.
         """
         if isinstance(policy, SitePolicy):
             policy = cls(attention=policy)
@@ -193,7 +193,7 @@ class Policy:
             raise ValueError(f"policy must be a lampc.Policy, a lampc.SitePolicy or None, got {type(policy).__name__}")
         kinds = overrides.pop("kinds", None)
         if kinds is not None:
-            kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+            kinds = list(SITE_KINDS) if kinds == "all" else [kinds] if isinstance(kinds, str) else list(kinds)
             bad = [k for k in kinds if k not in SITE_KINDS]
             if bad or not kinds:
                 raise ValueError(f"kinds must be a non-empty list of {', '.join(SITE_KINDS)}; got {kinds}")

@@ -59,3 +59,19 @@ def test_skips_beside_sites_warn_once_with_count_and_first_reason():
 def test_allow_no_sites_must_be_a_bool():
     with pytest.raises(TypeError, match="allow_no_sites must be True or False"):
         lampc.compile(tiny_gpt2(), allow_no_sites="yes")
+
+
+def test_qwen3_per_head_qk_norms_are_skipped_not_broken():
+    """rms_norm(view(q_proj(x), heads, head_dim)) normalises per head, not the linear's features: a skip with its
+    reason; the model then compiles with every kind and runs (forward and generate)."""
+    model = tiny("qwen3", num_key_value_heads=2, intermediate_size=64, head_dim=8)
+    with pytest.warns(UserWarning, match="layer_norm candidate"):
+        compiled = lampc.compile(model, kinds="all", criterion="budget", budget=2, format="m7")
+    per_head = [s for s in compiled.skips if s.module.endswith(("q_norm", "k_norm"))]
+    assert len(per_head) == 4 and all("per-head norm" in s.reason for s in per_head)
+    assert {s.kind for s in compiled.sites} == {"attention", "layer_norm", "gelu", "logits"}
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+    logits = compiled(ids).logits
+    assert torch.isfinite(logits).all()
+    assert (logits - model(ids).logits).abs().max() < 0.1  # m7 with recompute: close to FP32
+    assert compiled.generate(ids, max_new_tokens=3).shape == (2, 11)

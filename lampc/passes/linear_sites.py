@@ -85,6 +85,19 @@ def _through_transparent(node: fx.Node) -> fx.Node:
     return node
 
 
+def _splits_features(source: fx.Node, value: fx.Node) -> str | None:
+    """A reason when the views between the linear and the consumer change the last dimension (e.g. a per-head
+    q/k norm, Qwen3/OLMo2 style: rms_norm(view(q_proj(x), ..., heads, head_dim))): the consumer then normalises
+    another dimension than the linear's output features, which the site's look-ahead and recompute assume."""
+    before, after = source.meta.get("val"), value.meta.get("val")
+    if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor):
+        return None
+    if str(before.shape[-1]) != str(after.shape[-1]):
+        return (f"the view between {source.name} and the consumer splits the linear's {before.shape[-1]} output "
+                f"features into groups of {after.shape[-1]} (a per-head norm): not a site")
+    return None
+
+
 def _single_user_chain(start: fx.Node, end: fx.Node) -> bool:
     node = end
     while node is not start:
@@ -114,6 +127,7 @@ def match_norm(norm: fx.Node) -> LinearMatch | str:
 
 
 def _match_input(h, kind, consumer, gamma, eps, anchor) -> LinearMatch | str:
+    consumer_input = h
     h = _through_transparent(h)
     candidates = [(h, None)]
     if h.op == "call_function" and h.target == aten.add.Tensor and all(isinstance(a, fx.Node) for a in h.args[:2]):
@@ -128,6 +142,9 @@ def _match_input(h, kind, consumer, gamma, eps, anchor) -> LinearMatch | str:
             continue
         if not _single_user_chain(source, value):
             return f"the linear output {source.name} is also used outside the {consumer}"
+        split = _splits_features(source, consumer_input)
+        if split:
+            return split
         if residual is not None and _defined_after(residual, source):
             return f"residual {residual.name} is computed after the producer {source.name}"
         return LinearMatch(kind, consumer, producer, residual, gamma, eps, anchor)
