@@ -38,16 +38,18 @@ class Captured:
 
 
 def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
-    """Export `model` (a transformers causal LM in FP32, eval mode) to an fx.GraphModule."""
+    """Export `model` (a transformers causal LM in FP32) to an fx.GraphModule of its inference (eval-mode) forward;
+    the model's own train/eval mode is restored afterwards."""
     from .capture_step import StepCapture
 
     config = check_capturable(model)
     max_len = max_len or _max_positions(config)
-    model.eval()
     ids, mask = _example_inputs(config.vocab_size, next(model.parameters()).device)
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("seq", min=2, max=max_len)
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}, "use_cache": None}
+    was_training = model.training
+    model.eval()  # the graph is the inference forward (dropout off); the user's model is left as it was
     try:
         with torch.no_grad():
             program = torch.export.export(
@@ -59,6 +61,8 @@ def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
             )
     except Exception as err:  # torch.export raises many types; all mean "cannot capture"
         raise CaptureError(describe_failure(model, err)) from err
+    finally:
+        model.train(was_training)
     return Captured(program.module(), getattr(config, "model_type", type(model).__name__), max_len, config.vocab_size,
                     StepCapture(model, max_len), getattr(model, "generation_config", None))
 
@@ -74,6 +78,10 @@ def check_capturable(model: nn.Module):
             "transformers causal LMs (input_ids, attention_mask -> logits)"
         )
     _check_fp32(model)
+    meta = [name for name, p in model.named_parameters() if p.device.type == "meta"]
+    if meta:
+        raise CaptureError(f"parameter {meta[0]} (and {len(meta) - 1} more) is on the meta device: the model has no "
+                           "weights yet (load them, e.g. from_pretrained, or model.to_empty + load_state_dict)")
     impl = getattr(config, "_attn_implementation", "eager") or "eager"
     if impl not in ("eager", "sdpa"):
         raise CaptureError(

@@ -11,6 +11,8 @@ The site's `SitePolicy` travels as its text spec (`SitePolicy.to_spec()`), so a 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Optional
 
 import torch
@@ -23,19 +25,34 @@ from .policy import SitePolicy
 from .lookahead.fused import fused_select
 from .runtime.native import native_scores
 
-_GENERATORS: dict[tuple[int, int], torch.Generator] = {}
+_GENERATORS: dict[tuple[int, int], torch.Generator] = {}  # ops called outside a compiled model
+_ACTIVE_STREAMS: ContextVar[dict | None] = ContextVar("lampc_random_streams", default=None)
 
 
 def random_generator(seed: int, site: int) -> torch.Generator:
-    """The seeded generator of one site's random baseline; it advances across calls."""
+    """The seeded generator of one site's random baseline; it advances across calls. Inside a compiled model's call
+    (`random_streams`) the generators are that model's own: two models with the same seed draw the same stream,
+    and a thread running one model does not advance another's."""
+    streams = _ACTIVE_STREAMS.get()
+    streams = _GENERATORS if streams is None else streams
     key = (seed, site)
-    if key not in _GENERATORS:
-        _GENERATORS[key] = torch.Generator().manual_seed(seed * 1_000_003 + site)
-    return _GENERATORS[key]
+    if key not in streams:
+        streams[key] = torch.Generator().manual_seed((seed * 1_000_003 + site) % 2**63)
+    return streams[key]
+
+
+@contextmanager
+def random_streams(streams: dict):
+    """Within this block (this thread or task), the random baseline draws from `streams` (a model's own dict)."""
+    token = _ACTIVE_STREAMS.set(streams)
+    try:
+        yield
+    finally:
+        _ACTIVE_STREAMS.reset(token)
 
 
 def reset_random() -> None:
-    """Restart every site's random baseline from its seed."""
+    """Restart the random baseline of ops called outside a compiled model (compiled models: reset_random())."""
     _GENERATORS.clear()
 
 

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
+
+import numpy as np
+import torch
 
 from .formats import Format, parse as parse_format
 
@@ -32,6 +36,8 @@ NATIVE_FORMATS = ("bf16", "fp16", "fp32")
 """Formats the native backend runs as real torch dtypes (matmul with FP32 accumulation inside)."""
 
 DEFAULT_TAU = {"target": 1.1, "strict": 0.1, "relaxed": 0.03, "random": 0.1, "oracle": 0.1}
+NO_TAU = {"uniform": "it recomputes nothing", "budget": "it takes `budget`, a count or fraction per row"}
+"""Criteria without a threshold: their tau stays None."""
 """Default tau per criterion (for random/oracle: the tau of the criterion they take their counts from)."""
 
 SITE_KINDS = ("attention", "layer_norm", "logits", "gelu")
@@ -46,7 +52,8 @@ class SitePolicy:
     backend:        "emulate" (bit-exact rounding model) or "native" (the real torch dtype, bf16/fp16 only).
     criterion:      one of CRITERIA.
     tau:            the criterion's threshold; None takes DEFAULT_TAU. Ranges: target [1, 2], strict > 0,
-                    relaxed (0, 1]. For random/oracle it is the tau of `count_from`.
+                    relaxed (0, 1]. For random/oracle it is the tau of `count_from`. uniform and budget take
+                    none (it stays None; giving one is an error).
     length_scaling: scale tau per row by sqrt(l_ref / L_t) (strict, relaxed; relaxed caps it at 1).
     l_ref:          reference row length for length scaling.
     budget:         for criterion "budget": an int k >= 0 (entries per row) or a float in (0, 1] (fraction).
@@ -77,6 +84,8 @@ class SitePolicy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", _field_format(self.format))
+        for name in ("block_k", "tau", "l_ref", "budget", "seed", "dense_above"):  # numpy / torch scalars too
+            object.__setattr__(self, name, _plain_number(getattr(self, name)))
         _check_int("block_k", self.block_k, minimum=1)
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("criterion", self.criterion, CRITERIA)
@@ -88,14 +97,26 @@ class SitePolicy:
             )
         if self.backend == "native" and self.block_k != 1:
             raise ValueError("SitePolicy.block_k applies to backend='emulate' only; native accumulates in FP32")
-        if self.tau is None:
-            object.__setattr__(self, "tau", DEFAULT_TAU.get(self.criterion, 0.0))
-        object.__setattr__(self, "tau", _check_tau(self.criterion, self.count_from, self.tau))
+        if self.criterion in NO_TAU:
+            if self.tau is not None:
+                raise ValueError(f"SitePolicy.tau does not apply to criterion {self.criterion!r} "
+                                 f"({NO_TAU[self.criterion]}); leave it None")
+        else:
+            if self.tau is None:
+                object.__setattr__(self, "tau", DEFAULT_TAU[self.criterion])
+            object.__setattr__(self, "tau", _check_tau(self.criterion, self.count_from, self.tau))
+        if self.length_scaling is True and self.criterion in ("target", "uniform"):
+            raise ValueError(f"SitePolicy.length_scaling scales the tau of strict and relaxed (and of random/oracle "
+                             f"counting from them); it means nothing for criterion {self.criterion!r}")
+        if self.length_scaling is True and self.criterion in ("random", "oracle") and self.count_from == "target":
+            raise ValueError("SitePolicy.length_scaling means nothing for count_from='target'")
         for name in ("length_scaling", "fused"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SitePolicy.{name} must be a bool, got {getattr(self, name)!r}")
         _check_int("l_ref", self.l_ref, minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        if self.seed >= 2**63:
+            raise ValueError(f"SitePolicy.seed must be < 2**63, got {self.seed}")
         _check_budget(self.criterion, self.budget)
         if not (isinstance(self.dense_above, (int, float)) and 0.0 <= self.dense_above <= 1.0):
             raise ValueError(f"SitePolicy.dense_above must be a rate in [0, 1], got {self.dense_above!r}")
@@ -188,7 +209,8 @@ class Policy:
         """
         if isinstance(policy, SitePolicy):
             policy = cls(attention=policy)
-        policy = policy or cls()
+        if policy is None:
+            policy = cls()
         if not isinstance(policy, Policy):
             raise ValueError(f"policy must be a lampc.Policy, a lampc.SitePolicy or None, got {type(policy).__name__}")
         kinds = overrides.pop("kinds", None)
@@ -240,6 +262,19 @@ def _site_dict(site: SitePolicy) -> dict:
     out["format"] = site.format.name
     out["m_bits"] = site.m_bits
     return out
+
+
+def _plain_number(value):
+    """A numpy scalar or a one-element torch tensor as the Python int/float it holds; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 def _field_format(value) -> Format:
@@ -301,8 +336,10 @@ _SPEC_TYPES = {"block_k": int, "l_ref": int, "seed": int, "tau": float, "dense_a
 def _parse_spec_value(name: str, text: str):
     if name in ("length_scaling", "fused"):
         return bool(int(text))
+    if name in ("budget", "tau") and text == "none":
+        return None
     if name == "budget":
-        return None if text == "none" else parse_budget(text)
+        return parse_budget(text)
     if name in _SPEC_TYPES:
         return _SPEC_TYPES[name](text)
     return text

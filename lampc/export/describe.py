@@ -78,9 +78,11 @@ def _policy_text(policy: dict) -> str:
         site = policy.get(kind)
         if not site:
             continue
-        rule = site["criterion"] if site["criterion"] in ("uniform",) else f"{site['criterion']} tau={site['tau']:g}"
+        rule = site["criterion"] if site.get("tau") is None else f"{site['criterion']} tau={site['tau']:g}"
         if site["criterion"] == "budget":
             rule = f"budget {site['budget']}"
+        if site.get("length_scaling"):
+            rule += f" length_scaling l_ref={site.get('l_ref')}"
         parts.append(f"{kind}: {site['format']} block_k={site['block_k']} {site['backend']}, {rule}")
     return "; ".join(parts) or "no site kinds enabled"
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, fx, nn
 
 from ..passes.graph import to_networkx, write_graph
 from ..passes.result import PassResult
+from ..ops import random_streams
 from ..policy import Policy
 from .report import build_report
 from .stats import collect_stats, merge_taps
@@ -36,12 +39,28 @@ class CompiledModel(nn.Module):
         self.vocab_size = vocab_size
         self.step_graphs = StepGraphs(steps, policy) if steps is not None else None
         self.generation_config = generation_config
+        self.training = False  # an inference graph (see train())
+        self._random_streams: dict = {}  # the random baseline's generators, this model's own (see ops.random_streams)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 past_key_values: KVCache | None = None, position_ids: Tensor | None = None,
                 use_cache: bool | None = None, cache: KVCache | None = None, **unused):
         """Logits of the whole sequence; the cached-step graphs when a cache is asked for or given, when the
-        sequence is one token, or when position_ids are given (the full-sequence graph numbers positions 0..T-1)."""
+        sequence is one token, or when position_ids are given (the full-sequence graph numbers positions 0..T-1).
+
+        Of the Hugging Face forward's other arguments: `labels` gives `.loss` (next-token cross-entropy, -100
+        ignored, as transformers computes it); `return_dict=False` a tuple; `output_attentions` /
+        `output_hidden_states` may only be False; anything else given (token_type_ids, inputs_embeds, ...) is
+        refused by name: the captured graph cannot honour it."""
+        labels, return_dict = _check_extra_arguments(unused)
+        with random_streams(self._random_streams):
+            out = self._forward(input_ids, attention_mask, past_key_values=past_key_values,
+                                position_ids=position_ids, use_cache=use_cache, cache=cache)
+        if labels is not None:
+            out["loss"] = causal_lm_loss(out["logits"], labels)
+        return out.to_tuple() if return_dict is False else out
+
+    def _forward(self, input_ids, attention_mask, *, past_key_values, position_ids, use_cache, cache):
         if cache is not None:  # transformers 5's name for past_key_values
             if past_key_values is not None:
                 raise ValueError("give the cache as past_key_values or as cache, not both")
@@ -50,10 +69,12 @@ class CompiledModel(nn.Module):
         cached = bool(use_cache) or past_key_values is not None or position_ids is not None \
             or (isinstance(input_ids, Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 1)
         _check_input_ids(input_ids, self.vocab_size, self.max_len, past=past, min_len=1 if cached else 2)
+        input_ids = input_ids.long()  # int32 ids are accepted; the graph takes int64
         if attention_mask is None:
             attention_mask = torch.ones(input_ids.shape[0], past + input_ids.shape[1], dtype=torch.long,
                                         device=input_ids.device)
         _check_attention_mask(attention_mask, input_ids, past)
+        attention_mask = attention_mask.long()
         if not cached:
             return self.graph_module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         if position_ids is None:
@@ -63,6 +84,18 @@ class CompiledModel(nn.Module):
                              f"got {tuple(position_ids.shape)}")
         logits, grown = self._steps().run(input_ids, attention_mask, position_ids, past_key_values)
         return StepOutput(logits, grown if use_cache is not False else None)
+
+    def train(self, mode: bool = True) -> "CompiledModel":
+        """A compiled model is an inference graph: dropout was captured off and no mode changes its ops. train()
+        and eval() set `training` on this wrapper only (so code that toggles modes keeps working), and warn
+        when asked for training mode."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"train(mode): mode must be True or False, got {mode!r}")
+        if mode:
+            warnings.warn("lampc: a compiled model runs its inference graph (dropout off, no gradients through "
+                          "the look-ahead); train() changes nothing in what it computes", stacklevel=2)
+        self.training = mode
+        return self
 
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> Tensor:
         """Decode with the KV cache, as Hugging Face's `generate` does for these arguments (see
@@ -103,11 +136,18 @@ class CompiledModel(nn.Module):
                 return collect_stats([], {})
             return collect_stats(steps.sites(phase), merge_taps(steps.taps(phase).values()))
         out = collect_stats(self.sites, self.taps)
+        out["recording"] = all(tap.enabled for tap in self._all_taps())
+        if not out["recording"]:
+            out["note"] = "statistics recording is off (record_stats(False)): calls since then are not counted"
         if phase is None and self.step_graphs is not None:
             for name in ("prefill", "decode"):
                 if self.step_graphs.taps(name):
                     out[name] = self.stats(name)
         return out
+
+    def reset_random(self) -> None:
+        """Restart every site's random baseline from its seed."""
+        self._random_streams.clear()
 
     def reset_stats(self) -> None:
         for tap in self._all_taps():
@@ -150,6 +190,30 @@ class CompiledModel(nn.Module):
     def write_graph(self, path: str) -> None:
         """GraphML (.graphml) or DOT (.dot) of the rewritten graph."""
         write_graph(self.graph_module, path)
+
+
+ACCEPTED_EXTRA = ("labels", "return_dict", "output_attentions", "output_hidden_states")
+
+
+def _check_extra_arguments(extra: dict):
+    """(labels, return_dict) from the forward's extra keyword arguments; a named error for what cannot be done."""
+    refused = sorted(k for k, v in extra.items() if k not in ACCEPTED_EXTRA and v is not None)
+    if refused:
+        raise TypeError(f"a lampc-compiled model takes input_ids, attention_mask, position_ids, past_key_values "
+                        f"(and labels); {', '.join(refused)} cannot be honoured by the captured graph")
+    for name in ("output_attentions", "output_hidden_states"):
+        if extra.get(name):
+            raise ValueError(f"{name}=True: a compiled model returns logits (and its cache) only")
+    return extra.get("labels"), extra.get("return_dict")
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of logits[:, :-1] against labels[:, 1:], positions labelled -100 ignored."""
+    if not isinstance(labels, Tensor) or labels.shape != logits.shape[:2]:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be a tensor shaped like input_ids {tuple(logits.shape[:2])}, got {shape}")
+    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return torch.nn.functional.cross_entropy(shifted, labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
 
 
 def positions_from_mask(attention_mask: Tensor) -> Tensor:

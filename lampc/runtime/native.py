@@ -16,7 +16,7 @@ from torch import Tensor
 
 # Keyed by id(tensor), checked against a weak reference (tensors compare by value, so no WeakSet).
 _STATIC: dict[int, weakref.ref] = {}
-_CACHE: dict[tuple[int, torch.dtype], tuple[int, Tensor]] = {}
+_CACHE: dict[tuple[int, torch.dtype], tuple[tuple, Tensor]] = {}
 
 
 def register_static_weights(tensors) -> None:
@@ -40,8 +40,9 @@ def _low(w: Tensor, dtype: torch.dtype) -> Tensor:
     if ref is None or ref() is not base or not base.is_contiguous():
         return w.to(dtype)
     entry = _CACHE.get((id(base), dtype))
-    if entry is None or entry[0] != base._version:
-        entry = (base._version, base.detach().to(dtype))
+    stamp = (base._version, base.data_ptr(), tuple(base.shape))  # in-place updates, `.data =` swaps, resizes
+    if entry is None or entry[0] != stamp:
+        entry = (stamp, base.detach().to(dtype))
         _CACHE[(id(base), dtype)] = entry
     low_base = entry[1]
     return low_base.as_strided(w.shape, w.stride(), w.storage_offset() - base.storage_offset())

@@ -51,9 +51,21 @@ class StepOutput:
     logits: Tensor
     past_key_values: KVCache | None = None
 
+    loss: Tensor | None = None
+
     @property
     def cache(self) -> KVCache | None:
         return self.past_key_values
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
+
+    def __setitem__(self, name: str, value) -> None:
+        setattr(self, name, value)
+
+    def to_tuple(self) -> tuple:
+        """(loss if set, logits, past_key_values if set), as a transformers output's to_tuple."""
+        return tuple(v for v in (self.loss, self.logits, self.past_key_values) if v is not None)
 
 
 def step_kind(batch: int, new: int, past: int) -> str:
