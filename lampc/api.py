@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import torch
 from torch import nn
 
 from .capture import Captured, capture
@@ -43,6 +44,7 @@ def compile_captured(captured: Captured, policy: Policy, *, allow_no_sites: bool
     """The rewrite half of `compile`, on an already captured model (rewrites `captured.graph_module` in place)."""
     result = run_passes(captured.graph_module, policy)
     check_sites(result, policy, captured.model_type, allow_no_sites=allow_no_sites)
+    warn_if_native_is_slow(policy, next(iter(captured.graph_module.parameters()), None))
     register_static_weights(result.graph_module.parameters())  # native backend: cast weights once
     return CompiledModel(
         result.graph_module,
@@ -73,3 +75,18 @@ def check_sites(result, policy: Policy, model_type: str, *, allow_no_sites: bool
             first = skipped[0]
             warnings.warn(f"lampc: {len(skipped)} {kind} candidate(s) left in FP32 beside {len(found)} site(s); "
                           f"first: {first.module or '(top level)'}: {first.reason}", stacklevel=3)
+
+
+def warn_if_native_is_slow(policy: Policy, parameter) -> None:
+    """One warning when a native-backend site would run its dtype on hardware without units for it."""
+    from .runtime.hardware import native_speed
+
+    dtypes = {getattr(policy, kind).format.torch_dtype for kind in policy.enabled_kinds()
+              if getattr(policy, kind).backend == "native"}
+    device = parameter.device if parameter is not None else "cpu"
+    for dtype in sorted(dtypes - {torch.float32}, key=str):
+        fast, why = native_speed(dtype, device)
+        if not fast:
+            warnings.warn(f"lampc: backend='native' runs real {dtype} GEMMs, but {why}: they will be slower than "
+                          f"FP32 here (up to 100x). For accuracy studies use backend='emulate' (the same rounding, "
+                          f"bit-exact); for speed, a CPU with bf16/fp16 matrix units or a GPU.", stacklevel=3)

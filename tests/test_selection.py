@@ -72,7 +72,12 @@ def test_length_scaling_equals_scalar_loop(rule, tau):
 
 
 def test_target_tau_two_selects_nothing_and_tau_one_selects_all_but_the_smallest():
-    s, visible = _rows(seed=1)
+    """At tau = 1 the rule stops at S = all but the smallest: 2 - A_S - 2 min(a) = 1 - min(a) <= 1 in exact
+    arithmetic. In FP32 that holds only while no probability is absorbed into the prefix sums: with a score spread
+    of ~24 (randn * 4), the top probability rounds to 1.0 and the rule may stop after it, and whether it does
+    depends on the CPU's vector width (AVX2 vs AVX512 summation order). The rows here keep every probability
+    within e^-8 of the largest, where the margin (>= min(a) ~ 1e-4) dwarfs FP32 rounding on any instruction set."""
+    s, visible = _rows(seed=1, spread=1.0)
     assert not select(s, visible, SitePolicy(criterion="target", tau=2.0)).any()
     full = select(s, visible, SitePolicy(criterion="target", tau=1.0))
     lengths = visible.sum(-1)
