@@ -68,4 +68,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from machine import describe_machine  # bench/machine.py
+
+    print(f"machine: {describe_machine()}", flush=True)  # the numbers below hold for this CPU
     main()

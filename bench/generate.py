@@ -34,6 +34,7 @@ import lampc
 from lampc import Policy, SitePolicy
 from lampc.eval.sweep import CellCompiler, load_sequences, run_sweep
 from lampc.models import load_model
+from lampc.runtime.hardware import native_speed
 from machine import describe_machine  # bench/machine.py: this script's directory is on sys.path
 
 STRICT_TAUS = {"embedded": (1.0, 0.2), "smollm2-135m": (0.1, 0.03)}
@@ -90,7 +91,7 @@ def run_once(model, compiled, ids, new_tokens: int) -> tuple[float, list[float]]
 
 def speed(name: str, model, tokenizer, args) -> str:
     ids, _ = load_sequences(tokenizer, seq_len=args.prompt_len, n_seq=1, seed=args.seed)
-    has_bf16 = "avx512_bf16" in _flags() or "amx_bf16" in _flags() or torch.cuda.is_available()
+    has_bf16 = native_speed(torch.bfloat16, "cuda" if torch.cuda.is_available() else "cpu")[0]
     variants = speed_variants(model, has_bf16, STRICT_TAUS[name][0])
     for compiled in variants.values():  # warm-up: builds the step graphs, fills caches
         run_once(model, compiled, ids, 4)
@@ -147,12 +148,6 @@ def md_table(header, rows) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _flags() -> set[str]:
-    from machine import cpu_flags
-
-    return cpu_flags()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="both", choices=("both", "embedded", "smollm2-135m"))
@@ -171,7 +166,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.prompt_len, args.new_tokens, args.n_prompts, args.repeats = 32, 8, 2, 1
     torch.set_num_threads(args.threads)
-    print(f"machine: {describe_machine()}\ncommand: python bench/generate.py {' '.join(argv or sys.argv[1:])}\n")
+    print(f"machine: {describe_machine()}, {torch.get_num_threads()} thread(s)\ncommand: python bench/generate.py {' '.join(argv or sys.argv[1:])}\n")
     names = ["embedded", "smollm2-135m"] if args.model == "both" else [args.model]
     for name in names:
         model, tokenizer = load_model(name)

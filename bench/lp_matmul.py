@@ -136,4 +136,7 @@ def _cell(seconds: float | None, fp32: float) -> str:
 
 
 if __name__ == "__main__":
+    from machine import describe_machine  # bench/machine.py
+
+    print(f"machine: {describe_machine()}", flush=True)  # the numbers below hold for this CPU
     main()

@@ -7,18 +7,9 @@ import platform
 
 import torch
 
+from lampc.runtime.hardware import cpu_flags
+
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def cpu_name() -> str:
@@ -33,11 +24,10 @@ def cpu_name() -> str:
 
 
 def describe_machine() -> str:
-    """One line: CPU, the low-precision instruction sets it has and lacks, torch threads and version."""
+    """One line: CPU, the low-precision instruction sets it has and lacks, torch version, GPU if any."""
     flags = cpu_flags()
     has = [f for f in FLAGS if f in flags]
     lacks = [f for f in FLAGS if f not in flags]
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return (f"{cpu_name()}; has {', '.join(has) or 'none of ' + '/'.join(FLAGS)}"
-            f"{'; lacks ' + ', '.join(lacks) if lacks else ''}; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} thread(s){gpu}")
+            f"{'; lacks ' + ', '.join(lacks) if lacks else ''}; torch {torch.__version__}{gpu}")

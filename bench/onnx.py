@@ -197,4 +197,7 @@ def table(rows: dict, name: str, args, seq: int, compile_s: float) -> str:
 
 
 if __name__ == "__main__":
+    from machine import describe_machine  # bench/machine.py
+
+    print(f"machine: {describe_machine()}", flush=True)  # the numbers below hold for this CPU
     sys.exit(main())

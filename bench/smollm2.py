@@ -242,4 +242,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from machine import describe_machine  # bench/machine.py
+
+    print(f"machine: {describe_machine()}", flush=True)  # the numbers below hold for this CPU
     sys.exit(main())
