@@ -15,12 +15,17 @@ from .capture import CaptureError  # noqa: E402
 from .inspect import show  # noqa: E402
 from .policy import Policy, SitePolicy  # noqa: E402
 
-__all__ = ["CaptureError", "NoSitesError", "Policy", "SitePolicy", "compile", "export_onnx", "formats", "inspect", "show",
+__all__ = ["CaptureError", "NoSitesError", "Policy", "SitePolicy", "compile", "export_onnx", "load_model", "formats", "inspect", "show",
            "__version__"]
 
 
 def __getattr__(name):
-    """`lampc.export_onnx` loads the ONNX stack (onnxscript, onnxruntime) only when first used."""
+    """`lampc.export_onnx` loads the ONNX stack (onnxscript, onnxruntime) only when first used; `lampc.load_model`
+    the model loaders (transformers' Auto classes)."""
+    if name == "load_model":
+        from .models import load_model
+
+        return load_model
     if name == "export_onnx":
         from .export import export_onnx
 

@@ -64,12 +64,52 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if getattr(args, "quiet", False):
+        silence_third_party()
     try:
         return int(args.run(args) or 0)
-    except CliError as err:
+    except (CliError, ValueError, TypeError, FileNotFoundError, LookupError) as err:
         parser.exit(2, f"lampc {args.command}: error: {err}\n")
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (RuntimeError, ModuleNotFoundError) as err:
+        if not isinstance(err, user_errors()):
+            raise  # a bug: keep the traceback
         parser.exit(2, f"lampc {args.command}: error: {err}\n")
+
+
+def silence_third_party() -> None:
+    """--quiet: no transformers/huggingface progress bars, info logs or Python warnings; lampc's own results and
+    errors still print."""
+    import logging
+    import os
+    import warnings
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    warnings.simplefilter("ignore")
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def user_errors() -> tuple[type, ...]:
+    """lampc's error classes that describe bad input (a model that cannot be captured, unreadable data, a missing
+    optional package): one line and exit 2 on the command line, not a traceback."""
+    from .capture import CaptureError
+    from .eval.data import DataError
+    from .models.smollm2 import SmolLM2NotInstalledError
+
+    found = [CaptureError, DataError, SmolLM2NotInstalledError]
+    try:
+        from .export.onnx import OnnxExportError
+
+        found.append(OnnxExportError)
+    except ImportError:
+        pass
+    return tuple(found)
 
 
 if __name__ == "__main__":  # `python -m lampc.cli`: run the package's module, so CliError is the same class

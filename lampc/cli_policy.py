@@ -1,16 +1,31 @@
-"""The policy options every compiling subcommand shares (show, generate): one spelling, one validation.
+"""The policy options every compiling subcommand shares (show, generate, export, eval): one spelling, one validation.
 
     add_policy_arguments(parser)              --format --criterion --tau --budget --block-k --kinds --sites
-                                              --backend --fused
-    policy_overrides(args) -> dict            keyword arguments for lampc.compile / CellCompiler
+                                              --backend --fused --policy FILE
+    add_policy_arguments(parser, grid=True)   the same less --format/--criterion/--tau/--block-k (lampc eval sweeps
+                                              those as lists)
+    compile_arguments(args) -> (policy, overrides)   for lampc.compile(model, policy, **overrides)
+
+`--policy FILE` (JSON, or YAML with PyYAML) holds a whole Policy, per kind:
+
+    {"attention": {"format": "m7", "criterion": "strict", "tau": 0.1},
+     "logits": {"format": "m7", "criterion": "budget", "budget": 0.05}, "sites": "guarded"}
+
+Options given beside it override its fields for every kind it enables; options not given leave it as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from .cli import budget_arg
-from .policy import CRITERIA, SITE_KINDS
+from .cli import CliError, budget_arg
+from .policy import CRITERIA, SITE_KINDS, Policy, SitePolicy
+
+DEFAULTS = {"format": "m4", "criterion": "strict", "tau": None, "budget": None, "block_k": 1, "kinds": ["attention"],
+            "sites": "guarded", "backend": "emulate", "fused": False}
+GRID_OPTIONS = ("format", "criterion", "tau", "block_k")
 
 
 def kinds_arg(text: str) -> list[str]:
@@ -23,27 +38,71 @@ def kinds_arg(text: str) -> list[str]:
     return kinds
 
 
-def add_policy_arguments(parser, *, format_default: str = "m4") -> None:
+def add_policy_arguments(parser, *, grid: bool = False) -> None:
     group = parser.add_argument_group("policy")
-    group.add_argument("--format", default=format_default,
-                       help=f"producer format, e.g. m4, m7, bf16 (default {format_default}; see `lampc formats`)")
-    group.add_argument("--criterion", default="strict", choices=CRITERIA, help="look-ahead rule (default strict)")
-    group.add_argument("--tau", type=float, default=None, help="the rule's threshold (default: per rule)")
+    if not grid:
+        group.add_argument("--format", default=None, help="producer format, e.g. m4, m7, bf16 (default m4; see "
+                                                          "`lampc formats`)")
+        group.add_argument("--criterion", default=None, choices=CRITERIA, help="look-ahead rule (default strict)")
+        group.add_argument("--tau", type=float, default=None, help="the rule's threshold (default: per rule)")
+        group.add_argument("--block-k", type=int, default=None,
+                           help="accumulation block (1 = round every term, default)")
     group.add_argument("--budget", type=budget_arg, default=None,
                        help="for --criterion budget: k per row, or a fraction")
-    group.add_argument("--block-k", type=int, default=1, help="accumulation block (1 = round every term, default)")
-    group.add_argument("--kinds", default="attention", type=kinds_arg,
+    group.add_argument("--kinds", default=None, type=kinds_arg,
                        help="site kinds to rewrite, comma separated: attention,layer_norm,gelu,logits or 'all' "
                             "(default attention, as in the paper)")
-    group.add_argument("--sites", choices=("guarded", "all"), default="guarded",
+    group.add_argument("--sites", choices=("guarded", "all"), default=None,
                        help="'all' also lowers every matmul that is no site (default guarded)")
-    group.add_argument("--backend", choices=("emulate", "native"), default="emulate",
+    group.add_argument("--backend", choices=("emulate", "native"), default=None,
                        help="emulate the format bit-exactly, or run the real dtype (bf16, fp16)")
-    group.add_argument("--fused", action="store_true", help="softmax sites as one fused op (the deployment form)")
+    group.add_argument("--fused", action="store_true", default=None,
+                       help="softmax sites as one fused op (the deployment form)")
+    group.add_argument("--policy", default=None, metavar="FILE",
+                       help="a whole policy, per site kind, as JSON (or YAML); the options above override it")
 
 
-def policy_overrides(args) -> dict:
-    """lampc.compile keyword arguments from the parsed policy options."""
-    return {"format": args.format, "criterion": args.criterion, "tau": args.tau, "budget": args.budget,
-            "block_k": args.block_k, "kinds": args.kinds, "sites": args.sites, "backend": args.backend,
-            "fused": args.fused}
+def compile_arguments(args, *, grid: bool = False) -> tuple[Policy | None, dict]:
+    """(base policy from --policy or None, the keyword overrides for lampc.compile); grid=True leaves out the
+    options lampc eval sweeps (format, criterion, tau, block_k)."""
+    names = [n for n in DEFAULTS if hasattr(args, n) and not (grid and n in GRID_OPTIONS)]
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if getattr(args, "policy", None):
+        return load_policy_file(args.policy), given
+    return None, {**{n: DEFAULTS[n] for n in names}, **given}
+
+
+def load_policy_file(path: str | Path) -> Policy:
+    """A Policy from JSON/YAML: {kind: {SitePolicy fields} | null, ..., "sites": ...}; errors name the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise CliError(f"--policy: no such file: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as err:  # JSON or YAML syntax
+        raise CliError(f"--policy: {path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: "
+                       f"{str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CliError(f"--policy: {path} must hold an object with site kinds ({', '.join(SITE_KINDS)}) and sites")
+    unknown = set(data) - set(SITE_KINDS) - {"sites"}
+    if unknown:
+        raise CliError(f"--policy: unknown key(s) {sorted(unknown)}; expected {', '.join(SITE_KINDS)} and sites")
+    fields = {"sites": data.get("sites", "guarded")}
+    for kind in SITE_KINDS:
+        site = data.get(kind)
+        if site is not None and not isinstance(site, dict):
+            raise CliError(f"--policy: {kind} must be an object of SitePolicy fields or null")
+        try:
+            fields[kind] = SitePolicy(**site) if site is not None else None
+        except (TypeError, ValueError) as err:
+            raise CliError(f"--policy: {kind}: {err}") from None
+    try:
+        return Policy(**fields)
+    except ValueError as err:
+        raise CliError(f"--policy: {err}") from None

@@ -207,3 +207,64 @@ def test_generate_command_greedy_fp32_equals_transformers(capsys, model_dir):
 def test_generate_command_rejects_bad_arguments(capsys, argv, message):
     err = fails(capsys, "generate", *argv)
     assert message in err
+
+
+def test_user_errors_are_one_line_not_tracebacks(capsys, tmp_path):
+    not_onnx = tmp_path / "x.onnx"
+    not_onnx.write_text("not a model")
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    for argv, message in (
+        (["show", "--model", "/nonexistent/model"], "unknown model '/nonexistent/model'"),
+        (["show", "--onnx", str(not_onnx)], "is not an ONNX model"),
+        (["eval", "--text", str(binary), "--n-seq", "1", "--seq-len", "8", "--format", "m4", "--criterion",
+          "uniform", "--out", str(tmp_path / "o"), "--quiet"], "is not valid UTF-8"),
+    ):
+        err = fails(capsys, *argv)
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_checks_its_output_directory_before_any_work(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    err = fails(capsys, "eval", "--out", str(blocker / "sub"), "--n-seq", "1", "--seq-len", "8")
+    assert "--out: cannot write in" in err and "FP32 reference" not in err
+
+
+def test_eval_takes_the_policy_options(capsys, model_dir, text_file, tmp_path):
+    out = tmp_path / "kinds"
+    code = main(["eval", "--model", str(model_dir), "--text", str(text_file), "--seq-len", "16", "--n-seq", "2",
+                 "--format", "m3", "--criterion", "uniform,budget", "--budget", "2", "--kinds", "attention,logits",
+                 "--sites", "all", "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["criterion"] for r in rows] == ["uniform", "budget"]
+    assert rows[1]["rule"] == "budget k=2" and rows[1]["recompute_rate"] > 0
+    assert "--criterion budget needs --budget" in fails(capsys, "eval", "--criterion", "budget")
+
+
+def test_policy_file_per_kind(capsys, tmp_path):
+    from lampc.cli_policy import load_policy_file
+
+    good = tmp_path / "p.json"
+    good.write_text(json.dumps({"attention": {"format": "m7", "tau": 0.2},
+                                "logits": {"criterion": "budget", "budget": 0.01}, "sites": "all"}))
+    policy = load_policy_file(good)
+    assert policy.attention.format.name == "m7" and policy.logits.budget == 0.01 and policy.sites == "all"
+    assert policy.layer_norm is None
+    yaml_file = tmp_path / "p.yaml"
+    yaml_file.write_text("attention:\n  format: m5\n  criterion: relaxed\n")
+    assert load_policy_file(yaml_file).attention.criterion == "relaxed"
+    for content, message in (('{"attention": {"tau": -1}}', "attention: SitePolicy.tau"),
+                             ('{"attn": {}}', "unknown key"), ("[1, 2]", "must hold an object"),
+                             ("{", "is not valid JSON")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(content)
+        assert message in fails(capsys, "show", "--policy", str(bad))
+
+
+def test_load_model_at_the_top_level():
+    import lampc
+    from lampc.models import load_model
+
+    assert lampc.load_model is load_model

@@ -9,10 +9,11 @@ import textwrap
 from pathlib import Path
 
 from ..cli import CliError
+from ..cli_policy import add_policy_arguments, compile_arguments
 from ..formats import parse as parse_format
 from ..formats import valid_names
 from ..policy import COUNT_SOURCES
-from .sweep import SWEEP_CRITERIA, TAU_GRIDS, plan_cells
+from .sweep import SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS, plan_cells
 
 DEFAULT_CRITERIA = "uniform,strict,random,oracle"
 
@@ -52,6 +53,7 @@ def add_parser(subparsers) -> None:
     grid.add_argument("--block-k", type=positive_int, default=1, metavar="B",
                       help="accumulation block: 1 = round after every multiply-add (default), B = FP32 partial "
                            "sums of B terms")
+    add_policy_arguments(parser, grid=True)
     parser.add_argument("--generate", default=None, metavar="N,M", type=generate_arg,
                         help="also decode N prompts (of --seq-len tokens) greedily for M new tokens in every cell "
                              "and compare with FP32's continuations: mean tokens before the first divergence, share "
@@ -107,6 +109,9 @@ def run(args) -> int:
     taus = parse_taus(args.tau)
     count_from = parse_count_from(args.count_from)
     cells = check_grid(formats, criteria, taus, count_from)
+    if "budget" in criteria and args.budget is None:
+        raise CliError("--criterion budget needs --budget (k entries per row, or a fraction)")
+    policy, fixed = compile_arguments(args, grid=True)
     check_data_arguments(args)
     model, tokenizer = load(args.model)
     check_context(model, args)
@@ -120,7 +125,7 @@ def run(args) -> int:
                      n_seq=args.n_seq, seed=args.seed, text=args.text, shuffle=args.shuffle,
                      batch_size=args.batch_size, block_k=args.block_k, count_from=count_from, out_dir=args.out,
                      progress=not args.quiet, model_name=args.model, command=command_line(args),
-                     generate=args.generate)
+                     generate=args.generate, policy=policy, fixed=fixed)
     print(format_table(rows, EVAL_COLUMNS + (GENERATION_COLUMNS if args.generate else ())))
     best = headline(rows)
     if best:
@@ -167,9 +172,9 @@ def parse_taus(values: list[str] | str | None) -> list[float] | dict[str, list[f
     for value in values:
         criterion, sep, text = value.rpartition("=")
         key = criterion.strip() if sep else "all"
-        if sep and key not in SWEEP_CRITERIA[1:]:
+        if sep and key not in TAU_CRITERIA:
             raise CliError(f"--tau: {key!r} in {value!r} is not a criterion that takes a tau "
-                           f"({', '.join(SWEEP_CRITERIA[1:])})")
+                           f"({', '.join(TAU_CRITERIA)})")
         for item in split_list(text, "--tau"):
             try:
                 taus.setdefault(key, []).append(float(item))
@@ -189,8 +194,8 @@ def parse_count_from(text: str) -> list[str]:
 
 def check_grid(formats, criteria, taus, count_from):
     """The sweep's cells; a tau outside a criterion's range is reported against --tau."""
-    if taus is not None and all(c == "uniform" for c in criteria):
-        raise CliError("--tau: no selected criterion takes a tau (uniform recomputes nothing)")
+    if taus is not None and all(c not in TAU_CRITERIA for c in criteria):
+        raise CliError("--tau: no selected criterion takes a tau (uniform recomputes nothing, budget takes --budget)")
     try:
         return plan_cells(formats, criteria, taus, count_from)
     except ValueError as err:
@@ -201,9 +206,32 @@ def check_data_arguments(args) -> None:
     """The checks that need no model: --text exists, --out can be a directory."""
     if args.text is not None and not Path(args.text).is_file():
         raise CliError(f"--text: no such file: {args.text}")
-    out = Path(args.out)
+    if args.text is not None:
+        from .data import DataError, read_text
+
+        try:
+            read_text(args.text)  # unreadable text fails here, before the model loads
+        except DataError as err:
+            raise CliError(f"--text: {err}") from None
+    check_writable_dir(Path(args.out), "--out")
+
+
+def check_writable_dir(out: Path, flag: str) -> None:
+    """`out` exists or can be made, and a file can be written in it: checked before any work, not after it."""
     if out.exists() and not out.is_dir():
-        raise CliError(f"--out: {out} exists and is not a directory")
+        raise CliError(f"{flag}: {out} exists and is not a directory")
+    missing = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".lampc-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise CliError(f"{flag}: cannot write in {out} ({err.strerror or err})") from None
+    finally:
+        for made in missing:  # leave no directory behind: the run makes it again when it writes
+            if made.is_dir():
+                made.rmdir()
 
 
 def check_context(model, args) -> None:

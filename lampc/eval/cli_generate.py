@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ..cli import CliError
-from ..cli_policy import add_policy_arguments, policy_overrides
+from ..cli_policy import add_policy_arguments, compile_arguments
 
 COMPARE_VARIANTS = ("fp32", "uniform")
 
@@ -36,6 +36,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of mass >= p")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
+    parser.add_argument("--quiet", action="store_true", help="no third-party progress bars or warnings")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON ('-': stdout)")
     add_policy_arguments(parser)
     parser.set_defaults(run=run)
@@ -52,7 +53,8 @@ def run(args) -> int:
     from .generation import compare_generations
 
     model, tokenizer = load(args.model)
-    result = compare_generations(model, tokenizer, prompts, policy_overrides(args), variants=variants,
+    policy, overrides = compile_arguments(args)
+    result = compare_generations(model, tokenizer, prompts, overrides, policy=policy, variants=variants,
                                  max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     result["model"] = args.model

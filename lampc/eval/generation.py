@@ -95,22 +95,23 @@ class GenerationProbe:
         }
 
 
-def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *, variants=(),
+def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *, policy=None, variants=(),
                         max_new_tokens: int = 32, do_sample: bool = False, temperature=None, top_k=None, top_p=None,
                         seed: int = 0) -> dict:
-    """Continue `prompts` with the LAMP policy (`overrides`) and the `variants` ("fp32": the model's own FP32
+    """Continue `prompts` with the LAMP policy (`policy` with `overrides`, as lampc.compile takes them) and the
+    `variants` ("fp32": the model's own FP32
     math, compiled at m23 with no recompute, which equals transformers' generate; "uniform": the policy's format,
     no recompute); every variant samples from the same seed. The first variant is the reference of divergence."""
     from .sweep import CellCompiler
 
     ids, mask = _left_padded(tokenizer, prompts)
     compiler = CellCompiler(model)
-    lamp = compiler(**overrides)
-    policies = {"fp32": dict(format="m23", criterion="uniform"),
-                "uniform": {**overrides, "criterion": "uniform", "tau": None, "budget": None}}
-    runs = {name: compiler(**policies[name]) for name in variants if name == "fp32"}
+    lamp = compiler(policy, **overrides)
+    uniform = {**overrides, "criterion": "uniform", "tau": None, "budget": None}
+    runs = {"fp32": compiler(None, format="m23", criterion="uniform")} if "fp32" in variants else {}
     runs["lamp"] = lamp
-    runs.update({name: compiler(**policies[name]) for name in variants if name != "fp32"})
+    if "uniform" in variants:
+        runs["uniform"] = compiler(policy, **uniform)
     options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                    top_p=top_p)
     tokens = {name: compiled.generate(ids, mask, generator=torch.Generator().manual_seed(seed), **options)

@@ -46,7 +46,9 @@ count from."""
 LAMP_CRITERIA = ("target", "strict", "relaxed")
 """The deployable look-ahead rules (budget needs a count, not a tau, and is not swept)."""
 
-SWEEP_CRITERIA = ("uniform", "target", "strict", "relaxed", "random", "oracle")
+SWEEP_CRITERIA = ("uniform", "target", "strict", "relaxed", "random", "oracle", "budget")
+TAU_CRITERIA = ("target", "strict", "relaxed", "random", "oracle")
+"""The criteria a --tau applies to (uniform recomputes nothing; budget takes its count or fraction)."""
 
 CSV_COLUMNS = (
     "model", "seed", "n_seq", "seq_len", "dataset", "shuffle", "criterion", "format", "m_bits", "block_k", "tau",
@@ -107,7 +109,7 @@ def plan_cells(formats: Sequence[str], criteria: Sequence[str], taus=None,
     cells = []
     for f in names:
         for c in criteria:
-            if c == "uniform":
+            if c not in TAU_CRITERIA:  # uniform, budget (its budget is a fixed policy field of the sweep)
                 cells.append(Cell(f, c))
                 continue
             for source in sources if c in ("random", "oracle") else [None]:
@@ -147,7 +149,7 @@ class CellCompiler:
 
         self.captured = capture(model)
 
-    def __call__(self, *, allow_no_sites: bool = False, **overrides):
+    def __call__(self, policy=None, *, allow_no_sites: bool = False, **overrides):
         from ..api import compile_captured
 
         graph = self.captured.graph_module
@@ -155,7 +157,7 @@ class CellCompiler:
             warnings.simplefilter("ignore", FutureWarning)  # pytree deprecation noise from deepcopy
             shared = {id(t): t for t in (*graph.parameters(), *graph.buffers())}
             copy_ = dataclasses.replace(self.captured, graph_module=copy.deepcopy(graph, memo=shared))  # weights shared
-        return compile_captured(copy_, Policy.from_overrides(None, **overrides), allow_no_sites=allow_no_sites)
+        return compile_captured(copy_, Policy.from_overrides(policy, **overrides), allow_no_sites=allow_no_sites)
 
 
 @contextlib.contextmanager
@@ -178,7 +180,8 @@ class Sweep:
     """
 
     def __init__(self, model: nn.Module, sequences: torch.Tensor, *, batch_size: int = 4, block_k: int = 1,
-                 info: dict | None = None, progress: bool = True, generation=None):
+                 info: dict | None = None, progress: bool = True, generation=None, policy: Policy | None = None,
+                 fixed: dict | None = None):
         _check_positive(batch_size=batch_size, block_k=block_k)
         self.batches = list(sequences.split(batch_size))  # each (b, T)
         self.block_k = block_k
@@ -191,6 +194,8 @@ class Sweep:
                 bar.update(1)
         self.compiler = CellCompiler(model)
         self.generation = generation  # a GenerationProbe: greedy continuations measured against FP32's, per cell
+        self.policy = policy  # the base policy every cell starts from (None: lampc's default)
+        self.fixed = dict(fixed or {})  # policy fields every cell shares (kinds, sites, backend, fused, budget)
 
     def run(self, cells: Sequence[Cell]) -> list[dict]:
         """One row per cell: the metrics over all batches, the recompute rates, the cell's policy and timing."""
@@ -199,15 +204,20 @@ class Sweep:
             for cell in cells:
                 bar.set_description(cell.label)
                 t0 = time.perf_counter()
-                compiled = self.compiler(**cell.overrides(self.block_k))
+                compiled = self.compile(cell)
                 measured = self.measure(compiled, bar)
                 if self.generation is not None:
                     measured.update(self.generation.measure(compiled))
-                site = compiled.policy.attention
+                site = compiled.policy.for_kind(compiled.policy.enabled_kinds()[0])
                 rows.append({**self.info, "criterion": cell.criterion, "format": cell.format, "m_bits": site.m_bits,
                              "block_k": self.block_k, "tau": cell.tau, "count_from": cell.count_from or "",
                              **measured, "rule": site.rule_text, "seconds": round(time.perf_counter() - t0, 2)})
         return rows
+
+    def compile(self, cell: Cell):
+        """The compiled model of one cell: the base policy, the sweep's fixed fields, the cell's own."""
+        fixed = {k: v for k, v in self.fixed.items() if k != "budget" or cell.criterion == "budget"}
+        return self.compiler(self.policy, **{**fixed, **cell.overrides(self.block_k)})
 
     def measure(self, compiled, bar=None) -> dict:
         """Metrics of `compiled` over all batches, plus its recompute rates summed over all of them."""
@@ -268,12 +278,17 @@ def run_sweep(
     model_name: str | None = None,
     command: str | None = None,
     generate: tuple[int, int] | None = None,
+    policy: Policy | None = None,
+    fixed: dict | None = None,
 ) -> list[dict]:
     """Run the grid and return one row (dict) per cell; with `out_dir`, also write CSV, JSON and plots there.
 
     Data: `token_ids` (a 1-D sequence of ids) if given; else `text` (a file path) or, by default, Persuasion,
     tokenised with `tokenizer`. `n_seq` windows of `seq_len` tokens are cut with `seed` (and token-shuffled with
     `shuffle`), see `lampc.eval.data.make_sequences`. `taus` as in `plan_cells`.
+
+    policy, fixed: the base Policy of every cell and the policy fields they share (kinds, sites, backend, fused,
+    budget), as `lampc.compile(model, policy, **fixed, **cell)` takes them.
 
     generate=(N, M): also decode N prompts of `seq_len` tokens (cut from the same text with seed + 1) greedily
     for M new tokens in every cell, against the FP32 model's continuations (lampc.eval.generation): columns
@@ -292,7 +307,7 @@ def run_sweep(
         probe = generation_probe(model, tokenizer, generate, text=text, token_ids=token_ids, seq_len=seq_len,
                                  seed=seed, shuffle=shuffle, batch_size=batch_size)
     sweep = Sweep(model, sequences, batch_size=batch_size, block_k=block_k, info=info, progress=progress,
-                  generation=probe)
+                  generation=probe, policy=policy, fixed=fixed)
     rows = sweep.run(cells)
     if out_dir is not None:
         meta = metadata(sweep, cells, command=command, started=started, batch_size=batch_size,

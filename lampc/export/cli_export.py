@@ -5,8 +5,7 @@
 
 from __future__ import annotations
 
-from ..cli import budget_arg
-from ..policy import CRITERIA
+from ..cli_policy import add_policy_arguments, compile_arguments
 
 
 def add_parser(subparsers) -> None:
@@ -17,18 +16,14 @@ def add_parser(subparsers) -> None:
                     "by site. The policy and lampc's version go into the model's metadata. Afterwards the model "
                     "is run once in ONNX Runtime next to the PyTorch compiled model and the difference printed.")
     parser.add_argument("--model", default="embedded", help="'embedded' (default), a known name, or a model directory")
-    parser.add_argument("--format", default="m4", help="producer format, e.g. m4, m7, bf16 (default m4)")
-    parser.add_argument("--criterion", default="strict", choices=CRITERIA,
-                        help="look-ahead rule (default strict; 'random' cannot be exported)")
-    parser.add_argument("--tau", type=float, default=None, help="the rule's threshold (default: per rule)")
-    parser.add_argument("--budget", type=budget_arg, default=None, help="for --criterion budget: k per row or a fraction")
-    parser.add_argument("--block-k", type=int, default=1, help="accumulation block (1 = strict, default)")
+    add_policy_arguments(parser)  # --criterion random cannot be exported (it draws from torch's generator)
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=26, help="ONNX opset 18..26 (default 26: BitCast rounding)")
     parser.add_argument("--rounding", default="auto", choices=("auto", "bits", "arith"),
                         help="rounding formulation (auto: bits at opset 26, else arith)")
     parser.add_argument("--no-optimize", action="store_true", help="skip onnxscript's graph optimiser")
     parser.add_argument("--debug-outputs", action="store_true", help="also output selection_<i> and scores_lp_<i>")
+    parser.add_argument("--quiet", action="store_true", help="no third-party progress bars or warnings")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check after exporting")
     parser.set_defaults(run=run)
 
@@ -41,7 +36,7 @@ def run(args) -> int:
     from .onnx import OnnxExportError, check_writable, export_onnx
     from .translations import EXPORTABLE_CRITERIA
 
-    if args.criterion not in EXPORTABLE_CRITERIA:  # fail before the slow part
+    if args.criterion is not None and args.criterion not in EXPORTABLE_CRITERIA:  # fail before the slow part
         raise CliError(f"--criterion {args.criterion}: cannot be exported to ONNX (it draws from torch's random "
                        f"generator); exportable: {', '.join(EXPORTABLE_CRITERIA)}")
     try:
@@ -52,10 +47,8 @@ def run(args) -> int:
         model, tokenizer = load_model(args.model)
     except ModelNotFoundError as err:
         raise CliError(f"--model: {err}") from None
-    overrides = {"format": args.format, "criterion": args.criterion, "tau": args.tau, "block_k": args.block_k}
-    if args.budget is not None:
-        overrides["budget"] = args.budget
-    compiled = compile(model, **overrides)
+    policy, overrides = compile_arguments(args)
+    compiled = compile(model, policy, **overrides)
     try:
         info = export_onnx(compiled, args.out, opset=args.opset, rounding=args.rounding,
                            optimize=not args.no_optimize, debug_outputs=args.debug_outputs)

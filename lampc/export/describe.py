@@ -42,7 +42,10 @@ def describe_onnx(path: str | os.PathLike, *, top: int = 6) -> str:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no ONNX model at {path!r}")
-    model = onnx.load(path, load_external_data=False)
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError and friends: not an ONNX file
+        raise ValueError(f"{path} is not an ONNX model ({type(err).__name__}: {str(err).splitlines()[0]})") from err
     meta = {p.key: p.value for p in model.metadata_props}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), "?")
     title = (f"{os.path.basename(path)}  opset {opset}  lampc {meta.get('lampc.version', '?')}  "

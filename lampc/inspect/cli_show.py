@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..cli_policy import add_policy_arguments, policy_overrides
+from ..cli_policy import add_policy_arguments, compile_arguments
 
 
 def add_parser(subparsers) -> None:
@@ -16,6 +16,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--decode", action="store_true",
                         help="also show the decode-step graph (one new token against the KV cache), after a short "
                              "generation")
+    parser.add_argument("--quiet", action="store_true", help="no third-party progress bars or warnings")
     parser.add_argument("--full", action="store_true", help="list the whole graph, not just the sites")
     parser.add_argument("--graph", metavar="FILE", help="also write the rewritten graph as .graphml or .dot")
     parser.add_argument("--onnx", metavar="FILE", help="instead: print an exported ONNX model compactly")
@@ -31,11 +32,12 @@ def run(args) -> int:
     import torch
 
     from ..api import compile
-    from ..models import load_model
+    from ..eval.cli_eval import load
     from .show import show
 
-    model, tokenizer = load_model(args.model)
-    compiled = compile(model, **policy_overrides(args))
+    model, tokenizer = load(args.model)
+    policy, overrides = compile_arguments(args)
+    compiled = compile(model, policy, **overrides)
     text = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     with torch.no_grad():
