@@ -47,7 +47,10 @@ def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
     ids, mask = _example_inputs(config.vocab_size, next(model.parameters()).device)
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("seq", min=2, max=max_len)
-    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}, "use_cache": None}
+    kwargs = {"input_ids": ids, "attention_mask": mask}
+    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    if takes_use_cache(model):  # decoders: no cache in the full-sequence graph (encoders and task heads take none)
+        kwargs["use_cache"], dynamic["use_cache"] = False, None
     was_training = model.training
     model.eval()  # the graph is the inference forward (dropout off); the user's model is left as it was
     try:
@@ -55,7 +58,7 @@ def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
             program = torch.export.export(
                 model,
                 (),
-                kwargs={"input_ids": ids, "attention_mask": mask, "use_cache": False},
+                kwargs=kwargs,
                 dynamic_shapes=dynamic,
                 strict=False,
             )
@@ -65,6 +68,14 @@ def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
         model.train(was_training)
     return Captured(program.module(), getattr(config, "model_type", type(model).__name__), max_len, config.vocab_size,
                     StepCapture(model, max_len), getattr(model, "generation_config", None))
+
+
+def takes_use_cache(model: nn.Module) -> bool:
+    """Whether the model's forward names a `use_cache` argument (decoders do; BERT-style encoders and task heads
+    take **kwargs, which torch.export cannot be given a dynamic-shape spec for)."""
+    import inspect
+
+    return "use_cache" in inspect.signature(model.forward).parameters
 
 
 def check_capturable(model: nn.Module):

@@ -75,3 +75,29 @@ def test_qwen3_per_head_qk_norms_are_skipped_not_broken():
     assert torch.isfinite(logits).all()
     assert (logits - model(ids).logits).abs().max() < 0.1  # m7 with recompute: close to FP32
     assert compiled.generate(ids, max_new_tokens=3).shape == (2, 11)
+
+
+@pytest.mark.parametrize("head", ["BertModel", "BertForSequenceClassification", "BertForMaskedLM"])
+def test_encoders_and_task_heads_compile_with_non_causal_attention(head):
+    """BERT takes no use_cache: capture passes only what the forward takes; the bidirectional (padding-only) mask
+    is the site's mask, and any output with .logits or .last_hidden_state comes back."""
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = getattr(transformers, head)._from_config(config, attn_implementation="eager").eval()
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    exact = lampc.compile(model, format="m23", criterion="uniform")
+    key = "last_hidden_state" if head == "BertModel" else "logits"
+    assert torch.equal(exact(ids, attention_mask=mask)[key], model(ids, attention_mask=mask)[key])
+    compiled = lampc.compile(model, format="m4", criterion="budget", budget=2)
+    compiled(ids, attention_mask=mask)
+    overall = compiled.stats()["overall"]
+    # non-causal: every unpadded key is visible to every query row (padded rows included), per head and layer
+    assert overall["visible"] == 2 * 4 * 8 * (8 + 5)
+    assert overall["selected"] == 2 * 4 * 2 * 16  # 2 per row: 2 layers x 4 heads x 16 query rows
+    with pytest.raises(lampc.CaptureError, match="cache"):
+        compiled.generate(ids, max_new_tokens=2)

@@ -19,6 +19,7 @@ Inputs `input_ids` and `attention_mask` (int64, dynamic batch and sequence), out
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import time
@@ -212,7 +213,8 @@ class _ExportWrapper(nn.Module):
         self.graph_module = graph_module
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.graph_module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        extra = {"use_cache": False} if "use_cache" in inspect.signature(self.graph_module.forward).parameters else {}
+        out = self.graph_module(input_ids=input_ids, attention_mask=attention_mask, **extra)
         return out.logits if hasattr(out, "logits") else out[0]
 
 

@@ -40,6 +40,7 @@ class CompiledModel(nn.Module):
         self.step_graphs = StepGraphs(steps, policy) if steps is not None else None
         self.generation_config = generation_config
         self.training = False  # an inference graph (see train())
+        self._takes_use_cache = "use_cache" in _placeholder_names(graph_module)
         self._random_streams: dict = {}  # the random baseline's generators, this model's own (see ops.random_streams)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
@@ -76,7 +77,8 @@ class CompiledModel(nn.Module):
         _check_attention_mask(attention_mask, input_ids, past)
         attention_mask = attention_mask.long()
         if not cached:
-            return self.graph_module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            extra = {"use_cache": False} if self._takes_use_cache else {}
+            return self.graph_module(input_ids=input_ids, attention_mask=attention_mask, **extra)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)[:, past:]
         elif tuple(position_ids.shape) != tuple(input_ids.shape):
@@ -190,6 +192,13 @@ class CompiledModel(nn.Module):
     def write_graph(self, path: str) -> None:
         """GraphML (.graphml) or DOT (.dot) of the rewritten graph."""
         write_graph(self.graph_module, path)
+
+
+def _placeholder_names(gm: fx.GraphModule) -> set[str]:
+    """The graph's keyword inputs, as the captured forward named them."""
+    import inspect
+
+    return set(inspect.signature(gm.forward).parameters)
 
 
 ACCEPTED_EXTRA = ("labels", "return_dict", "output_attentions", "output_hidden_states")
