@@ -1,8 +1,8 @@
 """A compile that lowers nothing it was asked to is an error, not an FP32 model reporting a perfect KL.
 
 Small random configs of architectures whose attention lampc does not match (Gemma2's logit softcapping, Bloom's
-ALiBi through baddbmm, Falcon's in-place `scores /= sqrt(d)` under eager) must raise NoSitesError naming the
-reason; skipped candidates beside found sites give one warning with their count and first reason.
+ALiBi through baddbmm) must raise NoSitesError naming the reason; skipped candidates beside found sites give one
+warning with their count and first reason. Falcon's in-place `scores /= sqrt(d)` (eager) is matched.
 """
 
 import warnings
@@ -26,7 +26,6 @@ UNMATCHED = {
     "gemma2": (dict(num_key_value_heads=2, intermediate_size=64, head_dim=8, attn_logit_softcapping=50.0),
                "aten.tanh"),
     "bloom": (dict(n_layer=2, n_head=4), "softmax input comes from"),
-    "falcon": (dict(new_decoder_architecture=False), "aten.div_"),
 }
 
 
@@ -101,3 +100,24 @@ def test_encoders_and_task_heads_compile_with_non_causal_attention(head):
     assert overall["selected"] == 2 * 4 * 2 * 16  # 2 per row: 2 layers x 4 heads x 16 query rows
     with pytest.raises(lampc.CaptureError, match="cache"):
         compiled.generate(ids, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_falcon_in_place_scaling_is_matched(attn):
+    cfg = AutoConfig.for_model("falcon", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               new_decoder_architecture=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval()
+    exact = lampc.compile(model, format="m23", criterion="uniform")
+    assert [s.module for s in exact.sites] == [f"transformer.h.{i}.self_attention" for i in range(2)]
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    real = mask.bool()
+    got, want = exact(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits
+    assert (got - want)[real].abs().max() < 1e-5  # the scale 1/sqrt(d) is kept exactly
+    assert torch.equal(exact.generate(ids, mask, max_new_tokens=4),
+                       model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False))
+    low = lampc.compile(model, format="m4", criterion="strict", tau=0.01)
+    low(ids, attention_mask=mask)
+    assert 0 < low.stats()["overall"]["rate"] < 1

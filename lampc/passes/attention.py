@@ -1,6 +1,6 @@
 """The attention site: softmax ∘ (scaled QKᵀ + mask), found and rewritten into LAMP form.
 
-Pattern (every op optional but the matmul and the softmax; scale by mul or div with a number):
+Pattern (every op optional but the matmul and the softmax; scale by mul or div with a number, in place or not):
 
     s = matmul(q, k_t)          # f32[B, H, T, L]
     s = s * scale               # or s / sqrt(d)
@@ -43,7 +43,9 @@ aten = torch.ops.aten
 
 SOFTMAX_OPS = (aten.softmax.int, aten._softmax.default)
 SITE_OPS = LAMPC_OPS + (torch.ops.lampc.lamp_scores.default,)
-SCALE_OPS = (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar)
+MUL_OPS = (aten.mul.Tensor, aten.mul.Scalar, aten.mul_.Tensor, aten.mul_.Scalar)
+DIV_OPS = (aten.div.Tensor, aten.div.Scalar, aten.div_.Tensor, aten.div_.Scalar)
+SCALE_OPS = MUL_OPS + DIV_OPS  # in-place too: Falcon's eager attention does `scores /= sqrt(d)`
 MASK_ADD_OPS = (aten.add.Tensor,)
 
 
@@ -102,11 +104,11 @@ def _match_scaled_matmul(node: fx.Node):
     scale, scale_node = 1.0, None
     if node.op == "call_function" and node.target in SCALE_OPS:
         x, c = node.args[:2]
-        if isinstance(x, (int, float)) and node.target in (aten.mul.Tensor, aten.mul.Scalar):
+        if isinstance(x, (int, float)) and node.target in MUL_OPS:
             x, c = c, x
         if not isinstance(c, (int, float)) or not isinstance(x, fx.Node):
             return f"scores are scaled by a tensor ({node.name}), not a number"
-        scale = float(c) if node.target in (aten.mul.Tensor, aten.mul.Scalar) else 1.0 / float(c)
+        scale = float(c) if node.target in MUL_OPS else 1.0 / float(c)
         scale_node, node = node, x
     if _is_lampc(node):
         return "already rewritten by lampc"
