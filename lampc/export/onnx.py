@@ -161,12 +161,37 @@ def _resolve_opset(opset: int, rounding: str) -> tuple[int, str]:
     return opset, rounding
 
 
+def library_translations() -> dict:
+    """The ONNX translations transformers ships for its own custom ops (e.g. its grouped-GEMM mixture-of-experts
+    kernel), when this transformers has them; lampc's own table takes precedence."""
+    try:
+        from transformers.exporters import exporter_onnx
+    except ImportError:
+        return {}
+    return dict(getattr(exporter_onnx, "_ONNX_TRANSLATION_TABLE", {}))
+
+
+THIRD_PARTY_WORKAROUNDS = {
+    "transformers::grouped_mm_fallback": (
+        "It is transformers' grouped-GEMM mixture-of-experts kernel (Mixtral, Qwen-MoE, ...), and its eager "
+        "per-expert loop is data-dependent, so torch.export cannot capture that either. Run the compiled MoE model "
+        "in PyTorch (its LAMP sites work there), or export a dense model."),
+}
+"""Custom ops of other libraries that torch.onnx does not translate, and how to avoid them."""
+
+
 def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
     """Every lampc op has a translation and every site's policy an ONNX form (errors name op and site)."""
     known = set(translation_table(EXPORT_OPSET, "arith"))
     for node in gm.graph.nodes:
         if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
             continue
+        if node.target.namespace not in ("lampc", "aten", "prims") and node.target not in library_translations():
+            raise OnnxExportError(
+                f"op {node.target.name()} (node {node.name}) at {module_path(node) or 'top level'} is a custom op of "
+                f"the model's library with no ONNX translation in torch.onnx; lampc cannot export it. "
+                + THIRD_PARTY_WORKAROUNDS.get(node.target.name(), "Load the model with its plain PyTorch "
+                                              "implementation of that layer, or export the FP32 model's way."))
         if node.target.namespace != "lampc":
             continue
         index = node.meta.get("lampc_site")
@@ -232,7 +257,7 @@ def _torch_export(wrapper: _ExportWrapper, max_len: int, opset: int, rounding: s
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("seq", min=2, max=max_len)
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    table = translation_table(opset if rounding == "bits" else EXPORT_OPSET, rounding)
+    table = {**library_translations(), **translation_table(opset if rounding == "bits" else EXPORT_OPSET, rounding)}
     try:
         with quiet():
             return torch.onnx.export(
