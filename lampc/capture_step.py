@@ -146,7 +146,13 @@ class StepCapture:
             return copy.deepcopy(raw, memo=shared)
 
     def _capture(self, kind: str) -> fx.GraphModule:
-        check_capturable(self.model)
+        config = check_capturable(self.model)
+        sliding = [t for t in (getattr(config, "layer_types", None) or []) if "sliding" in str(t)]
+        if sliding:
+            raise CaptureError(
+                f"{type(self.model).__name__} has {len(sliding)} sliding-window attention layer(s) "
+                "(config.layer_types): their cache keeps only the last window of positions, and lampc's decode "
+                "graphs need a cache that keeps every position; the full-sequence forward works")
         if self.max_len < 3:
             raise CaptureError(f"the model's context ({self.max_len}) is too short to decode")
         example, dynamic = _example(kind, self.layout, self.max_len, next(self.model.parameters()).device,

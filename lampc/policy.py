@@ -67,6 +67,9 @@ class SitePolicy:
                     or for native strict/uniform sites on the CPU from row statistics (lookahead/row_stats.py).
                     Same values as unfused; the row-statistics selection can differ only where a sensitivity is
                     within FP32 rounding of tau.
+    softcap:        set by the attention pass, not by users: the model's logit soft-capping c (Gemma2's
+                    `attn_logit_softcapping`), whose consumer is softmax(c·tanh(s/c) + mask); the look-ahead
+                    differentiates through the cap (docs/NUMERICS.md §6).
     """
 
     format: Format | str = "m4"
@@ -81,10 +84,11 @@ class SitePolicy:
     seed: int = 0
     dense_above: float = 0.25
     fused: bool = False
+    softcap: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", _field_format(self.format))
-        for name in ("block_k", "tau", "l_ref", "budget", "seed", "dense_above"):  # numpy / torch scalars too
+        for name in ("block_k", "tau", "l_ref", "budget", "seed", "dense_above", "softcap"):  # numpy/torch scalars
             object.__setattr__(self, name, _plain_number(getattr(self, name)))
         _check_int("block_k", self.block_k, minimum=1)
         _check_choice("backend", self.backend, BACKENDS)
@@ -118,6 +122,9 @@ class SitePolicy:
         if self.seed >= 2**63:
             raise ValueError(f"SitePolicy.seed must be < 2**63, got {self.seed}")
         _check_budget(self.criterion, self.budget)
+        if self.softcap is not None and (isinstance(self.softcap, bool) or not isinstance(self.softcap, (int, float))
+                                         or not math.isfinite(self.softcap) or self.softcap <= 0):
+            raise ValueError(f"SitePolicy.softcap must be a positive number (or None), got {self.softcap!r}")
         if not (isinstance(self.dense_above, (int, float)) and 0.0 <= self.dense_above <= 1.0):
             raise ValueError(f"SitePolicy.dense_above must be a rate in [0, 1], got {self.dense_above!r}")
 
@@ -137,6 +144,8 @@ class SitePolicy:
             text += f" (counts of {self.count_from})"
         if self.length_scaling:
             text += f" length_scaling l_ref={self.l_ref}"
+        if self.softcap is not None:
+            text += f" through softcap {self.softcap:g}"
         return text
 
     @property
@@ -330,13 +339,13 @@ def parse_budget(text: str) -> int | float:
     return float(text) if any(c in text for c in ".e") else int(text)
 
 
-_SPEC_TYPES = {"block_k": int, "l_ref": int, "seed": int, "tau": float, "dense_above": float}
+_SPEC_TYPES = {"block_k": int, "l_ref": int, "seed": int, "tau": float, "dense_above": float, "softcap": float}
 
 
 def _parse_spec_value(name: str, text: str):
     if name in ("length_scaling", "fused"):
         return bool(int(text))
-    if name in ("budget", "tau") and text == "none":
+    if name in ("budget", "tau", "softcap") and text == "none":
         return None
     if name == "budget":
         return parse_budget(text)

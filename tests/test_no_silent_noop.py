@@ -1,8 +1,8 @@
 """A compile that lowers nothing it was asked to is an error, not an FP32 model reporting a perfect KL.
 
-Small random configs of architectures whose attention lampc does not match (Gemma2's logit softcapping, Bloom's
-ALiBi through baddbmm) must raise NoSitesError naming the reason; skipped candidates beside found sites give one
-warning with their count and first reason. Falcon's in-place `scores /= sqrt(d)` (eager) is matched.
+Small random configs of architectures whose attention lampc does not match (Bloom's ALiBi through baddbmm) must
+raise NoSitesError naming the reason; skipped candidates beside found sites give one warning with their count and
+first reason. Falcon's in-place `scores /= sqrt(d)` and Gemma2's logit soft-capping are matched.
 """
 
 import warnings
@@ -23,10 +23,9 @@ def tiny(kind: str, **config):
 
 
 UNMATCHED = {
-    "gemma2": (dict(num_key_value_heads=2, intermediate_size=64, head_dim=8, attn_logit_softcapping=50.0),
-               "aten.tanh"),
     "bloom": (dict(n_layer=2, n_head=4), "softmax input comes from"),
 }
+GEMMA2 = dict(num_key_value_heads=2, intermediate_size=64, head_dim=8, attn_logit_softcapping=5.0)
 
 
 @pytest.mark.parametrize("kind", list(UNMATCHED))
@@ -121,3 +120,74 @@ def test_falcon_in_place_scaling_is_matched(attn):
     low = lampc.compile(model, format="m4", criterion="strict", tau=0.01)
     low(ids, attention_mask=mask)
     assert 0 < low.stats()["overall"]["rate"] < 1
+
+
+def test_gemma2_softcapping_is_matched_and_the_look_ahead_sees_through_the_cap(tmp_path):
+    from lampc.lookahead.softmax import select
+
+    model = tiny("gemma2", **GEMMA2)
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    real = mask.bool()
+    exact = lampc.compile(model, format="m23", criterion="uniform")
+    assert (exact(ids, attention_mask=mask).logits - model(ids, attention_mask=mask).logits)[real].abs().max() < 1e-5
+    low = lampc.compile(model, format="m3", criterion="strict", tau=1e-4)
+    assert all(s.rule.endswith("through softcap 5") for s in low.sites)
+    low.keep_selections()
+    low(ids, attention_mask=mask)
+    assert 0 < low.stats()["overall"]["rate"] < 1
+    row, every = torch.tensor([[0.0, 8.0, 1.0, 1.0]]), torch.ones(1, 4, dtype=torch.bool)
+    capped = lampc.SitePolicy(criterion="strict", tau=0.05, softcap=2.0)
+    plain = lampc.SitePolicy(criterion="strict", tau=0.05)
+    # capped at 2, the 8 no longer dominates (softmax of [0, 2.0, 0.92, 0.92]) and its error barely passes the cap
+    # (gain 1 - tanh²(4) = 0.0013): the two 1s matter. The uncapped rule sees a one-hot row and picks nothing.
+    assert select(row, every, capped).tolist() == [[False, False, True, True]]
+    assert select(row, every, plain).tolist() == [[False, False, False, False]]
+    with pytest.raises(lampc.CaptureError, match="sliding-window attention layer"):
+        low.generate(ids, mask, max_new_tokens=2)
+    from lampc.export import OnnxExportError, export_onnx
+
+    with pytest.raises(OnnxExportError, match="soft-capping .* no ONNX translation"):
+        export_onnx(low, str(tmp_path / "g.onnx"))
+
+
+@pytest.mark.parametrize("criterion, tau", [("strict", 0.05), ("relaxed", 0.3), ("target", 1.5), ("oracle", 0.05)])
+def test_softcapped_rules_equal_a_scalar_loop(criterion, tau):
+    """The softcapped rules against a straightforward per-entry loop over the capped row (float64)."""
+    import math
+
+    from lampc.lookahead.softmax import select
+
+    cap = 2.0
+    g = torch.Generator().manual_seed(7)
+    s_hat = torch.randn(16, 6, generator=g) * 3
+    s_fp32 = s_hat + torch.randn(16, 6, generator=g) * 0.05
+    visible = torch.ones(16, 6, dtype=torch.bool).tril(diagonal=1)
+    site = lampc.SitePolicy(criterion=criterion, tau=tau, softcap=cap)
+    got = select(s_hat, visible, site, s_fp32=s_fp32)
+    for r in range(16):
+        keys = [j for j in range(6) if visible[r, j]]
+        z = {j: cap * math.tanh(float(s_hat[r, j]) / cap) for j in keys}
+        gain = {j: 1 - math.tanh(float(s_hat[r, j]) / cap) ** 2 for j in keys}
+        total = sum(math.exp(v) for v in z.values())
+        a = {j: math.exp(z[j]) / total for j in keys}
+        if criterion == "strict":
+            want = {j for j in keys if 2 * a[j] * (1 - a[j]) * gain[j] * abs(float(s_hat[r, j])) > tau}
+        elif criterion == "relaxed":
+            top = max(z.values())
+            w = {j: abs(float(s_hat[r, j])) * gain[j] * math.exp(z[j] - top) for j in keys}
+            want = {j for j in keys if w[j] > tau * max(w.values())}
+        elif criterion == "target":
+            order = sorted(keys, key=lambda j: -a[j])
+            count = next(n for n in range(len(keys) + 1)
+                         if 2 - sum(a[j] for j in order[:n]) - 2 * min(a.values()) <= tau)
+            want = set(order[:count])
+        else:  # oracle: strict's count, by the true first-order error through the cap
+            count = sum(1 for j in keys if 2 * a[j] * (1 - a[j]) * gain[j] * abs(float(s_hat[r, j])) > tau)
+            zt = {j: cap * math.tanh(float(s_fp32[r, j]) / cap) for j in keys}
+            tt = sum(math.exp(v) for v in zt.values())
+            p = {j: math.exp(zt[j]) / tt for j in keys}
+            err = {j: 2 * p[j] * (1 - p[j]) * abs(zt[j] - z[j]) for j in keys}
+            want = set(sorted(keys, key=lambda j: -err[j])[:count])
+        assert {j for j in range(6) if got[r, j]} == want, r

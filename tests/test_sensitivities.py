@@ -67,3 +67,19 @@ def test_activation_derivatives_equal_autograd(fn, derivative):
     y = torch.linspace(-8, 8, 401, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(fn(y).sum(), y)
     assert torch.allclose(derivative(y.detach()), grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cap", [1.0, 5.0, 50.0])
+def test_softcapped_softmax_column_norm_is_exact(cap):
+    """‖∂softmax(c·tanh(s/c))/∂s_i‖₁ = 2·a_i·(1 − a_i)·(1 − tanh²(s_i/c)), a = softmax of the capped scores."""
+    from lampc.lookahead.softmax import cap_gain, capped, strict_sensitivity
+
+    g = torch.Generator().manual_seed(int(cap))
+    s = torch.randn(12, generator=g, dtype=torch.float64) * 4
+    s[3] = -3 * cap  # a score well beyond the cap: its gain is small
+    exact = _exact_column_norms(lambda v: torch.softmax(cap * torch.tanh(v / cap), -1), s)
+    a = torch.softmax(capped(s, cap), -1)
+    ours = strict_sensitivity(torch.ones_like(s), a, cap_gain(s, cap))  # |ŝ| = 1: the column norm itself
+    assert torch.allclose(ours, exact, rtol=1e-12, atol=1e-15)
+    uncapped = 2 * a[3] * (1 - a[3])  # what the plain softmax rule would weigh entry 3 with
+    assert exact[3] < 0.02 * uncapped  # beyond the cap, a score's error barely reaches the softmax

@@ -35,7 +35,8 @@ SLACK = 1.0e-3
 
 def supports(site: SitePolicy, device: torch.device) -> bool:
     """Whether `select_from_row_stats` implements this site's rule on this device."""
-    return device.type == "cpu" and site.criterion in ("uniform", "strict") and not site.length_scaling
+    return (device.type == "cpu" and site.criterion in ("uniform", "strict") and not site.length_scaling
+            and site.softcap is None)
 
 
 def _row_stats(s_low: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

@@ -45,9 +45,21 @@ def masked_softmax(s: Tensor, visible: Tensor) -> Tensor:
     return a.nan_to_num(nan=0.0).masked_fill(~visible, 0.0)
 
 
-def strict_sensitivity(s_hat: Tensor, a: Tensor) -> Tensor:
-    """c_i = 2·a_i·(1 − a_i)·|ŝ_i|: l1 column norm of the softmax Jacobian times the score's magnitude."""
-    return 2.0 * a * (1.0 - a) * s_hat.abs()
+def strict_sensitivity(s_hat: Tensor, a: Tensor, gain: Tensor | None = None) -> Tensor:
+    """c_i = 2·a_i·(1 − a_i)·|ŝ_i|: l1 column norm of the softmax Jacobian times the score's magnitude; with a
+    soft cap, times the cap's derivative `gain` (docs/NUMERICS.md §6)."""
+    weight = 2.0 * a * (1.0 - a) * s_hat.abs()
+    return weight if gain is None else weight * gain
+
+
+def capped(s: Tensor, softcap: float | None) -> Tensor:
+    """The softmax's input: s, or c·tanh(s/c) under logit soft-capping (Gemma2)."""
+    return s if softcap is None else softcap * torch.tanh(s / softcap)
+
+
+def cap_gain(s: Tensor, softcap: float | None) -> Tensor | None:
+    """d/ds of c·tanh(s/c) = 1 − tanh²(s/c), in (0, 1]: how much of a score's error reaches the softmax."""
+    return None if softcap is None else 1.0 - torch.tanh(s / softcap).square()
 
 
 def row_tau(site: SitePolicy, rule: str, visible: Tensor) -> Tensor | float:
@@ -59,16 +71,20 @@ def row_tau(site: SitePolicy, rule: str, visible: Tensor) -> Tensor | float:
     return tau_t.clamp(max=1.0) if rule == "relaxed" else tau_t
 
 
-def select_strict(s_hat: Tensor, a: Tensor, visible: Tensor, tau) -> Tensor:
-    """Recompute i iff 2·a_i·(1 − a_i)·|ŝ_i| > tau."""
-    return (strict_sensitivity(s_hat, a) > tau) & visible
+def select_strict(s_hat: Tensor, a: Tensor, visible: Tensor, tau, gain: Tensor | None = None) -> Tensor:
+    """Recompute i iff 2·a_i·(1 − a_i)·|ŝ_i| (· gain_i under a soft cap) > tau."""
+    return (strict_sensitivity(s_hat, a, gain) > tau) & visible
 
 
-def select_relaxed(s_hat: Tensor, visible: Tensor, tau) -> Tensor:
-    """Recompute i iff z_i > tau·max_j z_j, z_i = |ŝ_i|·exp(ŝ_i − max ŝ): only a running row max is needed."""
+def select_relaxed(s_hat: Tensor, visible: Tensor, tau, softcap: float | None = None) -> Tensor:
+    """Recompute i iff z_i > tau·max_j z_j, z_i = |ŝ_i|·exp(ŝ_i − max ŝ): only a running row max is needed.
+    Under a soft cap the exponent is the capped score and z_i carries the cap's derivative."""
     finite = visible & torch.isfinite(s_hat)
-    row_max = s_hat.masked_fill(~finite, float("-inf")).amax(dim=-1, keepdim=True)
-    z = (s_hat.abs() * torch.exp(s_hat - row_max)).masked_fill(~finite, 0.0)  # (…, T, L)
+    logit = capped(s_hat, softcap)
+    row_max = logit.masked_fill(~finite, float("-inf")).amax(dim=-1, keepdim=True)
+    z = s_hat.abs() * torch.exp(logit - row_max)
+    gain = cap_gain(s_hat, softcap)
+    z = (z if gain is None else z * gain).masked_fill(~finite, 0.0)  # (…, T, L)
     return (z > tau * z.amax(dim=-1, keepdim=True)) & visible
 
 
@@ -128,8 +144,8 @@ def select_rule(rule: str, s_hat: Tensor, a: Tensor, usable: Tensor, visible: Te
     if rule == "target":
         return select_top(a, usable, target_counts(a, usable, site.tau))
     if rule == "strict":
-        return select_strict(s_hat, a, usable, row_tau(site, rule, visible))
-    return select_relaxed(s_hat, usable, row_tau(site, rule, visible))
+        return select_strict(s_hat, a, usable, row_tau(site, rule, visible), cap_gain(s_hat, site.softcap))
+    return select_relaxed(s_hat, usable, row_tau(site, rule, visible), site.softcap)
 
 
 def select(
@@ -154,13 +170,13 @@ def select(
     if criterion == "uniform":
         return always
     usable = visible & ~always  # the rules look at the finite scores
-    a = masked_softmax(s_hat, usable)
+    a = masked_softmax(capped(s_hat, site.softcap), usable)  # the consumer's probabilities
     if criterion in ("target", "strict", "relaxed"):
         selected = select_rule(criterion, s_hat, a, usable, visible, site)
     elif criterion == "budget":
         count = budget_counts(visible, site.budget)
         k_max = budget_k_max(s_hat.shape[-1], site.budget)
-        selected = select_top_k(strict_sensitivity(s_hat, a), usable, count, k_max)
+        selected = select_top_k(strict_sensitivity(s_hat, a, cap_gain(s_hat, site.softcap)), usable, count, k_max)
     else:
         count = select_rule(site.count_from, s_hat, a, usable, visible, site).sum(dim=-1, keepdim=True)
         if criterion == "random":
@@ -169,8 +185,8 @@ def select(
         else:
             if s_fp32 is None:
                 raise ValueError("criterion 'oracle' needs the FP32 scores (s_fp32)")
-            p = masked_softmax(s_fp32, usable)
-            contribution = 2.0 * p * (1.0 - p) * (s_fp32 - s_hat).abs()
+            p = masked_softmax(capped(s_fp32, site.softcap), usable)
+            contribution = 2.0 * p * (1.0 - p) * (capped(s_fp32, site.softcap) - capped(s_hat, site.softcap)).abs()
             selected = select_top(contribution.nan_to_num(nan=0.0), usable, count)
     return selected | always
 

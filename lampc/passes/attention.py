@@ -4,6 +4,7 @@ Pattern (every op optional but the matmul and the softmax; scale by mul or div w
 
     s = matmul(q, k_t)          # f32[B, H, T, L]
     s = s * scale               # or s / sqrt(d)
+    s = c * tanh(s / c)         # logit soft-capping (Gemma2): kept in the graph, the look-ahead sees through it
     s = s + mask                # additive mask, f32[B, 1, T, L]
     p = softmax(s, -1)
 
@@ -26,6 +27,7 @@ A softmax that does not fit becomes a `Skip` with the reason; a graph already re
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import dataclass
 
@@ -58,6 +60,7 @@ class AttentionMatch:
     scale: float
     scale_node: fx.Node | None
     mask: fx.Node | None
+    softcap: float | None = None  # logit soft-capping c: the softmax sees c·tanh(s/c) (+ mask)
 
     @property
     def scores(self) -> fx.Node:
@@ -82,12 +85,16 @@ def match_attention(softmax: fx.Node) -> AttentionMatch | str:
         candidates = [(x, m) for x, m in ((a, b), (b, a)) if isinstance(x, fx.Node) and isinstance(m, fx.Node)]
     reasons = []
     for scores, mask in candidates:
+        softcap, cap_nodes = None, []
+        capped = _match_softcap(scores)
+        if capped is not None:
+            scores, softcap, cap_nodes = capped
         found = _match_scaled_matmul(scores)
         if isinstance(found, str):
             reasons.append(found)
             continue
         matmul, scale_node, scale = found
-        chain = [n for n in (matmul, scale_node) if n is not None]
+        chain = [n for n in (matmul, scale_node, *cap_nodes) if n is not None]
         consumer = value if mask is not None else softmax
         for producer, nxt in zip(chain, chain[1:] + [consumer]):
             if len(producer.users) != 1:
@@ -95,8 +102,29 @@ def match_attention(softmax: fx.Node) -> AttentionMatch | str:
                 return f"scores {producer.name} are also used outside the softmax ({users})"
         if _dtype(matmul) not in (None, torch.float32):
             return f"scores are {_dtype(matmul)}, lampc rewrites FP32 graphs"
-        return AttentionMatch(softmax, matmul, scale, scale_node, mask)
+        return AttentionMatch(softmax, matmul, scale, scale_node, mask, softcap)
     return reasons[0] if reasons else "softmax input is not matmul [* scale] [+ mask]"
+
+
+def _match_softcap(node: fx.Node):
+    """node = mul(tanh(div(x, c)), c) (or the mul forms of either): (x, c, [div, tanh, mul]), else None."""
+    if not (node.op == "call_function" and node.target in MUL_OPS):
+        return None
+    a, b = node.args[:2]
+    tanh, outer = (a, b) if isinstance(a, fx.Node) else (b, a)
+    if not (isinstance(tanh, fx.Node) and tanh.op == "call_function" and tanh.target == aten.tanh.default
+            and isinstance(outer, (int, float))):
+        return None
+    inner = tanh.args[0]
+    if not (isinstance(inner, fx.Node) and inner.op == "call_function" and inner.target in SCALE_OPS):
+        return None
+    x, c = inner.args[:2]
+    if not isinstance(x, fx.Node) or not isinstance(c, (int, float)) or c == 0:
+        return None
+    divisor = float(c) if inner.target in DIV_OPS else 1.0 / float(c)
+    if outer <= 0 or abs(divisor - outer) > 1e-6 * outer:
+        return None  # c·tanh(s/d) with d != c is no soft cap
+    return x, float(outer), [inner, tanh, node]
 
 
 def _match_scaled_matmul(node: fx.Node):
@@ -164,6 +192,9 @@ def rewrite_attention(gm: fx.GraphModule, policy: SitePolicy, first_index: int =
 
 def _rewrite_one(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, spec: str, index: int) -> Site:
     graph, matmul, scores = gm.graph, match.matmul, match.scores
+    if match.softcap is not None:  # the look-ahead differentiates through the cap, which stays in the graph
+        policy = dataclasses.replace(policy, softcap=match.softcap)
+        spec = policy.to_spec()
     q, k_t = matmul.args[:2]
     consumer = next(iter(scores.users))  # the mask add or the softmax: after q, k_t and the mask
     with graph.inserting_before(consumer):
