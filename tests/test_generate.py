@@ -295,3 +295,22 @@ def test_step_graphs_have_the_sites_of_the_full_sequence_graph(model, compiler):
         assert [(s.index, s.kind, s.module, s.rule) for s in result.sites] == full
     report = compiled.report()
     assert report["steps"]["decode"]["n_sites"] == len(full) and "decode" in report["stats"]
+
+
+def test_embedded_model_m23_greedy_equals_hf_and_m4_strict_decodes():
+    """lampc's own trained model: two left-padded Persuasion prompts, 16 greedy tokens, exactly HF's at m23; at m4
+    strict the decode steps recompute something."""
+    from lampc.models import load_model
+
+    model, tokenizer = load_model("embedded")
+    prompts = ["Sir Walter Elliot, of Kellynch Hall, in Somersetshire,", "Anne"]
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    batch = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert (mask == 0).any()  # the second prompt really is left-padded
+    exact = lampc.compile(model, format="m23", criterion="uniform")
+    theirs = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False)
+    assert torch.equal(exact.generate(ids, mask, max_new_tokens=16), theirs)
+    low = lampc.compile(model, format="m4", criterion="strict", tau=0.2)
+    out = low.generate(ids, mask, max_new_tokens=16)
+    assert out.shape[0] == 2 and low.stats("decode")["overall"]["selected"] > 0
