@@ -98,10 +98,13 @@ def lamp_select(
     rule = SitePolicy.from_spec(policy)
     visible = visible_from_mask(mask, s_hat.shape, is_causal, s_hat.device)
     s_fp32 = fp32_product(q, k_t, scale) if rule.criterion == "oracle" else None
+    bias = None
+    if rule.biased and mask is not None:  # ALiBi: the finite part of the mask is part of the softmax's input
+        bias = torch.where(visible, mask, torch.zeros((), dtype=mask.dtype, device=mask.device)).expand(s_hat.shape)
     if rule.fused and rule.criterion != "random":
-        return fused_select(s_hat, visible, rule, s_fp32=s_fp32)
+        return fused_select(s_hat, visible, rule, s_fp32=s_fp32, bias=bias)
     generator = random_generator(rule.seed, site) if rule.criterion == "random" else None
-    return select(s_hat, visible, rule, s_fp32=s_fp32, generator=generator)
+    return select(s_hat, visible, rule, s_fp32=s_fp32, generator=generator, bias=bias)
 
 
 @lamp_select.register_fake

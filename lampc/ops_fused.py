@@ -39,7 +39,7 @@ def lamp_scores(
     """(scores with the selected entries in FP32, the selection): one softmax site in one op."""
     _check_scores_inputs(q, k_t)
     rule = SitePolicy.from_spec(policy)
-    if rule.backend == "native" and rule.criterion not in ("random", "oracle"):
+    if rule.backend == "native" and rule.criterion not in ("random", "oracle") and not rule.biased:
         visible = visible_from_mask(mask, _scores_shape(q, k_t), is_causal, q.device)
         s_low = native_scores_low(q, k_t, scale, rule.format.torch_dtype)
         if row_stats.supports(rule, q.device):

@@ -70,6 +70,8 @@ class SitePolicy:
     softcap:        set by the attention pass, not by users: the model's logit soft-capping c (Gemma2's
                     `attn_logit_softcapping`), whose consumer is softmax(c·tanh(s/c) + mask); the look-ahead
                     differentiates through the cap (docs/NUMERICS.md §6).
+    biased:         set by the attention pass, not by users: the site's mask carries a finite additive bias the
+                    softmax sees (Bloom's ALiBi through baddbmm); the look-ahead's softmax includes it.
     """
 
     format: Format | str = "m4"
@@ -85,6 +87,7 @@ class SitePolicy:
     dense_above: float = 0.25
     fused: bool = False
     softcap: float | None = None
+    biased: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", _field_format(self.format))
@@ -114,7 +117,7 @@ class SitePolicy:
                              f"counting from them); it means nothing for criterion {self.criterion!r}")
         if self.length_scaling is True and self.criterion in ("random", "oracle") and self.count_from == "target":
             raise ValueError("SitePolicy.length_scaling means nothing for count_from='target'")
-        for name in ("length_scaling", "fused"):
+        for name in ("length_scaling", "fused", "biased"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SitePolicy.{name} must be a bool, got {getattr(self, name)!r}")
         _check_int("l_ref", self.l_ref, minimum=1)
@@ -146,6 +149,8 @@ class SitePolicy:
             text += f" length_scaling l_ref={self.l_ref}"
         if self.softcap is not None:
             text += f" through softcap {self.softcap:g}"
+        if self.biased:
+            text += " with the additive bias"
         return text
 
     @property
@@ -343,7 +348,7 @@ _SPEC_TYPES = {"block_k": int, "l_ref": int, "seed": int, "tau": float, "dense_a
 
 
 def _parse_spec_value(name: str, text: str):
-    if name in ("length_scaling", "fused"):
+    if name in ("length_scaling", "fused", "biased"):
         return bool(int(text))
     if name in ("budget", "tau", "softcap") and text == "none":
         return None

@@ -81,6 +81,10 @@ def check_exportable(site: SitePolicy, index: int, module: str) -> None:
             f"{where}: criterion {site.criterion!r} cannot be exported to ONNX: it draws from torch's random "
             f"generator, whose stream ONNX cannot reproduce; exportable criteria: {', '.join(EXPORTABLE_CRITERIA)}"
         )
+    if site.biased and site.criterion != "uniform":
+        raise TranslationError(
+            f"{where}: the look-ahead with an additive score bias (ALiBi) has no ONNX translation yet; export with "
+            "criterion='uniform', or run the compiled model in PyTorch")
     if site.softcap is not None and site.criterion != "uniform":
         raise TranslationError(
             f"{where}: the look-ahead through logit soft-capping (softcap {site.softcap:g}) has no ONNX translation "

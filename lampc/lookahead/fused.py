@@ -22,9 +22,9 @@ def compiled(fn):
     return torch.compile(fn, dynamic=True)
 
 
-def fused_select(s_hat, visible, site, *, s_fp32=None):
+def fused_select(s_hat, visible, site, *, s_fp32=None, bias=None):
     """`select` (softmax sites), compiled."""
-    return compiled(select)(s_hat, visible, site, s_fp32=s_fp32)
+    return compiled(select)(s_hat, visible, site, s_fp32=s_fp32, bias=bias)
 
 
 def _widen_and_select(s_low, visible, site):

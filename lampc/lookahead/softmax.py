@@ -76,11 +76,13 @@ def select_strict(s_hat: Tensor, a: Tensor, visible: Tensor, tau, gain: Tensor |
     return (strict_sensitivity(s_hat, a, gain) > tau) & visible
 
 
-def select_relaxed(s_hat: Tensor, visible: Tensor, tau, softcap: float | None = None) -> Tensor:
+def select_relaxed(s_hat: Tensor, visible: Tensor, tau, softcap: float | None = None,
+                   bias: Tensor | None = None) -> Tensor:
     """Recompute i iff z_i > tau·max_j z_j, z_i = |ŝ_i|·exp(ŝ_i − max ŝ): only a running row max is needed.
-    Under a soft cap the exponent is the capped score and z_i carries the cap's derivative."""
+    Under a soft cap the exponent is the capped score and z_i carries the cap's derivative; an additive bias (ALiBi)
+    joins the exponent."""
     finite = visible & torch.isfinite(s_hat)
-    logit = capped(s_hat, softcap)
+    logit = capped(s_hat, softcap) if bias is None else capped(s_hat, softcap) + bias
     row_max = logit.masked_fill(~finite, float("-inf")).amax(dim=-1, keepdim=True)
     z = s_hat.abs() * torch.exp(logit - row_max)
     gain = cap_gain(s_hat, softcap)
@@ -138,14 +140,15 @@ def budget_counts(visible: Tensor, budget) -> Tensor:
     return torch.ceil(budget * lengths.to(torch.float32)).to(lengths.dtype)
 
 
-def select_rule(rule: str, s_hat: Tensor, a: Tensor, usable: Tensor, visible: Tensor, site: SitePolicy) -> Tensor:
+def select_rule(rule: str, s_hat: Tensor, a: Tensor, usable: Tensor, visible: Tensor, site: SitePolicy,
+                bias: Tensor | None = None) -> Tensor:
     """One of the count-giving rules (target, strict, relaxed) over the usable (visible, finite) entries;
     length scaling counts every visible key of the row."""
     if rule == "target":
         return select_top(a, usable, target_counts(a, usable, site.tau))
     if rule == "strict":
         return select_strict(s_hat, a, usable, row_tau(site, rule, visible), cap_gain(s_hat, site.softcap))
-    return select_relaxed(s_hat, usable, row_tau(site, rule, visible), site.softcap)
+    return select_relaxed(s_hat, usable, row_tau(site, rule, visible), site.softcap, bias)
 
 
 def select(
@@ -155,6 +158,7 @@ def select(
     *,
     s_fp32: Tensor | None = None,
     generator: torch.Generator | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """The selection for `site.criterion`; a non-finite ŝ is always selected, masked or not.
 
@@ -162,7 +166,8 @@ def select(
     softmax row into NaN; selected, it is recomputed in FP32 (finite wherever the FP32 model is). The recompute
     rate counts visible entries only, so these never show in it.
 
-    s_fp32 (the true FP32 scores) is needed by "oracle" only; generator by "random" only.
+    s_fp32 (the true FP32 scores) is needed by "oracle" only; generator by "random" only. bias: a finite additive
+    term the softmax sees beside the scores (ALiBi; 0 at masked entries); the error scale stays |ŝ_i|.
     """
     visible = visible.expand(s_hat.shape)
     always = ~torch.isfinite(s_hat)  # non-finite scores: always recomputed, visible or not
@@ -170,22 +175,23 @@ def select(
     if criterion == "uniform":
         return always
     usable = visible & ~always  # the rules look at the finite scores
-    a = masked_softmax(capped(s_hat, site.softcap), usable)  # the consumer's probabilities
+    logits = capped(s_hat, site.softcap) if bias is None else capped(s_hat, site.softcap) + bias
+    a = masked_softmax(logits, usable)  # the consumer's probabilities
     if criterion in ("target", "strict", "relaxed"):
-        selected = select_rule(criterion, s_hat, a, usable, visible, site)
+        selected = select_rule(criterion, s_hat, a, usable, visible, site, bias)
     elif criterion == "budget":
         count = budget_counts(visible, site.budget)
         k_max = budget_k_max(s_hat.shape[-1], site.budget)
         selected = select_top_k(strict_sensitivity(s_hat, a, cap_gain(s_hat, site.softcap)), usable, count, k_max)
     else:
-        count = select_rule(site.count_from, s_hat, a, usable, visible, site).sum(dim=-1, keepdim=True)
+        count = select_rule(site.count_from, s_hat, a, usable, visible, site, bias).sum(dim=-1, keepdim=True)
         if criterion == "random":
             draws = torch.rand(s_hat.shape, generator=generator, device="cpu").to(s_hat.device)
             selected = select_top(draws, usable, count)
         else:
             if s_fp32 is None:
                 raise ValueError("criterion 'oracle' needs the FP32 scores (s_fp32)")
-            p = masked_softmax(capped(s_fp32, site.softcap), usable)
+            p = masked_softmax(capped(s_fp32, site.softcap) + (0.0 if bias is None else bias), usable)
             contribution = 2.0 * p * (1.0 - p) * (capped(s_fp32, site.softcap) - capped(s_hat, site.softcap)).abs()
             selected = select_top(contribution.nan_to_num(nan=0.0), usable, count)
     return selected | always

@@ -61,11 +61,14 @@ class AttentionMatch:
     scale_node: fx.Node | None
     mask: fx.Node | None
     softcap: float | None = None  # logit soft-capping c: the softmax sees c·tanh(s/c) (+ mask)
+    bias: fx.Node | None = None  # baddbmm's additive input (ALiBi), f32[B·H, 1, L]
+    beta: float = 1.0  # its factor
+    view: fx.Node | None = None  # baddbmm's output viewed to f32[B, H, T, L]
 
     @property
     def scores(self) -> fx.Node:
-        """The node whose value the rewrite replaces: the scaled scores."""
-        return self.scale_node or self.matmul
+        """The node whose value the rewrite replaces: the scaled scores (with a bias: their 4-D view)."""
+        return self.view or self.scale_node or self.matmul
 
 
 def match_attention(softmax: fx.Node) -> AttentionMatch | str:
@@ -89,6 +92,16 @@ def match_attention(softmax: fx.Node) -> AttentionMatch | str:
         capped = _match_softcap(scores)
         if capped is not None:
             scores, softcap, cap_nodes = capped
+        biased = _match_baddbmm(scores)
+        if isinstance(biased, str):
+            reasons.append(biased)
+            continue
+        if biased is not None:
+            baddbmm, view, bias, beta, alpha = biased
+            for producer, nxt in ((baddbmm, view), (view, value if mask is not None else softmax)):
+                if len(producer.users) != 1:
+                    return f"scores {producer.name} are also used outside the softmax"
+            return AttentionMatch(softmax, baddbmm, alpha, None, mask, softcap, bias, beta, view)
         found = _match_scaled_matmul(scores)
         if isinstance(found, str):
             reasons.append(found)
@@ -104,6 +117,27 @@ def match_attention(softmax: fx.Node) -> AttentionMatch | str:
             return f"scores are {_dtype(matmul)}, lampc rewrites FP32 graphs"
         return AttentionMatch(softmax, matmul, scale, scale_node, mask, softcap)
     return reasons[0] if reasons else "softmax input is not matmul [* scale] [+ mask]"
+
+
+def _match_baddbmm(node: fx.Node):
+    """node = view(baddbmm(bias, q, k_t, beta=b, alpha=a), [B, H, T, -1]) (Bloom's ALiBi attention):
+    (baddbmm, view, bias, beta, alpha); None if node is no such view; a reason if it is one lampc cannot take."""
+    if not (node.op == "call_function" and node.target in (aten.view.default, aten.reshape.default)):
+        return None
+    inner = node.args[0]
+    if not (isinstance(inner, fx.Node) and inner.op == "call_function" and inner.target == aten.baddbmm.default):
+        return None
+    shape = node.args[1]
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 4):
+        return f"baddbmm scores {inner.name} are viewed to {shape}, not (batch, heads, rows, keys)"
+    bias, q, k_t = inner.args[:3]
+    beta, alpha = inner.kwargs.get("beta", 1.0), inner.kwargs.get("alpha", 1.0)
+    if not all(isinstance(v, (int, float)) for v in (beta, alpha)) or not isinstance(bias, fx.Node):
+        return f"baddbmm {inner.name} has a tensor beta/alpha or no bias tensor"
+    val = bias.meta.get("val")
+    if not (isinstance(val, torch.Tensor) and val.dim() == 3 and str(val.shape[1]) == "1"):
+        return f"baddbmm {inner.name}: its bias is not one row of keys per (batch, head) (ALiBi's shape)"
+    return inner, node, bias, float(beta), float(alpha)
 
 
 def _match_softcap(node: fx.Node):
@@ -195,6 +229,8 @@ def _rewrite_one(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, 
     if match.softcap is not None:  # the look-ahead differentiates through the cap, which stays in the graph
         policy = dataclasses.replace(policy, softcap=match.softcap)
         spec = policy.to_spec()
+    if match.bias is not None:
+        return _rewrite_biased(gm, match, dataclasses.replace(policy, biased=True), index)
     q, k_t = matmul.args[:2]
     consumer = next(iter(scores.users))  # the mask add or the softmax: after q, k_t and the mask
     with graph.inserting_before(consumer):
@@ -205,6 +241,37 @@ def _rewrite_one(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, 
             graph.erase_node(dead)
     names = tuple(n.name for n in nodes)
     return Site(index, "attention", module_path(matmul), "matmul", "softmax", policy.summary, names)
+
+
+def _rewrite_biased(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, index: int) -> Site:
+    """softmax(view(baddbmm(bias, q, k_t, beta, alpha)) + mask), Bloom's ALiBi attention, in 4-D:
+
+        before                                         after
+        s = baddbmm(bias, q, k_t, beta=b, alpha=a)     q4, k4, b4 = view(q), view(k_t), view(bias) * b
+        s = view(s, [B, H, T, -1])                     s = lampc ops (q4, k4, a, mask + b4)   # the look-ahead's
+        p = softmax(s + mask)                          s = s + b4                             # softmax sees b4
+                                                       p = softmax(s + mask)
+    """
+    graph, baddbmm, view = gm.graph, match.matmul, match.view
+    _, q, k_t = baddbmm.args[:3]
+    batch, heads, rows = view.args[1][:3]
+    depth = q.meta["val"].shape[-1]
+    with graph.inserting_before(next(iter(view.users))):
+        q4 = insert_call(graph, aten.view.default, (q, [batch, heads, rows, -1]), like=baddbmm)
+        k4 = insert_call(graph, aten.view.default, (k_t, [batch, heads, depth, -1]), like=baddbmm)
+        b4 = insert_call(graph, aten.view.default, (match.bias, [batch, heads, 1, -1]), like=baddbmm)
+        if match.beta != 1.0:
+            b4 = insert_call(graph, aten.mul.Tensor, (b4, match.beta), like=baddbmm)
+        lookahead_mask = b4 if match.mask is None else insert_call(graph, aten.add.Tensor, (match.mask, b4),
+                                                                    like=baddbmm)
+        nodes = insert_softmax_lookahead(gm, q4, k4, match.scale, lookahead_mask, policy.to_spec(), index,
+                                         like=baddbmm)
+        out = insert_call(graph, aten.add.Tensor, (nodes[2], b4), like=baddbmm, name=f"scores_biased_{index}")
+    view.replace_all_uses_with(out)
+    graph.erase_node(view)
+    graph.erase_node(baddbmm)
+    names = tuple(n.name for n in nodes)
+    return Site(index, "attention", module_path(baddbmm), "baddbmm", "softmax", policy.summary, names)
 
 
 def insert_softmax_lookahead(gm: fx.GraphModule, q, k_t, scale: float, mask, spec: str, index: int, *,
