@@ -268,3 +268,15 @@ def test_load_model_at_the_top_level():
     from lampc.models import load_model
 
     assert lampc.load_model is load_model
+
+
+def test_long_steps_print_one_line_each_when_stderr_is_no_terminal(capsys, model_dir, text_file, tmp_path):
+    code = main(["eval", "--model", str(model_dir), "--text", str(text_file), "--seq-len", "16", "--n-seq", "2",
+                 "--format", "m3", "--criterion", "uniform,strict", "--tau", "0.3", "--generate", "2,3",
+                 "--out", str(tmp_path / "lines")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err  # no bar redrawn into a log
+    for line in ("lampc: capturing the model as a graph", "lampc: FP32 greedy continuations of 2 prompts",
+                 "lampc: m3 uniform", "lampc: m3 strict tau=0.3", "done in"):
+        assert line in err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import struct
 import subprocess
 import tempfile
@@ -151,6 +152,8 @@ def _novels_from_debian() -> dict[str, str]:
 def _download_deb(tmp: Path) -> Path:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise DataError(f"apt-get and dpkg-deb are needed to fetch the novels and were not found. {_FETCH_HELP}")
+    print(f"lampc: fetching Jane Austen's novels ({DEBIAN_PACKAGE}) with apt-get download, once; cached after",
+          file=sys.stderr, flush=True)
     try:
         _run(["apt-get", "download", DEBIAN_PACKAGE], cwd=tmp)
     except DataError:

@@ -192,6 +192,9 @@ class Sweep:
             for ids in self.batches:
                 self.reference.append(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float())
                 bar.update(1)
+        from .progress import step_line
+
+        step_line("capturing the model as a graph (torch.export)", self.progress)
         self.compiler = CellCompiler(model)
         self.generation = generation  # a GenerationProbe: greedy continuations measured against FP32's, per cell
         self.policy = policy  # the base policy every cell starts from (None: lampc's default)
@@ -241,10 +244,9 @@ class Sweep:
         return acc.result()
 
     def _bar(self, total: int, text: str):
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
-        return tqdm(total=total, desc=text, file=sys.stderr, unit="batch", dynamic_ncols=True, leave=False,
-                    disable=not self.progress, mininterval=0.5)
+        return progress_bar(total, text, enabled=self.progress)
 
 
 def load_sequences(tokenizer=None, *, text=None, token_ids=None, seq_len: int, n_seq: int, seed: int,
@@ -304,6 +306,9 @@ def run_sweep(
             "dataset": dataset, "shuffle": shuffle}
     probe = None
     if generate is not None:
+        from .progress import step_line
+
+        step_line(f"FP32 greedy continuations of {generate[0]} prompts x {generate[1]} tokens", progress)
         probe = generation_probe(model, tokenizer, generate, text=text, token_ids=token_ids, seq_len=seq_len,
                                  seed=seed, shuffle=shuffle, batch_size=batch_size)
     sweep = Sweep(model, sequences, batch_size=batch_size, block_k=block_k, info=info, progress=progress,
