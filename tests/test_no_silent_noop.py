@@ -10,12 +10,11 @@ import warnings
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers.modeling_outputs import CausalLMOutput
 
 import lampc
-from torch import nn
-from transformers import PretrainedConfig
-from transformers.modeling_outputs import CausalLMOutput
 from tiny_models import tiny_gpt2
 
 
