@@ -3,7 +3,7 @@
     python bench/smollm2.py                    # the measurement in bench/accuracy_smollm2.md (~25 min, 1 thread)
     python bench/smollm2.py --quick            # 2 sequences, a few cells: a smoke run (~3 min)
 
-Protocol (LAMP.md §5, via lampc.eval.sweep): Persuasion tokenised with SmolLM2's tokenizer, --n-seq windows of
+Protocol (docs/METHOD.md §5, via lampc.eval.sweep): Persuasion tokenised with SmolLM2's tokenizer, --n-seq windows of
 --seq-len tokens drawn with --seed; one FP32 reference pass per window and one capture for the whole run (Sweep);
 every cell (format x criterion x tau) rewrites a copy of the captured graph and runs all windows. Cells run
 in order of importance (m4 before m7; uniform, strict, random, oracle, relaxed), and every finished row is

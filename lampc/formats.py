@@ -6,7 +6,7 @@ bits it keeps, its exponent range, and what happens on overflow. It carries no b
 
 Two kinds exist:
 
-- **mantissa-only** formats `m1` .. `m23` (LAMP.md §2): the FP32 exponent range is kept and only the
+- **mantissa-only** formats `m1` .. `m23` (docs/METHOD.md §2): the FP32 exponent range is kept and only the
   significand is shortened. `m23` is FP32 itself (rounding is a no-op).
 - **full** formats with their own exponent field: `bf16`, `fp16`, `tf32`, `fp8_e4m3`, `fp8_e5m2`.
 
@@ -137,7 +137,7 @@ class Format:
 
 
 def mantissa_only(m: int) -> Format:
-    """The mantissa-only format `m<m>`: m explicit mantissa bits, FP32 exponent range (LAMP.md §2)."""
+    """The mantissa-only format `m<m>`: m explicit mantissa bits, FP32 exponent range (docs/METHOD.md §2)."""
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= FP32_MANTISSA_BITS:
         raise ValueError(f"m must be an int in 1..23 (explicit mantissa bits), got m={m!r}")
     return Format(f"m{m}", m_bits=m, torch_dtype=torch.float32 if m == FP32_MANTISSA_BITS else None)

@@ -93,7 +93,7 @@ def round_array(values: np.ndarray, spec: Spec) -> np.ndarray:
 
 
 def strict_dot(a_row: np.ndarray, b_col: np.ndarray, spec: Spec) -> np.float32:
-    """acc = RN(fl32(acc + fl32(a_k * b_k))), k in order, acc starting at +0 (LAMP.md §2)."""
+    """acc = RN(fl32(acc + fl32(a_k * b_k))), k in order, acc starting at +0 (docs/METHOD.md §2)."""
     acc = np.float32(0.0)
     with np.errstate(all="ignore"):
         for a_k, b_k in zip(a_row.astype(np.float32), b_col.astype(np.float32)):

@@ -24,7 +24,7 @@ def _softmax_row(values):
 
 
 def _loop_select(s, visible, rule, tau, l_ref=None):
-    """Row-by-row Python floats: the rules exactly as LAMP.md states them."""
+    """Row-by-row Python floats: the rules exactly as docs/METHOD.md states them."""
     out = torch.zeros_like(visible)
     for t in range(s.shape[0]):
         idx = [j for j in range(s.shape[1]) if visible[t, j]]

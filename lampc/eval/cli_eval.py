@@ -1,4 +1,4 @@
-"""`lampc eval`: the paper's accuracy protocol over a grid of formats x criteria x tau (LAMP.md §5)."""
+"""`lampc eval`: the paper's accuracy protocol over a grid of formats x criteria x tau (docs/METHOD.md §5)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ zlib-compressed R serialization of a character vector (one element per line). `r
 The first call extracts the novels into the cache directory (`$LAMPC_CACHE`, else `~/.cache/lampc`) as UTF-8
 text files; later calls read those files only. Nothing is fetched at import time.
 
-Paper protocol (LAMP.md section 5): natural text, and a token-shuffled variant of the same windows as a stress case.
+Paper protocol (docs/METHOD.md §5): natural text, and a token-shuffled variant of the same windows as a stress case.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Accuracy metrics of a test model's logits against a reference's (LAMP.md §5): pure tensor functions.
+"""Accuracy metrics of a test model's logits against a reference's (docs/METHOD.md §5): pure tensor functions.
 
 Shapes and conventions shared by every function here:
     ref, test:       f32[B, T, V]  next-token logits; position t predicts token t + 1

@@ -1,4 +1,4 @@
-"""The accuracy protocol (LAMP.md §5): a grid of formats x criteria x tau against the FP32 reference.
+"""The accuracy protocol (docs/METHOD.md §5): a grid of formats x criteria x tau against the FP32 reference.
 
     rows = run_sweep(model, tokenizer, formats=["m4", "m7"], criteria=["uniform", "strict", "random", "oracle"],
                      seq_len=128, n_seq=4, out_dir="sweep-out")
@@ -38,7 +38,7 @@ TAU_GRIDS: dict[str, tuple[float, ...]] = {
     "relaxed": (0.9, 0.5, 0.3),
     "target": (1.95, 1.8, 1.7),
 }
-"""Default tau per rule: three points of the paper's grids (LAMP.md §5, relaxed and target extended towards "less
+"""Default tau per rule: three points of the paper's grids (docs/METHOD.md §5, relaxed and target extended towards "less
 recompute"), chosen so that each rule spans recompute rates of about 0.1-3% (strict), 1-6% (relaxed) and 1-7%
 (target) on the embedded model and Persuasion (bench/accuracy.md). random/oracle use the grid of the rule they
 count from."""

@@ -1,4 +1,4 @@
-"""Look-ahead at a softmax consumer: sensitivity and the selection rules (LAMP.md §3).
+"""Look-ahead at a softmax consumer: sensitivity and the selection rules (docs/METHOD.md §3).
 
 For a row of low-precision scores `s` (…, L) and its softmax `a`, column i of the softmax Jacobian has l1 norm
 `2·a_i·(1 − a_i)`; with a relative error in `s_i` the first-order output error is bounded by

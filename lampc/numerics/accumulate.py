@@ -1,6 +1,6 @@
 """Matmuls with a low-precision accumulator (emulated) and with a native low-precision dtype.
 
-`lp_matmul` follows LAMP.md §2: inputs stay float32, only the running sum is rounded.
+`lp_matmul` follows docs/METHOD.md §2: inputs stay float32, only the running sum is rounded.
 
     strict  (block_k = 1):  acc = RN(fl32(acc + fl32(a_k * b_k)))           k = 1..K in order, acc0 = +0
     blocked (block_k = b):  acc = RN(fl32(acc + S_j)),  S_j = FP32 dot of block j (b terms, last shorter)
@@ -46,7 +46,7 @@ def lp_matmul(
     *,
     impl: str | None = None,
 ) -> torch.Tensor:
-    """`a @ b` (torch.matmul broadcasting) with the accumulator rounded to `fmt` (LAMP.md §2).
+    """`a @ b` (torch.matmul broadcasting) with the accumulator rounded to `fmt` (docs/METHOD.md §2).
 
     a: (..., M, K) float32, b: (..., K, N) float32 -> (..., M, N) float32. Inputs are not rounded.
     block_k = 1 is strict accumulation; block_k > 1 rounds after every FP32 block of block_k terms.

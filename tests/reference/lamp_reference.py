@@ -1,6 +1,6 @@
 """Independent plain-torch test oracle for LAMP attention.
 
-Written from docs/LAMP.md semantics only; it deliberately does not import anything from ``lampc``.
+Written from docs/METHOD.md semantics only; it deliberately does not import anything from ``lampc``.
 Everything here favours obviousness over speed: loops over the reduction dimension, float64 for the
 selection arithmetic, explicit masks.  Sizes in tests are tiny.
 
