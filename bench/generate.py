@@ -30,7 +30,6 @@ import time
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-import lampc
 from lampc import Policy, SitePolicy
 from lampc.eval.sweep import CellCompiler, load_sequences, run_sweep
 from lampc.models import load_model
@@ -70,8 +69,8 @@ def speed_variants(model, has_bf16: bool, strict_tau: float) -> dict:
     if has_bf16:
         out["lampc bf16 uniform (native, all matmuls)"] = compiler(format="bf16", backend="native",
                                                                    criterion="uniform", sites="all")
-        out["lampc bf16 LAMP (native; attention 1, logits 0.01)"] = lampc.compile(
-            model, Policy(attention=SitePolicy(tau=1.0, **bf16), logits=SitePolicy(tau=0.01, **bf16), sites="all"))
+        out["lampc bf16 LAMP (native; attention 1, logits 0.01)"] = compiler(
+            Policy(attention=SitePolicy(tau=1.0, **bf16), logits=SitePolicy(tau=0.01, **bf16), sites="all"))
     for compiled in out.values():
         if compiled is not None:
             compiled.record_stats(False)

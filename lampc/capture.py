@@ -11,11 +11,19 @@ What cannot be captured raises `CaptureError`, naming the module whose forward f
 
 from __future__ import annotations
 
+import copy
+import inspect
 import traceback
+import warnings
 from dataclasses import dataclass
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import fx, nn
+
+if TYPE_CHECKING:
+    from .capture_step import StepCapture
 
 EXAMPLE_BATCH = 2
 EXAMPLE_LEN = 16
@@ -33,7 +41,7 @@ class Captured:
     model_type: str
     max_len: int
     vocab_size: int
-    steps: "StepCapture | None" = None  # the cached-step graphs for decoding, captured on first use
+    steps: StepCapture | None = None  # the cached-step graphs for decoding, captured on first use
     generation_config: object = None  # the model's transformers GenerationConfig (generate's defaults)
 
 
@@ -49,7 +57,7 @@ def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
     seq = torch.export.Dim("seq", min=2, max=max_len)
     kwargs = {"input_ids": ids, "attention_mask": mask}
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    if takes_use_cache(model):  # decoders: no cache in the full-sequence graph (encoders and task heads take none)
+    if takes_use_cache(model.forward):  # decoders: no cache in the full-sequence graph (encoders and task heads take none)
         kwargs["use_cache"], dynamic["use_cache"] = False, None
     was_training = model.training
     model.eval()  # the graph is the inference forward (dropout off); the user's model is left as it was
@@ -70,12 +78,18 @@ def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
                     StepCapture(model, max_len), getattr(model, "generation_config", None))
 
 
-def takes_use_cache(model: nn.Module) -> bool:
-    """Whether the model's forward names a `use_cache` argument (decoders do; BERT-style encoders and task heads
-    take **kwargs, which torch.export cannot be given a dynamic-shape spec for)."""
-    import inspect
+def takes_use_cache(forward) -> bool:
+    """Whether a forward (a model's, or the graph captured from it) names a `use_cache` argument: decoders do;
+    BERT-style encoders and task heads take **kwargs, which torch.export cannot be given a dynamic-shape spec for."""
+    return "use_cache" in inspect.signature(forward).parameters
 
-    return "use_cache" in inspect.signature(model.forward).parameters
+
+def copy_sharing_weights(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of a captured graph that a pass may rewrite, its parameters and buffers the same tensors as gm's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pytree deprecation noise from deepcopy
+        shared = {id(t): t for t in (*gm.parameters(), *gm.buffers())}
+        return copy.deepcopy(gm, memo=shared)
 
 
 def check_capturable(model: nn.Module):

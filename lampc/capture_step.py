@@ -34,15 +34,13 @@ slot (runtime/steps.py): a masked key gets probability exactly 0, so the values 
 
 from __future__ import annotations
 
-import copy
 import inspect
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, fx, nn
 
-from .capture import CaptureError, check_capturable, describe_failure
+from .capture import CaptureError, check_capturable, copy_sharing_weights, describe_failure
 
 STEP_KINDS = ("prefill", "decode", "decode_1")
 
@@ -139,11 +137,7 @@ class StepCapture:
             raise ValueError(f"step kind must be one of {', '.join(STEP_KINDS)}, got {kind!r}")
         if kind not in self._graphs:
             self._graphs[kind] = self._capture(kind)
-        raw = self._graphs[kind]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # pytree deprecation noise from deepcopy
-            shared = {id(t): t for t in (*raw.parameters(), *raw.buffers())}
-            return copy.deepcopy(raw, memo=shared)
+        return copy_sharing_weights(self._graphs[kind])
 
     def _capture(self, kind: str) -> fx.GraphModule:
         config = check_capturable(self.model)

@@ -31,6 +31,11 @@ class CliError(Exception):
     """A user error on the command line: printed as `lampc: error: ...`, exit status 2."""
 
 
+def add_model_argument(parser) -> None:
+    """--model, as every subcommand that loads a model spells it."""
+    parser.add_argument("--model", default="embedded", help="'embedded' (default), a known name, or a model directory")
+
+
 def budget_arg(text: str):
     """argparse type of --budget: an int k per row or a fraction (SitePolicy.budget)."""
     from .policy import parse_budget

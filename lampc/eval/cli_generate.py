@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cli import CliError
+from ..cli import CliError, add_model_argument
 from ..cli_policy import add_policy_arguments, compile_arguments
 
 COMPARE_VARIANTS = ("fp32", "uniform")
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
                     "sampling) through the compiled prefill and decode graphs. --compare adds the FP32 model "
                     "and/or uniform low precision (the same format, no recompute) and marks where each leaves the "
                     "first continuation.")
-    parser.add_argument("--model", default="embedded", help="'embedded' (default), a known name, or a model directory")
+    add_model_argument(parser)
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeat the option for several)")
     parser.add_argument("--prompts-file", default=None, metavar="FILE", help="one prompt per non-empty line")
     parser.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="new tokens per prompt (32)")

@@ -99,9 +99,9 @@ def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *
                         max_new_tokens: int = 32, do_sample: bool = False, temperature=None, top_k=None, top_p=None,
                         seed: int = 0) -> dict:
     """Continue `prompts` with the LAMP policy (`policy` with `overrides`, as lampc.compile takes them) and the
-    `variants` ("fp32": the model's own FP32
-    math, compiled at m23 with no recompute, which equals transformers' generate; "uniform": the policy's format,
-    no recompute); every variant samples from the same seed. The first variant is the reference of divergence."""
+    `variants`: "fp32", the model's own FP32 math (m23, no recompute: equals transformers' generate), and
+    "uniform", the policy's format with no recompute. Every variant samples from the same seed; the first is the
+    reference each divergence is measured from."""
     from .sweep import CellCompiler
 
     ids, mask = _left_padded(tokenizer, prompts)

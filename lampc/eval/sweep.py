@@ -15,14 +15,12 @@ per format), kl_vs_m.png (uniform KL against mantissa bits, when there are sever
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import dataclasses
 import json
 import re
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -151,12 +149,9 @@ class CellCompiler:
 
     def __call__(self, policy=None, *, allow_no_sites: bool = False, **overrides):
         from ..api import compile_captured
+        from ..capture import copy_sharing_weights
 
-        graph = self.captured.graph_module
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # pytree deprecation noise from deepcopy
-            shared = {id(t): t for t in (*graph.parameters(), *graph.buffers())}
-            copy_ = dataclasses.replace(self.captured, graph_module=copy.deepcopy(graph, memo=shared))  # weights shared
+        copy_ = dataclasses.replace(self.captured, graph_module=copy_sharing_weights(self.captured.graph_module))
         return compile_captured(copy_, Policy.from_overrides(policy, **overrides), allow_no_sites=allow_no_sites)
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ..cli import add_model_argument
 from ..cli_policy import add_policy_arguments, compile_arguments
 
 
@@ -15,7 +16,7 @@ def add_parser(subparsers) -> None:
                     "rounding, the look-ahead selection and the FP32 recompute become ordinary ONNX nodes, tagged "
                     "by site. The policy and lampc's version go into the model's metadata. Afterwards the model "
                     "is run once in ONNX Runtime next to the PyTorch compiled model and the difference printed.")
-    parser.add_argument("--model", default="embedded", help="'embedded' (default), a known name, or a model directory")
+    add_model_argument(parser)
     add_policy_arguments(parser)  # --criterion random cannot be exported (it draws from torch's generator)
     parser.add_argument("--out", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=26, help="ONNX opset 18..26 (default 26: BitCast rounding)")

@@ -19,7 +19,6 @@ Inputs `input_ids` and `attention_mask` (int64, dynamic batch and sequence), out
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
 import time
@@ -30,6 +29,7 @@ import torch
 from torch import fx, nn
 
 from .. import __version__
+from ..capture import takes_use_cache
 from ..ops import LAMPC_OPS
 from ..passes.attention import unfuse_sites
 from ..passes.graph import module_path
@@ -238,7 +238,7 @@ class _ExportWrapper(nn.Module):
         self.graph_module = graph_module
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        extra = {"use_cache": False} if "use_cache" in inspect.signature(self.graph_module.forward).parameters else {}
+        extra = {"use_cache": False} if takes_use_cache(self.graph_module.forward) else {}
         out = self.graph_module(input_ids=input_ids, attention_mask=attention_mask, **extra)
         return out.logits if hasattr(out, "logits") else out[0]
 

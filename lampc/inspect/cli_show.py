@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..cli import add_model_argument
 from ..cli_policy import add_policy_arguments, compile_arguments
 
 
@@ -11,7 +12,7 @@ def add_parser(subparsers) -> None:
         description="Compile a model with lampc and print the rewritten graph grouped by site (values with dtype, "
                     "shape and module path), the skipped candidates with their reasons, and the recompute rate of "
                     "one forward pass on a short text.")
-    parser.add_argument("--model", default="embedded", help="'embedded' (default), a known name, or a model directory")
+    add_model_argument(parser)
     add_policy_arguments(parser)
     parser.add_argument("--decode", action="store_true",
                         help="also show the decode-step graph (one new token against the KV cache), after a short "

@@ -76,16 +76,15 @@ def select_strict(s_hat: Tensor, a: Tensor, visible: Tensor, tau, gain: Tensor |
     return (strict_sensitivity(s_hat, a, gain) > tau) & visible
 
 
-def select_relaxed(s_hat: Tensor, visible: Tensor, tau, softcap: float | None = None,
-                   bias: Tensor | None = None) -> Tensor:
+def select_relaxed(s_hat: Tensor, visible: Tensor, tau, logits: Tensor | None = None,
+                   gain: Tensor | None = None) -> Tensor:
     """Recompute i iff z_i > tau·max_j z_j, z_i = |ŝ_i|·exp(ŝ_i − max ŝ): only a running row max is needed.
-    Under a soft cap the exponent is the capped score and z_i carries the cap's derivative; an additive bias (ALiBi)
-    joins the exponent."""
+    `logits`: what the softmax sees when that is not ŝ (the capped score, plus an additive bias such as ALiBi), in
+    the exponent; `gain`: the soft cap's derivative, a factor of z_i."""
     finite = visible & torch.isfinite(s_hat)
-    logit = capped(s_hat, softcap) if bias is None else capped(s_hat, softcap) + bias
-    row_max = logit.masked_fill(~finite, float("-inf")).amax(dim=-1, keepdim=True)
-    z = s_hat.abs() * torch.exp(logit - row_max)
-    gain = cap_gain(s_hat, softcap)
+    logits = s_hat if logits is None else logits
+    row_max = logits.masked_fill(~finite, float("-inf")).amax(dim=-1, keepdim=True)
+    z = s_hat.abs() * torch.exp(logits - row_max)
     z = (z if gain is None else z * gain).masked_fill(~finite, 0.0)  # (…, T, L)
     return (z > tau * z.amax(dim=-1, keepdim=True)) & visible
 
@@ -141,14 +140,14 @@ def budget_counts(visible: Tensor, budget) -> Tensor:
 
 
 def select_rule(rule: str, s_hat: Tensor, a: Tensor, usable: Tensor, visible: Tensor, site: SitePolicy,
-                bias: Tensor | None = None) -> Tensor:
+                logits: Tensor | None = None, gain: Tensor | None = None) -> Tensor:
     """One of the count-giving rules (target, strict, relaxed) over the usable (visible, finite) entries;
-    length scaling counts every visible key of the row."""
+    length scaling counts every visible key of the row. logits, gain: as in select_relaxed (None: plain ŝ)."""
     if rule == "target":
         return select_top(a, usable, target_counts(a, usable, site.tau))
     if rule == "strict":
-        return select_strict(s_hat, a, usable, row_tau(site, rule, visible), cap_gain(s_hat, site.softcap))
-    return select_relaxed(s_hat, usable, row_tau(site, rule, visible), site.softcap, bias)
+        return select_strict(s_hat, a, usable, row_tau(site, rule, visible), gain)
+    return select_relaxed(s_hat, usable, row_tau(site, rule, visible), logits, gain)
 
 
 def select(
@@ -175,24 +174,26 @@ def select(
     if criterion == "uniform":
         return always
     usable = visible & ~always  # the rules look at the finite scores
-    logits = capped(s_hat, site.softcap) if bias is None else capped(s_hat, site.softcap) + bias
+    capped_hat, gain = capped(s_hat, site.softcap), cap_gain(s_hat, site.softcap)  # ŝ and None without a cap
+    logits = capped_hat if bias is None else capped_hat + bias  # what the softmax sees
     a = masked_softmax(logits, usable)  # the consumer's probabilities
     if criterion in ("target", "strict", "relaxed"):
-        selected = select_rule(criterion, s_hat, a, usable, visible, site, bias)
+        selected = select_rule(criterion, s_hat, a, usable, visible, site, logits, gain)
     elif criterion == "budget":
         count = budget_counts(visible, site.budget)
         k_max = budget_k_max(s_hat.shape[-1], site.budget)
-        selected = select_top_k(strict_sensitivity(s_hat, a, cap_gain(s_hat, site.softcap)), usable, count, k_max)
+        selected = select_top_k(strict_sensitivity(s_hat, a, gain), usable, count, k_max)
     else:
-        count = select_rule(site.count_from, s_hat, a, usable, visible, site, bias).sum(dim=-1, keepdim=True)
+        count = select_rule(site.count_from, s_hat, a, usable, visible, site, logits, gain).sum(dim=-1, keepdim=True)
         if criterion == "random":
             draws = torch.rand(s_hat.shape, generator=generator, device="cpu").to(s_hat.device)
             selected = select_top(draws, usable, count)
         else:
             if s_fp32 is None:
                 raise ValueError("criterion 'oracle' needs the FP32 scores (s_fp32)")
-            p = masked_softmax(capped(s_fp32, site.softcap) + (0.0 if bias is None else bias), usable)
-            contribution = 2.0 * p * (1.0 - p) * (capped(s_fp32, site.softcap) - capped(s_hat, site.softcap)).abs()
+            capped_fp32 = capped(s_fp32, site.softcap)
+            p = masked_softmax(capped_fp32 if bias is None else capped_fp32 + bias, usable)
+            contribution = 2.0 * p * (1.0 - p) * (capped_fp32 - capped_hat).abs()
             selected = select_top(contribution.nan_to_num(nan=0.0), usable, count)
     return selected | always
 

@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch import Tensor, fx, nn
 
+from ..capture import takes_use_cache
 from ..passes.graph import to_networkx, write_graph
 from ..passes.result import PassResult
 from ..ops import random_streams
@@ -14,7 +15,7 @@ from ..policy import Policy
 from .report import build_report
 from .stats import collect_stats, merge_taps
 from .steps import KVCache, StepGraphs, StepOutput
-from .tap import SelectionTap
+from .tap import SelectionTap, graph_taps
 
 
 class CompiledModel(nn.Module):
@@ -40,7 +41,7 @@ class CompiledModel(nn.Module):
         self.step_graphs = StepGraphs(steps, policy) if steps is not None else None
         self.generation_config = generation_config
         self.training = False  # an inference graph (see train())
-        self._takes_use_cache = "use_cache" in _placeholder_names(graph_module)
+        self._takes_use_cache = takes_use_cache(graph_module.forward)
         self._random_streams: dict = {}  # the random baseline's generators, this model's own (see ops.random_streams)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
@@ -116,13 +117,13 @@ class CompiledModel(nn.Module):
     def _all_taps(self) -> list[SelectionTap]:
         taps = list(self.taps.values())
         if self.step_graphs is not None:
-            taps += [tap for graph_taps in self.step_graphs.taps().values() for tap in graph_taps.values()]
+            taps += [tap for by_site in self.step_graphs.taps().values() for tap in by_site.values()]
         return taps
 
     @property
     def taps(self) -> dict[int, SelectionTap]:
         """The full-sequence graph's taps, by site."""
-        return {m.site: m for m in self.graph_module.children() if isinstance(m, SelectionTap)}
+        return graph_taps(self.graph_module)
 
     def stats(self, phase: str | None = None) -> dict:
         """Recompute rates per site (= per layer for attention), per head, per kind and overall.
@@ -178,8 +179,8 @@ class CompiledModel(nn.Module):
             taps = self.taps
         else:
             taps = {}
-            for graph_taps in (self.step_graphs.taps(phase).values() if self.step_graphs else ()):
-                taps.update(graph_taps)
+            for by_site in (self.step_graphs.taps(phase).values() if self.step_graphs else ()):
+                taps.update(by_site)
         return {site: tap.last_selection for site, tap in taps.items() if tap.last_selection is not None}
 
     def report(self) -> dict:
@@ -192,13 +193,6 @@ class CompiledModel(nn.Module):
     def write_graph(self, path: str) -> None:
         """GraphML (.graphml) or DOT (.dot) of the rewritten graph."""
         write_graph(self.graph_module, path)
-
-
-def _placeholder_names(gm: fx.GraphModule) -> set[str]:
-    """The graph's keyword inputs, as the captured forward named them."""
-    import inspect
-
-    return set(inspect.signature(gm.forward).parameters)
 
 
 ACCEPTED_EXTRA = ("labels", "return_dict", "output_attentions", "output_hidden_states")

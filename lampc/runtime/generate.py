@@ -48,7 +48,7 @@ def generate(compiled, input_ids: Tensor, attention_mask: Tensor | None = None, 
     if pad is not None:
         pad = _token_list("pad_token_id", pad, compiled.vocab_size)[0]
     max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
-    warpers = _warpers(do_sample, temperature, top_k, top_p, config) if do_sample else None
+    warpers = _warpers(temperature, top_k, top_p, config) if do_sample else None
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
         shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a (batch, prompt length) tensor of token ids, got {shape}")
@@ -103,7 +103,7 @@ def _choose(tokens: Tensor, logits: Tensor, warpers, generator) -> Tensor:
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 
-def _warpers(do_sample: bool, temperature, top_k, top_p, config):
+def _warpers(temperature, top_k, top_p, config):
     """transformers' warpers in generate's order: temperature, top-k, top-p."""
     from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
                                                         TopKLogitsWarper, TopPLogitsWarper)

@@ -19,7 +19,7 @@ from ..passes import run_passes
 from ..passes.result import PassResult
 from ..policy import Policy
 from .native import register_static_weights
-from .tap import SelectionTap
+from .tap import SelectionTap, graph_taps
 
 PHASES = {"prefill": "prefill", "decode": "decode", "decode_1": "decode"}
 """Step kind -> the phase its statistics count in (generate's prompt pass, or one token at a time)."""
@@ -50,7 +50,6 @@ class StepOutput:
 
     logits: Tensor
     past_key_values: KVCache | None = None
-
     loss: Tensor | None = None
 
     @property
@@ -94,7 +93,7 @@ class StepGraphs(nn.Module):
             register_static_weights(result.graph_module.parameters())
             self.graphs[kind] = result.graph_module
             self.results[kind] = result
-            for tap in _taps(result.graph_module).values():
+            for tap in graph_taps(result.graph_module).values():
                 tap.enabled = self.tap_settings["enabled"]
                 tap.keep_last = self.tap_settings["keep_last"]
         return self.graphs[kind]
@@ -122,7 +121,7 @@ class StepGraphs(nn.Module):
 
     def taps(self, phase: str | None = None) -> dict[str, dict[int, SelectionTap]]:
         """Taps per step kind (only those of `phase` if given)."""
-        return {kind: _taps(gm) for kind, gm in self.graphs.items() if phase in (None, PHASES[kind])}
+        return {kind: graph_taps(gm) for kind, gm in self.graphs.items() if phase in (None, PHASES[kind])}
 
     def sites(self, phase: str):
         """The sites of the first built graph of `phase` (every step graph of a model has the same sites)."""
@@ -130,7 +129,3 @@ class StepGraphs(nn.Module):
             if PHASES[kind] == phase:
                 return result.sites
         return []
-
-
-def _taps(gm: fx.GraphModule) -> dict[int, SelectionTap]:
-    return {m.site: m for m in gm.children() if isinstance(m, SelectionTap)}

@@ -54,3 +54,8 @@ class SelectionTap(nn.Module):
 
 def _is_fake(t: Tensor) -> bool:
     return type(t).__name__ in ("FakeTensor", "FunctionalTensor") or t.device.type == "meta"
+
+
+def graph_taps(gm) -> dict[int, SelectionTap]:
+    """The statistics taps of a rewritten graph, by site index."""
+    return {m.site: m for m in gm.children() if isinstance(m, SelectionTap)}
