@@ -1,14 +1,19 @@
 """The compiled model against the independent plain-torch re-implementation in tests/reference.
 
 For every deterministic criterion: the selection masks are equal entry for entry, and the logits match within
-FP32 tolerance, on a seeded random GPT-2 / Llama (several layers and heads, a left-padded batch).
+FP32 tolerance, on seeded random GPT-2, Llama, Falcon (scores divided in place), Gemma2 (logit soft-capping) and
+Bloom (ALiBi through baddbmm): several layers and heads, a left-padded batch. Each model is captured once; every
+case rewrites a fresh copy of the graph (`CellCompiler`, the same result as `lampc.compile`: tests/test_sweep.py).
 """
 
 import pytest
 import torch
 
-import lampc
-from reference.lamp_reference import gpt2_forward_ref, llama_forward_ref
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from lampc.eval.sweep import CellCompiler
+from reference.lamp_reference import (bloom_forward_ref, falcon_forward_ref, gemma2_forward_ref, gpt2_forward_ref,
+                                      llama_forward_ref)
 from tiny_models import padded_batch, tiny_gpt2, tiny_llama
 
 CASES = [
@@ -22,9 +27,56 @@ CASES = [
     dict(criterion="budget", budget=0.25),
     dict(criterion="oracle", tau=0.1),
 ]
+
+
+def _tiny(kind: str, **config):
+    cfg = AutoConfig.for_model(kind, vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               **config)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+
+
+def _peaked(weight: torch.Tensor, rows, gain: float) -> None:
+    """Scale the query rows of a projection: peaked attention, as in trained models, so the rules select."""
+    with torch.no_grad():
+        weight[rows] *= gain
+
+
+def tiny_peaked_llama():
+    model = tiny_llama()
+    for layer in model.model.layers:
+        _peaked(layer.self_attn.q_proj.weight, slice(None), 12.0)
+    return model
+
+
+def tiny_falcon():
+    model = _tiny("falcon", new_decoder_architecture=False)  # multi-query: 4 query heads, then one key, one value
+    for layer in model.transformer.h:
+        _peaked(layer.self_attention.query_key_value.weight, slice(0, 32), 40.0)
+    return model
+
+
+def tiny_gemma2():
+    model = _tiny("gemma2", num_key_value_heads=2, intermediate_size=64, head_dim=8, attn_logit_softcapping=5.0)
+    for layer in model.model.layers:
+        _peaked(layer.self_attn.q_proj.weight, slice(None), 60.0)
+    return model
+
+
+def tiny_bloom():
+    model = _tiny("bloom", n_layer=2, n_head=4)
+    query_rows = [h * 24 + j for h in range(4) for j in range(8)]  # per head: 8 query, 8 key, 8 value rows
+    for layer in model.transformer.h:
+        _peaked(layer.self_attention.query_key_value.weight, query_rows, 20.0)
+    return model
+
+
 MODELS = {
     "gpt2": (lambda: tiny_gpt2(n_layer=3, score_gain=6.0), gpt2_forward_ref, 97),
-    "llama": (lambda: tiny_llama(), llama_forward_ref, 100),
+    "llama": (tiny_peaked_llama, llama_forward_ref, 100),
+    "falcon": (tiny_falcon, falcon_forward_ref, 100),
+    "gemma2": (tiny_gemma2, gemma2_forward_ref, 100),
+    "bloom": (tiny_bloom, bloom_forward_ref, 100),
 }
 
 
@@ -39,19 +91,15 @@ def _reference_kwargs(case: dict) -> dict:
 def setup(request):
     make, reference, vocab = MODELS[request.param]
     model = make()
-    if request.param == "llama":  # peaked attention, as in trained models, so the rules select something
-        with torch.no_grad():
-            for layer in model.model.layers:
-                layer.self_attn.q_proj.weight.mul_(12.0)
     ids, mask = padded_batch(vocab, batch=2, seq=14, pad=4)
-    return model, reference, ids, mask
+    return CellCompiler(model), model, reference, ids, mask
 
 
 @pytest.mark.parametrize("case,m_bits", [(c, 3) for c in CASES] + [(CASES[1], 7), (CASES[5], 7)],
                          ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) if isinstance(c, dict) else f"m{c}")
 def test_masks_equal_and_logits_match(setup, case, m_bits):
-    model, reference, ids, mask = setup
-    compiled = lampc.compile(model, format=f"m{m_bits}", **case)
+    compile_cell, model, reference, ids, mask = setup
+    compiled = compile_cell(format=f"m{m_bits}", **case)
     compiled.keep_selections()
     with torch.no_grad():
         got = compiled(ids, mask).logits

@@ -12,6 +12,8 @@ select_ref(s_hat, visible, criterion, tau, ...)        LAMP selection masks (uni
 lamp_scores_ref(q, k, scale, visible, m, block_k, criterion, tau, ...) -> (scores, selected)
 gpt2_forward_ref(hf_model, input_ids, attention_mask=None, *, m, ...)  -> (logits, selected_per_layer)
 llama_forward_ref(hf_model, input_ids, attention_mask=None, *, m, ...) -> (logits, selected_per_layer)
+falcon_forward_ref / gemma2_forward_ref / bloom_forward_ref: the same for Falcon (parallel attention, multi-query,
+    scores divided in place), Gemma2 (logit soft-capping, four norms per layer) and Bloom (ALiBi bias)
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ __all__ = [
     "visibility_mask",
     "gpt2_forward_ref",
     "llama_forward_ref",
+    "falcon_forward_ref",
+    "gemma2_forward_ref",
+    "bloom_forward_ref",
     "CRITERIA",
 ]
 
@@ -143,6 +148,8 @@ def select_ref(
     s_fp32: torch.Tensor | None = None,
     count_from: torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float64,
+    softcap: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LAMP selection mask for rows of scores ``s_hat`` (..., T, L); ``visible`` broadcasts to it.
 
@@ -153,6 +160,13 @@ def select_ref(
     added.  Invisible entries are never selected; rows without visible keys select nothing.
     L_t (length scaling, budget fraction) = number of visible keys of the row.
     All sensitivity arithmetic runs in ``compute_dtype`` (default float64, i.e. close to exact math).
+
+    What the softmax sees need not be s itself (docs/NUMERICS.md §6):
+    - ``softcap`` c (Gemma2): the softmax sees z = c·tanh(s/c); the chain rule multiplies every
+      sensitivity by g = 1 - tanh²(s/c).  strict: 2·a(1-a)·g·|s| with a = softmax(z); relaxed:
+      |s|·g·exp(z - max z) against tau times the row's largest; target on a; budget ranks the strict
+      weight; oracle: 2·p(1-p)·|z_fp32 - z_hat| with p = softmax(z_fp32).
+    - ``bias`` b (ALiBi, broadcast to s_hat, finite): the softmax sees z = s + b; the error scale stays |s|.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; expected one of {CRITERIA}")
@@ -166,6 +180,7 @@ def select_ref(
     n_cand = cand.sum(dim=-1)
 
     s = torch.where(cand, s_hat, torch.zeros_like(s_hat)).to(compute_dtype)
+    z, gain = _softmax_input(s, softcap, bias, compute_dtype)
 
     def tau_per_row(relaxed: bool) -> torch.Tensor:
         t = torch.full(L_t.shape, float(tau), dtype=compute_dtype, device=s.device)
@@ -181,22 +196,22 @@ def select_ref(
 
     elif criterion == "strict":
         _need(tau, "tau")
-        a = _masked_softmax(s, cand)
-        sens = _strict_sensitivity(a, s)
+        a = _masked_softmax(z, cand)
+        sens = _strict_sensitivity(a, s) * gain
         sel = cand & (sens > tau_per_row(relaxed=False).unsqueeze(-1))
 
     elif criterion == "relaxed":
         _need(tau, "tau")
         neg_inf = torch.tensor(float("-inf"), dtype=s.dtype, device=s.device)
-        smax = torch.where(cand, s, neg_inf).amax(dim=-1, keepdim=True)
-        smax = torch.where(torch.isfinite(smax), smax, torch.zeros_like(smax))
-        z = torch.where(cand, s.abs() * torch.exp(s - smax), torch.zeros_like(s))
-        zmax = z.amax(dim=-1, keepdim=True)
-        sel = cand & (z > tau_per_row(relaxed=True).unsqueeze(-1) * zmax)
+        zmax = torch.where(cand, z, neg_inf).amax(dim=-1, keepdim=True)
+        zmax = torch.where(torch.isfinite(zmax), zmax, torch.zeros_like(zmax))
+        w = torch.where(cand, s.abs() * gain * torch.exp(z - zmax), torch.zeros_like(s))
+        wmax = w.amax(dim=-1, keepdim=True)
+        sel = cand & (w > tau_per_row(relaxed=True).unsqueeze(-1) * wmax)
 
     elif criterion == "target":
         _need(tau, "tau")
-        a = _masked_softmax(s, cand)
+        a = _masked_softmax(z, cand)
         big = torch.ones_like(a) * 2.0
         amin = torch.where(cand, a, big).amin(dim=-1, keepdim=True)  # (..., T, 1); 2 in empty rows
         keyed = torch.where(cand, a, torch.full_like(a, -1.0))
@@ -225,8 +240,8 @@ def select_ref(
                 raise ValueError("fractional budget must be in (0, 1]")
             count = torch.ceil(f * L_t.to(torch.float64)).to(L_t.dtype)  # double-precision f*L_t
         count = torch.minimum(count, n_cand)
-        a = _masked_softmax(s, cand)
-        sel = _pick_top_count(_strict_sensitivity(a, s), cand, count)
+        a = _masked_softmax(z, cand)
+        sel = _pick_top_count(_strict_sensitivity(a, s) * gain, cand, count)
 
     else:  # oracle
         if s_fp32 is None or count_from is None:
@@ -234,11 +249,26 @@ def select_ref(
         cf = torch.broadcast_to(count_from.to(torch.bool), s_hat.shape)
         count = (cf & cand).sum(dim=-1)
         sf = torch.where(cand, s_fp32, torch.zeros_like(s_fp32)).to(compute_dtype)
-        p = _masked_softmax(sf, cand)
-        contrib = 2.0 * p * (1.0 - p) * (sf - s).abs()
+        zf, _ = _softmax_input(sf, softcap, bias, compute_dtype)
+        p = _masked_softmax(zf, cand)
+        no_bias = dict(softcap=softcap, bias=None, compute_dtype=compute_dtype)  # the bias is exact: no error
+        error = _softmax_input(sf, **no_bias)[0] - _softmax_input(s, **no_bias)[0]
+        contrib = 2.0 * p * (1.0 - p) * error.abs()
         sel = _pick_top_count(contrib, cand, count)
 
     return (sel & cand) | forced
+
+
+def _softmax_input(s, softcap, bias, compute_dtype):
+    """(z, g): what the softmax sees for scores s, and dz/ds (1 without a cap)."""
+    if softcap is None:
+        z, gain = s, torch.ones_like(s)
+    else:
+        t = torch.tanh(s / float(softcap))
+        z, gain = float(softcap) * t, 1.0 - t * t
+    if bias is not None:
+        z = z + torch.broadcast_to(bias, s.shape).to(compute_dtype)
+    return z, gain
 
 
 def _need(value, name):
@@ -283,7 +313,8 @@ def lamp_scores_ref(
     if criterion == "oracle" and count_from is None:
         if count_criterion is None:
             raise ValueError("oracle needs count_from or count_criterion")
-        count_from = select_ref(s_hat, visible, count_criterion, count_tau, **(count_kw or {}))
+        same_softmax = {k: v for k, v in select_kw.items() if k in ("softcap", "bias")}
+        count_from = select_ref(s_hat, visible, count_criterion, count_tau, **same_softmax, **(count_kw or {}))
     selected = select_ref(
         s_hat, visible, criterion, tau, s_fp32=s_fp32, count_from=count_from, **select_kw
     )
@@ -421,6 +452,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def _rope_tables(cfg, hd: int, T: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """Default RoPE (cos, sin), each (T, hd): angles in float64, rounded to float32."""
+    theta = _rope_theta(cfg)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=dev) / hd))
+    ang = torch.arange(T, dtype=torch.float64, device=dev)[:, None] * inv_freq[None, :]
+    ang = torch.cat((ang, ang), dim=-1)
+    return ang.cos().to(torch.float32), ang.sin().to(torch.float32)
+
+
 @torch.no_grad()
 def llama_forward_ref(
     hf_model,
@@ -453,12 +493,7 @@ def llama_forward_ref(
     emb = sd[pre + "embed_tokens.weight"]
     dev = emb.device
 
-    # RoPE tables (T, hd)
-    theta = _rope_theta(cfg)
-    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64, device=dev) / hd))
-    ang = torch.arange(T, dtype=torch.float64, device=dev)[:, None] * inv_freq[None, :]
-    ang = torch.cat((ang, ang), dim=-1)
-    cos, sin = ang.cos().to(torch.float32), ang.sin().to(torch.float32)
+    cos, sin = _rope_tables(cfg, hd, T, dev)
 
     def lin(h, name):
         y = h @ sd[name + ".weight"].T
@@ -499,3 +534,237 @@ def llama_forward_ref(
         lm_w = sd["lm_head.weight"]
     logits = x @ lm_w.T
     return logits, selected_per_layer
+
+
+# ---------------------------------------------------------------------------------------------
+# Falcon (the original architecture: parallel attention and MLP, multi-query, RoPE)
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def falcon_forward_ref(
+    hf_model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    m: int,
+    block_k: int = 1,
+    criterion: str = "uniform",
+    tau: float | None = None,
+    count_from: Sequence[torch.Tensor] | torch.Tensor | None = None,
+    **kw,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Own forward of a transformers FalconForCausalLM with new_decoder_architecture=False, multi_query=True,
+    parallel_attn=True, rotary positions (no ALiBi), erf-GELU.
+
+    Each layer: h = LN(x); x = x + (mlp(h) + attention(h)).  One fused projection gives H query heads and one
+    shared key and value head.  HF divides the scores in place by sqrt(head_dim); lampc (and this reference)
+    multiply by the float 1/sqrt(head_dim), as for every scale.  Position ids are arange(T).
+    """
+    cfg = hf_model.config
+    wanted = dict(new_decoder_architecture=False, multi_query=True, parallel_attn=True, alibi=False)
+    for key, value in wanted.items():
+        if getattr(cfg, key) != value:
+            raise NotImplementedError(f"only {key}={value} is modelled")
+    if getattr(cfg, "activation", "gelu") != "gelu":
+        raise NotImplementedError("only activation='gelu' is modelled")
+    sd = {k: v.detach().to(torch.float32) for k, v in hf_model.state_dict().items()}
+    pre = "transformer."
+    nH, d = cfg.num_attention_heads, cfg.hidden_size
+    hd = d // nH
+    eps = cfg.layer_norm_epsilon
+    B, T = input_ids.shape
+    emb = sd[pre + "word_embeddings.weight"]
+    dev = emb.device
+    cos, sin = _rope_tables(cfg, hd, T, dev)
+
+    def lin(h, name):
+        y = h @ sd[name + ".weight"].T
+        return y + sd[name + ".bias"] if name + ".bias" in sd else y
+
+    x = emb[input_ids]
+    vis_h = visibility_mask(attention_mask, B, T, dev).expand(B, nH, T, T)
+    selected_per_layer = []
+    for i in range(cfg.num_hidden_layers):
+        p = f"{pre}h.{i}."
+        h = F.layer_norm(x, (d,), sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps)
+        qkv = lin(h, p + "self_attention.query_key_value").reshape(B, T, nH + 2, hd).transpose(1, 2)
+        q, k, v = qkv[:, :nH], qkv[:, nH:nH + 1], qkv[:, nH + 1:]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k, v = k.expand(B, nH, T, hd), v.expand(B, nH, T, hd)
+        scores, sel = lamp_scores_ref(
+            q, k, 1.0 / math.sqrt(hd), vis_h, m, block_k, criterion, tau,
+            count_from=_layer_count_from(count_from, i), **kw,
+        )
+        o = (_attention_probs(scores, vis_h) @ v).transpose(1, 2).reshape(B, T, d)
+        attention = lin(o, p + "self_attention.dense")
+        mlp = lin(F.gelu(lin(h, p + "mlp.dense_h_to_4h")), p + "mlp.dense_4h_to_h")
+        x = x + (mlp + attention)
+        selected_per_layer.append(sel)
+    x = F.layer_norm(x, (d,), sd[pre + "ln_f.weight"], sd[pre + "ln_f.bias"], eps)
+    return x @ sd.get("lm_head.weight", emb).T, selected_per_layer
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemma2 (attention logit soft-capping)
+# ---------------------------------------------------------------------------------------------
+def _rms_norm_one_plus(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma's RMSNorm: the weight is stored as w and applied as (1 + w)."""
+    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)) * (1.0 + w)
+
+
+def _soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    return torch.tanh(x / cap) * cap
+
+
+@torch.no_grad()
+def gemma2_forward_ref(
+    hf_model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    m: int,
+    block_k: int = 1,
+    criterion: str = "uniform",
+    tau: float | None = None,
+    count_from: Sequence[torch.Tensor] | torch.Tensor | None = None,
+    **kw,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Own forward of a transformers Gemma2ForCausalLM (embeddings times sqrt(hidden), four (1 + w) RMSNorms per
+    layer, GQA, tanh-GELU gated MLP, attention and final logit soft-capping, default RoPE).
+
+    The attention scores are s = (q @ kᵀ) * query_pre_attn_scalar**-0.5; the softmax sees c·tanh(s/c) + mask.
+    LAMP replaces s (before the cap) and the look-ahead sees through the cap (select_ref's ``softcap``).
+    Sequences must fit in the sliding window (then sliding and full layers compute the same).
+    """
+    cfg = hf_model.config
+    if cfg.hidden_activation != "gelu_pytorch_tanh":
+        raise NotImplementedError("only hidden_activation='gelu_pytorch_tanh' is modelled")
+    B, T = input_ids.shape
+    if cfg.sliding_window is not None and T > cfg.sliding_window:
+        raise NotImplementedError("sequences longer than the sliding window are not modelled")
+    sd = {k: v.detach().to(torch.float32) for k, v in hf_model.state_dict().items()}
+    pre = "model."
+    nH, nKV, d, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size, cfg.head_dim
+    eps, cap = cfg.rms_norm_eps, cfg.attn_logit_softcapping
+    emb = sd[pre + "embed_tokens.weight"]
+    dev = emb.device
+    cos, sin = _rope_tables(cfg, hd, T, dev)
+
+    def lin(h, name):
+        y = h @ sd[name + ".weight"].T
+        return y + sd[name + ".bias"] if name + ".bias" in sd else y
+
+    def norm(h, name):
+        return _rms_norm_one_plus(h, sd[name + ".weight"], eps)
+
+    x = emb[input_ids] * torch.tensor(d**0.5, dtype=torch.float32)
+    vis_h = visibility_mask(attention_mask, B, T, dev).expand(B, nH, T, T)
+    scale = cfg.query_pre_attn_scalar**-0.5
+    selected_per_layer = []
+    for i in range(cfg.num_hidden_layers):
+        p = f"{pre}layers.{i}."
+        h = norm(x, p + "input_layernorm")
+        q = lin(h, p + "self_attn.q_proj").reshape(B, T, nH, hd).transpose(1, 2)
+        k = lin(h, p + "self_attn.k_proj").reshape(B, T, nKV, hd).transpose(1, 2)
+        v = lin(h, p + "self_attn.v_proj").reshape(B, T, nKV, hd).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k, v = k.repeat_interleave(nH // nKV, dim=1), v.repeat_interleave(nH // nKV, dim=1)
+        scores, sel = lamp_scores_ref(
+            q, k, scale, vis_h, m, block_k, criterion, tau,
+            count_from=_layer_count_from(count_from, i), softcap=cap, **kw,
+        )
+        if cap is not None:
+            scores = _soft_cap(scores, cap)
+        o = (_attention_probs(scores, vis_h) @ v).transpose(1, 2).reshape(B, T, nH * hd)
+        x = x + norm(lin(o, p + "self_attn.o_proj"), p + "post_attention_layernorm")
+        h = norm(x, p + "pre_feedforward_layernorm")
+        h = lin(F.gelu(lin(h, p + "mlp.gate_proj"), approximate="tanh") * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+        x = x + norm(h, p + "post_feedforward_layernorm")
+        selected_per_layer.append(sel)
+    x = norm(x, pre + "norm")
+    logits = x @ sd.get("lm_head.weight", emb).T
+    if cfg.final_logit_softcapping is not None:
+        logits = _soft_cap(logits, cfg.final_logit_softcapping)
+    return logits, selected_per_layer
+
+
+# ---------------------------------------------------------------------------------------------
+# Bloom (ALiBi)
+# ---------------------------------------------------------------------------------------------
+def alibi_ref(attention_mask: torch.Tensor | None, B: int, T: int, heads: int, device=None) -> torch.Tensor:
+    """ALiBi bias (B, heads, 1, T): slope_h times the key's position among the sequence's real tokens.
+
+    Slopes for a power-of-two head count n are 2**(-8·h/n), h = 1..n (Press et al., 2022).  A padded key has
+    bias 0 (it is masked anyway); the query's own position is left out, softmax being shift-invariant per row.
+    """
+    if heads & (heads - 1):
+        raise NotImplementedError("ALiBi slopes are modelled for a power-of-two head count only")
+    slopes = torch.tensor([2.0 ** (-8.0 * h / heads) for h in range(1, heads + 1)], dtype=torch.float32,
+                          device=device)
+    real = torch.ones(B, T, dtype=torch.long, device=device) if attention_mask is None else attention_mask.to(device)
+    position = ((real.cumsum(dim=-1) - 1) * real).to(torch.float32)  # (B, T); 0 at padding
+    return slopes[None, :, None, None] * position[:, None, None, :]
+
+
+def _bloom_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+
+
+@torch.no_grad()
+def bloom_forward_ref(
+    hf_model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    m: int,
+    block_k: int = 1,
+    criterion: str = "uniform",
+    tau: float | None = None,
+    count_from: Sequence[torch.Tensor] | torch.Tensor | None = None,
+    **kw,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Own forward of a transformers BloomForCausalLM (embedding layer norm, per-head fused QKV, ALiBi, Bloom's
+    tanh-GELU, tied head).
+
+    The softmax sees α·(q @ kᵀ) + alibi + mask with α = 1/sqrt(head_dim); LAMP replaces α·(q @ kᵀ) and the
+    look-ahead runs on the biased row (select_ref's ``bias``).
+    """
+    cfg = hf_model.config
+    if cfg.apply_residual_connection_post_layernorm or cfg.pretraining_tp > 1 and cfg.slow_but_exact:
+        raise NotImplementedError("only the default residual and tensor-parallel settings are modelled")
+    sd = {k: v.detach().to(torch.float32) for k, v in hf_model.state_dict().items()}
+    pre = "transformer."
+    nH, d = cfg.n_head, cfg.hidden_size
+    hd = d // nH
+    eps = cfg.layer_norm_epsilon
+    B, T = input_ids.shape
+    emb = sd[pre + "word_embeddings.weight"]
+    dev = emb.device
+
+    def lin(h, name):
+        return h @ sd[name + ".weight"].T + sd[name + ".bias"]
+
+    def layer_norm(h, name):
+        return F.layer_norm(h, (d,), sd[name + ".weight"], sd[name + ".bias"], eps)
+
+    x = layer_norm(emb[input_ids], pre + "word_embeddings_layernorm")
+    vis_h = visibility_mask(attention_mask, B, T, dev).expand(B, nH, T, T)
+    alibi = alibi_ref(attention_mask, B, T, nH, dev)
+    selected_per_layer = []
+    for i in range(cfg.n_layer):
+        p = f"{pre}h.{i}."
+        h = layer_norm(x, p + "input_layernorm")
+        qkv = lin(h, p + "self_attention.query_key_value").reshape(B, T, nH, 3, hd).permute(3, 0, 2, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores, sel = lamp_scores_ref(
+            q, k, 1.0 / math.sqrt(hd), vis_h, m, block_k, criterion, tau,
+            count_from=_layer_count_from(count_from, i), bias=alibi, **kw,
+        )
+        o = (_attention_probs(scores + alibi, vis_h) @ v).transpose(1, 2).reshape(B, T, d)
+        x = x + lin(o, p + "self_attention.dense")
+        h = layer_norm(x, p + "post_attention_layernorm")
+        x = x + lin(_bloom_gelu(lin(h, p + "mlp.dense_h_to_4h")), p + "mlp.dense_4h_to_h")
+        selected_per_layer.append(sel)
+    x = layer_norm(x, pre + "ln_f")
+    return x @ sd.get("lm_head.weight", emb).T, selected_per_layer

@@ -14,6 +14,10 @@ import pytest
 import torch
 
 from .lamp_reference import (
+    alibi_ref,
+    bloom_forward_ref,
+    falcon_forward_ref,
+    gemma2_forward_ref,
     gpt2_forward_ref,
     lamp_scores_ref,
     llama_forward_ref,
@@ -294,6 +298,42 @@ def test_select_length_scaling_hand_row():
         _sel("target", 1.5, length_scaling=True)
 
 
+def test_select_through_a_softcap_hand_row():
+    """Capped at 2, the 8 of [0, 8, 1, 1] no longer dominates (the softmax sees [0, 2.0, 0.92, 0.92]) and its
+    error barely passes the cap (gain 1 - tanh²(4) = 0.0013): the two 1s matter; uncapped, the row is one-hot."""
+    s_hat, vis = f32([[0.0, 8.0, 1.0, 1.0]]), torch.ones(1, 4, dtype=torch.bool)
+    assert select_ref(s_hat, vis, "strict", 0.05, softcap=2.0).tolist() == [[False, False, True, True]]
+    assert select_ref(s_hat, vis, "strict", 0.05).tolist() == [[False, False, False, False]]
+    z = [2 * math.tanh(v / 2) for v in (0.0, 8.0, 1.0, 1.0)]
+    a = [math.exp(v) / sum(math.exp(w) for w in z) for v in z]
+    gain = 1 - math.tanh(4.0) ** 2
+    assert 2 * a[1] * (1 - a[1]) * gain * 8.0 < 0.05 < 2 * a[2] * (1 - a[2]) * (1 - math.tanh(0.5) ** 2) * 1.0
+
+
+def test_select_with_a_bias_hand_row():
+    """The bias moves the softmax, not the error scale: with b = [0, 0, 3, 0] the score 0.3 takes the mass, yet its
+    error (scale 0.3) is smaller than that of the 2.0 (scale 2.0) it displaced."""
+    s_hat, vis = f32([[2.0, 1.0, 0.3, -1.0]]), torch.ones(1, 4, dtype=torch.bool)
+    bias = f32([[0.0, 0.0, 3.0, 0.0]])
+    z = [2.0, 1.0, 3.3, -1.0]
+    a = [math.exp(v) / sum(math.exp(w) for w in z) for v in z]
+    sens = [2 * ai * (1 - ai) * abs(si) for ai, si in zip(a, [2.0, 1.0, 0.3, -1.0])]
+    want = [v > 0.1 for v in sens]
+    assert want == [True, True, True, False]
+    assert select_ref(s_hat, vis, "strict", 0.1, bias=bias).tolist() == [want]
+    order = sorted(range(4), key=lambda i: -sens[i])
+    assert select_ref(s_hat, vis, "budget", budget=1, bias=bias)[0, order[0]]
+    assert order[0] == 0  # the largest error is the 2.0's, not the biggest probability's (the 0.3)
+
+
+def test_alibi_is_slope_times_real_position():
+    am = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    bias = alibi_ref(am, 2, 4, heads=4)
+    assert bias.shape == (2, 4, 1, 4)
+    assert bias[0, 0, 0].tolist() == [0.0, 0.25, 0.5, 0.75]  # slope 2**-2 for head 1 of 4
+    assert bias[1, 3, 0].tolist() == [0.0, 0.0, 0.0, 2.0**-8]  # head 4: 2**-8; padded keys 0, positions restart
+
+
 def test_select_oracle_hand_row():
     s_fp32, vis = _row()
     s_hat = f32([[2.01, 1.0, 0.3, -1.0]])
@@ -432,6 +472,53 @@ def test_forward_m23_matches_hf(hf, arch):
     # without attention_mask (pure causal)
     logits, _ = fwd(model, ids, None, m=23)
     assert (logits - _hf_logits(model, ids, None)).abs().max().item() <= 1e-5
+
+
+def _tiny(hf, kind, **config):
+    cfg = hf.AutoConfig.for_model(kind, vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  **config)
+    torch.manual_seed(0)
+    return hf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+
+
+OTHER_ARCHITECTURES = {
+    "falcon": (dict(new_decoder_architecture=False), falcon_forward_ref),
+    "gemma2": (dict(num_key_value_heads=2, intermediate_size=64, head_dim=8, attn_logit_softcapping=5.0),
+               gemma2_forward_ref),
+    "bloom": (dict(n_layer=2, n_head=4), bloom_forward_ref),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(OTHER_ARCHITECTURES))
+def test_other_forwards_m23_match_hf(hf, arch):
+    """Falcon, Gemma2 and Bloom at m = 23: HF's logits at every position, pad query rows included."""
+    config, fwd = OTHER_ARCHITECTURES[arch]
+    model = _tiny(hf, arch, **config)
+    ids, am = _batch(100)
+    for mask in (am, None):
+        want = _hf_logits(model, ids, mask)
+        for crit, kw in [("uniform", {}), ("strict", {"tau": 0.1}), ("target", {"tau": 1.2})]:
+            logits, sel = fwd(model, ids, mask, m=23, criterion=crit, **kw)
+            assert (logits - want).abs().max().item() <= 1e-5, (crit, mask is None)
+            assert len(sel) == 2 and sel[0].shape == (2, 4, 14, 14)
+
+
+@pytest.mark.parametrize("arch", sorted(OTHER_ARCHITECTURES))
+def test_other_forwards_low_precision_and_recompute(hf, arch):
+    """m = 4 moves the logits; recomputing more moves them less; recomputing everything gives FP32 back."""
+    config, fwd = OTHER_ARCHITECTURES[arch]
+    model = _tiny(hf, arch, initializer_range=0.2, **config)
+    ids, am = _batch(100, T=16)
+    real = am.bool()
+    want = _hf_logits(model, ids, am)
+
+    def err(**kw):
+        logits, _ = fwd(model, ids, am, m=4, **kw)
+        return (logits - want)[real].abs().max().item()
+
+    e_u, e_b = err(criterion="uniform"), err(criterion="budget", budget=0.5)
+    assert e_u > 1e-3 and e_b < e_u
+    assert err(criterion="budget", budget=1.0) < 1e-5
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
