@@ -7,8 +7,7 @@
     compiled.stats()
 """
 
-__version__ = "0.1.0"
-
+from .version import __version__
 from . import formats, inspect  # noqa: E402
 from .api import NoSitesError, compile  # noqa: E402
 from .capture import CaptureError  # noqa: E402

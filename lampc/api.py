@@ -11,7 +11,6 @@ from .capture import Captured, capture
 from .passes import run_passes
 from .policy import Policy, SitePolicy
 from .runtime.compiled import CompiledModel
-from .runtime.native import register_static_weights
 
 
 class NoSitesError(ValueError):
@@ -45,7 +44,6 @@ def compile_captured(captured: Captured, policy: Policy, *, allow_no_sites: bool
     result = run_passes(captured.graph_module, policy)
     check_sites(result, policy, captured.model_type, allow_no_sites=allow_no_sites)
     warn_if_native_is_slow(policy, next(iter(captured.graph_module.parameters()), None))
-    register_static_weights(result.graph_module.parameters())  # native backend: cast weights once
     return CompiledModel(
         result.graph_module,
         result,

@@ -8,7 +8,8 @@
     lampc generate --prompt TEXT ...   continue prompts with a compiled model (KV cache), beside FP32 if asked
 
 Each subcommand lives beside the code it drives and registers itself through `add_parser(subparsers)` and
-`run(args) -> int`. Errors in arguments exit with status 2 and a one-line message naming the argument.
+`run(args) -> int`; what they share (errors, --model, --quiet) is in lampc/cli_support.py, so no subcommand
+imports this module. Errors in arguments exit with status 2 and a one-line message naming the argument.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from .cli_support import CliError, silence_third_party
 
 SUBCOMMANDS = {
     "formats": "lampc.inspect.cli_formats",
@@ -25,25 +28,6 @@ SUBCOMMANDS = {
     "export": "lampc.export.cli_export",
     "generate": "lampc.eval.cli_generate",
 }
-
-
-class CliError(Exception):
-    """A user error on the command line: printed as `lampc: error: ...`, exit status 2."""
-
-
-def add_model_argument(parser) -> None:
-    """--model, as every subcommand that loads a model spells it."""
-    parser.add_argument("--model", default="embedded", help="'embedded' (default), a known name, or a model directory")
-
-
-def budget_arg(text: str):
-    """argparse type of --budget: an int k per row or a fraction (SitePolicy.budget)."""
-    from .policy import parse_budget
-
-    try:
-        return parse_budget(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int k or a fraction, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,25 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(err, user_errors()):
             raise  # a bug: keep the traceback
         parser.exit(2, f"lampc {args.command}: error: {err}\n")
-
-
-def silence_third_party() -> None:
-    """--quiet: no transformers/huggingface progress bars, info logs or Python warnings; lampc's own results and
-    errors still print."""
-    import logging
-    import os
-    import warnings
-
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    warnings.simplefilter("ignore")
-    logging.getLogger("torch").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def user_errors() -> tuple[type, ...]:

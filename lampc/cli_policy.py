@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli import CliError, budget_arg
+from .cli_support import CliError, budget_arg
 from .policy import CRITERIA, SITE_KINDS, Policy, SitePolicy
 
 DEFAULTS = {"format": "m4", "criterion": "strict", "tau": None, "budget": None, "block_k": 1, "kinds": ["attention"],

@@ -10,7 +10,7 @@ from transformers.modeling_outputs import CausalLMOutput
 
 import lampc
 from lampc.lookahead.softmax import first_order_error, visible_from_mask
-from lampc.passes import rewrite_attention
+from lampc.passes import attention_sites, rewrite_sites
 from lampc.policy import SitePolicy
 from tiny_models import padded_batch, tiny_gpt2
 
@@ -153,7 +153,7 @@ def test_stats_equal_counts_by_hand(gpt2, batch):
 def test_pass_is_idempotent(gpt2):
     compiled = lampc.compile(gpt2)
     code_before = compiled.graph_module.code
-    again = rewrite_attention(compiled.graph_module, SitePolicy())
+    again = rewrite_sites(compiled.graph_module, [attention_sites(SitePolicy())])
     assert not again.modified and again.sites == []
     assert compiled.graph_module.code == code_before
     assert all(skip.reason == "already rewritten by lampc" for skip in again.skips)

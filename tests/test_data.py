@@ -12,6 +12,7 @@ import pytest
 import rdata
 import torch
 
+import lampc
 from lampc.eval import data
 from lampc.eval.data import DataError, make_sequences, read_text
 
@@ -177,5 +178,5 @@ def test_novels_from_debian_package(tmp_path, monkeypatch):
     assert novels["Persuasion"].startswith("Persuasion\n\nby\n\nJane Austen\n\n(1818)\n\nChapter 1\n\nSir Walter Elliot")
     assert "£" in novels["Mansfield Park"]  # non-ASCII survives the R strings and the UTF-8 cache
     assert sorted(os.listdir(tmp_path / "austen")) == sorted(f"{k}.txt" for k in data.NOVELS)
-    fixture = read_text(os.path.join(os.path.dirname(__file__), "fixtures", "persuasion_slice.txt"))
+    fixture = read_text(os.path.join(os.path.dirname(lampc.__file__), "models", "embedded", "persuasion_slice.txt"))
     assert fixture in novels["Persuasion"]  # the embedded model's test slice is verbatim Persuasion

@@ -1,6 +1,7 @@
 """The embedded GPT-2 loads offline, reproduces its model-card perplexity, and its tokenizer round-trips text."""
 
 import json
+import lampc
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerFast
 from lampc.models import MODELS, ModelNotFoundError, load_model
 from lampc.models.load import EMBEDDED_DIR
 
-SLICE = Path(__file__).parent / "fixtures" / "persuasion_slice.txt"
+SLICE = Path(lampc.__file__).parent / "models" / "embedded" / "persuasion_slice.txt"
 EXPECTED = json.loads((EMBEDDED_DIR / "eval.json").read_text())  # written by train_embedded with the weights
 
 

@@ -19,7 +19,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 import lampc
 from lampc.cli import main
 from lampc.export import OnnxExportError, describe_onnx, export_onnx, make_session, run_session
-from lampc.export.probes import float32_edge_values, rounding_probe, site_probe
+from onnx_probes import float32_edge_values, rounding_probe, site_probe
 from lampc.export.session import OPTIMIZATION_LEVELS
 from lampc.formats import parse
 from lampc.models import ModelNotFoundError, load_model

@@ -11,8 +11,8 @@ from lampc.formats import BF16
 from lampc.lookahead import components, fused, recompute, row_stats, softmax
 from lampc.numerics import round_to
 from lampc.policy import SitePolicy
-from lampc.runtime import native
-from lampc.runtime.native import native_product, native_scores, register_static_weights
+from lampc.numerics import native
+from lampc.numerics.native import LowPrecisionWeights, cached_weights, native_product, native_scores
 from tiny_models import padded_batch, tiny_gpt2
 
 
@@ -46,15 +46,39 @@ def test_native_product_matches_the_bf16_number_model(shape):
 def test_cached_weights_give_the_same_product_and_follow_updates():
     g = torch.Generator().manual_seed(1)
     x, w = torch.randn(4, 32, generator=g), torch.nn.Parameter(torch.randn(32, 16, generator=g))
-    register_static_weights([w])
-    first = native_product(x, w, None, torch.bfloat16)
-    assert torch.equal(first, native_product(x, w.detach().clone(), None, torch.bfloat16))
-    with torch.no_grad():
-        w.mul_(2.0)  # bumps the version: the cached copy must be refreshed
-    assert torch.equal(native_product(x, w, None, torch.bfloat16), 2.0 * first)
-    scores = native_scores(x[None], w[None], 0.5, torch.bfloat16)  # a view of the cached weight
+    weights = LowPrecisionWeights([w])
+    with cached_weights(weights):
+        first = native_product(x, w, None, torch.bfloat16)
+        assert _same_storage(weights.low(w, torch.bfloat16), weights.low(w, torch.bfloat16))  # cast once
+        assert torch.equal(first, native_product(x, w.detach().clone(), None, torch.bfloat16))
+        with torch.no_grad():
+            w.mul_(2.0)  # bumps the version: the cached copy must be refreshed
+        assert torch.equal(native_product(x, w, None, torch.bfloat16), 2.0 * first)
+        scores = native_scores(x[None], w[None], 0.5, torch.bfloat16)  # a view of the cached weight
     plain = (x.bfloat16() @ w.detach().bfloat16() * 0.5).float()
     assert torch.equal(scores[0], plain)
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()  # both alive: no address reuse
+
+
+def test_weight_caches_belong_to_their_model():
+    """Each compiled model casts its own weights; outside a model's call nothing is cached."""
+    w = torch.nn.Parameter(torch.randn(8, 8))
+    first, second = LowPrecisionWeights([w]), LowPrecisionWeights()
+    cached = first.low(w, torch.bfloat16)
+    assert _same_storage(first.low(w, torch.bfloat16), cached)
+    one, two = second.low(w, torch.bfloat16), second.low(w, torch.bfloat16)
+    assert not _same_storage(one, two)  # w is not second's: cast at every call
+    with cached_weights(first):
+        inside = native._low(w, torch.bfloat16)
+        assert _same_storage(inside, cached)
+        with cached_weights(second):
+            other = native._low(w, torch.bfloat16)
+            assert not _same_storage(other, cached)
+    outside = native._low(w, torch.bfloat16)
+    assert not _same_storage(outside, cached)
 
 
 def test_native_compiled_model_runs_every_matmul_in_bf16_and_lamp_reduces_its_error():
@@ -92,7 +116,7 @@ def test_accelerator_path_has_no_host_sync(fn):
 
 
 def test_dispatchers_leave_for_the_dense_path_before_any_sync():
-    from lampc import ops_fused, ops_linear
+    from lampc.ops import fused_site as ops_fused, linear_site as ops_linear
 
     fused_site = inspect.getsource(ops_fused.lamp_scores._init_fn)  # the CPU-only fast path is asked for by device
     assert "row_stats.supports(rule, q.device)" in fused_site and not SYNC.findall(fused_site.split('"""')[2])

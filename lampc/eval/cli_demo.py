@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..cli import CliError
+from ..cli_support import CliError
 from .cli_eval import (
     add_data_arguments,
     check_context,

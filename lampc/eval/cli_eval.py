@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from ..cli import CliError
+from ..cli_support import CliError
 from ..cli_policy import add_policy_arguments, compile_arguments
 from ..formats import parse as parse_format
 from ..formats import valid_names

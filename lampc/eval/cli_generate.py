@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cli import CliError, add_model_argument
+from ..cli_support import CliError, add_model_argument
 from ..cli_policy import add_policy_arguments, compile_arguments
 
 COMPARE_VARIANTS = ("fp32", "uniform")

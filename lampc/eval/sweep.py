@@ -405,7 +405,7 @@ def _check_positive(**values) -> None:
 def _versions() -> dict:
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
 
     return {"lampc": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": sys.version.split()[0]}

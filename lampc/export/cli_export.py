@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ..cli import add_model_argument
+from ..cli_support import add_model_argument
 from ..cli_policy import add_policy_arguments, compile_arguments
 
 
@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..api import compile
-    from ..cli import CliError
+    from ..cli_support import CliError
     from ..models import ModelNotFoundError, load_model
     from .describe import describe_onnx
     from .onnx import OnnxExportError, check_writable, export_onnx

@@ -28,11 +28,11 @@ import onnx
 import torch
 from torch import fx, nn
 
-from .. import __version__
+from ..version import __version__
 from ..capture import takes_use_cache
-from ..ops import LAMPC_OPS
-from ..passes.attention import unfuse_sites
-from ..passes.graph import module_path
+from ..ops import SITE_OPS
+from ..passes import unfuse_sites
+from ..graph_view import module_path
 from ..policy import SitePolicy
 from ..runtime.compiled import CompiledModel
 from .ir_passes import add_debug_outputs, convert_opset, find_fx_sites, optimize_model, quiet, tag_metadata, tag_sites
@@ -194,15 +194,16 @@ def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
                                               "implementation of that layer, or export the FP32 model's way."))
         if node.target.namespace != "lampc":
             continue
-        index = node.meta.get("lampc_site")
+        tag = node.meta.get("lampc")
+        index = None if tag is None else tag.site
         if index is None:  # a producer lowered by sites="all": no site, no look-ahead
-            where = f"{node.meta.get('lampc_lowered') or module_path(node) or 'top level'} (a lowered matmul, no site)"
+            where = f"{(tag and tag.module) or module_path(node) or 'top level'} (a lowered matmul, no site)"
         else:
             where = f"site {index} ({modules.get(index) or module_path(node) or 'top level'})"
         if node.target not in known:
             raise OnnxExportError(
                 f"no ONNX translation for op {node.target.name()} (node {node.name}) at {where}; "
-                f"lampc.export translates {', '.join(op.name() for op in LAMPC_OPS)}"
+                f"lampc.export translates {', '.join(op.name() for op in SITE_OPS if op in known)}"
             )
         spec = next((a for a in node.args if isinstance(a, str) and a.startswith("format=")), None)
         if spec is not None:
@@ -218,15 +219,16 @@ def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
 def _exportable_copy(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of `gm` (sharing its parameters) without the lampc_tap_* statistics calls and with fused sites
     (SitePolicy.fused, a runtime arrangement) back in their three-op form, which has the same values."""
-    graph = copy.deepcopy(gm.graph)
-    unfuse_sites(graph)
+    copied = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    unfuse_sites(copied)
+    graph = copied.graph
     for node in list(graph.nodes):
         if node.op == "call_module" and str(node.target).startswith(TAP_PREFIX):
             if node.users:
                 raise OnnxExportError(f"statistics tap {node.target} has users; it should return nothing")
             graph.erase_node(node)
-    copied = fx.GraphModule(gm, graph)
     copied.graph.lint()
+    copied.recompile()
     return copied
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..cli import add_model_argument
+from ..cli_support import add_model_argument
 from ..cli_policy import add_policy_arguments, compile_arguments
 
 

@@ -15,7 +15,7 @@ import sys
 
 from torch import fx
 
-from ..passes.graph import describe_value, module_path, op_name
+from ..graph_view import describe_value, module_path, op_name, site_index
 
 PASSTHROUGH_STOP = ("softmax", "_softmax", "layer_norm", "gelu")
 
@@ -44,10 +44,10 @@ def _format_arg(arg, policy_names) -> str:
 
 def site_nodes(gm: fx.GraphModule, index: int) -> list[fx.Node]:
     """The nodes a rewrite inserted for site `index`, then the original nodes down to the consumer."""
-    inserted = [n for n in gm.graph.nodes if n.meta.get("lampc_site") == index]
+    inserted = [n for n in gm.graph.nodes if site_index(n) == index]
     if not inserted:
         return []
-    tail, node = [], inserted[-2] if len(inserted) > 1 else inserted[-1]
+    tail, node = [], [n for n in inserted if n.meta["lampc"].role in ("recompute", "output")][-1]
     while node is not None:
         users = [u for u in node.users if u.op != "call_module"]
         node = users[0] if len(users) == 1 else None
@@ -85,7 +85,7 @@ def _render_graph(gm, sites, skips, stats, model_type: str, *, full: bool) -> st
     if full:
         for node in gm.graph.nodes:
             if node.op in ("call_function", "call_module"):
-                mark = f"  # site {node.meta['lampc_site']}" if "lampc_site" in node.meta else ""
+                mark = f"  # site {site_index(node)}" if site_index(node) >= 0 else ""
                 lines.append(f"    {format_node(node, policy_names)}    # {module_path(node)}{mark}")
     total = len(sites)
     for site in sites:

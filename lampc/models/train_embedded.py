@@ -27,8 +27,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from lampc.eval.data import HELD_OUT, austen_novels, read_text
 
 EOS = "<|endoftext|>"
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_SLICE = REPO / "tests" / "fixtures" / "persuasion_slice.txt"
+DEFAULT_SLICE = Path(__file__).parent / "embedded" / "persuasion_slice.txt"
 
 
 # ---- tokenizer -----------------------------------------------------------------------------------------------
@@ -263,7 +262,7 @@ def write_card(out: Path, slice_path: Path) -> None:
         "persuasion_ppl": val_ppl, "persuasion_tokens": val_tokens, "window": seq_len,
         "attention_peakedness": peak[seq_len], "peakedness_windows": 16,
         "attention_peakedness_by_window": {str(w): v for w, v in peak.items()},
-        "slice_file": "tests/fixtures/persuasion_slice.txt", "slice_ppl": slice_ppl, "slice_tokens": slice_tokens,
+        "slice_file": "lampc/models/embedded/persuasion_slice.txt", "slice_ppl": slice_ppl, "slice_tokens": slice_tokens,
     }
     (out / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
     log(f"Persuasion ppl {val_ppl:.2f}  peakedness {peak}  slice ppl {slice_ppl:.4f}  {size_mb:.1f} MB")

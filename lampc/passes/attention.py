@@ -18,11 +18,10 @@ Rewrite (one named op per LAMP step; the mask add and the softmax are kept as th
                                         s = s + mask
                                         p = softmax(s, -1)
 
-With `SitePolicy.fused` the three ops are one, `lampc.lamp_scores` (see lampc/ops_fused.py):
-
-    both = lampc.lamp_scores(q, k_t, scale, mask, False, policy, site);  s = both[0];  sel = both[1]
-
-A softmax that does not fit becomes a `Skip` with the reason; a graph already rewritten is left unchanged.
+With `SitePolicy.fused` the three ops are one, `lampc.lamp_scores` (lampc/passes/softmax_site.py). Bloom's ALiBi
+(`baddbmm(bias, q, k_t, beta, alpha)` viewed to 4-D) is rewritten in 4-D with the bias outside the ops
+(`_emit_biased`). A softmax that does not fit becomes a `Skip` with the reason; a graph already rewritten is left
+unchanged. `attention_sites(policy)` is the site kind `rewrite_sites` runs.
 """
 
 from __future__ import annotations
@@ -34,17 +33,17 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from .. import ops_fused  # noqa: F401  (registers lampc::lamp_scores)
-from ..ops import LAMPC_OPS
+from ..graph_view import module_path
+from ..ops import FUSED_SITE_OPS, SOFTMAX_SITE_OPS
 from ..policy import SitePolicy
-from ..runtime.tap import SelectionTap
-from .graph import insert_call, module_path
-from .result import PassResult, Site, Skip
+from .driver import Emission, Emitted, SiteKind
+from .result import Skip
+from .softmax_site import emit_softmax_ops
 
 aten = torch.ops.aten
 
 SOFTMAX_OPS = (aten.softmax.int, aten._softmax.default)
-SITE_OPS = LAMPC_OPS + (torch.ops.lampc.lamp_scores.default,)
+SITE_OPS = SOFTMAX_SITE_OPS + FUSED_SITE_OPS
 MUL_OPS = (aten.mul.Tensor, aten.mul.Scalar, aten.mul_.Tensor, aten.mul_.Scalar)
 DIV_OPS = (aten.div.Tensor, aten.div.Scalar, aten.div_.Tensor, aten.div_.Scalar)
 SCALE_OPS = MUL_OPS + DIV_OPS  # in-place too: Falcon's eager attention does `scores /= sqrt(d)`
@@ -210,40 +209,28 @@ def find_attention(gm: fx.GraphModule) -> tuple[list[AttentionMatch], list[Skip]
     return matches, skips
 
 
-def rewrite_attention(gm: fx.GraphModule, policy: SitePolicy, first_index: int = 0) -> PassResult:
-    """Run QKᵀ in low precision at every softmax site, guarded by the look-ahead (see module docstring)."""
-    matches, skips = find_attention(gm)
-    spec = policy.to_spec()
-    sites = []
-    for offset, match in enumerate(matches):
-        index = first_index + offset
-        sites.append(_rewrite_one(gm, match, policy, spec, index))
-    if sites:
-        gm.graph.lint()
-        gm.recompile()
-    return PassResult(gm, bool(sites), sites, skips)
+def attention_sites(policy: SitePolicy) -> SiteKind:
+    """The attention site kind under `policy` (a soft cap or a bias found at a site refines it there)."""
+    return SiteKind("attention", find_attention, lambda em, match: _emit(em, match, policy),
+                    anchor=lambda match: match.matmul)
 
 
-def _rewrite_one(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, spec: str, index: int) -> Site:
-    graph, matmul, scores = gm.graph, match.matmul, match.scores
+def _emit(em: Emission, match: AttentionMatch, policy: SitePolicy) -> Emitted:
     if match.softcap is not None:  # the look-ahead differentiates through the cap, which stays in the graph
         policy = dataclasses.replace(policy, softcap=match.softcap)
-        spec = policy.to_spec()
     if match.bias is not None:
-        return _rewrite_biased(gm, match, dataclasses.replace(policy, biased=True), index)
-    q, k_t = matmul.args[:2]
-    consumer = next(iter(scores.users))  # the mask add or the softmax: after q, k_t and the mask
-    with graph.inserting_before(consumer):
-        nodes = insert_softmax_lookahead(gm, q, k_t, match.scale, match.mask, spec, index, like=matmul)
-    scores.replace_all_uses_with(nodes[2])
-    for dead in (match.scale_node, matmul):
-        if dead is not None and not dead.users:
-            graph.erase_node(dead)
-    names = tuple(n.name for n in nodes)
-    return Site(index, "attention", module_path(matmul), "matmul", "softmax", policy.summary, names)
+        return _emit_biased(em, match, dataclasses.replace(policy, biased=True))
+    q, k_t = match.matmul.args[:2]
+    consumer = next(iter(match.scores.users))  # the mask add or the softmax: after q, k_t and the mask
+    with em.graph.inserting_before(consumer):
+        new = emit_softmax_ops(em, q, k_t, match.scale, match.mask, policy)
+    return Emitted({match.scores: new.scores}, (new.first, new.selection, new.scores), new.selection, match.mask,
+                   per_head=True, tap_after=new.last, erase=(match.scale_node, match.matmul), producer="matmul",
+                   consumer="softmax",
+                   rule=policy.summary)
 
 
-def _rewrite_biased(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolicy, index: int) -> Site:
+def _emit_biased(em: Emission, match: AttentionMatch, policy: SitePolicy) -> Emitted:
     """softmax(view(baddbmm(bias, q, k_t, beta, alpha)) + mask), Bloom's ALiBi attention, in 4-D:
 
         before                                         after
@@ -252,78 +239,19 @@ def _rewrite_biased(gm: fx.GraphModule, match: AttentionMatch, policy: SitePolic
         p = softmax(s + mask)                          s = s + b4                             # softmax sees b4
                                                        p = softmax(s + mask)
     """
-    graph, baddbmm, view = gm.graph, match.matmul, match.view
+    baddbmm, view = match.matmul, match.view
     _, q, k_t = baddbmm.args[:3]
     batch, heads, rows = view.args[1][:3]
     depth = q.meta["val"].shape[-1]
-    with graph.inserting_before(next(iter(view.users))):
-        q4 = insert_call(graph, aten.view.default, (q, [batch, heads, rows, -1]), like=baddbmm)
-        k4 = insert_call(graph, aten.view.default, (k_t, [batch, heads, depth, -1]), like=baddbmm)
-        b4 = insert_call(graph, aten.view.default, (match.bias, [batch, heads, 1, -1]), like=baddbmm)
+    with em.graph.inserting_before(next(iter(view.users))):
+        q4 = em.call(aten.view.default, (q, [batch, heads, rows, -1]), role="operand")
+        k4 = em.call(aten.view.default, (k_t, [batch, heads, depth, -1]), role="operand")
+        b4 = em.call(aten.view.default, (match.bias, [batch, heads, 1, -1]), role="operand")
         if match.beta != 1.0:
-            b4 = insert_call(graph, aten.mul.Tensor, (b4, match.beta), like=baddbmm)
-        lookahead_mask = b4 if match.mask is None else insert_call(graph, aten.add.Tensor, (match.mask, b4),
-                                                                    like=baddbmm)
-        nodes = insert_softmax_lookahead(gm, q4, k4, match.scale, lookahead_mask, policy.to_spec(), index,
-                                         like=baddbmm)
-        out = insert_call(graph, aten.add.Tensor, (nodes[2], b4), like=baddbmm, name=f"scores_biased_{index}")
-    view.replace_all_uses_with(out)
-    graph.erase_node(view)
-    graph.erase_node(baddbmm)
-    names = tuple(n.name for n in nodes)
-    return Site(index, "attention", module_path(baddbmm), "baddbmm", "softmax", policy.summary, names)
-
-
-def insert_softmax_lookahead(gm: fx.GraphModule, q, k_t, scale: float, mask, spec: str, index: int, *,
-                             like: fx.Node, per_head: bool = True) -> tuple[fx.Node, ...]:
-    """Insert (at the insertion point) the LAMP ops of a softmax site; returns (first op, sel, s, tap)."""
-    graph = gm.graph
-    tap_name = f"lampc_tap_{index}"
-    gm.add_submodule(tap_name, SelectionTap(index, False, per_head=per_head))
-    ops = torch.ops.lampc
-    if SitePolicy.from_spec(spec).fused:
-        both = insert_call(graph, ops.lamp_scores.default, (q, k_t, scale, mask, False, spec, index), like=like,
-                           name=f"site_{index}")
-        recomputed = insert_call(graph, operator.getitem, (both, 0), like=like, name=f"scores_{index}")
-        selected = insert_call(graph, operator.getitem, (both, 1), like=like, name=f"selection_{index}")
-        return _tapped(graph, tap_name, index, like, mask, both, selected, recomputed)
-    s_hat = insert_call(graph, ops.lowp_scores.default, (q, k_t, scale, spec), like=like, name=f"scores_lp_{index}")
-    args = (s_hat, q, k_t, scale, mask, False, spec, index)
-    selected = insert_call(graph, ops.lamp_select.default, args, like=like, name=f"selection_{index}")
-    args = (s_hat, selected, q, k_t, scale, spec)
-    recomputed = insert_call(graph, ops.recompute_scores.default, args, like=like, name=f"scores_{index}")
-    return _tapped(graph, tap_name, index, like, mask, s_hat, selected, recomputed)
-
-
-def _tapped(graph: fx.Graph, tap_name: str, index: int, like: fx.Node, mask, first, selected, recomputed):
-    """Add the statistics tap after the site's selection; tag the site's nodes."""
-    tap = graph.call_module(tap_name, (selected, mask))
-    tap.meta["nn_module_stack"] = like.meta.get("nn_module_stack", {})
-    for node in (first, selected, recomputed, tap):
-        node.meta["lampc_site"] = index
-    return first, selected, recomputed, tap
-
-
-def unfuse_sites(graph: fx.Graph) -> int:
-    """Replace every fused site op (lampc.lamp_scores and its two getitems) by the three unfused ops, which
-    compute the same values (ONNX export translates those). Returns the number of sites unfused."""
-    ops, count = torch.ops.lampc, 0
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target != ops.lamp_scores.default:
-            continue
-        q, k_t, scale, mask, is_causal, spec, index = node.args
-        with graph.inserting_before(node):
-            s_hat = insert_call(graph, ops.lowp_scores.default, (q, k_t, scale, spec), like=node,
-                                name=f"scores_lp_{index}")
-            selected = insert_call(graph, ops.lamp_select.default, (s_hat, q, k_t, scale, mask, is_causal, spec, index),
-                                   like=node, name=f"selection_{index}")
-            recomputed = insert_call(graph, ops.recompute_scores.default, (s_hat, selected, q, k_t, scale, spec),
-                                     like=node, name=f"scores_{index}")
-        for user in list(node.users):  # the getitems: [0] the scores, [1] the selection
-            user.replace_all_uses_with(recomputed if user.args[1] == 0 else selected)
-            graph.erase_node(user)
-        for new in (s_hat, selected, recomputed):
-            new.meta["lampc_site"] = index
-        graph.erase_node(node)
-        count += 1
-    return count
+            b4 = em.call(aten.mul.Tensor, (b4, match.beta), role="operand")
+        lookahead_mask = b4 if match.mask is None else em.call(aten.add.Tensor, (match.mask, b4), role="operand")
+        new = emit_softmax_ops(em, q4, k4, match.scale, lookahead_mask, policy)
+        out = em.call(aten.add.Tensor, (new.scores, b4), role="output", name=f"scores_biased_{em.index}")
+    return Emitted({view: out}, (new.first, new.selection, new.scores), new.selection, lookahead_mask,
+                   per_head=True, tap_after=new.last, erase=(view, baddbmm), producer="baddbmm",
+                   consumer="softmax", rule=policy.summary)

@@ -18,7 +18,8 @@ import math
 import torch
 from torch import fx
 
-from .graph import insert_call, module_path
+from ..graph_view import module_path
+from .graph import insert_call
 from .result import PassResult, Skip
 
 aten = torch.ops.aten

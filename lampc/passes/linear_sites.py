@@ -15,6 +15,9 @@ Rewrite (the producer is replaced; everything after it is kept):
                                 sel   = lampc.component_select(y_hat, x, W, b, residual, gamma, eps, consumer, ...)
                                 y     = lampc.recompute_linear(y_hat, sel, x, W, b, policy)
                                 lampc_tap_<site>(sel, None)
+
+`linear_sites({"layer_norm": policy, "gelu": policy})` is the site kind `rewrite_sites` runs: both consumers'
+matches in one graph-ordered list, so site indices follow the producers' order.
 """
 
 from __future__ import annotations
@@ -24,12 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from ..ops import LAMPC_OPS
-from ..ops_linear import LINEAR_OPS
+from ..graph_view import module_path
+from ..ops import SITE_OPS
 from ..policy import SitePolicy
-from ..runtime.tap import SelectionTap
-from .graph import insert_call, module_path
-from .result import PassResult, Site, Skip
+from .driver import Emission, Emitted, SiteKind
+from .result import Skip
 
 aten = torch.ops.aten
 
@@ -40,6 +42,8 @@ NORM_OPS = {aten.layer_norm.default: "layer_norm"}
 ACTIVATION_OPS = {aten.silu.default: "silu"}
 TANH_GELU_MODULES = ("NewGELUActivation", "GELUTanh", "FastGELUActivation", "GELUPytorchTanh", "gelu_new")
 RMS_NORM_MODULES = ("RMSNorm",)
+CHECKS = (aten._assert_tensor_metadata.default,)
+"""torch.export's metadata assertions: users of a value that read nothing of it."""
 
 
 @dataclass
@@ -98,13 +102,22 @@ def _splits_features(source: fx.Node, value: fx.Node) -> str | None:
     return None
 
 
-def _single_user_chain(start: fx.Node, end: fx.Node) -> bool:
-    node = end
-    while node is not start:
-        if len(node.args[0].users) != 1:
+def _private_chain(source: fx.Node, end: fx.Node, consumer: fx.Node, anchor: fx.Node) -> bool:
+    """Whether the linear's output reaches nothing but the consumer: every node from `source` to `end` is used
+    only by the next one, and `end` only by `consumer` (the residual add, or the consumer itself, or a node of the
+    consumer's module when it is decomposed, as gelu_new and RMSNorm are)."""
+    inside = module_path(anchor)
+
+    def allowed(user: fx.Node) -> bool:
+        return user is consumer or user is anchor or (consumer is anchor and inside and module_path(user) == inside)
+
+    node, ok = end, allowed
+    while True:
+        if not all(ok(user) or user.target in CHECKS for user in node.users):
             return False
-        node = node.args[0]
-    return True
+        if node is source:
+            return True
+        node, ok = node.args[0], (lambda user, nxt=node: user is nxt)
 
 
 @dataclass
@@ -135,12 +148,13 @@ def _match_input(h, kind, consumer, gamma, eps, anchor) -> LinearMatch | str:
         candidates = [(a, b), (b, a)]
     for value, residual in candidates:
         source = _through_transparent(value)
-        if source.op == "call_function" and source.target in LAMPC_OPS + LINEAR_OPS:
+        if source.op == "call_function" and source.target in SITE_OPS:
             return "already rewritten by lampc"
         producer = linear_producer(source)
         if producer is None:
             continue
-        if not _single_user_chain(source, value):
+        end, consumer_node = (consumer_input, anchor) if residual is None else (value, h)
+        if not _private_chain(source, end, consumer_node, anchor):
             return f"the linear output {source.name} is also used outside the {consumer}"
         split = _splits_features(source, consumer_input)
         if split:
@@ -263,50 +277,33 @@ def _position(gm: fx.GraphModule, target: fx.Node) -> int:
     return -1
 
 
-def rewrite_linear_sites(gm: fx.GraphModule, policies: dict[str, SitePolicy], first_index: int = 0) -> PassResult:
-    """Lower every linear producer of a layer_norm / activation site, guarded by its consumer's look-ahead."""
-    matches, skips = find_linear_sites(gm, set(policies))
-    sites = []
-    for offset, match in enumerate(matches):
-        sites.append(_rewrite_one(gm, match, policies[match.kind], first_index + offset))
-    if sites:
-        gm.graph.lint()
-        gm.recompile()
-    return PassResult(gm, bool(sites), sites, skips)
+def linear_sites(policies: dict[str, SitePolicy]) -> SiteKind:
+    """The layer_norm and activation ("gelu") site kinds under their policies, as one graph-ordered kind."""
+    return SiteKind("linear", lambda gm: find_linear_sites(gm, set(policies)),
+                    lambda em, match: _emit(em, match, policies[match.kind]), anchor=lambda match: match.producer.node)
 
 
-def weight_as_matrix(graph: fx.Graph, producer: LinearProducer) -> fx.Node:
+def weight_as_matrix(em: Emission, producer: LinearProducer) -> fx.Node:
     """The weight in x·W orientation (inserts a transpose for aten.linear)."""
     if not producer.transposed:
         return producer.weight
-    return insert_call(graph, aten.t.default, (producer.weight,), like=producer.node)
+    return em.call(aten.t.default, (producer.weight,), role="operand")
 
 
-def _rewrite_one(gm: fx.GraphModule, match: LinearMatch, policy: SitePolicy, index: int) -> Site:
-    graph, producer = gm.graph, match.producer
-    spec = policy.to_spec()
-    tap_name = f"lampc_tap_{index}"
-    gm.add_submodule(tap_name, SelectionTap(index, per_head=False))
+def _emit(em: Emission, match: LinearMatch, policy: SitePolicy) -> Emitted:
+    graph, producer, spec, index = em.graph, match.producer, policy.to_spec(), em.index
+    lampc = torch.ops.lampc
     with graph.inserting_after(producer.node):
-        w = weight_as_matrix(graph, producer)
+        w = weight_as_matrix(em, producer)
     with graph.inserting_after(w if w is not producer.weight else producer.node):
         x, b = producer.x, producer.bias
-        y_hat = insert_call(graph, torch.ops.lampc.lowp_matmul.default, (x, w, b, spec), like=producer.node,
-                            name=f"y_lp_{index}")
+        y_hat = em.call(lampc.lowp_matmul.default, (x, w, b, spec), role="producer", name=f"y_lp_{index}")
     with graph.inserting_after(y_hat):
         args = (y_hat, x, w, b, match.residual, match.gamma, match.eps, match.consumer, spec, index)
-        selected = insert_call(graph, torch.ops.lampc.component_select.default, args, like=producer.node,
-                               name=f"selection_{index}")
+        selected = em.call(lampc.component_select.default, args, role="selection", name=f"selection_{index}")
     with graph.inserting_after(selected):
-        y = insert_call(graph, torch.ops.lampc.recompute_linear.default, (y_hat, selected, x, w, b, spec),
-                        like=producer.node, name=f"y_{index}")
-    with graph.inserting_after(y):
-        tap = graph.call_module(tap_name, (selected, None))
-        tap.meta["nn_module_stack"] = producer.node.meta.get("nn_module_stack", {})
-    producer.node.replace_all_uses_with(y)
-    graph.erase_node(producer.node)
-    for node in (y_hat, selected, y, tap) + ((w,) if w is not producer.weight else ()):
-        node.meta["lampc_site"] = index
+        y = em.call(lampc.recompute_linear.default, (y_hat, selected, x, w, b, spec), role="recompute",
+                    name=f"y_{index}")
     consumer = match.consumer if match.residual is None else f"{match.consumer}(residual + .)"
-    names = (y_hat.name, selected.name, y.name, tap.name)
-    return Site(index, match.kind, module_path(y), "linear", consumer, policy.summary, names)
+    return Emitted({producer.node: y}, (y_hat, selected, y), selected, None, erase=(producer.node,), kind=match.kind,
+                   producer="linear", consumer=consumer, rule=policy.summary)

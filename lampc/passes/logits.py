@@ -15,17 +15,23 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from ..graph_view import module_path
 from ..policy import SitePolicy
-from .attention import insert_softmax_lookahead
-from .graph import insert_call, module_path
-from .linear_sites import _through_transparent, linear_producer
-from .result import PassResult, Site, Skip
+from .driver import Emission, Emitted, SiteKind
+from .linear_sites import LinearProducer, _through_transparent, linear_producer
+from .result import Skip
+from .softmax_site import emit_softmax_ops
 
 aten = torch.ops.aten
 
 
-def find_logits(gm: fx.GraphModule):
+def find_logits(gm: fx.GraphModule) -> tuple[list[LinearProducer], list[Skip]]:
     """The linear producer of the first graph output (the logits), or a skip."""
+    found = _logits_producer(gm)
+    return ([], [found]) if isinstance(found, Skip) else ([found], [])
+
+
+def _logits_producer(gm: fx.GraphModule) -> LinearProducer | Skip:
     output = next(n for n in gm.graph.nodes if n.op == "output")
     flat = output.args[0]
     first = flat[0] if isinstance(flat, (list, tuple)) and flat else flat
@@ -41,22 +47,18 @@ def find_logits(gm: fx.GraphModule):
     return producer
 
 
-def rewrite_logits(gm: fx.GraphModule, policy: SitePolicy, index: int) -> PassResult:
-    found = find_logits(gm)
-    if isinstance(found, Skip):
-        return PassResult(gm, False, [], [found])
-    producer, graph = found, gm.graph
-    with graph.inserting_before(producer.node):
+def logits_site(policy: SitePolicy) -> SiteKind:
+    """The logits site kind under `policy`."""
+    return SiteKind("logits", find_logits, lambda em, producer: _emit(em, producer, policy),
+                    anchor=lambda producer: producer.node)
+
+
+def _emit(em: Emission, producer: LinearProducer, policy: SitePolicy) -> Emitted:
+    with em.graph.inserting_before(producer.node):
         w_t = producer.weight
         if producer.transposed:
-            w_t = insert_call(graph, aten.t.default, (producer.weight,), like=producer.node, name=f"lm_head_t_{index}")
-            w_t.meta["lampc_site"] = index
-        nodes = insert_softmax_lookahead(gm, producer.x, w_t, 1.0, None, policy.to_spec(), index,
-                                         like=producer.node, per_head=False)
-    producer.node.replace_all_uses_with(nodes[2])
-    graph.erase_node(producer.node)
-    graph.lint()
-    gm.recompile()
-    site = Site(index, "logits", module_path(nodes[0]), "linear", "softmax (next token)", policy.summary,
-                tuple(n.name for n in nodes))
-    return PassResult(gm, True, [site], [])
+            w_t = em.call(aten.t.default, (producer.weight,), role="operand", name=f"lm_head_t_{em.index}")
+        new = emit_softmax_ops(em, producer.x, w_t, 1.0, None, policy)
+    return Emitted({producer.node: new.scores}, (new.first, new.selection, new.scores), new.selection, None,
+                   tap_after=new.last, erase=(producer.node,), producer="linear", consumer="softmax (next token)",
+                   rule=policy.summary)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from .. import ops  # noqa: F401  (declares lampc::lowp_matmul)
 from ..policy import SitePolicy
-from .graph import insert_call, module_path
-from .result import PassResult
+from .driver import Emission, Emitted, SiteKind
 
 aten = torch.ops.aten
 MATMUL_OPS = (aten.matmul.default, aten.mm.default, aten.bmm.default, aten.addmm.default, aten.linear.default)
@@ -37,25 +37,29 @@ def _is_float32(node: fx.Node) -> bool:
     return isinstance(val, torch.Tensor) and val.dtype == torch.float32
 
 
-def lower_all_matmuls(gm: fx.GraphModule, policy: SitePolicy) -> PassResult:
-    """Replace every FP32 matmul-like node left in the graph by lampc.lowp_matmul in `policy`'s format."""
-    spec, graph, lowered = policy.to_spec(), gm.graph, 0
-    for node in list(graph.nodes):
+def _find(gm: fx.GraphModule):
+    """Every FP32 matmul-like node left in the graph (an addmm with beta or alpha other than 1 is left alone)."""
+    found = []
+    for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in MATMUL_OPS or not _is_float32(node):
             continue
         if node.target == aten.addmm.default and (node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1):
             continue
-        x, w, bias, transposed = _operands(node)
-        with graph.inserting_before(node):
-            if transposed:
-                w = insert_call(graph, aten.t.default, (w,), like=node)
-            low = insert_call(graph, torch.ops.lampc.lowp_matmul.default, (x, w, bias, spec), like=node,
-                              name=f"lowered_{node.name}")
-        low.meta["lampc_lowered"] = module_path(node)
-        node.replace_all_uses_with(low)
-        graph.erase_node(node)
-        lowered += 1
-    if lowered:
-        graph.lint()
-        gm.recompile()
-    return PassResult(gm, bool(lowered))
+        found.append(node)
+    return found, []
+
+
+def lowered_matmuls(policy: SitePolicy) -> SiteKind:
+    """Every matmul that is no site, in `policy`'s format with no look-ahead; it creates no site."""
+    return SiteKind("lowered", _find, lambda em, node: _emit(em, node, policy.to_spec()), anchor=lambda node: node,
+                    index_of=lambda node: None)
+
+
+def _emit(em: Emission, node: fx.Node, spec: str) -> Emitted:
+    x, w, bias, transposed = _operands(node)
+    with em.graph.inserting_before(node):
+        if transposed:
+            w = em.call(aten.t.default, (w,), role="operand")
+        low = em.call(torch.ops.lampc.lowp_matmul.default, (x, w, bias, spec), role="producer",
+                      name=f"lowered_{node.name}")
+    return Emitted({node: low}, (low,), erase=(node,))

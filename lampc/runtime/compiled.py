@@ -8,14 +8,14 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..capture import takes_use_cache
-from ..passes.graph import to_networkx, write_graph
+from ..graph_view import to_networkx, write_graph
+from ..numerics.native import LowPrecisionWeights, cached_weights
 from ..passes.result import PassResult
-from ..ops import random_streams
+from ..ops import SelectionTap, graph_taps, random_streams
 from ..policy import Policy
 from .report import build_report
 from .stats import collect_stats, merge_taps
 from .steps import KVCache, StepGraphs, StepOutput
-from .tap import SelectionTap, graph_taps
 
 
 class CompiledModel(nn.Module):
@@ -38,7 +38,8 @@ class CompiledModel(nn.Module):
         self.model_type = model_type
         self.max_len = max_len
         self.vocab_size = vocab_size
-        self.step_graphs = StepGraphs(steps, policy) if steps is not None else None
+        self._weights = LowPrecisionWeights(graph_module.parameters())  # native backend: this model's casts
+        self.step_graphs = StepGraphs(steps, policy, self._weights) if steps is not None else None
         self.generation_config = generation_config
         self.training = False  # an inference graph (see train())
         self._takes_use_cache = takes_use_cache(graph_module.forward)
@@ -55,7 +56,7 @@ class CompiledModel(nn.Module):
         `output_hidden_states` may only be False; anything else given (token_type_ids, inputs_embeds, ...) is
         refused by name: the captured graph cannot honour it."""
         labels, return_dict = _check_extra_arguments(unused)
-        with random_streams(self._random_streams):
+        with random_streams(self._random_streams), cached_weights(self._weights):
             out = self._forward(input_ids, attention_mask, past_key_values=past_key_values,
                                 position_ids=position_ids, use_cache=use_cache, cache=cache)
         if labels is not None:

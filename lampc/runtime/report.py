@@ -10,7 +10,7 @@ def versions() -> dict:
     import torch
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
 
     return {"lampc": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "onnx": onnx.__version__, "python": platform.python_version()}

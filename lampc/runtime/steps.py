@@ -18,8 +18,8 @@ from ..capture_step import StepCapture
 from ..passes import run_passes
 from ..passes.result import PassResult
 from ..policy import Policy
-from .native import register_static_weights
-from .tap import SelectionTap, graph_taps
+from ..numerics.native import LowPrecisionWeights
+from ..ops import SelectionTap, graph_taps
 
 PHASES = {"prefill": "prefill", "decode": "decode", "decode_1": "decode"}
 """Step kind -> the phase its statistics count in (generate's prompt pass, or one token at a time)."""
@@ -78,10 +78,11 @@ def step_kind(batch: int, new: int, past: int) -> str:
 class StepGraphs(nn.Module):
     """The step graphs of one compiled model, each built on first use (see module docstring)."""
 
-    def __init__(self, capture: StepCapture, policy: Policy):
+    def __init__(self, capture: StepCapture, policy: Policy, weights: LowPrecisionWeights):
         super().__init__()
         self.capture = capture  # a plain object: holds the source model without registering its parameters
         self.policy = policy
+        self.weights = weights  # the compiled model's native-backend weight cache
         self.graphs = nn.ModuleDict()
         self.results: dict[str, PassResult] = {}
         self.tap_settings = {"enabled": True, "keep_last": False}
@@ -90,7 +91,7 @@ class StepGraphs(nn.Module):
         if kind not in self.graphs:
             gm = self.capture.graph(kind)
             result = run_passes(gm, self.policy)
-            register_static_weights(result.graph_module.parameters())
+            self.weights.register(result.graph_module.parameters())
             self.graphs[kind] = result.graph_module
             self.results[kind] = result
             for tap in graph_taps(result.graph_module).values():

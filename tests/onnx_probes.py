@@ -18,12 +18,12 @@ import torch
 from onnxscript import FLOAT
 from torch import Tensor, nn
 
-from ..numerics import round_to
-from .builder import Builder
-from .ir_passes import convert_opset, optimize_model, quiet
-from .onnx import EXPORT_OPSET, _resolve_opset
-from .rounding import round_onnx
-from .translations import translation_table
+from lampc.numerics import round_to
+from lampc.export.builder import Builder
+from lampc.export.ir_passes import convert_opset, optimize_model, quiet
+from lampc.export.onnx import EXPORT_OPSET, _resolve_opset
+from lampc.export.rounding import round_onnx
+from lampc.export.translations import translation_table
 
 
 @torch.library.custom_op("lampc_export::round_formats", mutates_args=())
@@ -113,7 +113,7 @@ def float32_edge_values() -> np.ndarray:
     """Float32 values where rounding is delicate: ties (even and odd neighbours) at m in 1..23, signed zeros,
     FP32 subnormals (smallest, largest, ties on their grids), the smallest normal, the largest finite value and
     the overflow thresholds of every format, ±inf, NaNs with and without payloads and sign."""
-    from ..formats import all_formats
+    from lampc.formats import all_formats
 
     with np.errstate(over="ignore", invalid="ignore"):
         return np.array(_edge_values(all_formats()), dtype=np.float32)

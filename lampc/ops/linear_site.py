@@ -16,13 +16,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .lookahead.components import column_norms, select_components
-from .lookahead.fused import fused_component_select
-from .lookahead.recompute import fp32_product, recompute
-from .numerics import lp_matmul, round_to
-from .ops import random_generator
-from .policy import SitePolicy
-from .runtime.native import native_product
+from ..lookahead.components import column_norms, select_components
+from ..lookahead.fused import fused_component_select
+from ..lookahead.recompute import fp32_product, recompute
+from ..numerics import lp_matmul, round_to
+from ..numerics.native import native_product
+from ..policy import SitePolicy
+from .random import random_generator
 
 
 def _lowp(x: Tensor, w: Tensor, bias: Optional[Tensor], site: SitePolicy) -> Tensor:
@@ -108,7 +108,7 @@ def _(y_hat, selected, x, w, bias, policy):
     return torch.empty_like(y_hat)
 
 
-LINEAR_OPS = (
+LINEAR_SITE_OPS = (
     torch.ops.lampc.lowp_matmul.default,
     torch.ops.lampc.component_select.default,
     torch.ops.lampc.recompute_linear.default,

@@ -1,4 +1,4 @@
-"""lampc's custom ops: what a rewritten attention site calls.
+"""The softmax site's custom ops: what a rewritten attention (or logits) site calls.
 
 Each op is a `torch.library.custom_op` with a plain-torch implementation (the reference: lampc.numerics and
 lampc.lookahead) and a fake (shape-only) implementation, so rewritten graphs still export, trace and compile.
@@ -11,50 +11,18 @@ The site's `SitePolicy` travels as its text spec (`SitePolicy.to_spec()`), so a 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .lookahead.recompute import fp32_product, recompute
-from .lookahead.softmax import select, visible_from_mask
-from .numerics import lp_matmul, round_to
-from .policy import SitePolicy
-from .lookahead.fused import fused_select
-from .runtime.native import native_scores
-
-_GENERATORS: dict[tuple[int, int], torch.Generator] = {}  # ops called outside a compiled model
-_ACTIVE_STREAMS: ContextVar[dict | None] = ContextVar("lampc_random_streams", default=None)
-
-
-def random_generator(seed: int, site: int) -> torch.Generator:
-    """The seeded generator of one site's random baseline; it advances across calls. Inside a compiled model's call
-    (`random_streams`) the generators are that model's own: two models with the same seed draw the same stream,
-    and a thread running one model does not advance another's."""
-    streams = _ACTIVE_STREAMS.get()
-    streams = _GENERATORS if streams is None else streams
-    key = (seed, site)
-    if key not in streams:
-        streams[key] = torch.Generator().manual_seed((seed * 1_000_003 + site) % 2**63)
-    return streams[key]
-
-
-@contextmanager
-def random_streams(streams: dict):
-    """Within this block (this thread or task), the random baseline draws from `streams` (a model's own dict)."""
-    token = _ACTIVE_STREAMS.set(streams)
-    try:
-        yield
-    finally:
-        _ACTIVE_STREAMS.reset(token)
-
-
-def reset_random() -> None:
-    """Restart the random baseline of ops called outside a compiled model (compiled models: reset_random())."""
-    _GENERATORS.clear()
-
+from ..lookahead.fused import fused_select
+from ..lookahead.recompute import fp32_product, recompute
+from ..lookahead.softmax import select, visible_from_mask
+from ..numerics import lp_matmul, round_to
+from ..numerics.native import native_scores
+from ..policy import SitePolicy
+from .random import random_generator
 
 def _check_scores_inputs(q: Tensor, k_t: Tensor) -> None:
     for name, value in (("q", q), ("k_t", k_t)):
@@ -124,9 +92,8 @@ def _(s_hat, selected, q, k_t, scale, policy):
     return torch.empty_like(s_hat)
 
 
-LAMPC_OPS = (
+SOFTMAX_SITE_OPS = (
     torch.ops.lampc.lowp_scores.default,
     torch.ops.lampc.lamp_select.default,
     torch.ops.lampc.recompute_scores.default,
 )
-"""Every op a rewrite inserts (the pass uses this to recognise graphs it already rewrote)."""

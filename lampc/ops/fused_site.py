@@ -23,13 +23,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .lookahead import row_stats
-from .lookahead.fused import fused_widen_select
-from .lookahead.recompute import recompute_into
-from .lookahead.softmax import visible_from_mask
-from .ops import _check_scores_inputs, _scores_shape, lamp_select, lowp_scores
-from .policy import SitePolicy
-from .runtime.native import native_scores_low
+from ..lookahead import row_stats
+from ..lookahead.fused import fused_widen_select
+from ..lookahead.recompute import recompute_into
+from ..lookahead.softmax import visible_from_mask
+from ..numerics.native import native_scores_low
+from ..policy import SitePolicy
+from .softmax_site import _check_scores_inputs, _scores_shape, lamp_select, lowp_scores
 
 
 @torch.library.custom_op("lampc::lamp_scores", mutates_args=())

@@ -1,0 +1,31 @@
+"""lampc's custom ops: what a rewritten graph calls, each op registered by the module that declares it.
+
+    softmax_site.py  lowp_scores, lamp_select, recompute_scores   (attention and logits sites)
+    fused_site.py    lamp_scores: the three in one op over one buffer (SitePolicy.fused)
+    linear_site.py   lowp_matmul, component_select, recompute_linear   (layer_norm and activation sites; lowered
+                     matmuls)
+    tap.py           SelectionTap, the module a rewritten graph calls with each site's selection (statistics)
+    random.py        the random baseline's per-model generators
+
+Each op is a `torch.library.custom_op` with a plain-torch implementation (lampc.numerics, lampc.lookahead) and a
+fake (shape-only) one, so rewritten graphs still export, trace and compile. A site's `SitePolicy` travels as its
+text spec (`SitePolicy.to_spec()`), so a graph listing shows the numbers. Importing this package registers them all.
+"""
+
+from __future__ import annotations
+
+from .fused_site import lamp_scores
+from .linear_site import LINEAR_SITE_OPS, component_select, lowp_matmul, narrow_range, recompute_linear
+from .random import random_generator, random_streams, reset_random
+from .softmax_site import SOFTMAX_SITE_OPS, lamp_select, lowp_scores, recompute_scores
+from .tap import SelectionTap, graph_taps
+
+import torch  # noqa: E402
+
+FUSED_SITE_OPS = (torch.ops.lampc.lamp_scores.default,)
+SITE_OPS = SOFTMAX_SITE_OPS + LINEAR_SITE_OPS + FUSED_SITE_OPS
+"""Every op a rewrite inserts: a value computed by one is already rewritten."""
+
+__all__ = ["FUSED_SITE_OPS", "LINEAR_SITE_OPS", "SITE_OPS", "SOFTMAX_SITE_OPS", "SelectionTap", "component_select",
+           "graph_taps", "lamp_scores", "lamp_select", "lowp_matmul", "lowp_scores", "narrow_range",
+           "random_generator", "random_streams", "recompute_linear", "recompute_scores", "reset_random"]

@@ -1,0 +1,156 @@
+"""One driver for every site kind: find, allocate indices, emit, tap, tag, replace, lint, recompile.
+
+A site kind is data: a `SiteKind` with a `find` (the graph -> its matches in graph order, and the candidates it
+skipped, each with its reason) and an `emit` (one match -> the nodes that replace it, inserted through an
+`Emission`). `rewrite_sites` does everything else, the same way for every kind:
+
+    for each kind, in order:                    (attention, linear sites, logits, lowered matmuls)
+        matches, skips = kind.find(gm)
+        for each match:
+            index   = the next site index       (graph order; stats, random streams and export tags use it)
+            emitted = kind.emit(Emission(gm, kind, index, like=...), match)   # every call tagged meta["lampc"]
+            lampc_tap_<index>(selection, mask)  # after the selection: recompute-rate statistics
+            old.replace_all_uses_with(new)      # for each replacement
+            erase what the match left unused
+    lint, recompile
+
+Kinds that create no site (matmuls lowered with no look-ahead; the export-time unfusing, which keeps each site's
+index) set `index_of`. Every node a rewrite inserts carries one `SiteTag` in `node.meta["lampc"]`: its site, kind
+and role. docs/DESIGN.md, "Adding a site kind", walks through writing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from torch import fx
+
+from ..graph_view import module_path
+from ..ops import SelectionTap
+from .graph import insert_call
+from .result import PassResult, Site, Skip
+
+ROLES = ("operand", "producer", "selection", "recompute", "fused", "tap", "output")
+"""What an inserted node is to its site: a view or transpose of an operand, the low-precision producer, the
+look-ahead's selection, the FP32 recompute, the fused op (producer + selection + recompute), the statistics tap, or
+a value computed from the recompute that replaces the original (e.g. the scores plus an ALiBi bias)."""
+
+
+@dataclass(frozen=True)
+class SiteTag:
+    """`node.meta["lampc"]` of every node a rewrite inserted."""
+
+    site: int | None  # None: a lowered matmul, no site
+    kind: str
+    role: str
+    module: str = ""  # the producer's module path
+
+
+@dataclass
+class Emitted:
+    """What `SiteKind.emit` inserted for one match, and what the driver does with it.
+
+    replacements: original node -> the node that takes over its uses
+    nodes:        the site's main nodes, reported in `Site.nodes` (the tap's name is appended)
+    selection:    the look-ahead's selection, recorded by the tap (None: no tap, e.g. a lowered matmul)
+    mask:         the additive or boolean mask the tap counts visible entries with (None: all visible)
+    per_head:     the tap counts per head (dim 1) rather than one total
+    tap_after:    the tap goes right after this node (default: the last of `nodes`)
+    erase:        original nodes to remove once unused, in this order
+    producer, consumer, rule: the `Site` record's words
+    """
+
+    replacements: dict[fx.Node, fx.Node]
+    nodes: tuple[fx.Node, ...] = ()
+    selection: fx.Node | None = None
+    mask: Any = None
+    per_head: bool = False
+    tap_after: fx.Node | None = None
+    erase: tuple[fx.Node | None, ...] = ()
+    kind: str = ""  # the Site's kind when one SiteKind finds several (layer_norm and gelu); default: the SiteKind's
+    producer: str = ""
+    consumer: str = ""
+    rule: str = ""
+
+
+class Emission:
+    """The graph edits of one site: `call` inserts at the graph's current insertion point, with the provenance of
+    the match's anchor node, a fake value, and the site's tag."""
+
+    def __init__(self, gm: fx.GraphModule, kind: str, index: int | None, like: fx.Node):
+        self.gm, self.graph, self.kind, self.index, self.like = gm, gm.graph, kind, index, like
+        self.module = module_path(like)
+
+    def call(self, target, args: tuple, kwargs: dict | None = None, *, role: str, name: str | None = None) -> fx.Node:
+        node = insert_call(self.graph, target, args, kwargs, like=self.like, name=name)
+        self.tag(node, role)
+        return node
+
+    def tag(self, node: fx.Node, role: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        node.meta["lampc"] = SiteTag(self.index, self.kind, role, self.module)
+
+    def tap(self, selection: fx.Node, mask, per_head: bool) -> fx.Node:
+        """Call `lampc_tap_<index>(selection, mask)` at the insertion point (a SelectionTap submodule)."""
+        name = f"lampc_tap_{self.index}"
+        self.gm.add_submodule(name, SelectionTap(self.index, False, per_head=per_head))
+        node = self.graph.call_module(name, (selection, mask))
+        node.meta["nn_module_stack"] = self.like.meta.get("nn_module_stack", {})
+        self.tag(node, "tap")
+        return node
+
+
+@dataclass(frozen=True)
+class SiteKind:
+    """A kind of site, as data.
+
+    name:     "attention", "linear", "logits", ... (Emitted.kind may refine it per site)
+    find:     gm -> (matches in graph order, skips)
+    emit:     (Emission, match) -> Emitted; inserts the site's nodes (the kind's policy is bound into it)
+    anchor:   match -> the node whose provenance the inserted nodes take (module path, stack trace)
+    index_of: match -> the index the emitted nodes carry, for kinds that create no site (None: a new site)
+    """
+
+    name: str
+    find: Callable[[fx.GraphModule], tuple[list, list[Skip]]]
+    emit: Callable[[Emission, Any], Emitted]
+    anchor: Callable[[Any], fx.Node]
+    index_of: Callable[[Any], int | None] | None = field(default=None)
+
+
+def rewrite_sites(gm: fx.GraphModule, kinds: Sequence[SiteKind], first_index: int = 0) -> PassResult:
+    """Rewrite every match of every kind, in order; one index per new site, counting from `first_index`."""
+    sites, skips, index, changed = [], [], first_index, False
+    for kind in kinds:
+        matches, kind_skips = kind.find(gm)
+        skips += kind_skips
+        for match in matches:
+            new_site = kind.index_of is None
+            emission = Emission(gm, kind.name, index if new_site else kind.index_of(match), kind.anchor(match))
+            emitted = kind.emit(emission, match)
+            tap = _add_tap(emission, emitted)
+            for old, new in emitted.replacements.items():
+                old.replace_all_uses_with(new)
+            for dead in emitted.erase:
+                if dead is not None and not dead.users:
+                    gm.graph.erase_node(dead)
+            changed = True
+            if new_site:
+                names = tuple(n.name for n in emitted.nodes) + ((tap.name,) if tap is not None else ())
+                sites.append(Site(index, emitted.kind or kind.name, emission.module, emitted.producer,
+                                  emitted.consumer, emitted.rule, names))
+                index += 1
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return PassResult(gm, changed, sites, skips)
+
+
+def _add_tap(emission: Emission, emitted: Emitted) -> fx.Node | None:
+    if emitted.selection is None:
+        return None
+    after = emitted.tap_after or emitted.nodes[-1]
+    with emission.graph.inserting_after(after):
+        return emission.tap(emitted.selection, emitted.mask, emitted.per_head)

@@ -1,0 +1,86 @@
+"""The LAMP ops of a softmax site (attention, logits), and the export-time unfusing of the fused form.
+
+Unfused, one named op per LAMP step; fused (`SitePolicy.fused`), one op over one score buffer:
+
+    unfused                                                      fused
+    s_hat = lampc.lowp_scores(q, k_t, scale, policy)             both = lampc.lamp_scores(q, k_t, scale, mask,
+    sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask,                               False, policy, site)
+                              False, policy, site)               s    = both[0]
+    s     = lampc.recompute_scores(s_hat, sel, q, k_t, scale,    sel  = both[1]
+                                   policy)
+
+`unfuse_sites` (a site kind that creates no site: it keeps each site's index) turns the fused form back into the
+unfused one, which has the same values and an ONNX translation.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from .. import ops
+from ..policy import SitePolicy
+from .driver import Emission, Emitted, SiteKind, rewrite_sites
+
+
+@dataclass(frozen=True)
+class SoftmaxOps:
+    first: fx.Node  # lowp_scores, or the fused op
+    selection: fx.Node
+    scores: fx.Node  # the recomputed scores
+
+    @property
+    def last(self) -> fx.Node:
+        """The last op inserted (the statistics tap goes after it)."""
+        return self.selection if self.first.target is torch.ops.lampc.lamp_scores.default else self.scores
+
+
+def emit_softmax_ops(em: Emission, q, k_t, scale: float, mask, policy: SitePolicy, *,
+                     fused: bool | None = None, is_causal: bool = False) -> SoftmaxOps:
+    """Insert a softmax site's ops at the insertion point: fused or not as the policy says, unless `fused` is given
+    (the unfusing keeps the policy, whose `fused` also tells lamp_select how to compute the same selection)."""
+    spec, index, lampc = policy.to_spec(), em.index, torch.ops.lampc
+    if policy.fused if fused is None else fused:
+        both = em.call(lampc.lamp_scores.default, (q, k_t, scale, mask, is_causal, spec, index), role="fused",
+                       name=f"site_{index}")
+        scores = em.call(operator.getitem, (both, 0), role="recompute", name=f"scores_{index}")
+        selection = em.call(operator.getitem, (both, 1), role="selection", name=f"selection_{index}")
+        return SoftmaxOps(both, selection, scores)
+    s_hat = em.call(lampc.lowp_scores.default, (q, k_t, scale, spec), role="producer", name=f"scores_lp_{index}")
+    selection = em.call(lampc.lamp_select.default, (s_hat, q, k_t, scale, mask, is_causal, spec, index),
+                        role="selection", name=f"selection_{index}")
+    scores = em.call(lampc.recompute_scores.default, (s_hat, selection, q, k_t, scale, spec), role="recompute",
+                     name=f"scores_{index}")
+    return SoftmaxOps(s_hat, selection, scores)
+
+
+def _find_fused(gm: fx.GraphModule):
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in ops.FUSED_SITE_OPS], []
+
+
+def _emit_unfused(em: Emission, fused: fx.Node) -> Emitted:
+    q, k_t, scale, mask, is_causal, spec, index = fused.args
+    getitems = {user.args[1]: user for user in fused.users}
+    with em.graph.inserting_before(fused):
+        new = emit_softmax_ops(em, q, k_t, scale, mask, SitePolicy.from_spec(spec), fused=False,
+                               is_causal=is_causal)
+    replacements = {getitems[0]: new.scores} if 0 in getitems else {}
+    if 1 in getitems:
+        replacements[getitems[1]] = new.selection
+    return Emitted(replacements, (new.first, new.selection, new.scores), erase=(*getitems.values(), fused))
+
+
+UNFUSE = SiteKind("unfuse", _find_fused, _emit_unfused, anchor=lambda fused: fused,
+                  index_of=lambda fused: fused.args[6])
+"""The fused softmax sites back in their three-op form: same values (tests/test_fused_site.py), and ONNX has a
+translation for each op. It creates no site: the ops keep the fused op's index."""
+
+
+def unfuse_sites(gm: fx.GraphModule) -> int:
+    """Replace every fused site op by the three unfused ops; returns the number of sites unfused."""
+    count = len(_find_fused(gm)[0])
+    rewrite_sites(gm, [UNFUSE])
+    return count
