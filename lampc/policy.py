@@ -22,25 +22,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITERIA, check_tau
 from .formats import Format, parse as parse_format
-
-CRITERIA = ("uniform", "target", "strict", "relaxed", "random", "oracle", "budget")
-"""Selection criteria. Deployable: target, strict, relaxed, budget. Evaluation only: uniform, random, oracle."""
-
-COUNT_SOURCES = ("target", "strict", "relaxed")
-"""Criteria whose per-row counts `random` and `oracle` reproduce."""
 
 BACKENDS = ("emulate", "native")
 
 NATIVE_FORMATS = ("bf16", "fp16", "fp32")
 """Formats the native backend runs as real torch dtypes (matmul with FP32 accumulation inside)."""
 
-DEFAULT_TAU = {"target": 1.1, "strict": 0.1, "relaxed": 0.03, "random": 0.1, "oracle": 0.1}
-NO_TAU = {"uniform": "it recomputes nothing", "budget": "it takes `budget`, a count or fraction per row"}
-"""Criteria without a threshold: their tau stays None."""
-"""Default tau per criterion (for random/oracle: the tau of the criterion they take their counts from)."""
 
 SITE_KINDS = ("attention", "layer_norm", "logits", "gelu")
+LINEAR_KINDS = ("layer_norm", "gelu")
+"""Site kinds whose producer is a linear layer and whose consumer is no softmax."""
 
 
 @dataclass(frozen=True)
@@ -104,19 +97,20 @@ class SitePolicy:
             )
         if self.backend == "native" and self.block_k != 1:
             raise ValueError("SitePolicy.block_k applies to backend='emulate' only; native accumulates in FP32")
-        if self.criterion in NO_TAU:
+        rule = self.rule
+        if rule.tau is None:
             if self.tau is not None:
                 raise ValueError(f"SitePolicy.tau does not apply to criterion {self.criterion!r} "
-                                 f"({NO_TAU[self.criterion]}); leave it None")
+                                 f"({rule.no_tau}); leave it None")
         else:
             if self.tau is None:
-                object.__setattr__(self, "tau", DEFAULT_TAU[self.criterion])
-            object.__setattr__(self, "tau", _check_tau(self.criterion, self.count_from, self.tau))
-        if self.length_scaling is True and self.criterion in ("target", "uniform"):
+                object.__setattr__(self, "tau", rule.tau.default)
+            object.__setattr__(self, "tau", check_tau(self.criterion, self.count_from, self.tau))
+        if self.length_scaling is True and not (rule.length_scaling or rule.counted):
             raise ValueError(f"SitePolicy.length_scaling scales the tau of strict and relaxed (and of random/oracle "
                              f"counting from them); it means nothing for criterion {self.criterion!r}")
-        if self.length_scaling is True and self.criterion in ("random", "oracle") and self.count_from == "target":
-            raise ValueError("SitePolicy.length_scaling means nothing for count_from='target'")
+        if self.length_scaling is True and rule.counted and not CRITERION_TABLE[self.count_from].length_scaling:
+            raise ValueError(f"SitePolicy.length_scaling means nothing for count_from={self.count_from!r}")
         for name in ("length_scaling", "fused", "biased"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SitePolicy.{name} must be a bool, got {getattr(self, name)!r}")
@@ -132,21 +126,23 @@ class SitePolicy:
             raise ValueError(f"SitePolicy.dense_above must be a rate in [0, 1], got {self.dense_above!r}")
 
     @property
+    def rule(self):
+        """The criterion's entry in lampc.criteria.CRITERIA (its rule, threshold and texts)."""
+        return CRITERION_TABLE[self.criterion]
+
+    @property
+    def counting_rule(self):
+        """The criterion whose per-row counts this site's selection has: count_from's for random and oracle."""
+        return CRITERION_TABLE[self.count_from] if self.rule.counted else self.rule
+
+    @property
     def m_bits(self) -> int:
         return self.format.m_bits
 
     @property
     def rule_text(self) -> str:
         """The look-ahead rule in a few words, e.g. 'strict tau=0.1' or 'budget k=8'."""
-        if self.criterion == "uniform":
-            return "uniform (no recompute)"
-        if self.criterion == "budget":
-            return f"budget {'k' if isinstance(self.budget, int) else 'fraction'}={self.budget}"
-        text = f"{self.criterion} tau={self.tau:g}"
-        if self.criterion in ("random", "oracle"):
-            text += f" (counts of {self.count_from})"
-        if self.length_scaling:
-            text += f" length_scaling l_ref={self.l_ref}"
+        text = self.rule.text(self)
         if self.softcap is not None:
             text += f" through softcap {self.softcap:g}"
         if self.biased:
@@ -201,6 +197,13 @@ class Policy:
         _check_choice("sites", self.sites, ("guarded", "all"), owner="Policy")
         if self.sites == "all" and not self.enabled_kinds():
             raise ValueError("Policy.sites='all' needs at least one enabled site kind to take the format from")
+        for kind in LINEAR_KINDS:
+            site = getattr(self, kind)
+            if site is not None and site.counting_rule.softmax_only:
+                what = f"criterion {site.criterion!r}" + (f" (count_from={site.count_from!r})" if site.rule.counted
+                                                           else "")
+                raise ValueError(f"Policy.{kind}: {what} applies to softmax sites only (attention, logits); use "
+                                 "strict, relaxed or budget at layer_norm and activation sites")
 
     def enabled_kinds(self) -> list[str]:
         return [kind for kind in SITE_KINDS if getattr(self, kind) is not None]
@@ -308,22 +311,8 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"SitePolicy.{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _check_tau(criterion: str, count_from: str, tau) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
-        raise ValueError(f"SitePolicy.tau must be a finite number, got {tau!r}")
-    tau = float(tau)
-    rule = count_from if criterion in ("random", "oracle") else criterion
-    if rule == "target" and not 1.0 <= tau <= 2.0:
-        raise ValueError(f"SitePolicy.tau for criterion 'target' must be in [1, 2] (2 = no recompute), got {tau}")
-    if rule == "strict" and not tau > 0.0:
-        raise ValueError(f"SitePolicy.tau for criterion 'strict' must be > 0, got {tau}")
-    if rule == "relaxed" and not 0.0 < tau <= 1.0:
-        raise ValueError(f"SitePolicy.tau for criterion 'relaxed' must be in (0, 1], got {tau}")
-    return tau
-
-
 def _check_budget(criterion: str, budget) -> None:
-    if criterion != "budget":
+    if not CRITERION_TABLE[criterion].takes_budget:
         if budget is not None:
             raise ValueError(f"SitePolicy.budget applies to criterion='budget' only (criterion is {criterion!r})")
         return

@@ -1,6 +1,6 @@
 """The import contract: lampc's layers only point down, and no two modules import each other at load time.
 
-    formats, version, graph_view -> numerics -> policy -> lookahead -> ops -> passes, capture -> runtime -> api
+    formats, version, graph_view -> numerics -> policy, criteria -> lookahead -> ops -> passes, capture -> runtime -> api
         -> inspect, eval, export, models, cli_support, cli_policy -> cli -> the `lampc` facade
 
 A module may import its own layer and the layers below, never above. Every import counts, also one inside a
@@ -22,7 +22,7 @@ ROOT = Path(lampc.__file__).parent
 LAYERS = [
     ("lampc.formats", "lampc.version", "lampc.graph_view"),
     ("lampc.numerics",),
-    ("lampc.policy",),
+    ("lampc.policy", "lampc.criteria"),
     ("lampc.lookahead",),
     ("lampc.ops",),
     ("lampc.passes", "lampc.capture", "lampc.capture_step"),

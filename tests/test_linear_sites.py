@@ -38,11 +38,13 @@ def test_llama_rms_norm_and_silu_sites():
 
 
 def test_target_rule_is_refused_at_linear_sites():
+    """Refused when the policy is built, before any capture (it needs the consumer's softmax); also as the count
+    source of a baseline."""
     model = tiny_gpt2()
-    compiled = lampc.compile(model, kinds=["layer_norm"], criterion="target", tau=1.5)
-    ids, mask = padded_batch(97)
-    with pytest.raises(Exception, match="softmax sites only"):
-        compiled(ids, mask)
+    with pytest.raises(ValueError, match="Policy.layer_norm: criterion 'target' applies to softmax sites only"):
+        lampc.compile(model, kinds=["layer_norm"], criterion="target", tau=1.5)
+    with pytest.raises(ValueError, match=r"Policy.gelu: criterion 'oracle' \(count_from='target'\) applies to softmax"):
+        lampc.compile(model, kinds=["gelu"], criterion="oracle", count_from="target", tau=1.5)
 
 
 @pytest.mark.parametrize("model_fn,vocab", [(tiny_gpt2, 97), (tiny_llama, 100)])

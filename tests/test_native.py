@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import lampc
+from lampc.criteria import CRITERIA
 from lampc.formats import BF16
 from lampc.lookahead import components, fused, recompute, row_stats, softmax
-from lampc.numerics import round_to
-from lampc.policy import SitePolicy
-from lampc.numerics import native
+from lampc.numerics import native, round_to
 from lampc.numerics.native import LowPrecisionWeights, cached_weights, native_product, native_scores
+from lampc.policy import SitePolicy
 from tiny_models import padded_batch, tiny_gpt2
 
 
@@ -101,8 +101,9 @@ SYNC = re.compile(r'\.item\(|\.nonzero\(|\.tolist\(|\.cpu\(|\bint\(|\bbool\(|\bf
 
 
 def _functions_on_the_accelerator_path():
-    return [softmax.select, softmax.select_rule, softmax.select_top, softmax.select_top_k, softmax.select_strict,
-            softmax.select_relaxed, softmax.target_counts, softmax.row_tau, softmax.budget_counts,
+    return [softmax.select, softmax.SoftmaxRows, softmax.select_top, softmax.select_top_k, softmax.target_counts,
+            softmax.row_tau, softmax.budget_counts, components.ComponentRows,
+            *(criterion.rule for criterion in CRITERIA.values()),
             softmax.strict_sensitivity, softmax.visible_from_mask, recompute.recompute_dense,
             components.select_components, components.column_norms, native_scores, native_product,
             native.native_scores_low, fused.fused_widen_select]
@@ -119,7 +120,7 @@ def test_dispatchers_leave_for_the_dense_path_before_any_sync():
     from lampc.ops import fused_site as ops_fused, linear_site as ops_linear
 
     fused_site = inspect.getsource(ops_fused.lamp_scores._init_fn)  # the CPU-only fast path is asked for by device
-    assert "row_stats.supports(rule, q.device)" in fused_site and not SYNC.findall(fused_site.split('"""')[2])
+    assert "row_stats.supports(settings, q.device)" in fused_site and not SYNC.findall(fused_site.split('"""')[2])
     assert not row_stats.supports(SitePolicy(criterion="strict"), torch.device("cuda"))
 
     source = inspect.getsource(recompute.recompute_into)

@@ -23,9 +23,13 @@ def test_bad_values_name_the_field(kwargs, field):
 
 
 def test_defaults_and_spec_round_trip():
-    site = SitePolicy(format="m7", criterion="budget", budget=0.05, block_k=32, length_scaling=True)
+    site = SitePolicy(format="m7", criterion="budget", budget=0.05, block_k=32)
     assert site.format == parse("m7") and site.m_bits == 7
     assert SitePolicy.from_spec(site.to_spec()) == site
+    scaled = SitePolicy(format="m7", criterion="relaxed", tau=0.2, block_k=32, length_scaling=True, l_ref=64)
+    assert SitePolicy.from_spec(scaled.to_spec()) == scaled
+    with pytest.raises(ValueError, match="length_scaling .* means nothing for criterion 'budget'"):
+        SitePolicy(criterion="budget", budget=0.05, length_scaling=True)  # its count is per row already
     assert SitePolicy(criterion="relaxed").tau == 0.03
     assert SitePolicy(criterion="random", tau=0.5).count_from == "strict"
 

@@ -12,6 +12,7 @@ from ..cli_support import CliError
 from ..cli_policy import add_policy_arguments, compile_arguments
 from ..formats import parse as parse_format
 from ..formats import valid_names
+from ..criteria import CRITERIA
 from ..policy import COUNT_SOURCES
 from .sweep import SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS, plan_cells
 
@@ -109,7 +110,7 @@ def run(args) -> int:
     taus = parse_taus(args.tau)
     count_from = parse_count_from(args.count_from)
     cells = check_grid(formats, criteria, taus, count_from)
-    if "budget" in criteria and args.budget is None:
+    if any(CRITERIA[c].takes_budget for c in criteria) and args.budget is None:
         raise CliError("--criterion budget needs --budget (k entries per row, or a fraction)")
     policy, fixed = compile_arguments(args, grid=True)
     check_data_arguments(args)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..formats import parse as parse_format
+from ..criteria import CRITERIA as CRITERION_TABLE, LAMP_RULES, NAMES as CRITERIA, THRESHOLD_RULES
 from ..policy import COUNT_SOURCES, Policy, SitePolicy
 from .metrics import LogitComparison
 
@@ -41,11 +42,11 @@ recompute"), chosen so that each rule spans recompute rates of about 0.1-3% (str
 (target) on the embedded model and Persuasion (bench/accuracy.md). random/oracle use the grid of the rule they
 count from."""
 
-LAMP_CRITERIA = ("target", "strict", "relaxed")
+LAMP_CRITERIA = LAMP_RULES
 """The deployable look-ahead rules (budget needs a count, not a tau, and is not swept)."""
 
-SWEEP_CRITERIA = ("uniform", "target", "strict", "relaxed", "random", "oracle", "budget")
-TAU_CRITERIA = ("target", "strict", "relaxed", "random", "oracle")
+SWEEP_CRITERIA = CRITERIA
+TAU_CRITERIA = THRESHOLD_RULES
 """The criteria a --tau applies to (uniform recomputes nothing; budget takes its count or fraction)."""
 
 CSV_COLUMNS = (
@@ -110,7 +111,7 @@ def plan_cells(formats: Sequence[str], criteria: Sequence[str], taus=None,
             if c not in TAU_CRITERIA:  # uniform, budget (its budget is a fixed policy field of the sweep)
                 cells.append(Cell(f, c))
                 continue
-            for source in sources if c in ("random", "oracle") else [None]:
+            for source in sources if CRITERION_TABLE[c].counted else [None]:
                 for tau in _taus_for(c, source, taus):
                     _check_tau(c, source, tau)
                     cells.append(Cell(f, c, float(tau), source))
@@ -214,7 +215,7 @@ class Sweep:
 
     def compile(self, cell: Cell):
         """The compiled model of one cell: the base policy, the sweep's fixed fields, the cell's own."""
-        fixed = {k: v for k, v in self.fixed.items() if k != "budget" or cell.criterion == "budget"}
+        fixed = {k: v for k, v in self.fixed.items() if k != "budget" or CRITERION_TABLE[cell.criterion].takes_budget}
         return self.compiler(self.policy, **{**fixed, **cell.overrides(self.block_k)})
 
     def measure(self, compiled, bar=None) -> dict:

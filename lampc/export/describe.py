@@ -13,11 +13,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter, defaultdict
 
 import onnx
+
+from ..policy import SitePolicy
+
+SITE_FIELDS = {f.name for f in dataclasses.fields(SitePolicy)}
 
 _DTYPES = {1: "f32", 6: "i32", 7: "i64", 9: "b8", 10: "f16", 11: "f64", 12: "u32", 16: "bf16"}
 _OPS_ORDER = ("lowp_scores", "lamp_select", "recompute_scores")
@@ -76,17 +81,13 @@ def describe_onnx(path: str | os.PathLike, *, top: int = 6) -> str:
 
 
 def _policy_text(policy: dict) -> str:
+    """The policy stored in the model's metadata, in the words `lampc show` uses (SitePolicy.summary)."""
     parts = []
     for kind in ("attention", "layer_norm", "logits", "gelu"):
         site = policy.get(kind)
-        if not site:
-            continue
-        rule = site["criterion"] if site.get("tau") is None else f"{site['criterion']} tau={site['tau']:g}"
-        if site["criterion"] == "budget":
-            rule = f"budget {site['budget']}"
-        if site.get("length_scaling"):
-            rule += f" length_scaling l_ref={site.get('l_ref')}"
-        parts.append(f"{kind}: {site['format']} block_k={site['block_k']} {site['backend']}, {rule}")
+        if site:
+            fields = {k: v for k, v in site.items() if k in SITE_FIELDS}
+            parts.append(f"{kind}: {SitePolicy(**fields).summary}")
     return "; ".join(parts) or "no site kinds enabled"
 
 

@@ -33,6 +33,7 @@ import onnx_ir as ir
 import torch
 from onnxscript import BOOL, FLOAT
 
+from ..criteria import EXPORTABLE
 from ..formats import Format
 from ..lookahead.softmax import MASKED_BELOW
 from ..policy import SitePolicy
@@ -42,7 +43,7 @@ from .rounding import canonical_nans, round_onnx
 
 FLOAT_TYPE = 1
 FLT_MAX = float(np.finfo(np.float32).max)
-EXPORTABLE_CRITERIA = ("uniform", "target", "strict", "relaxed", "budget", "oracle")
+EXPORTABLE_CRITERIA = EXPORTABLE
 
 
 class TranslationError(ValueError):
@@ -76,16 +77,16 @@ def translation_table(opset: int, rounding: str) -> dict[torch._ops.OpOverload, 
 def check_exportable(site: SitePolicy, index: int, module: str) -> None:
     """Raise TranslationError if site `index`'s policy has no ONNX translation."""
     where = f"site {index} ({module or 'top level'})"
-    if site.criterion not in EXPORTABLE_CRITERIA:
+    if not site.rule.onnx:
         raise TranslationError(
             f"{where}: criterion {site.criterion!r} cannot be exported to ONNX: it draws from torch's random "
             f"generator, whose stream ONNX cannot reproduce; exportable criteria: {', '.join(EXPORTABLE_CRITERIA)}"
         )
-    if site.biased and site.criterion != "uniform":
+    if site.biased and site.rule.looks_ahead:
         raise TranslationError(
             f"{where}: the look-ahead with an additive score bias (ALiBi) has no ONNX translation yet; export with "
             "criterion='uniform', or run the compiled model in PyTorch")
-    if site.softcap is not None and site.criterion != "uniform":
+    if site.softcap is not None and site.rule.looks_ahead:
         raise TranslationError(
             f"{where}: the look-ahead through logit soft-capping (softcap {site.softcap:g}) has no ONNX translation "
             "yet; export with criterion='uniform', or run the compiled model in PyTorch")
@@ -159,28 +160,82 @@ def _split(g: Builder, x, axis: int, parts: int) -> list:
 
 def lamp_select_onnx(g: Builder, s_hat, q, k_t, scale: float, mask, is_causal: bool, site: SitePolicy,
                      index: int):
-    """lampc.ops.lamp_select: the selection rule of `site.criterion` (lampc.lookahead.softmax.select)."""
+    """lampc.ops.lamp_select: the rule of `site.criterion` (lampc.criteria), over `OnnxSoftmaxRows`."""
     check_exportable(site, index, "")
     visible = _visible(g, s_hat, mask, is_causal)
     usable = g.And(visible, _isfinite(g, s_hat))  # the rules look at finite scores; the rest is always recomputed
-    criterion = site.criterion
-    if criterion == "uniform":
-        selected = g.Expand(g.const(False, np.bool_), g.Shape(s_hat))
-    else:
-        a = _masked_softmax(g, s_hat, usable)
-        if criterion in ("target", "strict", "relaxed"):
-            selected = _select_rule(g, criterion, s_hat, a, usable, visible, site)
-        elif criterion == "budget":
-            sensitivity = _strict_sensitivity(g, s_hat, a)
-            selected = _select_top(g, sensitivity, usable, _budget_counts(g, visible, site))
-        else:  # oracle
-            rule = _select_rule(g, site.count_from, s_hat, a, usable, visible, site)
-            count = g.ReduceSum(g.Cast(rule, to=INT64), g.axes(-1), keepdims=1)
-            s_fp32 = fp32_scores(g, q, k_t, scale)
-            p = _masked_softmax(g, s_fp32, usable)
-            contribution = g.Mul(_two_a_one_minus_a(g, p), g.Abs(g.Sub(s_fp32, s_hat)))
-            selected = _select_top(g, _nan_to_num(g, contribution), usable, count)
+    selected = site.rule.select(OnnxSoftmaxRows(g, s_hat, visible, usable, site, q, k_t, scale), site)
     return g.Or(selected, g.Not(_isfinite(g, s_hat)))  # non-finite scores, masked or not
+
+
+class OnnxSoftmaxRows:
+    """`lampc.criteria.RuleInputs` at a softmax site, in ONNX ops: the same quantities as
+    lampc.lookahead.softmax.SoftmaxRows, evaluated in the same order (so ORT's selection equals PyTorch's)."""
+
+    def __init__(self, g: Builder, s_hat, visible, usable, site: SitePolicy, q, k_t, scale: float):
+        self.g, self.s_hat, self.visible, self.usable, self.site = g, s_hat, visible, usable, site
+        self.q, self.k_t, self.scale = q, k_t, scale
+        self._a = None
+
+    def nothing(self):
+        return self.g.Expand(self.g.const(False, np.bool_), self.g.Shape(self.s_hat))
+
+    def probabilities(self):
+        if self._a is None:
+            self._a = _masked_softmax(self.g, self.s_hat, self.usable)
+        return self._a
+
+    def strict_weight(self):
+        return _strict_sensitivity(self.g, self.s_hat, self.probabilities())
+
+    def relaxed_weight(self):
+        g, finite = self.g, self.usable
+        row_max = g.ReduceMax(g.Where(finite, self.s_hat, g.const(-np.inf)), g.axes(-1), keepdims=1)
+        return g.Where(finite, g.Mul(g.Abs(self.s_hat), g.Exp(g.Sub(self.s_hat, row_max))), g.const(0.0))
+
+    def row_tau(self, tau: float, relaxed: bool):
+        g = self.g
+        if not self.site.length_scaling:
+            return g.const(tau)
+        lengths = _lengths(g, self.visible, FLOAT_TYPE)
+        tau_t = g.Mul(g.const(tau), g.Sqrt(g.Div(g.const(float(self.site.l_ref)), lengths)))
+        return g.Min(tau_t, g.const(1.0)) if relaxed else tau_t
+
+    def row_max(self, weight):
+        return self.g.ReduceMax(weight, self.g.axes(-1), keepdims=1)
+
+    def times(self, a, b):
+        return self.g.Mul(a, b)
+
+    def above(self, weight, threshold):
+        return self.g.And(self.g.Greater(weight, threshold), self.usable)
+
+    def top(self, score, count, k_max: int | None = None):
+        return _select_top(self.g, score, self.usable, count)
+
+    def count(self, selection):
+        return self.g.ReduceSum(self.g.Cast(selection, to=INT64), self.g.axes(-1), keepdims=1)
+
+    def target_counts(self, a, tau: float):
+        return _target_counts(self.g, a, self.usable, tau)
+
+    def budget_counts(self, budget):
+        g = self.g
+        if isinstance(budget, int):
+            return g.Min(_lengths(g, self.visible, INT64), g.const(budget, np.int64))
+        return g.Cast(g.Ceil(g.Mul(g.const(budget), _lengths(g, self.visible, FLOAT_TYPE))), to=INT64)
+
+    def budget_k_max(self, budget) -> None:
+        return None  # ONNX's TopK sorts the whole row either way
+
+    def draws(self):
+        raise TranslationError("the random baseline has no ONNX translation")  # check_exportable says so first
+
+    def true_error(self):
+        g = self.g
+        s_fp32 = fp32_scores(g, self.q, self.k_t, self.scale)
+        p = _masked_softmax(g, s_fp32, self.usable)
+        return _nan_to_num(g, g.Mul(_two_a_one_minus_a(g, p), g.Abs(g.Sub(s_fp32, self.s_hat))))
 
 
 def _visible(g: Builder, s_hat, mask, is_causal: bool):
@@ -224,28 +279,6 @@ def _lengths(g: Builder, visible, dtype: int):
     return g.ReduceSum(g.Cast(visible, to=dtype), g.axes(-1), keepdims=1)  # (…, T, 1)
 
 
-def _row_tau(g: Builder, site: SitePolicy, rule: str, visible):
-    if not site.length_scaling:
-        return g.const(site.tau)
-    lengths = _lengths(g, visible, FLOAT_TYPE)
-    tau_t = g.Mul(g.const(site.tau), g.Sqrt(g.Div(g.const(float(site.l_ref)), lengths)))
-    return g.Min(tau_t, g.const(1.0)) if rule == "relaxed" else tau_t
-
-
-def _select_rule(g: Builder, rule: str, s_hat, a, usable, visible, site: SitePolicy):
-    """target, strict or relaxed over the usable (visible, finite) entries; length scaling counts visible keys."""
-    if rule == "target":
-        return _select_top(g, a, usable, _target_counts(g, a, usable, site.tau))
-    tau = _row_tau(g, site, rule, visible)
-    if rule == "strict":
-        return g.And(g.Greater(_strict_sensitivity(g, s_hat, a), tau), usable)
-    finite = g.And(usable, _isfinite(g, s_hat))
-    row_max = g.ReduceMax(g.Where(finite, s_hat, g.const(-np.inf)), g.axes(-1), keepdims=1)
-    z = g.Where(finite, g.Mul(g.Abs(s_hat), g.Exp(g.Sub(s_hat, row_max))), g.const(0.0))
-    z_max = g.ReduceMax(z, g.axes(-1), keepdims=1)
-    return g.And(g.Greater(z, g.Mul(tau, z_max)), usable)
-
-
 def _target_counts(g: Builder, a, visible, tau: float):
     """Paper v1: the shortest prefix (by descending a) with 2 − A_S − 2·min(a) ≤ tau."""
     width = g.last_dim(a)
@@ -256,13 +289,6 @@ def _target_counts(g: Builder, a, visible, tau: float):
     fails = g.Greater(g.Sub(g.Sub(g.const(2.0), prefix_mass), g.Mul(g.const(2.0), min_a)), g.const(tau))
     count = g.ReduceSum(g.Cast(fails, to=INT64), g.axes(-1), keepdims=1)
     return g.Min(count, _lengths(g, visible, INT64))
-
-
-def _budget_counts(g: Builder, visible, site: SitePolicy):
-    if isinstance(site.budget, int):
-        return g.Min(_lengths(g, visible, INT64), g.const(site.budget, np.int64))
-    lengths = _lengths(g, visible, FLOAT_TYPE)
-    return g.Cast(g.Ceil(g.Mul(g.const(site.budget), lengths)), to=INT64)
 
 
 def _select_top(g: Builder, score, visible, count):

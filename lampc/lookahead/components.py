@@ -10,7 +10,8 @@ Rows are tokens, components are the features of the consumer's input. Rules:
     random   per row as many as `count_from` picks, uniformly          (evaluation)
     oracle   per row as many, by the true first-order error col_i·|y_i − ŷ_i| at the FP32 input (evaluation)
     uniform  none
-A non-finite ŷ_i is always selected. The paper's `target` rule is specific to softmax and is refused here.
+A non-finite ŷ_i is always selected. The paper's `target` rule is specific to softmax and is refused here. Each
+rule is declared once, in lampc.criteria; `ComponentRows` is what it reads at a linear site.
 """
 
 from __future__ import annotations
@@ -37,13 +38,64 @@ def column_norms(consumer: str, consumer_input: Tensor, gamma: Tensor | None, ep
     raise ValueError(f"consumer must be one of {', '.join(CONSUMERS)}, got {consumer!r}")
 
 
-def _rule(rule: str, weight: Tensor, usable: Tensor, tau: float) -> Tensor:
-    if rule == "strict":
-        return (weight > tau) & usable
-    if rule == "relaxed":
-        return (weight > tau * weight.amax(dim=-1, keepdim=True)) & usable
-    raise ValueError(f"criterion {rule!r} applies to softmax sites only (attention, logits); use strict, relaxed "
-                     "or budget at layer_norm and activation sites")
+class ComponentRows:
+    """`lampc.criteria.RuleInputs` at a linear producer, in torch: per row (token), the look-ahead weights c of the
+    output components, finite outputs only. Both the strict and the relaxed rule read c; there is no softmax, so
+    the target rule (and random/oracle counting from it) is refused (Policy refuses it at compile time)."""
+
+    def __init__(self, y_hat: Tensor, weight: Tensor, site: SitePolicy, *, true_error=None, generator=None):
+        self.y_hat, self.site, self.true, self.generator = y_hat, site, true_error, generator
+        self.usable = torch.isfinite(y_hat)
+        self.weight = weight.nan_to_num(nan=0.0, posinf=0.0).masked_fill(~self.usable, 0.0)
+
+    def nothing(self) -> Tensor:
+        return torch.zeros_like(self.usable)
+
+    def strict_weight(self) -> Tensor:
+        return self.weight
+
+    relaxed_weight = strict_weight
+
+    def probabilities(self) -> Tensor:
+        raise ValueError(f"criterion {self.site.counting_rule.name!r} applies to softmax sites only (attention, "
+                         "logits); use strict, relaxed or budget at layer_norm and activation sites")
+
+    def row_tau(self, tau: float, relaxed: bool) -> float:
+        return tau  # one row is one token's features: no row length to scale by
+
+    def row_max(self, weight: Tensor) -> Tensor:
+        return weight.amax(dim=-1, keepdim=True)
+
+    def times(self, a, b):
+        return a * b
+
+    def above(self, weight: Tensor, threshold) -> Tensor:
+        return (weight > threshold) & self.usable
+
+    def top(self, score: Tensor, count: Tensor, k_max: int | None = None) -> Tensor:
+        if k_max is None:
+            return select_top(score, self.usable, count)
+        return select_top_k(score, self.usable, count, k_max)
+
+    def count(self, selection: Tensor) -> Tensor:
+        return selection.sum(dim=-1, keepdim=True)
+
+    def target_counts(self, a, tau):
+        return self.probabilities()
+
+    def budget_counts(self, budget) -> Tensor:
+        return budget_counts(torch.ones_like(self.usable), budget)
+
+    def budget_k_max(self, budget) -> int:
+        return budget_k_max(self.y_hat.shape[-1], budget)
+
+    def draws(self) -> Tensor:
+        return torch.rand(self.y_hat.shape, generator=self.generator, device="cpu").to(self.y_hat.device)
+
+    def true_error(self) -> Tensor:
+        if self.true is None:
+            raise ValueError("criterion 'oracle' needs the true first-order error")
+        return self.true.nan_to_num(nan=0.0)
 
 
 def select_components(
@@ -54,24 +106,7 @@ def select_components(
     true_error: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """The selection (bool, shape of y_hat) for `site.criterion`, given the look-ahead weights c (same shape)."""
-    finite = torch.isfinite(y_hat)
-    weight = weight.nan_to_num(nan=0.0, posinf=0.0).masked_fill(~finite, 0.0)
-    criterion = site.criterion
-    if criterion == "uniform":
-        selected = torch.zeros_like(finite)
-    elif criterion in ("strict", "relaxed", "target"):
-        selected = _rule(criterion, weight, finite, site.tau)
-    elif criterion == "budget":
-        count = budget_counts(torch.ones_like(finite), site.budget)
-        selected = select_top_k(weight, finite, count, budget_k_max(y_hat.shape[-1], site.budget))
-    else:
-        count = _rule(site.count_from, weight, finite, site.tau).sum(dim=-1, keepdim=True)
-        if criterion == "random":
-            draws = torch.rand(y_hat.shape, generator=generator, device="cpu").to(y_hat.device)
-            selected = select_top(draws, finite, count)
-        else:
-            if true_error is None:
-                raise ValueError("criterion 'oracle' needs the true first-order error")
-            selected = select_top(true_error.nan_to_num(nan=0.0), finite, count)
-    return selected | ~finite
+    """The selection (bool, shape of y_hat) for `site.criterion`, given the look-ahead weights c (same shape); a
+    non-finite output is always selected."""
+    rows = ComponentRows(y_hat, weight, site, true_error=true_error, generator=generator)
+    return site.rule.select(rows, site) | ~rows.usable

@@ -35,7 +35,7 @@ SLACK = 1.0e-3
 
 def supports(site: SitePolicy, device: torch.device) -> bool:
     """Whether `select_from_row_stats` implements this site's rule on this device."""
-    return (device.type == "cpu" and site.criterion in ("uniform", "strict") and not site.length_scaling
+    return (device.type == "cpu" and site.rule.row_statistics and not site.length_scaling
             and site.softcap is None)
 
 
@@ -90,7 +90,7 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
     dtype when there is one (bf16: half the bytes to read for the statistics)."""
     every = torch.ones((1,) * s_hat.dim(), dtype=torch.bool, device=s_hat.device)
     general = every if visible is None else visible  # for the general rule
-    if site.criterion == "uniform":  # only non-finite scores are recomputed: none if the sum is finite
+    if not site.rule.looks_ahead:  # only non-finite scores are recomputed: none if the sum is finite
         if bool(torch.isfinite(s_hat.sum())):  # host sync: CPU path
             return _nothing(s_hat)
         return select(s_hat, general, site), None

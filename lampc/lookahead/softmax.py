@@ -62,31 +62,13 @@ def cap_gain(s: Tensor, softcap: float | None) -> Tensor | None:
     return None if softcap is None else 1.0 - torch.tanh(s / softcap).square()
 
 
-def row_tau(site: SitePolicy, rule: str, visible: Tensor) -> Tensor | float:
+def row_tau(site: SitePolicy, tau: float, relaxed: bool, visible: Tensor) -> Tensor | float:
     """Per-row threshold: tau, or with length scaling tau·sqrt(l_ref / L_t) (relaxed: capped at 1)."""
     if not site.length_scaling:
-        return site.tau
+        return tau
     lengths = visible.sum(dim=-1, keepdim=True).to(torch.float32)  # (…, T, 1)
-    tau_t = site.tau * torch.sqrt(site.l_ref / lengths)  # L_t = 0 gives inf: nothing selected
-    return tau_t.clamp(max=1.0) if rule == "relaxed" else tau_t
-
-
-def select_strict(s_hat: Tensor, a: Tensor, visible: Tensor, tau, gain: Tensor | None = None) -> Tensor:
-    """Recompute i iff 2·a_i·(1 − a_i)·|ŝ_i| (· gain_i under a soft cap) > tau."""
-    return (strict_sensitivity(s_hat, a, gain) > tau) & visible
-
-
-def select_relaxed(s_hat: Tensor, visible: Tensor, tau, logits: Tensor | None = None,
-                   gain: Tensor | None = None) -> Tensor:
-    """Recompute i iff z_i > tau·max_j z_j, z_i = |ŝ_i|·exp(ŝ_i − max ŝ): only a running row max is needed.
-    `logits`: what the softmax sees when that is not ŝ (the capped score, plus an additive bias such as ALiBi), in
-    the exponent; `gain`: the soft cap's derivative, a factor of z_i."""
-    finite = visible & torch.isfinite(s_hat)
-    logits = s_hat if logits is None else logits
-    row_max = logits.masked_fill(~finite, float("-inf")).amax(dim=-1, keepdim=True)
-    z = s_hat.abs() * torch.exp(logits - row_max)
-    z = (z if gain is None else z * gain).masked_fill(~finite, 0.0)  # (…, T, L)
-    return (z > tau * z.amax(dim=-1, keepdim=True)) & visible
+    tau_t = tau * torch.sqrt(site.l_ref / lengths)  # L_t = 0 gives inf: nothing selected
+    return tau_t.clamp(max=1.0) if relaxed else tau_t
 
 
 def target_counts(a: Tensor, visible: Tensor, tau: float) -> Tensor:
@@ -139,15 +121,75 @@ def budget_counts(visible: Tensor, budget) -> Tensor:
     return torch.ceil(budget * lengths.to(torch.float32)).to(lengths.dtype)
 
 
-def select_rule(rule: str, s_hat: Tensor, a: Tensor, usable: Tensor, visible: Tensor, site: SitePolicy,
-                logits: Tensor | None = None, gain: Tensor | None = None) -> Tensor:
-    """One of the count-giving rules (target, strict, relaxed) over the usable (visible, finite) entries;
-    length scaling counts every visible key of the row. logits, gain: as in select_relaxed (None: plain ŝ)."""
-    if rule == "target":
-        return select_top(a, usable, target_counts(a, usable, site.tau))
-    if rule == "strict":
-        return select_strict(s_hat, a, usable, row_tau(site, rule, visible), gain)
-    return select_relaxed(s_hat, usable, row_tau(site, rule, visible), logits, gain)
+class SoftmaxRows:
+    """`lampc.criteria.RuleInputs` at a softmax consumer, in torch: rows of low-precision scores ŝ, the softmax
+    `a` of what the consumer sees (the capped scores plus any additive bias), and the cap's derivative. Each
+    quantity is computed on first use, so a rule pays only for what it reads."""
+
+    def __init__(self, s_hat: Tensor, visible: Tensor, usable: Tensor, site: SitePolicy, *, s_fp32=None,
+                 generator=None, bias: Tensor | None = None):
+        self.s_hat, self.visible, self.usable, self.site = s_hat, visible, usable, site
+        self.s_fp32, self.generator, self.bias = s_fp32, generator, bias
+        self.capped_hat, self.gain = capped(s_hat, site.softcap), cap_gain(s_hat, site.softcap)
+        self.logits = self.capped_hat if bias is None else self.capped_hat + bias  # what the softmax sees
+        self._a = None
+
+    def nothing(self) -> Tensor:
+        return torch.zeros_like(self.usable)
+
+    def probabilities(self) -> Tensor:
+        if self._a is None:
+            self._a = masked_softmax(self.logits, self.usable)  # the consumer's probabilities
+        return self._a
+
+    def strict_weight(self) -> Tensor:
+        return strict_sensitivity(self.s_hat, self.probabilities(), self.gain)
+
+    def relaxed_weight(self) -> Tensor:
+        """z_i = |ŝ_i|·exp(logit_i − max logit) (· gain_i under a soft cap): only a running row max is needed."""
+        row_max = self.logits.masked_fill(~self.usable, float("-inf")).amax(dim=-1, keepdim=True)
+        z = self.s_hat.abs() * torch.exp(self.logits - row_max)
+        return (z if self.gain is None else z * self.gain).masked_fill(~self.usable, 0.0)  # (…, T, L)
+
+    def row_tau(self, tau: float, relaxed: bool):
+        return row_tau(self.site, tau, relaxed, self.visible)
+
+    def row_max(self, weight: Tensor) -> Tensor:
+        return weight.amax(dim=-1, keepdim=True)
+
+    def times(self, a, b):
+        return a * b
+
+    def above(self, weight: Tensor, threshold) -> Tensor:
+        return (weight > threshold) & self.usable
+
+    def top(self, score: Tensor, count: Tensor, k_max: int | None = None) -> Tensor:
+        if k_max is None:
+            return select_top(score, self.usable, count)
+        return select_top_k(score, self.usable, count, k_max)
+
+    def count(self, selection: Tensor) -> Tensor:
+        return selection.sum(dim=-1, keepdim=True)
+
+    def target_counts(self, a: Tensor, tau: float) -> Tensor:
+        return target_counts(a, self.usable, tau)
+
+    def budget_counts(self, budget) -> Tensor:
+        return budget_counts(self.visible, budget)
+
+    def budget_k_max(self, budget) -> int:
+        return budget_k_max(self.s_hat.shape[-1], budget)
+
+    def draws(self) -> Tensor:
+        return torch.rand(self.s_hat.shape, generator=self.generator, device="cpu").to(self.s_hat.device)
+
+    def true_error(self) -> Tensor:
+        """2·p_i·(1 − p_i)·|z_i − ẑ_i|: p from the FP32 scores, z what the softmax sees of each (bias cancels)."""
+        if self.s_fp32 is None:
+            raise ValueError("criterion 'oracle' needs the FP32 scores (s_fp32)")
+        capped_fp32 = capped(self.s_fp32, self.site.softcap)
+        p = masked_softmax(capped_fp32 if self.bias is None else capped_fp32 + self.bias, self.usable)
+        return (2.0 * p * (1.0 - p) * (capped_fp32 - self.capped_hat).abs()).nan_to_num(nan=0.0)
 
 
 def select(
@@ -159,7 +201,8 @@ def select(
     generator: torch.Generator | None = None,
     bias: Tensor | None = None,
 ) -> Tensor:
-    """The selection for `site.criterion`; a non-finite ŝ is always selected, masked or not.
+    """The selection of `site.criterion` (its rule in lampc.criteria); a non-finite ŝ is always selected, masked
+    or not.
 
     A masked score that overflowed would stay inf after the additive mask (inf + finfo.min = inf) and turn the
     softmax row into NaN; selected, it is recomputed in FP32 (finite wherever the FP32 model is). The recompute
@@ -170,32 +213,9 @@ def select(
     """
     visible = visible.expand(s_hat.shape)
     always = ~torch.isfinite(s_hat)  # non-finite scores: always recomputed, visible or not
-    criterion = site.criterion
-    if criterion == "uniform":
-        return always
     usable = visible & ~always  # the rules look at the finite scores
-    capped_hat, gain = capped(s_hat, site.softcap), cap_gain(s_hat, site.softcap)  # ŝ and None without a cap
-    logits = capped_hat if bias is None else capped_hat + bias  # what the softmax sees
-    a = masked_softmax(logits, usable)  # the consumer's probabilities
-    if criterion in ("target", "strict", "relaxed"):
-        selected = select_rule(criterion, s_hat, a, usable, visible, site, logits, gain)
-    elif criterion == "budget":
-        count = budget_counts(visible, site.budget)
-        k_max = budget_k_max(s_hat.shape[-1], site.budget)
-        selected = select_top_k(strict_sensitivity(s_hat, a, gain), usable, count, k_max)
-    else:
-        count = select_rule(site.count_from, s_hat, a, usable, visible, site, logits, gain).sum(dim=-1, keepdim=True)
-        if criterion == "random":
-            draws = torch.rand(s_hat.shape, generator=generator, device="cpu").to(s_hat.device)
-            selected = select_top(draws, usable, count)
-        else:
-            if s_fp32 is None:
-                raise ValueError("criterion 'oracle' needs the FP32 scores (s_fp32)")
-            capped_fp32 = capped(s_fp32, site.softcap)
-            p = masked_softmax(capped_fp32 if bias is None else capped_fp32 + bias, usable)
-            contribution = 2.0 * p * (1.0 - p) * (capped_fp32 - capped_hat).abs()
-            selected = select_top(contribution.nan_to_num(nan=0.0), usable, count)
-    return selected | always
+    rows = SoftmaxRows(s_hat, visible, usable, site, s_fp32=s_fp32, generator=generator, bias=bias)
+    return site.rule.select(rows, site) | always
 
 
 def first_order_error(s_hat: Tensor, s_fp32: Tensor, visible: Tensor, selected: Tensor) -> Tensor:

@@ -38,20 +38,20 @@ def lamp_scores(
 ) -> tuple[Tensor, Tensor]:
     """(scores with the selected entries in FP32, the selection): one softmax site in one op."""
     _check_scores_inputs(q, k_t)
-    rule = SitePolicy.from_spec(policy)
-    if rule.backend == "native" and rule.criterion not in ("random", "oracle") and not rule.biased:
+    settings = SitePolicy.from_spec(policy)
+    if settings.backend == "native" and settings.rule.pure and not settings.biased:
         visible = visible_from_mask(mask, _scores_shape(q, k_t), is_causal, q.device)
-        s_low = native_scores_low(q, k_t, scale, rule.format.torch_dtype)
-        if row_stats.supports(rule, q.device):
+        s_low = native_scores_low(q, k_t, scale, settings.format.torch_dtype)
+        if row_stats.supports(settings, q.device):
             s_hat = s_low.to(torch.float32)
             every = mask is None and not is_causal
-            selected, flat = row_stats.select_from_row_stats(s_hat, None if every else visible, rule, s_low=s_low)
-            return recompute_into(s_hat, selected, q, k_t, scale, rule.dense_above, flat=flat), selected
-        s_hat, selected = fused_widen_select(s_low, visible, rule)
+            selected, flat = row_stats.select_from_row_stats(s_hat, None if every else visible, settings, s_low=s_low)
+            return recompute_into(s_hat, selected, q, k_t, scale, settings.dense_above, flat=flat), selected
+        s_hat, selected = fused_widen_select(s_low, visible, settings)
     else:  # emulated formats and the evaluation baselines: the unfused ops' own code
         s_hat = lowp_scores(q, k_t, scale, policy)
         selected = lamp_select(s_hat, q, k_t, scale, mask, is_causal, policy, site)
-    return recompute_into(s_hat, selected, q, k_t, scale, rule.dense_above), selected
+    return recompute_into(s_hat, selected, q, k_t, scale, settings.dense_above), selected
 
 
 @lamp_scores.register_fake

@@ -75,20 +75,20 @@ def component_select(
     eps: float, consumer: str, policy: str, site: int,
 ) -> Tensor:
     """The look-ahead at a linear producer: c_i = column norm of the consumer's Jacobian x |ŷ_i|."""
-    rule = SitePolicy.from_spec(policy)
-    if rule.criterion == "uniform":  # no look-ahead: only non-finite outputs are recomputed
+    settings = SitePolicy.from_spec(policy)
+    if not settings.rule.looks_ahead:  # no look-ahead: only non-finite outputs are recomputed
         return ~torch.isfinite(y_hat)
     h_hat = consumer_input(y_hat, residual)
-    if rule.fused and rule.criterion not in ("random", "oracle"):
-        return fused_component_select(y_hat, h_hat, consumer, gamma, eps, rule).reshape(y_hat.shape)
+    if settings.fused and settings.rule.pure:
+        return fused_component_select(y_hat, h_hat, consumer, gamma, eps, settings).reshape(y_hat.shape)
     weight = column_norms(consumer, h_hat, gamma, eps) * y_hat.reshape(h_hat.shape).abs()
     true_error = None
-    if rule.criterion == "oracle":
+    if settings.rule.needs_fp32:
         y = fp32_product(x, w, bias=bias)
         h = consumer_input(y, residual)
         true_error = column_norms(consumer, h, gamma, eps) * (y - y_hat).reshape(h.shape).abs()
-    generator = random_generator(rule.seed, site) if rule.criterion == "random" else None
-    selected = select_components(y_hat.reshape(h_hat.shape), weight, rule, true_error=true_error, generator=generator)
+    generator = random_generator(settings.seed, site) if settings.rule.draws else None
+    selected = select_components(y_hat.reshape(h_hat.shape), weight, settings, true_error=true_error, generator=generator)
     return selected.reshape(y_hat.shape)
 
 

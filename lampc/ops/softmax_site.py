@@ -63,16 +63,16 @@ def lamp_select(
     site: int,
 ) -> Tensor:
     """The look-ahead: which score entries to recompute in FP32 (bool, same shape as s_hat)."""
-    rule = SitePolicy.from_spec(policy)
+    settings = SitePolicy.from_spec(policy)
     visible = visible_from_mask(mask, s_hat.shape, is_causal, s_hat.device)
-    s_fp32 = fp32_product(q, k_t, scale) if rule.criterion == "oracle" else None
+    s_fp32 = fp32_product(q, k_t, scale) if settings.rule.needs_fp32 else None
     bias = None
-    if rule.biased and mask is not None:  # ALiBi: the finite part of the mask is part of the softmax's input
+    if settings.biased and mask is not None:  # ALiBi: the finite part of the mask is part of the softmax's input
         bias = torch.where(visible, mask, torch.zeros((), dtype=mask.dtype, device=mask.device)).expand(s_hat.shape)
-    if rule.fused and rule.criterion != "random":
-        return fused_select(s_hat, visible, rule, s_fp32=s_fp32, bias=bias)
-    generator = random_generator(rule.seed, site) if rule.criterion == "random" else None
-    return select(s_hat, visible, rule, s_fp32=s_fp32, generator=generator, bias=bias)
+    if settings.fused and settings.rule.compiles:
+        return fused_select(s_hat, visible, settings, s_fp32=s_fp32, bias=bias)
+    generator = random_generator(settings.seed, site) if settings.rule.draws else None
+    return select(s_hat, visible, settings, s_fp32=s_fp32, generator=generator, bias=bias)
 
 
 @lamp_select.register_fake
@@ -83,8 +83,8 @@ def _(s_hat, q, k_t, scale, mask, is_causal, policy, site):
 @torch.library.custom_op("lampc::recompute_scores", mutates_args=())
 def recompute_scores(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float, policy: str) -> Tensor:
     """ŝ with the selected entries replaced by their FP32 dot products (sparse, dense above a rate)."""
-    rule = SitePolicy.from_spec(policy)
-    return recompute(s_hat, selected, q, k_t, scale, rule.dense_above)
+    settings = SitePolicy.from_spec(policy)
+    return recompute(s_hat, selected, q, k_t, scale, settings.dense_above)
 
 
 @recompute_scores.register_fake
