@@ -299,7 +299,7 @@ def test_model_metadata_tags_and_standard_ops(exported):
 def test_describe_onnx_counts_ops_per_site(exported):
     compiled, path = exported("m4_strict")
     text = describe_onnx(path)
-    assert "opset 26" in text and "attention: m4 block_k=1 emulate, strict tau=0.05" in text
+    assert "opset 26" in text and "attention: format m4 (block_k 1, emulate)  rule strict tau=0.05" in text  # as show says it
     for site in compiled.sites:
         assert f"site {site.index}  {site.module}" in text
     assert text.count("lowp_scores") == len(compiled.sites) and "BitCast" in text

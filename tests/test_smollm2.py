@@ -48,9 +48,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    torch.manual_seed(0)
-    return smollm2.load_smollm2()  # eager attention
+def loaded(smollm2_loaded):
+    return smollm2_loaded  # one load for the session (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

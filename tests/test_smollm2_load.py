@@ -14,9 +14,8 @@ needs_smollm2 = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    torch.manual_seed(0)
-    return smollm2.load_smollm2()
+def loaded(smollm2_loaded):
+    return smollm2_loaded  # one load for the session (tests/conftest.py)
 
 
 def next_token_logits(model, tokenizer, text: str) -> torch.Tensor:

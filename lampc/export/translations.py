@@ -96,7 +96,7 @@ def check_exportable(site: SitePolicy, index: int, module: str) -> None:
 
 
 def fp32_scores(g: Builder, q, k_t, scale: float):
-    """fl32(q @ k_t) * scale, as lampc.lookahead.recompute.fp32_scores."""
+    """fl32(q @ k_t) * scale, as lampc.lookahead.recompute.fp32_product."""
     return g.Mul(g.MatMul(q, k_t), g.const(scale))
 
 

@@ -2,7 +2,7 @@
 
     site 1/4  attention: softmax <- matmul  @ transformer.h.1.attn
         format m4 (block_k 1, emulate)  rule strict tau=0.1
-        lowp_scores_default_1: f32[s0, 4, s1, s1] = lampc.lowp_scores(transpose_7, transpose_8, 0.125, <policy>)
+        scores_lp_1: f32[s0, 4, s1, s1] = lampc.lowp_scores(transpose_7, transpose_8, 0.125, <policy>)
         ...
         softmax_1: f32[s0, 4, s1, s1] = softmax(add_10, -1)
         recompute rate 2.7% (143/5296 visible entries, 3 calls)
