@@ -6,6 +6,7 @@
     lampc eval ...                     the paper's accuracy protocol, a grid of formats x criteria x tau
     lampc export ...                   export a compiled model to ONNX
     lampc generate --prompt TEXT ...   continue prompts with a compiled model (KV cache), beside FP32 if asked
+    lampc tasks --tasks LIST ...       lm-eval tasks on a LAMP model, paired with FP32 (flips, McNemar, KL)
 
 Each subcommand lives beside the code it drives and registers itself through `add_parser(subparsers)` and
 `run(args) -> int`; what they share (errors, --model, --quiet) is in lampc/cli_support.py, so no subcommand
@@ -27,6 +28,7 @@ SUBCOMMANDS = {
     "eval": "lampc.eval.cli_eval",
     "export": "lampc.export.cli_export",
     "generate": "lampc.eval.cli_generate",
+    "tasks": "lampc.tasks.cli_tasks",
 }
 
 

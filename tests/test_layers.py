@@ -1,7 +1,7 @@
 """The import contract: lampc's layers only point down, and no two modules import each other at load time.
 
     formats, version, graph_view -> numerics -> policy, criteria -> lookahead -> ops -> passes, capture -> runtime -> api
-        -> inspect, eval, export, models, cli_support, cli_policy -> cli -> the `lampc` facade
+        -> inspect, eval, export, models, tasks, cli_support, cli_policy -> cli -> the `lampc` facade
 
 A module may import its own layer and the layers below, never above. Every import counts, also one inside a
 function (a lazy import is still a dependency) and one under TYPE_CHECKING. Read from the source with `ast`, so a
@@ -28,7 +28,8 @@ LAYERS = [
     ("lampc.passes", "lampc.capture", "lampc.capture_step"),
     ("lampc.runtime",),
     ("lampc.api",),
-    ("lampc.inspect", "lampc.eval", "lampc.export", "lampc.models", "lampc.cli_support", "lampc.cli_policy"),
+    ("lampc.inspect", "lampc.eval", "lampc.export", "lampc.models", "lampc.tasks", "lampc.cli_support",
+     "lampc.cli_policy"),
     ("lampc.cli",),
     ("lampc",),
 ]

@@ -1,0 +1,23 @@
+"""Downstream tasks through lm-evaluation-harness (the optional extra `lampc[tasks]`).
+
+Importing this package registers `LampcLM` as lm-eval's model "lampc" (when lm-eval is installed; otherwise
+`MISSING` says how to install it). `austen_tasks()` gives lampc's offline tasks (Persuasion cloze by generation,
+four-way cloze by loglikelihood, paragraph perplexity); `compare` runs cells against FP32 with paired statistics
+(lampc/tasks/compare.py); `lampc tasks` is the command.
+"""
+
+from __future__ import annotations
+
+from .compare import AUSTEN_TASKS, austen_tasks, compare, mcnemar_p, resolve_tasks
+
+try:
+    from .lm import LampcLM
+except ImportError as err:
+    if not (err.name or "").startswith("lm_eval"):
+        raise
+    LampcLM = None
+    MISSING = "lampc tasks needs lm-evaluation-harness: pip install 'lampc[tasks]' (the lm-eval package)"
+else:
+    MISSING = ""
+
+__all__ = ["AUSTEN_TASKS", "LampcLM", "MISSING", "austen_tasks", "compare", "mcnemar_p", "resolve_tasks"]

@@ -1,0 +1,179 @@
+"""lm-evaluation-harness on LAMP models (lampc.tasks): the adapter's numbers against the models' own, the paired
+statistics against scipy and hand counts, and a small offline lm-eval run end to end on the embedded model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is the tasks extra: pip install 'lampc[tasks]'")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from lampc.models import load_model  # noqa: E402
+from lampc.tasks import AUSTEN_TASKS, LampcLM, austen_tasks, compare, mcnemar_p  # noqa: E402
+from lampc.tasks.compare import paired, per_document  # noqa: E402
+from lampc.tasks.make_austen_tasks import build  # noqa: E402
+
+PAIRS = [("Anne Elliot was", " a woman of"), ("Captain Wentworth had been", " at sea"),
+         ("It was a", " very fine day, and the whole party walked out together."), ("She", " said")]
+
+
+def _requests(kind: str, items) -> list[Instance]:
+    return [Instance(kind, doc={}, arguments=args, idx=i) for i, args in enumerate(items)]
+
+
+def _own_loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
+    """One request alone (no batch, no padding): the sum of the continuation's log-probabilities, in float64."""
+    ctx = tokenizer.encode(context)
+    whole = tokenizer.encode(context + continuation)
+    ids = torch.tensor([whole[:-1]])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.double(), -1)
+    targets = whole[len(ctx):]
+    return sum(float(logprobs[0, len(ctx) - 1 + j, t]) for j, t in enumerate(targets))
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_model("embedded")
+
+
+def test_loglikelihoods_equal_the_models_own_sums(embedded):
+    """Batched and right-padded by the adapter, each score equals that request scored alone: by the uncompiled model
+    at m23 (FP32 itself), and by the compiled model at m4 with LAMP."""
+    model, tokenizer = embedded
+    exact = LampcLM("embedded", format="m23", criterion="uniform", batch_size=3)
+    got = [lp for lp, _ in exact.loglikelihood(_requests("loglikelihood", PAIRS))]
+    want = [_own_loglikelihood(model, tokenizer, c, x) for c, x in PAIRS]
+    assert max(abs(g - w) for g, w in zip(got, want)) < 1e-4
+    lamp = LampcLM("embedded", format="m4", criterion="strict", tau=0.1, batch_size=3)
+    got = [lp for lp, _ in lamp.loglikelihood(_requests("loglikelihood", PAIRS))]
+    want = [_own_loglikelihood(lamp.compiled, tokenizer, c, x) for c, x in PAIRS]
+    assert max(abs(g - w) for g, w in zip(got, want)) < 1e-4
+    assert lamp.recompute_rate() > 0 and lamp.mean_kl > 0  # the KL against FP32 was measured on the answers
+
+
+def test_greedy_flag_and_rolling_loglikelihood(embedded):
+    model, tokenizer = embedded
+    lm = LampcLM("embedded", fp32=True)
+    context = "Anne Elliot was"
+    ids = torch.tensor([tokenizer.encode(context)])
+    with torch.no_grad():
+        best = int(model(input_ids=ids).logits[0, -1].argmax())
+    greedy, other = tokenizer.decode([best]), tokenizer.decode([(best + 1) % len(tokenizer)])
+    (_, is_greedy), (_, not_greedy) = lm.loglikelihood(_requests("loglikelihood", [(context, greedy),
+                                                                                  (context, other)]))
+    assert is_greedy and not not_greedy
+    text = "Sir Walter Elliot, of Kellynch Hall, in Somersetshire, was a man who never took up any book."
+    rolling = lm.loglikelihood_rolling(_requests("loglikelihood_rolling", [(text,)]))[0]
+    tokens = [tokenizer.eos_token_id] + tokenizer.encode(text)
+    full = torch.tensor([tokens[:-1]])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=full).logits.double(), -1)[0]
+    want = sum(float(logprobs[i, t]) for i, t in enumerate(tokens[1:]))
+    assert rolling == pytest.approx(want, abs=1e-4)
+
+
+def test_generate_until_stops_at_the_first_stop_string(embedded):
+    model, tokenizer = embedded
+    lm = LampcLM("embedded", format="m7", criterion="strict", tau=0.1, batch_size=2)
+    prompts = ["Anne Elliot was", "It was a very fine day, and", "Captain Wentworth"]
+    full = lm.generate_until(_requests("generate_until", [(p, {"until": [], "max_gen_toks": 10}) for p in prompts]))
+    stops = [" the", ","]
+    cut = lm.generate_until(_requests("generate_until", [(p, {"until": stops, "max_gen_toks": 10}) for p in prompts]))
+    for whole, short in zip(full, cut):
+        first = min((whole.index(s) for s in stops if s in whole), default=len(whole))
+        assert short == whole[:first]
+        assert not any(s in short for s in stops)
+    assert any(len(s) < len(w) for s, w in zip(cut, full))  # some output was cut
+    ids = torch.tensor([tokenizer.encode(prompts[0])])
+    own = lm.compiled.generate(ids, torch.ones_like(ids), max_new_tokens=10, do_sample=False)
+    assert full[0] == tokenizer.decode(own[0, ids.shape[1]:].tolist())  # the compiled model's own generate
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (0, 5), (3, 3), (1, 9), (7, 2), (20, 35)])
+def test_mcnemar_exact_p_equals_scipy_binomial_test(b, c):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    want = 1.0 if b + c == 0 else scipy_stats.binomtest(min(b, c), b + c, 0.5).pvalue
+    assert mcnemar_p(b, c) == pytest.approx(want, rel=1e-12)
+
+
+def test_paired_counts_by_hand():
+    reference = {0: 1.0, 1: 1.0, 2: 0.0, 3: 0.0, 4: 1.0, 5: 0.0}
+    cell = {0: 1.0, 1: 0.0, 2: 1.0, 3: 0.0, 4: 0.0, 6: 1.0}  # doc 5 only in FP32, doc 6 only in the cell
+    pair = paired(reference, cell)
+    assert (pair.documents, pair.flips, pair.right_to_wrong, pair.wrong_to_right) == (5, 3, 2, 1)
+    assert pair.p_value == pytest.approx(1.0)
+
+
+def test_task_data_is_shipped_and_well_formed():
+    configs = austen_tasks()
+    assert [c["task"] for c in configs] == list(AUSTEN_TASKS)
+    for config in configs:
+        path = config["dataset_kwargs"]["data_files"]["test"]
+        rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+        assert len(rows) >= 60
+        if config["task"] == "austen_choice":
+            assert all(r["choices"].count(r["choices"][r["gold"]]) == 1 and len(r["choices"]) == 4 for r in rows)
+    with pytest.raises(LookupError, match="no lampc task 'nope'"):
+        austen_tasks(["nope"])
+
+
+def test_task_builder_makes_answerable_cloze_items():
+    para = ("Anne walked with her sister along the shore, and the sea was calm and grey; her sister spoke of the "
+            "house, the garden and the shore again, while Anne thought of the letter, the letter she had read twice "
+            "and kept, and of what the letter said about the shore.")
+    other = ("Mountains rivers forests meadows villages carriages candles windows curtains tables chairs horses "
+             "bridges towers orchards cottages ribbons bonnets gloves parasols umbrellas pianos violins sermons "
+             "parishes baronets admirals lieutenants frigates harbours")  # words absent from the passage
+    text = "\n\n".join([para] * 3 + ["Chapter 2", other])
+    tasks = build(text, n_cloze=3, n_paragraphs=2)
+    for item in tasks["austen_lastword"]:
+        assert item["target"].lower() in item["context"].lower().split() or item["target"] in item["context"]
+    for item in tasks["austen_choice"]:
+        assert item["choices"][item["gold"]] == tasks["austen_lastword"][item["id"]]["target"]
+    assert all("Chapter" not in p["text"] for p in tasks["austen_paragraphs"])
+
+
+@pytest.mark.slow
+def test_offline_lm_eval_run_end_to_end(tmp_path):
+    """lm-eval's evaluator, the three shipped tasks, FP32 and one LAMP cell, a few documents each."""
+    from lampc.tasks.compare import write
+
+    cells = {"m4 strict": dict(format="m4", criterion="strict", tau=0.1)}
+    rows, raw = compare("embedded", cells, austen_tasks(), limit=4, batch_size=4, progress=lambda _: None)
+    assert {(r["cell"], r["task"]) for r in rows} == {(c, t) for c in ("fp32", "m4 strict") for t in AUSTEN_TASKS}
+    for row in rows:
+        if row["metric"] == "word_perplexity":
+            assert math.isfinite(row["score"]) and row["score"] > 1
+            continue
+        samples = raw[row["cell"]]["samples"][row["task"]]
+        reference = per_document(raw["fp32"]["samples"][row["task"]], row["metric"])
+        mine = per_document(samples, row["metric"])
+        assert row["documents"] == 4 and row["score"] == pytest.approx(sum(mine.values()) / 4)
+        assert row["right_to_wrong"] == sum(1 for d in mine if reference[d] == 1 and mine[d] == 0)
+        assert row["flips"] == row["right_to_wrong"] + row["wrong_to_right"]
+        assert 0.0 <= row["mcnemar_p"] <= 1.0
+    lamp = [r for r in rows if r["cell"] == "m4 strict"]
+    assert all(r["kl"] > 0 and 0 < r["recompute_rate"] < 1 for r in lamp)
+    assert all(math.isnan(r["kl"]) for r in rows if r["cell"] == "fp32")
+    written = write(rows, raw, tmp_path)
+    assert {p.name for p in written} >= {"tasks.csv", "tasks.json", "tasks.md", "results_fp32.json"}
+    assert "m4 strict" in (tmp_path / "tasks.md").read_text()
+
+
+def test_cli_checks_its_arguments_before_any_work(capsys):
+    from lampc.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["tasks", "--limit", "0"])
+    assert exit_.value.code == 2 and "--limit must be a positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["tasks", "--output", "/proc/no/such/dir", "--limit", "2"])
+    assert exit_.value.code == 2 and "--output: cannot write in /proc/no/such/dir" in capsys.readouterr().err
