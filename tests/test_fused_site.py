@@ -18,8 +18,17 @@ RULES = [("strict", {"tau": 0.1}), ("uniform", {}), ("budget", {"budget": 0.2}),
 CASES = [("gpt2", criterion, rule) for criterion, rule in RULES] + [("llama", "strict", {"tau": 0.01})]
 
 
-def _run(model, ids, mask, **policy):
-    compiled = lampc.compile(model, kinds=["attention", "logits"], sites="all", **policy)
+@pytest.fixture(scope="module")
+def compilers():
+    """One capture per architecture; each case rewrites a fresh copy (CellCompiler, the same as lampc.compile)."""
+    from lampc.eval.sweep import CellCompiler
+
+    models = {"gpt2": tiny_gpt2(score_gain=6.0), "llama": tiny_llama()}
+    return {arch: (model, CellCompiler(model)) for arch, model in models.items()}
+
+
+def _run(compiler, ids, mask, **policy):
+    compiled = compiler(kinds=["attention", "logits"], sites="all", **policy)
     compiled.keep_selections(True)
     reset_random()
     with torch.no_grad():
@@ -29,12 +38,12 @@ def _run(model, ids, mask, **policy):
 
 @pytest.mark.parametrize("backend,fmt", [("emulate", "m4"), ("native", "bf16")])
 @pytest.mark.parametrize("arch,criterion,rule", CASES, ids=[f"{a}-{c}" for a, c, _ in CASES])
-def test_fused_site_equals_the_three_ops(arch, criterion, rule, backend, fmt):
-    model = tiny_gpt2(score_gain=6.0) if arch == "gpt2" else tiny_llama()
+def test_fused_site_equals_the_three_ops(compilers, arch, criterion, rule, backend, fmt):
+    model, compiler = compilers[arch]
     ids, mask = padded_batch(model.config.vocab_size)
     common = dict(format=fmt, backend=backend, criterion=criterion, **rule)
-    unfused, want, want_sel = _run(model, ids, mask, fused=False, **common)
-    fused, got, got_sel = _run(model, ids, mask, fused=True, **common)
+    unfused, want, want_sel = _run(compiler, ids, mask, fused=False, **common)
+    fused, got, got_sel = _run(compiler, ids, mask, fused=True, **common)
     ops = [n.target for n in fused.graph_module.graph.nodes if n.op == "call_function"]
     assert torch.ops.lampc.lamp_scores.default in ops and torch.ops.lampc.lamp_select.default not in ops
     assert torch.equal(got, want)

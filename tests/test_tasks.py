@@ -97,6 +97,18 @@ def test_generate_until_stops_at_the_first_stop_string(embedded):
     assert full[0] == tokenizer.decode(own[0, ids.shape[1]:].tolist())  # the compiled model's own generate
 
 
+def test_model_args_as_lm_eval_passes_them():
+    """lm-eval builds the model from its --model_args string plus batch_size/device: every policy field arrives as
+    text and becomes the compiled model's policy."""
+    lm = LampcLM.create_from_arg_string("model=embedded,format=m7,criterion=budget,budget=2,kinds=attention+logits",
+                                        {"batch_size": 4, "device": None, "max_batch_size": None})
+    policy = lm.compiled.policy
+    assert policy.enabled_kinds() == ["attention", "logits"] and lm.batch_size == 4
+    assert policy.logits.budget == 2 and policy.logits.format.name == "m7"
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['colour'\]"):
+        LampcLM.create_from_arg_string("model=embedded,colour=red")
+
+
 @pytest.mark.parametrize("b, c", [(0, 0), (0, 5), (3, 3), (1, 9), (7, 2), (20, 35)])
 def test_mcnemar_exact_p_equals_scipy_binomial_test(b, c):
     scipy_stats = pytest.importorskip("scipy.stats")

@@ -118,14 +118,19 @@ def task_manager(registry: bool):
 def compare(model: str, cells: dict[str, dict[str, Any]], tasks: list, *, limit: int | None = None,
             batch_size: int = 8, progress=print) -> tuple[list[dict], dict[str, dict]]:
     """Run FP32 and every cell on `tasks`; rows of the paired table, and lm-eval's results per cell name."""
+    from ..eval.sweep import CellCompiler
+    from ..models import load_model
     from .lm import LampcLM
 
+    loaded = load_model(model)
     progress("lampc tasks: FP32 reference")
-    reference, _ = run_per_task(LampcLM(model, fp32=True, batch_size=batch_size), tasks, limit=limit)
+    reference, _ = run_per_task(LampcLM(model, fp32=True, batch_size=batch_size, loaded=loaded), tasks, limit=limit)
     raw, rows = {"fp32": reference}, _rows("fp32", reference, reference, {})
+    compiler = CellCompiler(loaded[0]) if cells else None  # one capture (and one per step graph) for every cell
     for name, fields in cells.items():
         progress(f"lampc tasks: {name}")
-        raw[name], measured = run_per_task(LampcLM(model, batch_size=batch_size, **fields), tasks, limit=limit)
+        lm = LampcLM(model, batch_size=batch_size, loaded=loaded, compiler=compiler, **fields)
+        raw[name], measured = run_per_task(lm, tasks, limit=limit)
         rows += _rows(name, raw[name], reference, measured)
     return rows, raw
 

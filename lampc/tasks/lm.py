@@ -56,13 +56,18 @@ SITE_FIELDS = {f for f in SitePolicy.__dataclass_fields__ if f not in ("softcap"
 class LampcLM(TemplateLM):
     def __init__(self, model: str = "embedded", *, fp32: bool = False, batch_size: int | str = 8,
                  max_length: int | None = None, kl: bool = True, kinds: str | None = None, policy=None,
-                 sites: str | None = None, **fields):
+                 sites: str | None = None, device: str | None = None, max_batch_size=None, loaded=None,
+                 compiler=None, **fields):
+        """loaded: (model, tokenizer) already loaded (else `model` is loaded); compiler: what compiles the model
+        under the policy (default lampc.compile; a sweep passes its CellCompiler, which captures once)."""
         super().__init__()
         unknown = set(fields) - SITE_FIELDS
         if unknown:
             raise ValueError(f"model_args: unknown field(s) {sorted(unknown)}; lampc takes model, fp32, batch_size, "
                              f"max_length, kl, kinds, policy, sites and the SitePolicy fields {sorted(SITE_FIELDS)}")
-        self.fp32_model, self.tokenizer = load_model(model)
+        self.fp32_model, self.tokenizer = loaded if loaded is not None else load_model(model)
+        self.where = torch.device(device or "cpu")  # lm-eval passes its --device; max_batch_size is not used
+        self.fp32_model.to(self.where)
         self.name = str(model)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         config = self.fp32_model.config
@@ -77,7 +82,10 @@ class LampcLM(TemplateLM):
                 overrides["kinds"] = str(kinds).split("+")
             if sites:
                 overrides["sites"] = sites
-            self.compiled = compile_model(self.fp32_model, base, **overrides)
+            if compiler is None:
+                self.compiled = compile_model(self.fp32_model, base, **overrides)
+            else:
+                self.compiled = compiler(base, **overrides)
         self.kl_enabled = _as_bool(kl) and not self.fp32
         self.kl_sum, self.kl_count = 0.0, 0
 
@@ -159,13 +167,14 @@ class LampcLM(TemplateLM):
         for row, tokens in enumerate(inputs):
             ids[row, :len(tokens)] = torch.tensor(tokens)
             mask[row, :len(tokens)] = 1
+        ids, mask = ids.to(self.where), mask.to(self.where)
         with torch.no_grad():
             logits = self._logits(ids, mask)
             logprobs = torch.log_softmax(logits.double(), dim=-1)
             if self.kl_enabled:
                 reference = torch.log_softmax(self.fp32_model(input_ids=ids, attention_mask=mask).logits.double(), -1)
                 self._add_kl(reference, logprobs, sequences, scored)
-        return [logprobs[row, :len(tokens)] for row, tokens in enumerate(inputs)]
+        return [logprobs[row, :len(tokens)].cpu() for row, tokens in enumerate(inputs)]
 
     def _logits(self, ids: Tensor, mask: Tensor) -> Tensor:
         model = self.fp32_model if self.compiled is None else self.compiled
@@ -188,6 +197,7 @@ class LampcLM(TemplateLM):
         for row, tokens in enumerate(prompts):
             ids[row, width - len(tokens):] = torch.tensor(tokens)
             mask[row, width - len(tokens):] = 1
+        ids, mask = ids.to(self.where), mask.to(self.where)
         settings = dict(max_new_tokens=max_new, do_sample=do_sample, pad_token_id=pad,
                         eos_token_id=self.eot_token_id)
         if do_sample and "temperature" in options:
