@@ -4,6 +4,12 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n 2`: one thread per worker, not two workers fighting over two cores
+    import torch
+
+    torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 

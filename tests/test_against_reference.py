@@ -16,6 +16,8 @@ from reference.lamp_reference import (bloom_forward_ref, falcon_forward_ref, gem
                                       llama_forward_ref)
 from tiny_models import padded_batch, tiny_gpt2, tiny_llama
 
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
+
 CASES = [
     dict(criterion="uniform"),
     dict(criterion="strict", tau=0.1),

@@ -14,6 +14,8 @@ from lampc.passes import attention_sites, rewrite_sites
 from lampc.policy import SitePolicy
 from tiny_models import padded_batch, tiny_gpt2
 
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
+
 
 @pytest.fixture(scope="module")
 def gpt2():

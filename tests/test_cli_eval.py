@@ -11,6 +11,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from lampc.cli import main
 from lampc.eval.cli_eval import parse_taus
 
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
+
 WORDS = [f"w{i}" for i in range(63)]
 
 

@@ -13,6 +13,8 @@ import lampc
 from lampc import Policy, SitePolicy
 from tiny_models import padded_batch, tiny_gpt2
 
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
+
 
 @pytest.fixture(scope="module")
 def model():

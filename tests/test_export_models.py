@@ -10,6 +10,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHea
 import lampc
 from lampc.export import OnnxExportError, export_onnx, make_session, run_session
 
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
+
 
 @torch.library.custom_op("lampctest::twice", mutates_args=())
 def twice(x: torch.Tensor) -> torch.Tensor:

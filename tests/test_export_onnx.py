@@ -19,12 +19,14 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 import lampc
 from lampc.cli import main
 from lampc.export import OnnxExportError, describe_onnx, export_onnx, make_session, run_session
-from onnx_probes import float32_edge_values, rounding_probe, site_probe
 from lampc.export.session import OPTIMIZATION_LEVELS
 from lampc.formats import parse
 from lampc.models import ModelNotFoundError, load_model
 from lampc.numerics import round_to
 from lampc.policy import SitePolicy
+from onnx_probes import float32_edge_values, rounding_probe, site_probe
+
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
 
 LEVELS = list(OPTIMIZATION_LEVELS)  # disable, basic, extended, all
 FORMATS = ["m1", "m2", "m3", "m4", "m7", "m10", "m16", "m22", "m23", "bf16", "tf32", "fp16", "fp8_e4m3", "fp8_e5m2"]

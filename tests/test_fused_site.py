@@ -36,6 +36,7 @@ def _run(compiler, ids, mask, **policy):
     return compiled, logits, compiled.selections()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,fmt", [("emulate", "m4"), ("native", "bf16")])
 @pytest.mark.parametrize("arch,criterion,rule", CASES, ids=[f"{a}-{c}" for a, c, _ in CASES])
 def test_fused_site_equals_the_three_ops(compilers, arch, criterion, rule, backend, fmt):
@@ -133,6 +134,7 @@ def test_recompute_into_writes_in_place_and_matches_recompute():
     assert torch.allclose(want[selected], (q @ k_t * 0.5)[selected], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fused_site_graph_unfuses_to_the_three_ops():
     from lampc.passes import unfuse_sites
 

@@ -17,6 +17,8 @@ from lampc.eval.sweep import CellCompiler
 from lampc.runtime.steps import KVCache
 from tiny_models import padded_batch, tiny_gpt2, tiny_llama
 
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
+
 MODELS = {
     "gpt2": lambda attn="eager": tiny_gpt2(attn=attn, score_gain=3.0),
     "llama": lambda attn="eager": tiny_llama(attn=attn),

@@ -1,5 +1,6 @@
 """Generation metrics (lampc.eval.generation) against scalar loops and transformers' generate."""
 
+import pytest
 import torch
 
 import lampc
@@ -23,6 +24,7 @@ def test_first_divergence_equals_a_scalar_loop():
     assert first_divergence(reference, reference).tolist() == [9] * 200
 
 
+@pytest.mark.slow
 def test_fp32_greedy_equals_transformers_generate_without_eos():
     model = tiny_gpt2(score_gain=3.0)
     prompts = torch.randint(0, 97, (3, 6), generator=torch.Generator().manual_seed(1))
@@ -32,6 +34,7 @@ def test_fp32_greedy_equals_transformers_generate_without_eos():
     assert torch.equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_probe_of_the_fp32_model_itself_matches_everything_and_uniform_m1_does_not():
     model = tiny_gpt2(score_gain=3.0)
     prompts = torch.randint(0, 97, (4, 8), generator=torch.Generator().manual_seed(2))

@@ -11,6 +11,8 @@ import lampc
 from lampc.runtime import hardware
 from tiny_models import tiny_gpt2
 
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
+
 
 @pytest.fixture
 def flags(monkeypatch):

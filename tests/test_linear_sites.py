@@ -11,6 +11,8 @@ import lampc
 from reference.lamp_reference import lp_matmul_ref, round_mantissa
 from tiny_models import padded_batch, tiny_gpt2, tiny_llama
 
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
+
 ALL_KINDS = ["attention", "layer_norm", "gelu", "logits"]
 
 

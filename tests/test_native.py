@@ -81,6 +81,7 @@ def test_weight_caches_belong_to_their_model():
     assert not _same_storage(outside, cached)
 
 
+@pytest.mark.slow
 def test_native_compiled_model_runs_every_matmul_in_bf16_and_lamp_reduces_its_error():
     model = tiny_gpt2(score_gain=6.0)
     ids, mask = padded_batch(97)

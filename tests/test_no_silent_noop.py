@@ -48,6 +48,7 @@ class TemperatureAttentionLM(nn.Module):
         return CausalLMOutput(logits=self.head(out))
 
 
+@pytest.mark.slow
 def test_unmatched_attention_raises_with_the_reason():
     model = TemperatureAttentionLM().eval()
     with pytest.raises(lampc.NoSitesError, match=r"no attention site found .*scaled by a tensor"):
@@ -56,6 +57,7 @@ def test_unmatched_attention_raises_with_the_reason():
     assert compiled.sites == [] and len(compiled.skips) == 1
 
 
+@pytest.mark.slow
 def test_a_kind_without_candidates_is_named():
     from test_attention_pass import SoftmaxHeadLM
 
@@ -63,6 +65,7 @@ def test_a_kind_without_candidates_is_named():
         lampc.compile(SoftmaxHeadLM().eval(), kinds=["logits"], criterion="budget", budget=1)
 
 
+@pytest.mark.slow
 def test_skips_beside_sites_warn_once_with_count_and_first_reason():
     with pytest.warns(UserWarning, match=r"1 layer_norm candidate\(s\) left in FP32 beside 4 site\(s\); first: "
                                          r"transformer.h.0.ln_1: .*embedding"):
@@ -72,11 +75,13 @@ def test_skips_beside_sites_warn_once_with_count_and_first_reason():
         lampc.compile(tiny_gpt2(), format="m4")  # every attention candidate matched: no warning
 
 
+@pytest.mark.slow
 def test_allow_no_sites_must_be_a_bool():
     with pytest.raises(TypeError, match="allow_no_sites must be True or False"):
         lampc.compile(tiny_gpt2(), allow_no_sites="yes")
 
 
+@pytest.mark.slow
 def test_qwen3_per_head_qk_norms_are_skipped_not_broken():
     """rms_norm(view(q_proj(x), heads, head_dim)) normalises per head, not the linear's features: a skip with its
     reason; the model then compiles with every kind and runs (forward and generate)."""
@@ -93,6 +98,7 @@ def test_qwen3_per_head_qk_norms_are_skipped_not_broken():
     assert compiled.generate(ids, max_new_tokens=3).shape == (2, 11)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["BertModel", "BertForSequenceClassification", "BertForMaskedLM"])
 def test_encoders_and_task_heads_compile_with_non_causal_attention(head):
     """BERT takes no use_cache: capture passes only what the forward takes; the bidirectional (padding-only) mask
@@ -119,6 +125,7 @@ def test_encoders_and_task_heads_compile_with_non_causal_attention(head):
         compiled.generate(ids, max_new_tokens=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_falcon_in_place_scaling_is_matched(attn):
     cfg = AutoConfig.for_model("falcon", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -140,6 +147,7 @@ def test_falcon_in_place_scaling_is_matched(attn):
     assert 0 < low.stats()["overall"]["rate"] < 1
 
 
+@pytest.mark.slow
 def test_gemma2_softcapping_is_matched_and_the_look_ahead_sees_through_the_cap(tmp_path):
     from lampc.lookahead.softmax import select
 
@@ -211,6 +219,7 @@ def test_softcapped_rules_equal_a_scalar_loop(criterion, tau):
         assert {j for j in range(6) if got[r, j]} == want, r
 
 
+@pytest.mark.slow
 def test_bloom_alibi_through_baddbmm_is_matched():
     model = tiny("bloom", n_layer=2, n_head=4)
     ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(1))

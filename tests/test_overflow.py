@@ -15,6 +15,8 @@ import lampc
 from lampc.eval.sweep import CellCompiler
 from tiny_models import padded_batch, tiny_gpt2
 
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
+
 RANGE_FORMATS = ("fp16", "fp8_e4m3", "fp8_e5m2")
 CRITERIA = {
     "uniform": {}, "strict": dict(tau=0.1), "relaxed": dict(tau=0.5), "target": dict(tau=1.8),

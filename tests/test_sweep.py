@@ -10,6 +10,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import lampc
 from lampc.eval.sweep import CSV_COLUMNS, TAU_GRIDS, Cell, CellCompiler, plan_cells, run_sweep
 
+pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -44,6 +44,7 @@ def embedded():
     return load_model("embedded")
 
 
+@pytest.mark.slow
 def test_loglikelihoods_equal_the_models_own_sums(embedded):
     """Batched and right-padded by the adapter, each score equals that request scored alone: by the uncompiled model
     at m23 (FP32 itself), and by the compiled model at m4 with LAMP."""
@@ -59,6 +60,7 @@ def test_loglikelihoods_equal_the_models_own_sums(embedded):
     assert lamp.recompute_rate() > 0 and lamp.mean_kl > 0  # the KL against FP32 was measured on the answers
 
 
+@pytest.mark.slow
 def test_greedy_flag_and_rolling_loglikelihood(embedded):
     model, tokenizer = embedded
     lm = LampcLM("embedded", fp32=True)
@@ -80,6 +82,7 @@ def test_greedy_flag_and_rolling_loglikelihood(embedded):
     assert rolling == pytest.approx(want, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_generate_until_stops_at_the_first_stop_string(embedded):
     model, tokenizer = embedded
     lm = LampcLM("embedded", format="m7", criterion="strict", tau=0.1, batch_size=2)
@@ -97,6 +100,7 @@ def test_generate_until_stops_at_the_first_stop_string(embedded):
     assert full[0] == tokenizer.decode(own[0, ids.shape[1]:].tolist())  # the compiled model's own generate
 
 
+@pytest.mark.slow
 def test_model_args_as_lm_eval_passes_them():
     """lm-eval builds the model from its --model_args string plus batch_size/device: every policy field arrives as
     text and becomes the compiled model's policy."""
@@ -180,6 +184,7 @@ def test_offline_lm_eval_run_end_to_end(tmp_path):
     assert "m4 strict" in (tmp_path / "tasks.md").read_text()
 
 
+@pytest.mark.slow
 def test_cli_checks_its_arguments_before_any_work(capsys):
     from lampc.cli import main
 
