@@ -88,22 +88,10 @@ def attention_inputs():
     return q, k, torch.zeros(1, 1, 4, 4)
 
 
-def test_attention_site():
-    result, text = rewrite(capture(Attention(), *attention_inputs()), attention_sites(POLICY))
+@pytest.mark.parametrize("form", ["mul", "div_"])  # `s * 0.5`, and Falcon's in-place `s /= 2.0`: one rewrite
+def test_attention_site(form):
+    result, text = rewrite(capture(Attention(form), *attention_inputs()), attention_sites(POLICY))
     assert [(s.kind, s.producer, s.consumer) for s in result.sites] == [("attention", "matmul", "softmax")]
-    assert_expected_inline(text, """\
-transpose = transpose(k, -1, -2)
-scores_lp_0 = lampc.lowp_scores(q, transpose, 0.5, <policy>)    # site 0 producer
-selection_0 = lampc.lamp_select(scores_lp_0, q, transpose, 0.5, mask, False, <policy>, 0)    # site 0 selection
-scores_0 = lampc.recompute_scores(scores_lp_0, selection_0, q, transpose, 0.5, <policy>)    # site 0 recompute
-lampc_tap_0 = lampc_tap_0(selection_0, mask)    # site 0 tap
-add = add(scores_0, mask)
-softmax = softmax(add, -1)""")
-
-
-def test_attention_in_place_division():
-    result, text = rewrite(capture(Attention("div_"), *attention_inputs()), attention_sites(POLICY))
-    assert len(result.sites) == 1
     assert_expected_inline(text, """\
 transpose = transpose(k, -1, -2)
 scores_lp_0 = lampc.lowp_scores(q, transpose, 0.5, <policy>)    # site 0 producer

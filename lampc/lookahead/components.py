@@ -22,7 +22,7 @@ from torch import Tensor
 from ..policy import SitePolicy
 from .activations import DERIVATIVES
 from .norms import layer_norm_column_norms, rms_norm_column_norms
-from .softmax import budget_counts, budget_k_max, select_top, select_top_k
+from .softmax import TorchRows, budget_counts, budget_k_max
 
 CONSUMERS = ("layer_norm", "rms_norm", "gelu_tanh", "gelu", "silu")
 
@@ -38,7 +38,7 @@ def column_norms(consumer: str, consumer_input: Tensor, gamma: Tensor | None, ep
     raise ValueError(f"consumer must be one of {', '.join(CONSUMERS)}, got {consumer!r}")
 
 
-class ComponentRows:
+class ComponentRows(TorchRows):
     """`lampc.criteria.RuleInputs` at a linear producer, in torch: per row (token), the look-ahead weights c of the
     output components, finite outputs only. Both the strict and the relaxed rule read c; there is no softmax, so
     the target rule (and random/oracle counting from it) is refused (Policy refuses it at compile time)."""
@@ -47,9 +47,6 @@ class ComponentRows:
         self.y_hat, self.site, self.true, self.generator = y_hat, site, true_error, generator
         self.usable = torch.isfinite(y_hat)
         self.weight = weight.nan_to_num(nan=0.0, posinf=0.0).masked_fill(~self.usable, 0.0)
-
-    def nothing(self) -> Tensor:
-        return torch.zeros_like(self.usable)
 
     def strict_weight(self) -> Tensor:
         return self.weight
@@ -63,23 +60,6 @@ class ComponentRows:
     def row_tau(self, tau: float, relaxed: bool) -> float:
         return tau  # one row is one token's features: no row length to scale by
 
-    def row_max(self, weight: Tensor) -> Tensor:
-        return weight.amax(dim=-1, keepdim=True)
-
-    def times(self, a, b):
-        return a * b
-
-    def above(self, weight: Tensor, threshold) -> Tensor:
-        return (weight > threshold) & self.usable
-
-    def top(self, score: Tensor, count: Tensor, k_max: int | None = None) -> Tensor:
-        if k_max is None:
-            return select_top(score, self.usable, count)
-        return select_top_k(score, self.usable, count, k_max)
-
-    def count(self, selection: Tensor) -> Tensor:
-        return selection.sum(dim=-1, keepdim=True)
-
     def target_counts(self, a, tau):
         return self.probabilities()
 
@@ -90,7 +70,7 @@ class ComponentRows:
         return budget_k_max(self.y_hat.shape[-1], budget)
 
     def draws(self) -> Tensor:
-        return torch.rand(self.y_hat.shape, generator=self.generator, device="cpu").to(self.y_hat.device)
+        return self.random_scores(self.y_hat, self.generator)
 
     def true_error(self) -> Tensor:
         if self.true is None:

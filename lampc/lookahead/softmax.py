@@ -121,38 +121,14 @@ def budget_counts(visible: Tensor, budget) -> Tensor:
     return torch.ceil(budget * lengths.to(torch.float32)).to(lengths.dtype)
 
 
-class SoftmaxRows:
-    """`lampc.criteria.RuleInputs` at a softmax consumer, in torch: rows of low-precision scores ŝ, the softmax
-    `a` of what the consumer sees (the capped scores plus any additive bias), and the cap's derivative. Each
-    quantity is computed on first use, so a rule pays only for what it reads."""
+class TorchRows:
+    """What every torch implementation of `lampc.criteria.RuleInputs` does the same way, over `self.usable` (the
+    entries a rule may pick): thresholds, row maxima, top-count selection, counting."""
 
-    def __init__(self, s_hat: Tensor, visible: Tensor, usable: Tensor, site: SitePolicy, *, s_fp32=None,
-                 generator=None, bias: Tensor | None = None):
-        self.s_hat, self.visible, self.usable, self.site = s_hat, visible, usable, site
-        self.s_fp32, self.generator, self.bias = s_fp32, generator, bias
-        self.capped_hat, self.gain = capped(s_hat, site.softcap), cap_gain(s_hat, site.softcap)
-        self.logits = self.capped_hat if bias is None else self.capped_hat + bias  # what the softmax sees
-        self._a = None
+    usable: Tensor
 
     def nothing(self) -> Tensor:
         return torch.zeros_like(self.usable)
-
-    def probabilities(self) -> Tensor:
-        if self._a is None:
-            self._a = masked_softmax(self.logits, self.usable)  # the consumer's probabilities
-        return self._a
-
-    def strict_weight(self) -> Tensor:
-        return strict_sensitivity(self.s_hat, self.probabilities(), self.gain)
-
-    def relaxed_weight(self) -> Tensor:
-        """z_i = |ŝ_i|·exp(logit_i − max logit) (· gain_i under a soft cap): only a running row max is needed."""
-        row_max = self.logits.masked_fill(~self.usable, float("-inf")).amax(dim=-1, keepdim=True)
-        z = self.s_hat.abs() * torch.exp(self.logits - row_max)
-        return (z if self.gain is None else z * self.gain).masked_fill(~self.usable, 0.0)  # (…, T, L)
-
-    def row_tau(self, tau: float, relaxed: bool):
-        return row_tau(self.site, tau, relaxed, self.visible)
 
     def row_max(self, weight: Tensor) -> Tensor:
         return weight.amax(dim=-1, keepdim=True)
@@ -171,6 +147,41 @@ class SoftmaxRows:
     def count(self, selection: Tensor) -> Tensor:
         return selection.sum(dim=-1, keepdim=True)
 
+    def random_scores(self, like: Tensor, generator) -> Tensor:
+        """Uniform draws shaped like `like`, from the CPU generator (the same stream on every device)."""
+        return torch.rand(like.shape, generator=generator, device="cpu").to(like.device)
+
+
+class SoftmaxRows(TorchRows):
+    """`lampc.criteria.RuleInputs` at a softmax consumer, in torch: rows of low-precision scores ŝ, the softmax
+    `a` of what the consumer sees (the capped scores plus any additive bias), and the cap's derivative. Each
+    quantity is computed on first use, so a rule pays only for what it reads."""
+
+    def __init__(self, s_hat: Tensor, visible: Tensor, usable: Tensor, site: SitePolicy, *, s_fp32=None,
+                 generator=None, bias: Tensor | None = None):
+        self.s_hat, self.visible, self.usable, self.site = s_hat, visible, usable, site
+        self.s_fp32, self.generator, self.bias = s_fp32, generator, bias
+        self.capped_hat, self.gain = capped(s_hat, site.softcap), cap_gain(s_hat, site.softcap)
+        self.logits = self.capped_hat if bias is None else self.capped_hat + bias  # what the softmax sees
+        self._a = None
+
+    def probabilities(self) -> Tensor:
+        if self._a is None:
+            self._a = masked_softmax(self.logits, self.usable)  # the consumer's probabilities
+        return self._a
+
+    def strict_weight(self) -> Tensor:
+        return strict_sensitivity(self.s_hat, self.probabilities(), self.gain)
+
+    def relaxed_weight(self) -> Tensor:
+        """z_i = |ŝ_i|·exp(logit_i − max logit) (· gain_i under a soft cap): only a running row max is needed."""
+        row_max = self.logits.masked_fill(~self.usable, float("-inf")).amax(dim=-1, keepdim=True)
+        z = self.s_hat.abs() * torch.exp(self.logits - row_max)
+        return (z if self.gain is None else z * self.gain).masked_fill(~self.usable, 0.0)  # (…, T, L)
+
+    def row_tau(self, tau: float, relaxed: bool):
+        return row_tau(self.site, tau, relaxed, self.visible)
+
     def target_counts(self, a: Tensor, tau: float) -> Tensor:
         return target_counts(a, self.usable, tau)
 
@@ -181,7 +192,7 @@ class SoftmaxRows:
         return budget_k_max(self.s_hat.shape[-1], budget)
 
     def draws(self) -> Tensor:
-        return torch.rand(self.s_hat.shape, generator=self.generator, device="cpu").to(self.s_hat.device)
+        return self.random_scores(self.s_hat, self.generator)
 
     def true_error(self) -> Tensor:
         """2·p_i·(1 − p_i)·|z_i − ẑ_i|: p from the FP32 scores, z what the softmax sees of each (bias cancels)."""

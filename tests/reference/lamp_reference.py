@@ -432,6 +432,12 @@ def gpt2_forward_ref(
 # ---------------------------------------------------------------------------------------------
 # Llama
 # ---------------------------------------------------------------------------------------------
+def _linear(sd: dict, h: torch.Tensor, name: str) -> torch.Tensor:
+    """h @ Wᵀ (+ b): an nn.Linear from its state-dict entries."""
+    y = h @ sd[name + ".weight"].T
+    return y + sd[name + ".bias"] if name + ".bias" in sd else y
+
+
 def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
@@ -495,12 +501,6 @@ def llama_forward_ref(
 
     cos, sin = _rope_tables(cfg, hd, T, dev)
 
-    def lin(h, name):
-        y = h @ sd[name + ".weight"].T
-        if name + ".bias" in sd:
-            y = y + sd[name + ".bias"]
-        return y
-
     x = emb[input_ids]
     visible = visibility_mask(attention_mask, B, T, dev)
     vis_h = visible.expand(B, nH, T, T)
@@ -509,9 +509,9 @@ def llama_forward_ref(
     for i in range(cfg.num_hidden_layers):
         p = f"{pre}layers.{i}."
         h = _rms_norm(x, sd[p + "input_layernorm.weight"], eps)
-        q = lin(h, p + "self_attn.q_proj").reshape(B, T, nH, hd).transpose(1, 2)
-        k = lin(h, p + "self_attn.k_proj").reshape(B, T, nKV, hd).transpose(1, 2)
-        v = lin(h, p + "self_attn.v_proj").reshape(B, T, nKV, hd).transpose(1, 2)
+        q = _linear(sd, h, p + "self_attn.q_proj").reshape(B, T, nH, hd).transpose(1, 2)
+        k = _linear(sd, h, p + "self_attn.k_proj").reshape(B, T, nKV, hd).transpose(1, 2)
+        v = _linear(sd, h, p + "self_attn.v_proj").reshape(B, T, nKV, hd).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         # repeat_kv: query head h uses kv head h // rep
@@ -523,9 +523,9 @@ def llama_forward_ref(
         )
         probs = _attention_probs(scores, vis_h)
         o = (probs @ v).transpose(1, 2).reshape(B, T, nH * hd)
-        x = x + lin(o, p + "self_attn.o_proj")
+        x = x + _linear(sd, o, p + "self_attn.o_proj")
         h = _rms_norm(x, sd[p + "post_attention_layernorm.weight"], eps)
-        x = x + lin(F.silu(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+        x = x + _linear(sd, F.silu(_linear(sd, h, p + "mlp.gate_proj")) * _linear(sd, h, p + "mlp.up_proj"), p + "mlp.down_proj")
         selected_per_layer.append(sel)
     x = _rms_norm(x, sd[pre + "norm.weight"], eps)
     if getattr(cfg, "tie_word_embeddings", False) or "lm_head.weight" not in sd:
@@ -576,17 +576,13 @@ def falcon_forward_ref(
     dev = emb.device
     cos, sin = _rope_tables(cfg, hd, T, dev)
 
-    def lin(h, name):
-        y = h @ sd[name + ".weight"].T
-        return y + sd[name + ".bias"] if name + ".bias" in sd else y
-
     x = emb[input_ids]
     vis_h = visibility_mask(attention_mask, B, T, dev).expand(B, nH, T, T)
     selected_per_layer = []
     for i in range(cfg.num_hidden_layers):
         p = f"{pre}h.{i}."
         h = F.layer_norm(x, (d,), sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"], eps)
-        qkv = lin(h, p + "self_attention.query_key_value").reshape(B, T, nH + 2, hd).transpose(1, 2)
+        qkv = _linear(sd, h, p + "self_attention.query_key_value").reshape(B, T, nH + 2, hd).transpose(1, 2)
         q, k, v = qkv[:, :nH], qkv[:, nH:nH + 1], qkv[:, nH + 1:]
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
@@ -596,8 +592,8 @@ def falcon_forward_ref(
             count_from=_layer_count_from(count_from, i), **kw,
         )
         o = (_attention_probs(scores, vis_h) @ v).transpose(1, 2).reshape(B, T, d)
-        attention = lin(o, p + "self_attention.dense")
-        mlp = lin(F.gelu(lin(h, p + "mlp.dense_h_to_4h")), p + "mlp.dense_4h_to_h")
+        attention = _linear(sd, o, p + "self_attention.dense")
+        mlp = _linear(sd, F.gelu(_linear(sd, h, p + "mlp.dense_h_to_4h")), p + "mlp.dense_4h_to_h")
         x = x + (mlp + attention)
         selected_per_layer.append(sel)
     x = F.layer_norm(x, (d,), sd[pre + "ln_f.weight"], sd[pre + "ln_f.bias"], eps)
@@ -650,10 +646,6 @@ def gemma2_forward_ref(
     dev = emb.device
     cos, sin = _rope_tables(cfg, hd, T, dev)
 
-    def lin(h, name):
-        y = h @ sd[name + ".weight"].T
-        return y + sd[name + ".bias"] if name + ".bias" in sd else y
-
     def norm(h, name):
         return _rms_norm_one_plus(h, sd[name + ".weight"], eps)
 
@@ -664,9 +656,9 @@ def gemma2_forward_ref(
     for i in range(cfg.num_hidden_layers):
         p = f"{pre}layers.{i}."
         h = norm(x, p + "input_layernorm")
-        q = lin(h, p + "self_attn.q_proj").reshape(B, T, nH, hd).transpose(1, 2)
-        k = lin(h, p + "self_attn.k_proj").reshape(B, T, nKV, hd).transpose(1, 2)
-        v = lin(h, p + "self_attn.v_proj").reshape(B, T, nKV, hd).transpose(1, 2)
+        q = _linear(sd, h, p + "self_attn.q_proj").reshape(B, T, nH, hd).transpose(1, 2)
+        k = _linear(sd, h, p + "self_attn.k_proj").reshape(B, T, nKV, hd).transpose(1, 2)
+        v = _linear(sd, h, p + "self_attn.v_proj").reshape(B, T, nKV, hd).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         k, v = k.repeat_interleave(nH // nKV, dim=1), v.repeat_interleave(nH // nKV, dim=1)
@@ -677,9 +669,9 @@ def gemma2_forward_ref(
         if cap is not None:
             scores = _soft_cap(scores, cap)
         o = (_attention_probs(scores, vis_h) @ v).transpose(1, 2).reshape(B, T, nH * hd)
-        x = x + norm(lin(o, p + "self_attn.o_proj"), p + "post_attention_layernorm")
+        x = x + norm(_linear(sd, o, p + "self_attn.o_proj"), p + "post_attention_layernorm")
         h = norm(x, p + "pre_feedforward_layernorm")
-        h = lin(F.gelu(lin(h, p + "mlp.gate_proj"), approximate="tanh") * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+        h = _linear(sd, F.gelu(_linear(sd, h, p + "mlp.gate_proj"), approximate="tanh") * _linear(sd, h, p + "mlp.up_proj"), p + "mlp.down_proj")
         x = x + norm(h, p + "post_feedforward_layernorm")
         selected_per_layer.append(sel)
     x = norm(x, pre + "norm")
@@ -742,9 +734,6 @@ def bloom_forward_ref(
     emb = sd[pre + "word_embeddings.weight"]
     dev = emb.device
 
-    def lin(h, name):
-        return h @ sd[name + ".weight"].T + sd[name + ".bias"]
-
     def layer_norm(h, name):
         return F.layer_norm(h, (d,), sd[name + ".weight"], sd[name + ".bias"], eps)
 
@@ -755,16 +744,16 @@ def bloom_forward_ref(
     for i in range(cfg.n_layer):
         p = f"{pre}h.{i}."
         h = layer_norm(x, p + "input_layernorm")
-        qkv = lin(h, p + "self_attention.query_key_value").reshape(B, T, nH, 3, hd).permute(3, 0, 2, 1, 4)
+        qkv = _linear(sd, h, p + "self_attention.query_key_value").reshape(B, T, nH, 3, hd).permute(3, 0, 2, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         scores, sel = lamp_scores_ref(
             q, k, 1.0 / math.sqrt(hd), vis_h, m, block_k, criterion, tau,
             count_from=_layer_count_from(count_from, i), bias=alibi, **kw,
         )
         o = (_attention_probs(scores + alibi, vis_h) @ v).transpose(1, 2).reshape(B, T, d)
-        x = x + lin(o, p + "self_attention.dense")
+        x = x + _linear(sd, o, p + "self_attention.dense")
         h = layer_norm(x, p + "post_attention_layernorm")
-        x = x + lin(_bloom_gelu(lin(h, p + "mlp.dense_h_to_4h")), p + "mlp.dense_4h_to_h")
+        x = x + _linear(sd, _bloom_gelu(_linear(sd, h, p + "mlp.dense_h_to_4h")), p + "mlp.dense_4h_to_h")
         selected_per_layer.append(sel)
     x = layer_norm(x, pre + "ln_f")
     return x @ sd.get("lm_head.weight", emb).T, selected_per_layer
