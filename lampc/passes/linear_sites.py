@@ -80,7 +80,7 @@ def _is_weight(node: fx.Node) -> bool:
     return node.op in ("get_attr", "placeholder") and isinstance(val, torch.Tensor) and val.dim() == 2
 
 
-def _through_transparent(node: fx.Node) -> fx.Node:
+def through_transparent(node: fx.Node) -> fx.Node:
     """Walk back from `node` through views/dropouts (single-user chain) to the op that made the value."""
     while node.op == "call_function" and node.target in TRANSPARENT:
         if node.target == aten.dropout.default and len(node.args) > 2 and node.args[2]:
@@ -141,13 +141,13 @@ def match_norm(norm: fx.Node) -> LinearMatch | str:
 
 def _match_input(h, kind, consumer, gamma, eps, anchor) -> LinearMatch | str:
     consumer_input = h
-    h = _through_transparent(h)
+    h = through_transparent(h)
     candidates = [(h, None)]
     if h.op == "call_function" and h.target == aten.add.Tensor and all(isinstance(a, fx.Node) for a in h.args[:2]):
         a, b = h.args[:2]
         candidates = [(a, b), (b, a)]
     for value, residual in candidates:
-        source = _through_transparent(value)
+        source = through_transparent(value)
         if source.op == "call_function" and source.target in SITE_OPS:
             return "already rewritten by lampc"
         producer = linear_producer(source)
@@ -162,9 +162,9 @@ def _match_input(h, kind, consumer, gamma, eps, anchor) -> LinearMatch | str:
         if residual is not None and _defined_after(residual, source):
             return f"residual {residual.name} is computed after the producer {source.name}"
         return LinearMatch(kind, consumer, producer, residual, gamma, eps, anchor)
-    sources = _op(_through_transparent(h))
+    sources = _op(through_transparent(h))
     if len(candidates) == 2:
-        sources = "add(" + ", ".join(_op(_through_transparent(v)) for v in (h.args[0], h.args[1])) + ")"
+        sources = "add(" + ", ".join(_op(through_transparent(v)) for v in (h.args[0], h.args[1])) + ")"
     return f"{consumer} input is {sources}, not a linear layer [+ residual]"
 
 

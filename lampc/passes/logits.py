@@ -18,7 +18,7 @@ from torch import fx
 from ..graph_view import module_path
 from ..policy import SitePolicy
 from .driver import Emission, Emitted, SiteKind
-from .linear_sites import LinearProducer, _through_transparent, linear_producer
+from .linear_sites import LinearProducer, through_transparent, linear_producer
 from .result import Skip
 from .softmax_site import emit_softmax_ops
 
@@ -37,7 +37,7 @@ def _logits_producer(gm: fx.GraphModule) -> LinearProducer | Skip:
     first = flat[0] if isinstance(flat, (list, tuple)) and flat else flat
     if not isinstance(first, fx.Node):
         return Skip("logits", "", "output", "the model's first output is not a graph value")
-    source = _through_transparent(first)
+    source = through_transparent(first)
     producer = linear_producer(source)
     if producer is None:
         return Skip("logits", module_path(source), source.name,

@@ -13,7 +13,8 @@ batch), and every SitePolicy field (format, criterion, tau, budget, block_k, bac
 Scoring (`loglikelihood`, `loglikelihood_rolling`) pads on the right: with causal attention and positions 0..T-1
 the padding changes no scored position, so a batched score equals the unbatched one. Generation
 (`generate_until`) pads on the left and runs the compiled model's own `generate` (KV cache, greedy unless the task
-asks to sample), then cuts the text at the task's first stop string.
+asks to sample), then cuts the text at the task's first stop string (or the end-of-text token). The KL of a
+generation task is that of the first answer token's distribution, given the prompt.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class LampcLM(TemplateLM):
         for indices in groups.values():
             options = dict(requests[indices[0]].args[1])
             until = options.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
+            until = ([until] if isinstance(until, str) else list(until)) + [self.tok_decode([self.eot_token_id])]
             max_new = int(options.pop("max_gen_toks", 32))
             do_sample = bool(options.pop("do_sample", False))
             for start in range(0, len(indices), self.batch_size):
@@ -154,7 +155,7 @@ class LampcLM(TemplateLM):
         """The tokens the model reads (context + continuation, minus the last, at most max_length of them) and how
         many of the last positions are scored."""
         whole = (context + continuation)[-(self.max_length + 1):]
-        return whole, len(continuation)
+        return whole, min(len(continuation), len(whole) - 1)
 
     def _log_probs(self, sequences: list[list[int]], scored: list[int]) -> list[Tensor]:
         """log-softmax rows (float64) of each sequence's positions 0..n-2, from one right-padded batch; the KL
