@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 
 from .cli_support import CliError, budget_arg
-from .policy import CRITERIA, SITE_KINDS, Policy, SitePolicy
+from .policy import CRITERIA, ERROR_SCALES, SITE_KINDS, Policy, SitePolicy
 
 DEFAULTS = {"format": "m4", "criterion": "strict", "tau": None, "budget": None, "block_k": 1, "kinds": ["attention"],
-            "sites": "guarded", "backend": "emulate", "fused": False}
+            "sites": "guarded", "backend": "emulate", "fused": False, "error_scale": "score"}
 GRID_OPTIONS = ("format", "criterion", "tau", "block_k")
 
 
@@ -56,6 +56,9 @@ def add_policy_arguments(parser, *, grid: bool = False) -> None:
                        help="'all' also lowers every matmul that is no site (default guarded)")
     group.add_argument("--backend", choices=("emulate", "native"), default=None,
                        help="emulate the format bit-exactly, or run the real dtype (bf16, fp16)")
+    group.add_argument("--error-scale", choices=ERROR_SCALES, default=None, dest="error_scale",
+                       help="what each entry's sensitivity is multiplied by: score (|ŝ|, the paper's, default), l1 or "
+                            "norms (a bound on the producer's error; docs/NUMERICS.md §9)")
     group.add_argument("--fused", action="store_true", default=None,
                        help="softmax sites as one fused op (the deployment form)")
     group.add_argument("--policy", default=None, metavar="FILE",

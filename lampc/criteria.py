@@ -76,6 +76,7 @@ class Criterion:
     needs_fp32:    reads the FP32 product (oracle)
     row_statistics: the fused CPU path selects it from per-row statistics (lampc/lookahead/row_stats.py)
     takes_budget:  its count per row is the policy's `budget` (budget)
+    weighs_errors: reads the per-entry weights (sensitivity x error scale), so SitePolicy.error_scale applies
     rule:          (RuleInputs, site policy) -> selection
     """
 
@@ -93,6 +94,7 @@ class Criterion:
     needs_fp32: bool = False
     row_statistics: bool = False
     takes_budget: bool = False
+    weighs_errors: bool = False
 
     @property
     def looks_ahead(self) -> bool:
@@ -173,15 +175,16 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
               softmax_only=True),
     Criterion("strict", "every entry whose sensitivity times error scale exceeds tau", "rule", _strict,
               Tau(0.1, 0.0, None, False, "> 0"), counts_for_baselines=True, length_scaling=True,
-              row_statistics=True),
+              row_statistics=True, weighs_errors=True),
     Criterion("relaxed", "every entry whose weight exceeds tau times the row's largest (a running maximum)", "rule",
-              _relaxed, Tau(0.03, 0.0, 1.0, False, "in (0, 1]"), counts_for_baselines=True, length_scaling=True),
+              _relaxed, Tau(0.03, 0.0, 1.0, False, "in (0, 1]"), counts_for_baselines=True, length_scaling=True,
+              weighs_errors=True),
     Criterion("random", "as many per row as count_from picks, uniformly at random (evaluation)", "baseline",
               _random, Tau(0.1, 0.0, None, False, "that of count_from"), counted=True, draws=True),
     Criterion("oracle", "as many per row as count_from picks, by the true first-order error (evaluation)",
               "baseline", _oracle, Tau(0.1, 0.0, None, False, "that of count_from"), counted=True, needs_fp32=True),
     Criterion("budget", "the k (or fraction f) entries with the largest strict weight per row", "rule", _budget,
-              no_tau="it takes `budget`, a count or fraction per row", takes_budget=True),
+              no_tau="it takes `budget`, a count or fraction per row", takes_budget=True, weighs_errors=True),
 )}
 """Every criterion, by name. Deployable: target, strict, relaxed, budget; evaluation only: uniform, random, oracle."""
 

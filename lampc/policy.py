@@ -26,6 +26,8 @@ from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITE
 from .formats import Format, parse as parse_format
 
 BACKENDS = ("emulate", "native")
+ERROR_SCALES = ("score", "l1", "norms")
+"""SitePolicy.error_scale: the paper's |ŝ_i|, or a bound on the producer's error (docs/NUMERICS.md §9)."""
 
 NATIVE_FORMATS = ("bf16", "fp16", "fp32")
 """Formats the native backend runs as real torch dtypes (matmul with FP32 accumulation inside)."""
@@ -65,6 +67,10 @@ class SitePolicy:
                     differentiates through the cap (docs/NUMERICS.md §6).
     biased:         set by the attention pass, not by users: the site's mask carries a finite additive bias the
                     softmax sees (Bloom's ALiBi through baddbmm); the look-ahead's softmax includes it.
+    error_scale:    what each entry's sensitivity is multiplied by (docs/NUMERICS.md §9): "score" (the paper's
+                    |ŝ_i|, a relative error), "l1" (the accumulation's error bound from Σ_k |q_k·k_ik|) or
+                    "norms" (its Cauchy–Schwarz bound from ‖q‖·‖k_i‖, O(T·d)); for the rules that weigh errors
+                    (strict, relaxed, budget, and random/oracle counting from strict or relaxed).
     """
 
     format: Format | str = "m4"
@@ -81,6 +87,7 @@ class SitePolicy:
     fused: bool = False
     softcap: float | None = None
     biased: bool = False
+    error_scale: str = "score"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", _field_format(self.format))
@@ -90,6 +97,7 @@ class SitePolicy:
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("criterion", self.criterion, CRITERIA)
         _check_choice("count_from", self.count_from, COUNT_SOURCES)
+        _check_choice("error_scale", self.error_scale, ERROR_SCALES)
         if self.backend == "native" and self.format.name not in NATIVE_FORMATS:
             raise ValueError(
                 f"SitePolicy.backend='native' needs a format torch has as a dtype (bf16, fp16, fp32), "
@@ -109,6 +117,9 @@ class SitePolicy:
         if self.length_scaling is True and not (rule.length_scaling or rule.counted):
             raise ValueError(f"SitePolicy.length_scaling scales the tau of strict and relaxed (and of random/oracle "
                              f"counting from them); it means nothing for criterion {self.criterion!r}")
+        if self.error_scale != "score" and not self.counting_rule.weighs_errors:
+            raise ValueError(f"SitePolicy.error_scale={self.error_scale!r} weighs each entry's error; criterion "
+                             f"{self.criterion!r} does not read error weights (use strict, relaxed or budget)")
         if self.length_scaling is True and rule.counted and not CRITERION_TABLE[self.count_from].length_scaling:
             raise ValueError(f"SitePolicy.length_scaling means nothing for count_from={self.count_from!r}")
         for name in ("length_scaling", "fused", "biased"):
@@ -147,6 +158,8 @@ class SitePolicy:
             text += f" through softcap {self.softcap:g}"
         if self.biased:
             text += " with the additive bias"
+        if self.error_scale != "score":
+            text += f" error scale {self.error_scale}"
         return text
 
     @property

@@ -86,6 +86,10 @@ def check_exportable(site: SitePolicy, index: int, module: str) -> None:
         raise TranslationError(
             f"{where}: the look-ahead with an additive score bias (ALiBi) has no ONNX translation yet; export with "
             "criterion='uniform', or run the compiled model in PyTorch")
+    if site.error_scale != "score" and site.rule.looks_ahead:
+        raise TranslationError(
+            f"{where}: the look-ahead with error_scale={site.error_scale!r} has no ONNX translation yet; export with "
+            "error_scale='score' (the paper's rule), or run the compiled model in PyTorch")
     if site.softcap is not None and site.rule.looks_ahead:
         raise TranslationError(
             f"{where}: the look-ahead through logit soft-capping (softcap {site.softcap:g}) has no ONNX translation "

@@ -158,8 +158,9 @@ class SoftmaxRows(TorchRows):
     quantity is computed on first use, so a rule pays only for what it reads."""
 
     def __init__(self, s_hat: Tensor, visible: Tensor, usable: Tensor, site: SitePolicy, *, s_fp32=None,
-                 generator=None, bias: Tensor | None = None):
+                 generator=None, bias: Tensor | None = None, error_scale: Tensor | None = None):
         self.s_hat, self.visible, self.usable, self.site = s_hat, visible, usable, site
+        self.error_scale = s_hat.abs() if error_scale is None else error_scale  # what an entry's error scales with
         self.s_fp32, self.generator, self.bias = s_fp32, generator, bias
         self.capped_hat, self.gain = capped(s_hat, site.softcap), cap_gain(s_hat, site.softcap)
         self.logits = self.capped_hat if bias is None else self.capped_hat + bias  # what the softmax sees
@@ -171,12 +172,13 @@ class SoftmaxRows(TorchRows):
         return self._a
 
     def strict_weight(self) -> Tensor:
-        return strict_sensitivity(self.s_hat, self.probabilities(), self.gain)
+        return strict_sensitivity(self.error_scale, self.probabilities(), self.gain)
 
     def relaxed_weight(self) -> Tensor:
-        """z_i = |ŝ_i|·exp(logit_i − max logit) (· gain_i under a soft cap): only a running row max is needed."""
+        """z_i = |ŝ_i|·exp(logit_i − max logit) (· gain_i under a soft cap): only a running row max is needed.
+        (|ŝ_i|: the entry's error scale, see SitePolicy.error_scale.)"""
         row_max = self.logits.masked_fill(~self.usable, float("-inf")).amax(dim=-1, keepdim=True)
-        z = self.s_hat.abs() * torch.exp(self.logits - row_max)
+        z = self.error_scale * torch.exp(self.logits - row_max)
         return (z if self.gain is None else z * self.gain).masked_fill(~self.usable, 0.0)  # (…, T, L)
 
     def row_tau(self, tau: float, relaxed: bool):
@@ -211,9 +213,10 @@ def select(
     s_fp32: Tensor | None = None,
     generator: torch.Generator | None = None,
     bias: Tensor | None = None,
+    error_scale: Tensor | None = None,
 ) -> Tensor:
     """The selection of `site.criterion` (its rule in lampc.criteria); a non-finite ŝ is always selected, masked
-    or not.
+    or not. error_scale: each entry's error scale when it is not |ŝ_i| (lookahead/error_scale.py).
 
     A masked score that overflowed would stay inf after the additive mask (inf + finfo.min = inf) and turn the
     softmax row into NaN; selected, it is recomputed in FP32 (finite wherever the FP32 model is). The recompute
@@ -225,7 +228,8 @@ def select(
     visible = visible.expand(s_hat.shape)
     always = ~torch.isfinite(s_hat)  # non-finite scores: always recomputed, visible or not
     usable = visible & ~always  # the rules look at the finite scores
-    rows = SoftmaxRows(s_hat, visible, usable, site, s_fp32=s_fp32, generator=generator, bias=bias)
+    rows = SoftmaxRows(s_hat, visible, usable, site, s_fp32=s_fp32, generator=generator, bias=bias,
+                       error_scale=None if error_scale is None else error_scale.expand(s_hat.shape))
     return site.rule.select(rows, site) | always
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..lookahead import row_stats
+from ..lookahead.error_scale import producer_error_scale
 from ..lookahead.fused import fused_widen_select
 from ..lookahead.recompute import recompute_into
 from ..lookahead.softmax import visible_from_mask
@@ -47,7 +48,7 @@ def lamp_scores(
             every = mask is None and not is_causal
             selected, flat = row_stats.select_from_row_stats(s_hat, None if every else visible, settings, s_low=s_low)
             return recompute_into(s_hat, selected, q, k_t, scale, settings.dense_above, flat=flat), selected
-        s_hat, selected = fused_widen_select(s_low, visible, settings)
+        s_hat, selected = fused_widen_select(s_low, visible, settings, producer_error_scale(settings, q, k_t, scale))
     else:  # emulated formats and the evaluation baselines: the unfused ops' own code
         s_hat = lowp_scores(q, k_t, scale, policy)
         selected = lamp_select(s_hat, q, k_t, scale, mask, is_causal, policy, site)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..lookahead.components import column_norms, select_components
+from ..lookahead.error_scale import producer_error_scale
 from ..lookahead.fused import fused_component_select
 from ..lookahead.recompute import fp32_product, recompute
 from ..numerics import lp_matmul, round_to
@@ -79,9 +80,11 @@ def component_select(
     if not settings.rule.looks_ahead:  # no look-ahead: only non-finite outputs are recomputed
         return ~torch.isfinite(y_hat)
     h_hat = consumer_input(y_hat, residual)
+    error_scale = producer_error_scale(settings, x, w)  # None: |ŷ_i|, the paper's relative error
     if settings.fused and settings.rule.pure:
-        return fused_component_select(y_hat, h_hat, consumer, gamma, eps, settings).reshape(y_hat.shape)
-    weight = column_norms(consumer, h_hat, gamma, eps) * y_hat.reshape(h_hat.shape).abs()
+        return fused_component_select(y_hat, h_hat, consumer, gamma, eps, settings, error_scale).reshape(y_hat.shape)
+    scale = y_hat.abs() if error_scale is None else error_scale.expand(y_hat.shape)
+    weight = column_norms(consumer, h_hat, gamma, eps) * scale.reshape(h_hat.shape)
     true_error = None
     if settings.rule.needs_fp32:
         y = fp32_product(x, w, bias=bias)

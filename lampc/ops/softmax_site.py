@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..lookahead.error_scale import producer_error_scale
 from ..lookahead.fused import fused_select
 from ..lookahead.recompute import fp32_product, recompute
 from ..lookahead.softmax import select, visible_from_mask
@@ -69,10 +70,11 @@ def lamp_select(
     bias = None
     if settings.biased and mask is not None:  # ALiBi: the finite part of the mask is part of the softmax's input
         bias = torch.where(visible, mask, torch.zeros((), dtype=mask.dtype, device=mask.device)).expand(s_hat.shape)
+    scale_ = producer_error_scale(settings, q, k_t, scale)
     if settings.fused and settings.rule.compiles:
-        return fused_select(s_hat, visible, settings, s_fp32=s_fp32, bias=bias)
+        return fused_select(s_hat, visible, settings, s_fp32=s_fp32, bias=bias, error_scale=scale_)
     generator = random_generator(settings.seed, site) if settings.rule.draws else None
-    return select(s_hat, visible, settings, s_fp32=s_fp32, generator=generator, bias=bias)
+    return select(s_hat, visible, settings, s_fp32=s_fp32, generator=generator, bias=bias, error_scale=scale_)
 
 
 @lamp_select.register_fake
