@@ -72,7 +72,8 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 def ranking_section(rows: list[dict]) -> str:
     """Per task: do cells with more KL lose more accuracy (or gain more perplexity)?"""
-    lines = ["| task | cells | Spearman(KL, loss) | largest KL | largest loss | disagreement |", "|---|---|---|---|---|---|"]
+    lines = ["| task | cells | Spearman(KL, loss) | largest KL | largest loss | disagreement |",
+             "|---|---|---|---|---|---|"]
     for task in sorted({r["task"] for r in rows}):
         cells = [r for r in rows if r["task"] == task and r["cell"] != "fp32" and not math.isnan(r["kl"])]
         if len(cells) < 3:

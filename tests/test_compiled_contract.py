@@ -10,7 +10,7 @@ from transformers import PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutput
 
 import lampc
-from lampc import Policy, SitePolicy
+from lampc import SitePolicy
 from tiny_models import padded_batch, tiny_gpt2
 
 pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
