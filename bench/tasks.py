@@ -34,17 +34,20 @@ LIMITS = {"embedded": 200, "smollm2-135m": 60}
 """Documents per task (per model: SmolLM2's emulated m4 attention is the slow part on a CPU)."""
 
 
-def cells_for(model: str, has_bf16: bool) -> dict[str, dict]:
-    taus = STRICT_TAUS[model]
-    cells = {"m4 uniform": dict(format="m4", criterion="uniform"), "m7 uniform": dict(format="m7", criterion="uniform")}
+def cells_for(model: str, has_bf16: bool, taus=None, m7: bool = True) -> dict[str, dict]:
+    taus = taus or STRICT_TAUS[model]
+    cells = {"m4 uniform": dict(format="m4", criterion="uniform")}
+    if m7:
+        cells["m7 uniform"] = dict(format="m7", criterion="uniform")
     for tau in taus:
         cells[f"m4 strict tau={tau:g}"] = dict(format="m4", criterion="strict", tau=tau)
-    cells[f"m4 random (strict tau={taus[1]:g} counts)"] = dict(format="m4", criterion="random", tau=taus[1],
-                                                               count_from="strict")
+    middle = taus[len(taus) // 2]
+    cells[f"m4 random (strict tau={middle:g} counts)"] = dict(format="m4", criterion="random", tau=middle,
+                                                              count_from="strict")
     if has_bf16:
         native = dict(format="bf16", backend="native", sites="all", kinds="attention+logits")
         cells["bf16 native uniform"] = dict(native, criterion="uniform")
-        cells[f"bf16 native LAMP strict tau={taus[1]:g}"] = dict(native, criterion="strict", tau=taus[1], fused=True)
+        cells[f"bf16 native LAMP strict tau={middle:g}"] = dict(native, criterion="strict", tau=middle, fused=True)
     return cells
 
 
@@ -98,6 +101,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", choices=sorted(STRICT_TAUS), help="default: both")
     parser.add_argument("--limit", type=int, default=None, help="documents per task (default: per model)")
+    parser.add_argument("--strict-taus", default=None, help="comma-separated taus of the strict cells (default per "
+                                                             "model)")
+    parser.add_argument("--no-m7", action="store_true", help="leave out the m7 uniform cell")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "tasks"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -108,7 +114,9 @@ def main(argv=None) -> int:
     for model in args.model or ["embedded", "smollm2-135m"]:
         limit = args.limit or LIMITS[model]
         start = time.perf_counter()
-        rows, raw = compare(model, cells_for(model, has_bf16), austen_tasks(), limit=limit, batch_size=8,
+        taus = tuple(float(t) for t in args.strict_taus.split(",")) if args.strict_taus else None
+        cells = cells_for(model, has_bf16, taus, m7=not args.no_m7)
+        rows, raw = compare(model, cells, austen_tasks(), limit=limit, batch_size=8,
                             progress=lambda text: print(text, flush=True))
         minutes = (time.perf_counter() - start) / 60
         write(rows, raw, Path(args.out) / model)
@@ -117,7 +125,8 @@ def main(argv=None) -> int:
                    f"minus FP32's):\n\n{ranking_section(rows)}")
         print(section, flush=True)
         report.append(section)
-    (Path(args.out) / "report.md").write_text("\n".join(report), encoding="utf-8")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"report_{'_'.join(args.model or ['all'])}.md").write_text("\n".join(report), encoding="utf-8")
     return 0
 
 
