@@ -160,11 +160,16 @@ class SoftmaxRows(TorchRows):
     def __init__(self, s_hat: Tensor, visible: Tensor, usable: Tensor, site: SitePolicy, *, s_fp32=None,
                  generator=None, bias: Tensor | None = None, error_scale: Tensor | None = None):
         self.s_hat, self.visible, self.usable, self.site = s_hat, visible, usable, site
-        self.error_scale = s_hat.abs() if error_scale is None else error_scale  # what an entry's error scales with
+        self._error_scale = error_scale
         self.s_fp32, self.generator, self.bias = s_fp32, generator, bias
         self.capped_hat, self.gain = capped(s_hat, site.softcap), cap_gain(s_hat, site.softcap)
         self.logits = self.capped_hat if bias is None else self.capped_hat + bias  # what the softmax sees
         self._a = None
+
+    @property
+    def error_scale(self) -> Tensor:
+        """What each entry's error scales with: |ŝ_i| (the paper's), or the site's bound (SitePolicy.error_scale)."""
+        return self.s_hat.abs() if self._error_scale is None else self._error_scale
 
     def probabilities(self) -> Tensor:
         if self._a is None:
