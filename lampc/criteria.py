@@ -121,8 +121,8 @@ class Criterion:
 
     def text(self, site) -> str:
         """The rule of `site` (a SitePolicy) in a few words, e.g. 'strict tau=0.1' or 'budget k=8'."""
-        if self.name == "uniform":
-            return "uniform (no recompute)"
+        if not self.looks_ahead:
+            return f"{self.name} (no recompute)"
         if self.takes_budget:
             return f"budget {'k' if isinstance(site.budget, int) else 'fraction'}={site.budget}"
         text = f"{self.name} tau={site.tau:g}"
