@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--strict-taus", default=None, help="comma-separated taus of the strict cells (default per "
                                                              "model)")
     parser.add_argument("--no-m7", action="store_true", help="leave out the m7 uniform cell")
+    parser.add_argument("--only", default=None, help="keep only the cells whose name contains this text")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "tasks"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -116,6 +117,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         taus = tuple(float(t) for t in args.strict_taus.split(",")) if args.strict_taus else None
         cells = cells_for(model, has_bf16, taus, m7=not args.no_m7)
+        if args.only:
+            cells = {name: cell for name, cell in cells.items() if args.only in name}
         rows, raw = compare(model, cells, austen_tasks(), limit=limit, batch_size=8,
                             progress=lambda text: print(text, flush=True))
         minutes = (time.perf_counter() - start) / 60
