@@ -187,6 +187,11 @@ class SitePolicy:
         return _from_spec_cached(spec)
 
 
+SITE_FIELDS = tuple(f.name for f in dataclasses.fields(SitePolicy))
+SET_BY_PASSES = ("softcap", "biased")
+"""SitePolicy fields the attention pass sets at a site it finds (users do not)."""
+
+
 @dataclass(frozen=True)
 class Policy:
     """One `SitePolicy` per site kind; a kind set to None is not rewritten.
@@ -251,7 +256,7 @@ class Policy:
                 raise ValueError(f"kinds must be a non-empty list of {', '.join(SITE_KINDS)}; got {kinds}")
             policy = dataclasses.replace(
                 policy, **{k: (getattr(policy, k) or SitePolicy()) if k in kinds else None for k in SITE_KINDS})
-        site_names = {f.name for f in dataclasses.fields(SitePolicy)}
+        site_names = set(SITE_FIELDS)
         policy_names = {f.name for f in dataclasses.fields(Policy)}
         unknown = set(overrides) - site_names - policy_names
         if unknown:

@@ -13,16 +13,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections import Counter, defaultdict
 
 import onnx
 
-from ..policy import SitePolicy
-
-SITE_FIELDS = {f.name for f in dataclasses.fields(SitePolicy)}
+from ..policy import SITE_FIELDS, SitePolicy
 
 _DTYPES = {1: "f32", 6: "i32", 7: "i64", 9: "b8", 10: "f16", 11: "f64", 12: "u32", 16: "bf16"}
 _OPS_ORDER = ("lowp_scores", "lamp_select", "recompute_scores")

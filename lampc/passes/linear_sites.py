@@ -249,7 +249,7 @@ def find_linear_sites(gm: fx.GraphModule, kinds: set[str]) -> tuple[list[LinearM
     if "gelu" in kinds:
         for value, first in find_tanh_gelu_inputs(gm):
             found = _match_input(value, "gelu", "gelu_tanh", None, 0.0, first)
-            _collect(found, first, "gelu", matches, skips, value_users_ok=True)
+            _collect(found, first, "gelu", matches, skips)
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
@@ -263,7 +263,7 @@ def find_linear_sites(gm: fx.GraphModule, kinds: set[str]) -> tuple[list[LinearM
     return matches, skips
 
 
-def _collect(found, node, kind, matches, skips, value_users_ok=False) -> None:
+def _collect(found, node, kind, matches, skips) -> None:
     if isinstance(found, str):
         skips.append(Skip(kind, module_path(node), node.name, found))
     else:

@@ -32,7 +32,7 @@ from torch import Tensor
 from ..api import compile as compile_model
 from ..cli_policy import load_policy_file
 from ..models import load_model
-from ..policy import SitePolicy, parse_budget
+from ..policy import SET_BY_PASSES, SITE_FIELDS, parse_budget
 
 
 def _policy_value(name: str, value):
@@ -50,7 +50,7 @@ def _policy_value(name: str, value):
     return value
 
 
-SITE_FIELDS = {f for f in SitePolicy.__dataclass_fields__ if f not in ("softcap", "biased")}
+USER_FIELDS = set(SITE_FIELDS) - set(SET_BY_PASSES)
 
 
 @register_model("lampc")
@@ -62,10 +62,10 @@ class LampcLM(TemplateLM):
         """loaded: (model, tokenizer) already loaded (else `model` is loaded); compiler: what compiles the model
         under the policy (default lampc.compile; a sweep passes its CellCompiler, which captures once)."""
         super().__init__()
-        unknown = set(fields) - SITE_FIELDS
+        unknown = set(fields) - USER_FIELDS
         if unknown:
             raise ValueError(f"model_args: unknown field(s) {sorted(unknown)}; lampc takes model, fp32, batch_size, "
-                             f"max_length, kl, kinds, policy, sites and the SitePolicy fields {sorted(SITE_FIELDS)}")
+                             f"max_length, kl, kinds, policy, sites and the SitePolicy fields {sorted(USER_FIELDS)}")
         self.fp32_model, self.tokenizer = loaded if loaded is not None else load_model(model)
         self.where = torch.device(device or "cpu")  # lm-eval passes its --device; max_batch_size is not used
         self.fp32_model.to(self.where)
@@ -161,14 +161,7 @@ class LampcLM(TemplateLM):
         """log-softmax rows (float64) of each sequence's positions 0..n-2, from one right-padded batch; the KL
         against FP32 counts the positions that predict the last `scored[i]` tokens of sequence i (the answer)."""
         inputs = [tokens[:-1] for tokens in sequences]
-        width = max(2, max(len(t) for t in inputs))  # the full-sequence graph takes T >= 2
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
-        ids = torch.full((len(inputs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, tokens in enumerate(inputs):
-            ids[row, :len(tokens)] = torch.tensor(tokens)
-            mask[row, :len(tokens)] = 1
-        ids, mask = ids.to(self.where), mask.to(self.where)
+        ids, mask = self._padded(inputs, left=False, min_width=2)  # the full-sequence graph takes T >= 2
         with torch.no_grad():
             logits = self._logits(ids, mask)
             logprobs = torch.log_softmax(logits.double(), dim=-1)
@@ -176,6 +169,21 @@ class LampcLM(TemplateLM):
                 reference = torch.log_softmax(self.fp32_model(input_ids=ids, attention_mask=mask).logits.double(), -1)
                 self._add_kl(reference, logprobs, sequences, scored)
         return [logprobs[row, :len(tokens)].cpu() for row, tokens in enumerate(inputs)]
+
+    @property
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
+
+    def _padded(self, rows: list[list[int]], *, left: bool, min_width: int = 1) -> tuple[Tensor, Tensor]:
+        """(ids, attention mask) of one batch on the model's device, padded on the left or on the right."""
+        width = max(min_width, max(len(r) for r in rows))
+        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, tokens in enumerate(rows):
+            where = slice(width - len(tokens), width) if left else slice(0, len(tokens))
+            ids[row, where] = torch.tensor(tokens)
+            mask[row, where] = 1
+        return ids.to(self.where), mask.to(self.where)
 
     def _logits(self, ids: Tensor, mask: Tensor) -> Tensor:
         model = self.fp32_model if self.compiled is None else self.compiled
@@ -191,15 +199,9 @@ class LampcLM(TemplateLM):
             self.kl_count += n - first
 
     def _generate(self, prompts: list[list[int]], max_new: int, do_sample: bool, options: dict) -> list[str]:
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, tokens in enumerate(prompts):
-            ids[row, width - len(tokens):] = torch.tensor(tokens)
-            mask[row, width - len(tokens):] = 1
-        ids, mask = ids.to(self.where), mask.to(self.where)
-        settings = dict(max_new_tokens=max_new, do_sample=do_sample, pad_token_id=pad,
+        ids, mask = self._padded(prompts, left=True)
+        width = ids.shape[1]
+        settings = dict(max_new_tokens=max_new, do_sample=do_sample, pad_token_id=self._pad_id,
                         eos_token_id=self.eot_token_id)
         if do_sample and "temperature" in options:
             settings["temperature"] = float(options["temperature"])
