@@ -4,6 +4,7 @@
     lampc show [--model embedded]      compile a model and print its rewritten graph, grouped by site
     lampc demo                         the main job: the accuracy protocol on the embedded model, compact table
     lampc eval ...                     the paper's accuracy protocol, a grid of formats x criteria x tau
+    lampc calibrate --rate R ...       one tau per site for a target recompute rate (or --kl), as a policy file
     lampc export ...                   export a compiled model to ONNX
     lampc generate --prompt TEXT ...   continue prompts with a compiled model (KV cache), beside FP32 if asked
     lampc tasks --tasks LIST ...       lm-eval tasks on a LAMP model, paired with FP32 (flips, McNemar, KL)
@@ -26,6 +27,7 @@ SUBCOMMANDS = {
     "show": "lampc.inspect.cli_show",
     "demo": "lampc.eval.cli_demo",
     "eval": "lampc.eval.cli_eval",
+    "calibrate": "lampc.eval.cli_calibrate",
     "export": "lampc.export.cli_export",
     "generate": "lampc.eval.cli_generate",
     "tasks": "lampc.tasks.cli_tasks",

@@ -6,10 +6,12 @@
                                               those as lists)
     compile_arguments(args) -> (policy, overrides)   for lampc.compile(model, policy, **overrides)
 
-`--policy FILE` (JSON, or YAML with PyYAML) holds a whole Policy, per kind:
+`--policy FILE` (JSON, or YAML with PyYAML) holds a whole Policy, per kind, and optionally one rule per site
+(`lampc calibrate` writes such files, with a "calibration" record that loading ignores):
 
     {"attention": {"format": "m7", "criterion": "strict", "tau": 0.1},
-     "logits": {"format": "m7", "criterion": "budget", "budget": 0.05}, "sites": "guarded"}
+     "logits": {"format": "m7", "criterion": "budget", "budget": 0.05}, "sites": "guarded",
+     "per_site": [{"site": 3, "kind": "attention", "module": "transformer.h.3.attn", "tau": 0.02}]}
 
 Options given beside it override its fields for every kind it enables; options not given leave it as it is.
 """
@@ -21,7 +23,7 @@ import json
 from pathlib import Path
 
 from .cli_support import CliError, budget_arg
-from .policy import CRITERIA, ERROR_SCALES, SITE_KINDS, Policy, SitePolicy
+from .policy import CRITERIA, ERROR_SCALES, SITE_KINDS, Policy, SiteOverride, SitePolicy
 
 DEFAULTS = {"format": "m4", "criterion": "strict", "tau": None, "budget": None, "block_k": 1, "kinds": ["attention"],
             "sites": "guarded", "backend": "emulate", "fused": False, "error_scale": "score"}
@@ -58,7 +60,8 @@ def add_policy_arguments(parser, *, grid: bool = False) -> None:
                        help="emulate the format bit-exactly, or run the real dtype (bf16, fp16)")
     group.add_argument("--error-scale", choices=ERROR_SCALES, default=None, dest="error_scale",
                        help="what each entry's sensitivity is multiplied by: score (|ŝ|, the paper's, default), l1 or "
-                            "norms (a bound on the producer's error; docs/NUMERICS.md §9)")
+                            "norms (a bound on the producer's error), mixed (|ŝ| floored at a cancelling dot "
+                            "product's size) or exact (the true error, evaluation only); docs/NUMERICS.md §9")
     group.add_argument("--fused", action="store_true", default=None,
                        help="softmax sites as one fused op (the deployment form)")
     group.add_argument("--policy", default=None, metavar="FILE",
@@ -93,19 +96,46 @@ def load_policy_file(path: str | Path) -> Policy:
                        f"{str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise CliError(f"--policy: {path} must hold an object with site kinds ({', '.join(SITE_KINDS)}) and sites")
-    unknown = set(data) - set(SITE_KINDS) - {"sites"}
+    unknown = set(data) - set(SITE_KINDS) - {"sites", "per_site", "calibration"}
     if unknown:
-        raise CliError(f"--policy: unknown key(s) {sorted(unknown)}; expected {', '.join(SITE_KINDS)} and sites")
-    fields = {"sites": data.get("sites", "guarded")}
+        raise CliError(f"--policy: unknown key(s) {sorted(unknown)}; expected {', '.join(SITE_KINDS)}, sites, "
+                       "per_site (and calibration, a record lampc calibrate writes)")
+    fields = {"sites": data.get("sites", "guarded"), "per_site": _per_site(data.get("per_site") or [])}
     for kind in SITE_KINDS:
         site = data.get(kind)
         if site is not None and not isinstance(site, dict):
             raise CliError(f"--policy: {kind} must be an object of SitePolicy fields or null")
         try:
-            fields[kind] = SitePolicy(**site) if site is not None else None
+            fields[kind] = _site_policy(site) if site is not None else None
         except (TypeError, ValueError) as err:
             raise CliError(f"--policy: {kind}: {err}") from None
     try:
         return Policy(**fields)
     except ValueError as err:
         raise CliError(f"--policy: {err}") from None
+
+
+def _per_site(entries) -> tuple[SiteOverride, ...]:
+    """per_site: [{"site": 3, "kind": "attention", "module": "...", "tau": 0.02}, ...] as SiteOverrides."""
+    if not isinstance(entries, list):
+        raise CliError("--policy: per_site must be a list of objects {site, kind, module, and per-site fields}")
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict) or "site" not in entry or "kind" not in entry:
+            raise CliError(f"--policy: per_site entry {entry!r} needs at least site and kind")
+        fields = {k: v for k, v in entry.items() if k not in ("site", "kind", "module")}
+        try:
+            out.append(SiteOverride(entry["site"], entry["kind"], fields, module=entry.get("module")))
+        except ValueError as err:
+            raise CliError(f"--policy: per_site: {err}") from None
+    return tuple(out)
+
+
+def _site_policy(fields: dict) -> SitePolicy:
+    """A SitePolicy from a file's fields; "m_bits" (which Policy.to_dict writes beside the format) must agree."""
+    fields = dict(fields)
+    m_bits = fields.pop("m_bits", None)
+    site = SitePolicy(**fields)
+    if m_bits is not None and m_bits != site.m_bits:
+        raise ValueError(f"m_bits {m_bits!r} disagrees with format {site.format.name!r} ({site.m_bits} bits)")
+    return site

@@ -78,6 +78,8 @@ class Criterion:
     takes_budget:  its count per row is the policy's `budget` (budget)
     weighs_errors: reads the per-entry weights (sensitivity x error scale), so SitePolicy.error_scale applies
     rule:          (RuleInputs, site policy) -> selection
+    terms:         for the threshold rules (strict, relaxed): (RuleInputs, site policy) -> (weight, threshold),
+                   the rule being `weight > threshold`; what calibration records (lampc/lookahead/record.py)
     """
 
     name: str
@@ -95,6 +97,7 @@ class Criterion:
     row_statistics: bool = False
     takes_budget: bool = False
     weighs_errors: bool = False
+    terms: Callable[[RuleInputs, Any], tuple[Any, Any]] | None = None
 
     @property
     def looks_ahead(self) -> bool:
@@ -137,13 +140,21 @@ def _uniform(r: RuleInputs, site):
     return r.nothing()
 
 
+def _strict_terms(r: RuleInputs, site):
+    return r.strict_weight(), r.row_tau(site.tau, relaxed=False)
+
+
+def _relaxed_terms(r: RuleInputs, site):
+    weight = r.relaxed_weight()
+    return weight, r.times(r.row_tau(site.tau, relaxed=True), r.row_max(weight))
+
+
 def _strict(r: RuleInputs, site):
-    return r.above(r.strict_weight(), r.row_tau(site.tau, relaxed=False))
+    return r.above(*_strict_terms(r, site))
 
 
 def _relaxed(r: RuleInputs, site):
-    weight = r.relaxed_weight()
-    return r.above(weight, r.times(r.row_tau(site.tau, relaxed=True), r.row_max(weight)))
+    return r.above(*_relaxed_terms(r, site))
 
 
 def _target(r: RuleInputs, site):
@@ -175,10 +186,10 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
               softmax_only=True),
     Criterion("strict", "every entry whose sensitivity times error scale exceeds tau", "rule", _strict,
               Tau(0.1, 0.0, None, False, "> 0"), counts_for_baselines=True, length_scaling=True,
-              row_statistics=True, weighs_errors=True),
+              row_statistics=True, weighs_errors=True, terms=_strict_terms),
     Criterion("relaxed", "every entry whose weight exceeds tau times the row's largest (a running maximum)", "rule",
               _relaxed, Tau(0.03, 0.0, 1.0, False, "in (0, 1]"), counts_for_baselines=True, length_scaling=True,
-              weighs_errors=True),
+              weighs_errors=True, terms=_relaxed_terms),
     Criterion("random", "as many per row as count_from picks, uniformly at random (evaluation)", "baseline",
               _random, Tau(0.1, 0.0, None, False, "that of count_from"), counted=True, draws=True),
     Criterion("oracle", "as many per row as count_from picks, by the true first-order error (evaluation)",
@@ -195,6 +206,8 @@ THRESHOLD_RULES = tuple(name for name, c in CRITERIA.items() if c.tau is not Non
 LAMP_RULES = tuple(name for name, c in CRITERIA.items() if c.purpose == "rule" and c.tau is not None)
 """The paper's threshold rules (target, strict, relaxed)."""
 EXPORTABLE = tuple(name for name, c in CRITERIA.items() if c.onnx)
+CALIBRATED = tuple(name for name, c in CRITERIA.items() if c.terms is not None)
+"""Criteria `lampc calibrate` can set one threshold per site for (a weight against a threshold)."""
 
 
 def check_tau(criterion: str, count_from: str, tau) -> float:

@@ -26,8 +26,9 @@ from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITE
 from .formats import Format, parse as parse_format
 
 BACKENDS = ("emulate", "native")
-ERROR_SCALES = ("score", "l1", "norms")
-"""SitePolicy.error_scale: the paper's |ŝ_i|, or a bound on the producer's error (docs/NUMERICS.md §9)."""
+ERROR_SCALES = ("score", "l1", "norms", "mixed", "exact")
+"""SitePolicy.error_scale: the paper's |ŝ_i|, a bound on the producer's error, |ŝ_i| floored at a cancelling dot
+product's magnitude, or the true error (evaluation only; docs/NUMERICS.md §9)."""
 
 NATIVE_FORMATS = ("bf16", "fp16", "fp32")
 """Formats the native backend runs as real torch dtypes (matmul with FP32 accumulation inside)."""
@@ -68,9 +69,12 @@ class SitePolicy:
     biased:         set by the attention pass, not by users: the site's mask carries a finite additive bias the
                     softmax sees (Bloom's ALiBi through baddbmm); the look-ahead's softmax includes it.
     error_scale:    what each entry's sensitivity is multiplied by (docs/NUMERICS.md §9): "score" (the paper's
-                    |ŝ_i|, a relative error), "l1" (the accumulation's error bound from Σ_k |q_k·k_ik|) or
-                    "norms" (its Cauchy–Schwarz bound from ‖q‖·‖k_i‖, O(T·d)); for the rules that weigh errors
-                    (strict, relaxed, budget, and random/oracle counting from strict or relaxed).
+                    |ŝ_i|, a relative error), "l1" (the accumulation's error bound from Σ_k |q_k·k_ik|),
+                    "norms" (its Cauchy–Schwarz bound from ‖q‖·‖k_i‖, O(T·d)), "mixed" (|ŝ_i| floored at
+                    ‖q‖·‖k_i‖·|c|/√K, a cancelling dot product's size; tau in the paper's units) or "exact"
+                    (|s_i − ŝ_i| from the FP32 product: evaluation only, the oracle's weight under a threshold);
+                    for the rules that weigh errors (strict, relaxed, budget, and random/oracle counting from
+                    strict or relaxed).
     """
 
     format: Format | str = "m4"
@@ -192,13 +196,63 @@ SET_BY_PASSES = ("softcap", "biased")
 """SitePolicy fields the attention pass sets at a site it finds (users do not)."""
 
 
+PER_SITE_FIELDS = ("tau", "criterion", "budget", "length_scaling", "l_ref", "error_scale")
+"""The SitePolicy fields one site may set apart from its kind: the look-ahead rule, never the numbers or the
+structure (format, block_k, backend and fused stay the kind's, so every site of a kind runs the same ops)."""
+
+
+@dataclass(frozen=True)
+class SiteOverride:
+    """One site's own rule, over its kind's SitePolicy: e.g. the threshold `lampc calibrate` chose for it.
+
+    site:    the site's index, as `lampc show` and the statistics number it (graph order, attention first)
+    kind:    the site's kind; compile refuses the override if site `site` is of another kind
+    fields:  SitePolicy fields from PER_SITE_FIELDS, as (name, value) pairs
+    module:  the producer's module path; when given, compile refuses the override at a site of another module
+    """
+
+    site: int
+    kind: str
+    fields: tuple[tuple[str, object], ...]
+    module: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.site, bool) or not isinstance(self.site, int) or self.site < 0:
+            raise ValueError(f"SiteOverride.site must be a site index >= 0, got {self.site!r}")
+        _check_choice("kind", self.kind, SITE_KINDS, owner="SiteOverride")
+        fields = tuple(self.fields.items()) if isinstance(self.fields, dict) else tuple(map(tuple, self.fields))
+        object.__setattr__(self, "fields", fields)
+        bad = [name for name, _ in fields if name not in PER_SITE_FIELDS]
+        if bad:
+            raise ValueError(f"SiteOverride (site {self.site}): field(s) {bad} cannot differ per site; per-site "
+                             f"fields: {', '.join(PER_SITE_FIELDS)}")
+        if self.module is not None and not isinstance(self.module, str):
+            raise ValueError(f"SiteOverride.module must be a module path or None, got {self.module!r}")
+
+    def apply(self, base: SitePolicy) -> SitePolicy:
+        """The site's SitePolicy: `base` (its kind's) with these fields (ValueError naming the site if invalid)."""
+        try:
+            return _replace_site(base, dict(self.fields))
+        except ValueError as err:
+            raise ValueError(f"Policy.per_site, site {self.site} ({self.kind}): {err}") from None
+
+    def to_dict(self) -> dict:
+        out = {"site": self.site, "kind": self.kind}
+        if self.module is not None:
+            out["module"] = self.module
+        return {**out, **dict(self.fields)}
+
+
 @dataclass(frozen=True)
 class Policy:
     """One `SitePolicy` per site kind; a kind set to None is not rewritten.
 
-    sites:  "guarded" lowers only the producers of the enabled site kinds (the paper's setting: attention's QKᵀ);
-            "all" also lowers every other matmul of the model (the deployment case), in the format of the first
-            enabled kind, with no look-ahead where there is no site.
+    sites:    "guarded" lowers only the producers of the enabled site kinds (the paper's setting: attention's QKᵀ);
+              "all" also lowers every other matmul of the model (the deployment case), in the format of the first
+              enabled kind, with no look-ahead where there is no site.
+    per_site: `SiteOverride`s, each giving one site its own rule over its kind's (a calibrated tau per layer,
+              from `lampc calibrate`); compile refuses one that names no site of the model, or a site of another
+              kind or module.
     """
 
     attention: SitePolicy | None = field(default_factory=SitePolicy)
@@ -206,6 +260,7 @@ class Policy:
     logits: SitePolicy | None = None
     gelu: SitePolicy | None = None
     sites: str = "guarded"
+    per_site: tuple[SiteOverride, ...] = ()
 
     def __post_init__(self) -> None:
         for kind in SITE_KINDS:
@@ -222,6 +277,31 @@ class Policy:
                                                            else "")
                 raise ValueError(f"Policy.{kind}: {what} applies to softmax sites only (attention, logits); use "
                                  "strict, relaxed or budget at layer_norm and activation sites")
+        object.__setattr__(self, "per_site", tuple(self.per_site))
+        seen = set()
+        for override in self.per_site:
+            if not isinstance(override, SiteOverride):
+                raise ValueError(f"Policy.per_site must hold SiteOverride entries, got {type(override).__name__}")
+            if override.site in seen:
+                raise ValueError(f"Policy.per_site: site {override.site} is overridden twice")
+            seen.add(override.site)
+            base = getattr(self, override.kind)
+            if base is None:
+                raise ValueError(f"Policy.per_site: site {override.site} is a {override.kind} site, but the policy "
+                                 f"does not enable {override.kind}")
+            site = override.apply(base)
+            if override.kind in LINEAR_KINDS and site.counting_rule.softmax_only:
+                raise ValueError(f"Policy.per_site, site {override.site}: criterion {site.criterion!r} applies to "
+                                 "softmax sites only")
+
+    def site_policy(self, kind: str, index: int) -> SitePolicy:
+        """The SitePolicy of site `index` of `kind`: the kind's, with that site's override if any."""
+        base = getattr(self, kind)
+        override = self.override_of(index)
+        return base if override is None else override.apply(base)
+
+    def override_of(self, index: int) -> SiteOverride | None:
+        return next((o for o in self.per_site if o.site == index), None)
 
     def enabled_kinds(self) -> list[str]:
         return [kind for kind in SITE_KINDS if getattr(self, kind) is not None]
@@ -266,6 +346,11 @@ class Policy:
             )
         site_overrides = {k: v for k, v in overrides.items() if k in site_names}
         top = {k: v for k, v in overrides.items() if k in policy_names}
+        clash = sorted(set(PER_SITE_FIELDS) & set(site_overrides))
+        if clash and (top.get("per_site") or policy.per_site):
+            raise ValueError(f"{', '.join(clash)} given for every site, but the policy has per-site rules "
+                             f"(per_site, e.g. calibrated taus) that these would change the meaning of: leave "
+                             f"{', '.join(clash)} out, or compile without per_site")
         policy = dataclasses.replace(policy, **top)
         if site_overrides:
             changed = {}
@@ -281,6 +366,8 @@ class Policy:
         for kind in SITE_KINDS:
             site = getattr(self, kind)
             out[kind] = None if site is None else _site_dict(site)
+        if self.per_site:
+            out["per_site"] = [o.to_dict() for o in self.per_site]
         return out
 
 

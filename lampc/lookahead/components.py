@@ -22,6 +22,7 @@ from torch import Tensor
 from ..policy import SitePolicy
 from .activations import DERIVATIVES
 from .norms import layer_norm_column_norms, rms_norm_column_norms
+from .record import record
 from .softmax import TorchRows, budget_counts, budget_k_max
 
 CONSUMERS = ("layer_norm", "rms_norm", "gelu_tanh", "gelu", "silu")
@@ -85,8 +86,11 @@ def select_components(
     *,
     true_error: Tensor | None = None,
     generator: torch.Generator | None = None,
+    index: int | None = None,
 ) -> Tensor:
     """The selection (bool, shape of y_hat) for `site.criterion`, given the look-ahead weights c (same shape); a
-    non-finite output is always selected."""
+    non-finite output is always selected. index: the site's, for calibration's recorder (lookahead/record.py)."""
     rows = ComponentRows(y_hat, weight, site, true_error=true_error, generator=generator)
-    return site.rule.select(rows, site) | ~rows.usable
+    selected = site.rule.select(rows, site) | ~rows.usable
+    record(index, rows, site)
+    return selected

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..policy import SitePolicy
+from .record import record
 
 MASKED_BELOW = -1.0e4
 """An additive-mask entry <= this counts as masked (HF uses finfo(float32).min; older code used -1e4)."""
@@ -219,6 +220,7 @@ def select(
     generator: torch.Generator | None = None,
     bias: Tensor | None = None,
     error_scale: Tensor | None = None,
+    index: int | None = None,
 ) -> Tensor:
     """The selection of `site.criterion` (its rule in lampc.criteria); a non-finite ŝ is always selected, masked
     or not. error_scale: each entry's error scale when it is not |ŝ_i| (lookahead/error_scale.py).
@@ -228,14 +230,17 @@ def select(
     rate counts visible entries only, so these never show in it.
 
     s_fp32 (the true FP32 scores) is needed by "oracle" only; generator by "random" only. bias: a finite additive
-    term the softmax sees beside the scores (ALiBi; 0 at masked entries); the error scale stays |ŝ_i|.
+    term the softmax sees beside the scores (ALiBi; 0 at masked entries); the error scale stays |ŝ_i|. index: the
+    site's, for calibration's recorder (lookahead/record.py).
     """
     visible = visible.expand(s_hat.shape)
     always = ~torch.isfinite(s_hat)  # non-finite scores: always recomputed, visible or not
     usable = visible & ~always  # the rules look at the finite scores
     rows = SoftmaxRows(s_hat, visible, usable, site, s_fp32=s_fp32, generator=generator, bias=bias,
                        error_scale=None if error_scale is None else error_scale.expand(s_hat.shape))
-    return site.rule.select(rows, site) | always
+    selected = site.rule.select(rows, site) | always
+    record(index, rows, site)
+    return selected
 
 
 def first_order_error(s_hat: Tensor, s_fp32: Tensor, visible: Tensor, selected: Tensor) -> Tensor:

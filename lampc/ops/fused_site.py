@@ -48,7 +48,8 @@ def lamp_scores(
             every = mask is None and not is_causal
             selected, flat = row_stats.select_from_row_stats(s_hat, None if every else visible, settings, s_low=s_low)
             return recompute_into(s_hat, selected, q, k_t, scale, settings.dense_above, flat=flat), selected
-        s_hat, selected = fused_widen_select(s_low, visible, settings, producer_error_scale(settings, q, k_t, scale))
+        error_scale = producer_error_scale(settings, q, k_t, s_low, scale)
+        s_hat, selected = fused_widen_select(s_low, visible, settings, error_scale)
     else:  # emulated formats and the evaluation baselines: the unfused ops' own code
         s_hat = lowp_scores(q, k_t, scale, policy)
         selected = lamp_select(s_hat, q, k_t, scale, mask, is_causal, policy, site)

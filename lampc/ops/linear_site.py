@@ -80,7 +80,7 @@ def component_select(
     if not settings.rule.looks_ahead:  # no look-ahead: only non-finite outputs are recomputed
         return ~torch.isfinite(y_hat)
     h_hat = consumer_input(y_hat, residual)
-    error_scale = producer_error_scale(settings, x, w)  # None: |ŷ_i|, the paper's relative error
+    error_scale = producer_error_scale(settings, x, w, y_hat, bias=bias)  # None: |ŷ_i|, the paper's relative error
     if settings.fused and settings.rule.pure:
         return fused_component_select(y_hat, h_hat, consumer, gamma, eps, settings, error_scale).reshape(y_hat.shape)
     scale = y_hat.abs() if error_scale is None else error_scale.expand(y_hat.shape)
@@ -91,7 +91,8 @@ def component_select(
         h = consumer_input(y, residual)
         true_error = column_norms(consumer, h, gamma, eps) * (y - y_hat).reshape(h.shape).abs()
     generator = random_generator(settings.seed, site) if settings.rule.draws else None
-    selected = select_components(y_hat.reshape(h_hat.shape), weight, settings, true_error=true_error, generator=generator)
+    selected = select_components(y_hat.reshape(h_hat.shape), weight, settings, true_error=true_error,
+                                 generator=generator, index=site)
     return selected.reshape(y_hat.shape)
 
 

@@ -70,11 +70,12 @@ def lamp_select(
     bias = None
     if settings.biased and mask is not None:  # ALiBi: the finite part of the mask is part of the softmax's input
         bias = torch.where(visible, mask, torch.zeros((), dtype=mask.dtype, device=mask.device)).expand(s_hat.shape)
-    scale_ = producer_error_scale(settings, q, k_t, scale)
+    scale_ = producer_error_scale(settings, q, k_t, s_hat, scale)
     if settings.fused and settings.rule.compiles:
         return fused_select(s_hat, visible, settings, s_fp32=s_fp32, bias=bias, error_scale=scale_)
     generator = random_generator(settings.seed, site) if settings.rule.draws else None
-    return select(s_hat, visible, settings, s_fp32=s_fp32, generator=generator, bias=bias, error_scale=scale_)
+    return select(s_hat, visible, settings, s_fp32=s_fp32, generator=generator, bias=bias, error_scale=scale_,
+                  index=site)
 
 
 @lamp_select.register_fake

@@ -39,7 +39,8 @@ def site_kinds(policy: Policy) -> list[SiteKind]:
 def run_passes(gm: fx.GraphModule, policy: Policy) -> PassResult:
     """All of lampc's passes over a captured graph, under `policy`."""
     result = expand_sdpa(gm)
-    return result.merge(rewrite_sites(gm, site_kinds(policy), first_index=len(result.sites)))
+    return result.merge(rewrite_sites(gm, site_kinds(policy), first_index=len(result.sites),
+                                      per_site=policy.per_site))
 
 
 __all__ = ["Emission", "Emitted", "PassResult", "Site", "SiteKind", "SiteTag", "Skip", "attention_sites",

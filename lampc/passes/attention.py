@@ -216,6 +216,7 @@ def attention_sites(policy: SitePolicy) -> SiteKind:
 
 
 def _emit(em: Emission, match: AttentionMatch, policy: SitePolicy) -> Emitted:
+    policy = em.site_policy("attention", policy)
     if match.softcap is not None:  # the look-ahead differentiates through the cap, which stays in the graph
         policy = dataclasses.replace(policy, softcap=match.softcap)
     if match.bias is not None:

@@ -28,6 +28,7 @@ from torch import fx
 
 from ..graph_view import module_path
 from ..ops import SelectionTap
+from ..policy import SiteOverride, SitePolicy
 from .graph import insert_call
 from .result import PassResult, Site, Skip
 
@@ -78,9 +79,24 @@ class Emission:
     """The graph edits of one site: `call` inserts at the graph's current insertion point, with the provenance of
     the match's anchor node, a fake value, and the site's tag."""
 
-    def __init__(self, gm: fx.GraphModule, kind: str, index: int | None, like: fx.Node):
+    def __init__(self, gm: fx.GraphModule, kind: str, index: int | None, like: fx.Node,
+                 override: SiteOverride | None = None):
         self.gm, self.graph, self.kind, self.index, self.like = gm, gm.graph, kind, index, like
         self.module = module_path(like)
+        self.override = override
+
+    def site_policy(self, kind: str, base: SitePolicy) -> SitePolicy:
+        """This site's SitePolicy: its kind's `base`, with the policy's per-site override for this index if any
+        (ValueError if that override is for another kind or module: a policy calibrated on another model)."""
+        override = self.override
+        if override is None:
+            return base
+        if override.kind != kind or (override.module is not None and override.module != self.module):
+            raise ValueError(
+                f"Policy.per_site: site {self.index} is the {kind} site of {self.module or '(top level)'} in this "
+                f"model, but its override is for the {override.kind} site of {override.module or 'any module'}; "
+                "was the policy calibrated on another model, or with other site kinds?")
+        return override.apply(base)
 
     def call(self, target, args: tuple, kwargs: dict | None = None, *, role: str, name: str | None = None) -> fx.Node:
         node = insert_call(self.graph, target, args, kwargs, like=self.like, name=name)
@@ -120,15 +136,19 @@ class SiteKind:
     index_of: Callable[[Any], int | None] | None = field(default=None)
 
 
-def rewrite_sites(gm: fx.GraphModule, kinds: Sequence[SiteKind], first_index: int = 0) -> PassResult:
-    """Rewrite every match of every kind, in order; one index per new site, counting from `first_index`."""
+def rewrite_sites(gm: fx.GraphModule, kinds: Sequence[SiteKind], first_index: int = 0,
+                  per_site: Sequence[SiteOverride] = ()) -> PassResult:
+    """Rewrite every match of every kind, in order; one index per new site, counting from `first_index`.
+    per_site: the policy's per-site overrides; one that names no site found is an error."""
     sites, skips, index, changed = [], [], first_index, False
+    overrides = {o.site: o for o in per_site}
     for kind in kinds:
         matches, kind_skips = kind.find(gm)
         skips += kind_skips
         for match in matches:
             new_site = kind.index_of is None
-            emission = Emission(gm, kind.name, index if new_site else kind.index_of(match), kind.anchor(match))
+            emission = Emission(gm, kind.name, index if new_site else kind.index_of(match), kind.anchor(match),
+                                override=overrides.pop(index, None) if new_site else None)
             emitted = kind.emit(emission, match)
             tap = _add_tap(emission, emitted)
             for old, new in emitted.replacements.items():
@@ -142,6 +162,9 @@ def rewrite_sites(gm: fx.GraphModule, kinds: Sequence[SiteKind], first_index: in
                 sites.append(Site(index, emitted.kind or kind.name, emission.module, emitted.producer,
                                   emitted.consumer, emitted.rule, names))
                 index += 1
+    if overrides:
+        raise ValueError(f"Policy.per_site names site(s) {sorted(overrides)}, but this model has "
+                         f"{index - first_index} site(s) of the enabled kinds, numbered {first_index} to {index - 1}")
     if changed:
         gm.graph.lint()
         gm.recompile()

@@ -291,6 +291,7 @@ def weight_as_matrix(em: Emission, producer: LinearProducer) -> fx.Node:
 
 
 def _emit(em: Emission, match: LinearMatch, policy: SitePolicy) -> Emitted:
+    policy = em.site_policy(match.kind, policy)
     graph, producer, spec, index = em.graph, match.producer, policy.to_spec(), em.index
     lampc = torch.ops.lampc
     with graph.inserting_after(producer.node):

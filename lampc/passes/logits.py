@@ -54,6 +54,7 @@ def logits_site(policy: SitePolicy) -> SiteKind:
 
 
 def _emit(em: Emission, producer: LinearProducer, policy: SitePolicy) -> Emitted:
+    policy = em.site_policy("logits", policy)
     with em.graph.inserting_before(producer.node):
         w_t = producer.weight
         if producer.transposed:

@@ -1,0 +1,204 @@
+"""Calibration: one threshold per site, so that a target recompute rate (or a target KL) is met with the least KL.
+
+    cal = calibrate(model, tokenizer, rate=0.05, format="m4", criterion="strict")    # or kl=1e-4
+    cal.policy          # a Policy whose per_site entries hold each site's tau
+    cal.write("calibrated.json")                      # compile, eval, generate and export take it (--policy)
+
+On the calibration windows, in four steps (docs/NUMERICS.md §10):
+
+    1. record    one forward with every site's rule at its kind's tau, recording each site's normalised weights
+                 ν = weight / threshold (lampc/lookahead/record.py)
+    2. curves    per site ℓ, forwards with ℓ alone in low precision (every other site FP32): no recompute, and
+                 tau x CURVE_SCALES; with the histogram, a model of the KL site ℓ leaves at any tau
+    3. allocate  the taus with the least modelled KL whose total count meets the rate (lampc/eval/allocate.py)
+    4. measure   one forward with the calibrated taus: the rate and KL it really has on the calibration text
+
+For a target KL, steps 3-4 repeat in a bisection over the rate (about ten forwards) for the least rate whose
+measured KL is at most the target. The rate is selected / visible entries over all sites (the pooled rate; for
+attention-only policies every site has as many visible entries, so it is also the paper's layer mean). Rules with a
+threshold only (strict, relaxed); the format, accumulation and error scale are the policy's, unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from torch import nn
+
+from ..criteria import CALIBRATED
+from ..lookahead.record import recording
+from ..passes.respec import respec_sites
+from ..policy import PER_SITE_FIELDS, Policy, SiteOverride, SitePolicy
+from .allocate import Allocation, SiteCurve, allocate
+from .progress import step_line
+from .sweep import Sweep, check_seq_len, load_sequences
+
+CURVE_SCALES = (10.0, 1.0, 0.1)
+"""The tau scales (times the kind's tau) each site is measured at alone, beside no recompute: the kind's tau should
+be in the middle of the range calibration is for (strict's default 0.1 covers rates of about 0.5-20%)."""
+
+KL_SEARCH_STEPS = 10
+"""Forwards the KL target's bisection over the rate takes (from 1e-4 to 1: ~1.3x apart in the end)."""
+
+
+@dataclasses.dataclass
+class Calibration:
+    """The outcome: the calibrated policy, what each site got, and what was measured on the calibration text."""
+
+    policy: Policy
+    target: dict  # {"rate": r} or {"kl": k}
+    sites: list[dict]  # per site: site, kind, module, tau (or None: no recompute), gain, rate (predicted)
+    measured: dict  # on the calibration text: rate, kl, flip_rate, predicted_kl
+    data: dict  # the calibration text: dataset, seq_len, n_seq, seed, shuffle
+
+    def to_dict(self) -> dict:
+        """The policy file: the Policy (`lampc --policy` reads it) plus a "calibration" block, for the record."""
+        return {**self.policy.to_dict(), "calibration": {"target": self.target, "measured": self.measured,
+                                                         "data": self.data, "sites": self.sites}}
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        return path
+
+
+def calibrate(model: nn.Module, tokenizer=None, policy: Policy | SitePolicy | None = None, *,
+              rate: float | None = None, kl: float | None = None, text=None, token_ids=None, seq_len: int = 128,
+              n_seq: int = 4, seed: int = 42, shuffle: bool = False, batch_size: int = 4, progress: bool = True,
+              **overrides) -> Calibration:
+    """Calibrate one tau per site of `model` under `policy` (+ `overrides`, as lampc.compile takes them) for a
+    target total recompute `rate` in (0, 1) or a target `kl` > 0, on `n_seq` windows of `seq_len` tokens (of
+    `text`, default Persuasion, or `token_ids`)."""
+    policy = Policy.from_overrides(policy, **overrides)
+    target = _check_target(rate, kl)
+    _check_policy(policy)
+    check_seq_len(model, seq_len)
+    sequences, dataset = load_sequences(tokenizer, text=text, token_ids=token_ids, seq_len=seq_len, n_seq=n_seq,
+                                        seed=seed, shuffle=shuffle)
+    sweep = Sweep(model, sequences, batch_size=batch_size, progress=progress)
+    unfused = {k: dataclasses.replace(getattr(policy, k), fused=False) for k in policy.enabled_kinds()}
+    compiled = sweep.compiler(dataclasses.replace(policy, **unfused))
+    base = {s.index: compiled.policy.site_policy(s.kind, s.index) for s in compiled.sites}
+
+    step_line(f"recording the look-ahead's weights at {len(base)} sites", progress)
+    with recording() as recorder:
+        sweep.compare(_logits(compiled))
+    weights = recorder.sites
+    if set(weights) != set(base):
+        raise RuntimeError(f"calibration recorded sites {sorted(weights)}, expected {sorted(base)}")
+
+    step_line(f"measuring each site alone at {len(CURVE_SCALES) + 1} thresholds ({len(base)} sites)", progress)
+    curves = _curves(sweep, compiled, base, weights)
+    usable = sum(w.usable for w in weights.values())
+
+    def measure(target_rate: float) -> tuple[Allocation, dict, dict]:
+        allocation = allocate(curves, target_rate * usable)
+        taus = {i: _scaled(base[i], lam) for i, lam in allocation.lams.items()}
+        respec_sites(compiled.graph_module, taus)
+        compiled.reset_stats()
+        measured = sweep.measure(compiled)
+        return allocation, taus, {"rate": measured["recompute_rate_pooled"],
+                                  "layer_mean_rate": measured["recompute_rate"], "kl": measured["kl"],
+                                  "flip_rate": measured["flip_rate"], "predicted_kl": allocation.kl,
+                                  "predicted_rate": sum(allocation.counts.values()) / usable}
+
+    if rate is not None:
+        step_line(f"allocating a {100 * rate:g}% recompute rate, measuring it", progress)
+        allocation, taus, measured = measure(rate)
+    else:
+        step_line(f"searching the least rate with KL <= {kl:g} ({KL_SEARCH_STEPS} forwards)", progress)
+        allocation, taus, measured = _search_kl(measure, kl)
+    per_site = tuple(SiteOverride(s.index, s.kind, _fields(taus[s.index], base[s.index]), module=s.module) for s in compiled.sites)
+    sites = [{"site": s.index, "kind": s.kind, "module": s.module, "tau": taus[s.index].tau,
+              "predicted_rate": allocation.counts[s.index] / max(weights[s.index].usable, 1),
+              "alone_kl": {_scale_text(lam): kl for lam, kl in curves[s.index].measured.items()}}
+             for s in compiled.sites]
+    data = {"dataset": dataset, "seq_len": seq_len, "n_seq": n_seq, "seed": seed, "shuffle": shuffle}
+    return Calibration(dataclasses.replace(policy, per_site=per_site), target, sites, measured, data)
+
+
+def _check_target(rate, kl) -> dict:
+    if (rate is None) == (kl is None):
+        raise ValueError("calibrate needs exactly one target: rate (a recompute rate in (0, 1)) or kl (> 0)")
+    if rate is not None:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
+            raise ValueError(f"calibrate: rate must be a recompute rate in (0, 1), got {rate!r}")
+        return {"rate": float(rate)}
+    if isinstance(kl, bool) or not isinstance(kl, (int, float)) or not (math.isfinite(kl) and kl > 0):
+        raise ValueError(f"calibrate: kl must be a finite KL divergence > 0, got {kl!r}")
+    return {"kl": float(kl)}
+
+
+def _check_policy(policy: Policy) -> None:
+    if policy.per_site:
+        raise ValueError("calibrate: the policy already has per-site rules (per_site); start from one without")
+    for kind in policy.enabled_kinds():
+        site = getattr(policy, kind)
+        if site.criterion not in CALIBRATED:
+            raise ValueError(f"calibrate: Policy.{kind} has criterion {site.criterion!r}; calibration sets a "
+                             f"threshold per site, for the threshold rules ({', '.join(CALIBRATED)})")
+
+
+def _logits(compiled):
+    return lambda ids, mask: compiled(ids, attention_mask=mask).logits
+
+
+def _curves(sweep: Sweep, compiled, base: dict[int, SitePolicy], weights) -> dict[int, SiteCurve]:
+    """Per site ℓ, the KL with ℓ alone in low precision (every other site FP32) at tau x CURVE_SCALES and with no
+    recompute: the points its SiteCurve interpolates."""
+    fp32 = {i: _no_recompute(p, format="fp32") for i, p in base.items()}
+    respec_sites(compiled.graph_module, fp32)
+    curves = {}
+    for index, site in base.items():
+        measured = {}
+        for lam in (math.inf, *CURVE_SCALES):
+            respec_sites(compiled.graph_module, {index: _scaled(site, lam)})
+            measured[lam] = sweep.compare(_logits(compiled))["kl"]
+            if not math.isfinite(measured[lam]):
+                raise RuntimeError(f"calibrate: site {index} alone in low precision gives KL {measured[lam]}")
+        respec_sites(compiled.graph_module, {index: fp32[index]})
+        curves[index] = SiteCurve(weights[index], measured)
+    return curves
+
+
+def _scale_text(lam: float) -> str:
+    return "none" if lam == math.inf else f"tau x {lam:g}"
+
+
+def _no_recompute(site: SitePolicy, **changes) -> SitePolicy:
+    return dataclasses.replace(site, criterion="uniform", tau=None, budget=None, length_scaling=False,
+                               error_scale="score", **changes)
+
+
+def _scaled(site: SitePolicy, lam: float) -> SitePolicy:
+    """The site's policy with tau scaled by λ (relaxed: at most 1); no recompute where λ is infinite."""
+    if lam == math.inf:
+        return _no_recompute(site)
+    tau = site.tau * lam
+    if site.rule.tau.high is not None:
+        tau = min(tau, site.rule.tau.high)
+    return dataclasses.replace(site, tau=tau)
+
+
+def _fields(site: SitePolicy, base: SitePolicy) -> dict:
+    """The per-site fields that make `base` into `site`."""
+    return {name: getattr(site, name) for name in PER_SITE_FIELDS if getattr(site, name) != getattr(base, name)}
+
+
+def _search_kl(measure, kl: float):
+    """The least rate (bisection in log rate over [1e-4, 1)) whose measured KL is at most `kl`."""
+    low, high = 1e-4, 0.999
+    best = measure(high)
+    if best[2]["kl"] > kl:
+        return best  # even recomputing almost everything misses the target: report the closest
+    for _ in range(KL_SEARCH_STEPS - 1):
+        mid = math.sqrt(low * high)
+        trial = measure(mid)
+        if trial[2]["kl"] <= kl:
+            high, best = mid, trial
+        else:
+            low = mid
+    return best

@@ -1,0 +1,108 @@
+"""Recording what each site's threshold rule sees, for calibration (lampc/eval/calibrate.py).
+
+A threshold rule (strict, relaxed) selects `weight > threshold`. Under `recording()`, every unfused look-ahead adds
+its usable entries' normalised weights ν = weight / threshold to a histogram per site: at a site whose tau is
+scaled by λ the rule selects exactly the entries with ν > λ, so one forward pass tells every site's recompute count
+at every threshold, and the sum of ν² below λ (the first-order error left unrecomputed, squared) at each.
+
+    with recording() as recorder:
+        compiled(input_ids)
+    recorder.sites[3].count_above(0.5)      # entries site 3 selects with tau x 0.5
+
+Bins are 1/BINS_PER_DECADE decade wide (a count at λ is exact to within the entries of one bin: 2.3% in λ), from
+10**LOW_DECADE to 10**HIGH_DECADE; ν below the range (zero included) lands in the first bin, above in the last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from contextvars import ContextVar
+
+import torch
+from torch import Tensor
+
+LOW_DECADE, HIGH_DECADE, BINS_PER_DECADE = -12, 8, 100
+N_BINS = (HIGH_DECADE - LOW_DECADE) * BINS_PER_DECADE
+
+_RECORDER: ContextVar["WeightRecorder | None"] = ContextVar("lampc_weight_recorder", default=None)
+
+
+class SiteWeights:
+    """One site's histogram of ν: entries per bin, Σν² per bin, and the usable entries seen."""
+
+    def __init__(self) -> None:
+        self.counts = torch.zeros(N_BINS, dtype=torch.float64)
+        self.squares = torch.zeros(N_BINS, dtype=torch.float64)
+        self.usable = 0
+
+    def add(self, nu: Tensor) -> None:
+        nu = nu.detach().to(torch.float64).flatten().cpu()
+        self.usable += nu.numel()
+        self.counts += torch.bincount(_bin_of(nu), minlength=N_BINS).to(torch.float64)
+        self.squares.index_add_(0, _bin_of(nu), nu.clamp(max=10.0**HIGH_DECADE).square())
+
+    def count_above(self, lam: float) -> float:
+        """Entries with ν > λ (to within one bin)."""
+        return float(self.counts[_first_bin_above(lam):].sum())
+
+    def square_below(self, lam: float) -> float:
+        """Σν² over the entries with ν <= λ: what the rule leaves unrecomputed, squared."""
+        return float(self.squares[:_first_bin_above(lam)].sum())
+
+    @property
+    def total_square(self) -> float:
+        return float(self.squares.sum())
+
+    def largest(self) -> float:
+        """The upper edge of the highest occupied bin: λ at or above it selects nothing."""
+        occupied = torch.nonzero(self.counts).flatten()
+        if occupied.numel() == 0:
+            return 0.0
+        return 10.0 ** (LOW_DECADE + (int(occupied[-1]) + 1) / BINS_PER_DECADE)
+
+
+def _bin_of(nu: Tensor) -> Tensor:
+    position = (torch.log10(nu.clamp(min=1e-300)) - LOW_DECADE) * BINS_PER_DECADE
+    return position.nan_to_num(nan=0.0).floor().clamp(0, N_BINS - 1).to(torch.int64)
+
+
+def _first_bin_above(lam: float) -> int:
+    """The first bin whose entries count as ν > λ: the bins from λ's own upward."""
+    if lam <= 0:
+        return 0
+    return int(min(max(math.floor((math.log10(lam) - LOW_DECADE) * BINS_PER_DECADE), 0), N_BINS))
+
+
+class WeightRecorder:
+    """Per-site histograms of ν, filled by the look-ahead while `recording()` is active."""
+
+    def __init__(self) -> None:
+        self.sites: dict[int, SiteWeights] = {}
+
+    def record(self, index: int, rows, site) -> None:
+        """Add the usable entries of one look-ahead call (`rows`: its RuleInputs; `site`: its SitePolicy)."""
+        terms = site.rule.terms
+        if terms is None:  # no threshold to scale (uniform, budget, ...): nothing to calibrate at this site
+            return
+        weight, threshold = terms(rows, site)
+        nu = (weight / threshold).nan_to_num(nan=0.0)
+        self.sites.setdefault(index, SiteWeights()).add(nu[rows.usable.expand(nu.shape)])
+
+
+@contextlib.contextmanager
+def recording():
+    """Record every site's ν while the block runs (unfused look-aheads only; yields the WeightRecorder)."""
+    recorder = WeightRecorder()
+    token = _RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDER.reset(token)
+
+
+def record(index: int | None, rows, site) -> None:
+    """Called by each look-ahead after it selected: adds `rows` to the active recorder, if any."""
+    recorder = _RECORDER.get()
+    if recorder is not None and index is not None and not torch.compiler.is_compiling():
+        recorder.record(index, rows, site)
