@@ -66,58 +66,81 @@ class Calibration:
 
 
 def calibrate(model: nn.Module, tokenizer=None, policy: Policy | SitePolicy | None = None, *,
-              rate: float | None = None, kl: float | None = None, text=None, token_ids=None, seq_len: int = 128,
-              n_seq: int = 4, seed: int = 42, shuffle: bool = False, batch_size: int = 4, progress: bool = True,
-              **overrides) -> Calibration:
-    """Calibrate one tau per site of `model` under `policy` (+ `overrides`, as lampc.compile takes them) for a
-    target total recompute `rate` in (0, 1) or a target `kl` > 0, on `n_seq` windows of `seq_len` tokens (of
-    `text`, default Persuasion, or `token_ids`)."""
-    policy = Policy.from_overrides(policy, **overrides)
-    target = _check_target(rate, kl)
-    _check_policy(policy)
-    check_seq_len(model, seq_len)
-    sequences, dataset = load_sequences(tokenizer, text=text, token_ids=token_ids, seq_len=seq_len, n_seq=n_seq,
-                                        seed=seed, shuffle=shuffle)
-    sweep = Sweep(model, sequences, batch_size=batch_size, progress=progress)
-    unfused = {k: dataclasses.replace(getattr(policy, k), fused=False) for k in policy.enabled_kinds()}
-    compiled = sweep.compiler(dataclasses.replace(policy, **unfused))
-    base = {s.index: compiled.policy.site_policy(s.kind, s.index) for s in compiled.sites}
+              rate: float | None = None, kl: float | None = None, **options) -> Calibration:
+    """Calibrate one tau per site of `model` for a target total recompute `rate` in (0, 1) or a target `kl` > 0.
+    options: those of `Calibrator` (the calibration text, and policy overrides as lampc.compile takes them)."""
+    _check_target(rate, kl)
+    calibrator = Calibrator(model, tokenizer, policy, **options)
+    return calibrator.for_rate(rate) if rate is not None else calibrator.for_kl(kl)
 
-    step_line(f"recording the look-ahead's weights at {len(base)} sites", progress)
-    with recording() as recorder:
-        sweep.compare(_logits(compiled))
-    weights = recorder.sites
-    if set(weights) != set(base):
-        raise RuntimeError(f"calibration recorded sites {sorted(weights)}, expected {sorted(base)}")
 
-    step_line(f"measuring each site alone at {len(CURVE_SCALES) + 1} thresholds ({len(base)} sites)", progress)
-    curves = _curves(sweep, compiled, base, weights)
-    usable = sum(w.usable for w in weights.values())
+class Calibrator:
+    """Steps 1-2 (record, curves) once, on the calibration windows; then `for_rate` / `for_kl` (steps 3-4) for any
+    number of targets, one to ten forwards each.
 
-    def measure(target_rate: float) -> tuple[Allocation, dict, dict]:
-        allocation = allocate(curves, target_rate * usable)
-        taus = {i: _scaled(base[i], lam) for i, lam in allocation.lams.items()}
-        respec_sites(compiled.graph_module, taus)
-        compiled.reset_stats()
-        measured = sweep.measure(compiled)
+    policy, overrides: as lampc.compile takes them; text (a path, default Persuasion) or token_ids, cut into n_seq
+    windows of seq_len tokens with seed (token-shuffled with shuffle)."""
+
+    def __init__(self, model: nn.Module, tokenizer=None, policy: Policy | SitePolicy | None = None, *, text=None,
+                 token_ids=None, seq_len: int = 128, n_seq: int = 4, seed: int = 42, shuffle: bool = False,
+                 batch_size: int = 4, progress: bool = True, **overrides):
+        policy = Policy.from_overrides(policy, **overrides)
+        _check_policy(policy)
+        check_seq_len(model, seq_len)
+        sequences, dataset = load_sequences(tokenizer, text=text, token_ids=token_ids, seq_len=seq_len,
+                                            n_seq=n_seq, seed=seed, shuffle=shuffle)
+        self.policy, self.progress = policy, progress
+        self.data = {"dataset": dataset, "seq_len": seq_len, "n_seq": n_seq, "seed": seed, "shuffle": shuffle}
+        self.sweep = Sweep(model, sequences, batch_size=batch_size, progress=progress)
+        unfused = {k: dataclasses.replace(getattr(policy, k), fused=False) for k in policy.enabled_kinds()}
+        self.compiled = self.sweep.compiler(dataclasses.replace(policy, **unfused))
+        self.base = {s.index: self.compiled.policy.site_policy(s.kind, s.index) for s in self.compiled.sites}
+
+        step_line(f"recording the look-ahead's weights at {len(self.base)} sites", progress)
+        with recording() as recorder:
+            self.sweep.compare(_logits(self.compiled))
+        self.weights = recorder.sites
+        if set(self.weights) != set(self.base):
+            raise RuntimeError(f"calibration recorded sites {sorted(self.weights)}, expected {sorted(self.base)}")
+        self.usable = sum(w.usable for w in self.weights.values())
+
+        step_line(f"measuring each of {len(self.base)} sites alone at {len(CURVE_SCALES) + 1} thresholds", progress)
+        self.curves = _curves(self.sweep, self.compiled, self.base, self.weights)
+
+    def for_rate(self, rate: float) -> Calibration:
+        """The least-KL taus whose total recompute rate on the calibration text is at most `rate`."""
+        target = _check_target(rate, None)
+        step_line(f"allocating a {100 * rate:g}% recompute rate, measuring it", self.progress)
+        return self._result(target, *self._measure(rate))
+
+    def for_kl(self, kl: float) -> Calibration:
+        """The taus of the least rate (bisection, KL_SEARCH_STEPS forwards) whose measured KL is at most `kl`; if
+        even rate 0.999 misses it, that one (its measured KL says so)."""
+        target = _check_target(None, kl)
+        step_line(f"searching the least rate with KL <= {kl:g} ({KL_SEARCH_STEPS} forwards)", self.progress)
+        return self._result(target, *_search_kl(self._measure, kl))
+
+    def _measure(self, target_rate: float) -> tuple[Allocation, dict, dict]:
+        allocation = allocate(self.curves, target_rate * self.usable)
+        taus = {i: _scaled(self.base[i], lam) for i, lam in allocation.lams.items()}
+        respec_sites(self.compiled.graph_module, taus)
+        self.compiled.reset_stats()
+        measured = self.sweep.measure(self.compiled)
         return allocation, taus, {"rate": measured["recompute_rate_pooled"],
                                   "layer_mean_rate": measured["recompute_rate"], "kl": measured["kl"],
                                   "flip_rate": measured["flip_rate"], "predicted_kl": allocation.kl,
-                                  "predicted_rate": sum(allocation.counts.values()) / usable}
+                                  "predicted_rate": sum(allocation.counts.values()) / self.usable}
 
-    if rate is not None:
-        step_line(f"allocating a {100 * rate:g}% recompute rate, measuring it", progress)
-        allocation, taus, measured = measure(rate)
-    else:
-        step_line(f"searching the least rate with KL <= {kl:g} ({KL_SEARCH_STEPS} forwards)", progress)
-        allocation, taus, measured = _search_kl(measure, kl)
-    per_site = tuple(SiteOverride(s.index, s.kind, _fields(taus[s.index], base[s.index]), module=s.module) for s in compiled.sites)
-    sites = [{"site": s.index, "kind": s.kind, "module": s.module, "tau": taus[s.index].tau,
-              "predicted_rate": allocation.counts[s.index] / max(weights[s.index].usable, 1),
-              "alone_kl": {_scale_text(lam): kl for lam, kl in curves[s.index].measured.items()}}
-             for s in compiled.sites]
-    data = {"dataset": dataset, "seq_len": seq_len, "n_seq": n_seq, "seed": seed, "shuffle": shuffle}
-    return Calibration(dataclasses.replace(policy, per_site=per_site), target, sites, measured, data)
+    def _result(self, target: dict, allocation: Allocation, taus: dict, measured: dict) -> Calibration:
+        sites = self.compiled.sites
+        per_site = tuple(SiteOverride(s.index, s.kind, _fields(taus[s.index], self.base[s.index]), module=s.module)
+                         for s in sites)
+        records = [{"site": s.index, "kind": s.kind, "module": s.module, "tau": taus[s.index].tau,
+                    "predicted_rate": allocation.counts[s.index] / max(self.weights[s.index].usable, 1),
+                    "alone_kl": {_scale_text(lam): kl for lam, kl in self.curves[s.index].measured.items()}}
+                   for s in sites]
+        return Calibration(dataclasses.replace(self.policy, per_site=per_site), target, records, measured,
+                           dict(self.data))
 
 
 def _check_target(rate, kl) -> dict:

@@ -26,6 +26,7 @@ sort (select_top) and index tie-break (select_top_k) do.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -36,6 +37,7 @@ from onnxscript import BOOL, FLOAT
 from ..criteria import EXPORTABLE
 from ..formats import Format
 from ..lookahead.softmax import MASKED_BELOW
+from ..numerics.error_bounds import absolute_floor, accumulation_gamma
 from ..policy import SitePolicy
 from .builder import BOOL as BOOL_TYPE
 from .builder import INT64, Builder
@@ -86,10 +88,6 @@ def check_exportable(site: SitePolicy, index: int, module: str) -> None:
         raise TranslationError(
             f"{where}: the look-ahead with an additive score bias (ALiBi) has no ONNX translation yet; export with "
             "criterion='uniform', or run the compiled model in PyTorch")
-    if site.error_scale != "score" and site.rule.looks_ahead:
-        raise TranslationError(
-            f"{where}: the look-ahead with error_scale={site.error_scale!r} has no ONNX translation yet; export with "
-            "error_scale='score' (the paper's rule), or run the compiled model in PyTorch")
     if site.softcap is not None and site.rule.looks_ahead:
         raise TranslationError(
             f"{where}: the look-ahead through logit soft-capping (softcap {site.softcap:g}) has no ONNX translation "
@@ -189,13 +187,34 @@ class OnnxSoftmaxRows:
             self._a = _masked_softmax(self.g, self.s_hat, self.usable)
         return self._a
 
+    def error_scale(self):
+        """|ŝ|, or the site's error scale (lampc/lookahead/error_scale.py, in the same order of operations)."""
+        g, kind = self.g, self.site.error_scale
+        if kind == "score":
+            return g.Abs(self.s_hat)
+        if kind == "exact":
+            return g.Abs(g.Sub(fp32_scores(g, self.q, self.k_t, self.scale), self.s_hat))
+        inner = self.q.shape[-1] if self.q.shape is not None else None
+        if not isinstance(inner, int):
+            raise TranslationError(f"error_scale={kind!r}: the inner dimension of q must be static, got {inner!r}")
+        if kind == "l1":
+            magnitude = g.MatMul(g.Abs(self.q), g.Abs(self.k_t))
+        else:  # the norms of each query row and key column
+            magnitude = g.Mul(g.ReduceL2(self.q, g.axes(-1), keepdims=1), g.ReduceL2(self.k_t, g.axes(-2), keepdims=1))
+        if kind == "mixed":
+            return g.Max(g.Abs(self.s_hat), g.Mul(magnitude, g.const(abs(self.scale) / math.sqrt(inner))))
+        site = self.site
+        gamma = accumulation_gamma(site.format, inner, site.block_k, native=site.backend == "native")
+        floor = absolute_floor(site.format, inner, site.block_k, self.scale)
+        return g.Add(g.Mul(g.const(gamma * abs(self.scale)), magnitude), g.const(floor))
+
     def strict_weight(self):
-        return _strict_sensitivity(self.g, self.s_hat, self.probabilities())
+        return _strict_weight(self.g, self.error_scale(), self.probabilities())
 
     def relaxed_weight(self):
         g, finite = self.g, self.usable
         row_max = g.ReduceMax(g.Where(finite, self.s_hat, g.const(-np.inf)), g.axes(-1), keepdims=1)
-        return g.Where(finite, g.Mul(g.Abs(self.s_hat), g.Exp(g.Sub(self.s_hat, row_max))), g.const(0.0))
+        return g.Where(finite, g.Mul(self.error_scale(), g.Exp(g.Sub(self.s_hat, row_max))), g.const(0.0))
 
     def row_tau(self, tau: float, relaxed: bool):
         g = self.g
@@ -265,9 +284,9 @@ def _two_a_one_minus_a(g: Builder, a):
     return g.Mul(g.Mul(g.const(2.0), a), g.Sub(g.const(1.0), a))
 
 
-def _strict_sensitivity(g: Builder, s_hat, a):
-    """2·a·(1 − a)·|ŝ|, evaluated in lampc's order."""
-    return g.Mul(_two_a_one_minus_a(g, a), g.Abs(s_hat))
+def _strict_weight(g: Builder, error_scale, a):
+    """2·a·(1 − a)·(error scale), evaluated in lampc's order."""
+    return g.Mul(_two_a_one_minus_a(g, a), error_scale)
 
 
 def _isfinite(g: Builder, x):
