@@ -155,13 +155,14 @@ def plot(result: dict, path: Path) -> None:
     series.update({f"calibrated, {k}": rows for k, rows in result["calibrated"].items()})
     for label, rows in series.items():
         style = "--" if label.startswith("calibrated") else "-"
-        for ax, key in zip(axes, ("kl", "flip_rate")):
-            pts = sorted(_points(rows, key))
-            ax.plot([100 * p[0] for p in pts], [max(p[1], 1e-12) for p in pts], style, marker="o", ms=3,
-                    label=label)
-    for ax, key in zip(axes, ("KL(FP32 || LAMP)", "flip rate")):
+        kl_points = sorted(p for p in _points(rows) if p[0] > 0)
+        flip_points = sorted(p for p in _points(rows, "flip_rate") if p[0] > 0)
+        axes[0].plot([100 * p[0] for p in kl_points], [p[1] for p in kl_points], style, marker="o", ms=3, label=label)
+        axes[1].plot([100 * p[0] for p in flip_points], [100 * p[1] for p in flip_points], style, marker="o", ms=3,
+                     label=label)
+    axes[0].set_yscale("log")
+    for ax, key in zip(axes, ("KL(FP32 || LAMP)", "flip rate (%)")):
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel("recompute rate (%)")
         ax.set_ylabel(key)
         ax.grid(True, which="both", alpha=0.3)
@@ -182,10 +183,16 @@ def main(argv=None) -> int:
     parser.add_argument("--bounds-in", default="m4:natural",
                         help="format:text cells that also run the l1 and norms grids (comma separated)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--replot", action="store_true", help="redraw the plots and rules.md from rules.json")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        results = json.loads((out / "rules.json").read_text(encoding="utf-8"))
+        for result in results:
+            plot(result, out / f"rules_{result['model']}_{result['format']}_{result['text']}.png")
+        return 0
     sections, results = [f"machine: {describe_machine()}\n"], []
     for name in args.model or ["embedded", "smollm2-135m"]:
         model, tokenizer = load_model(name)

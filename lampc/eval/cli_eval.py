@@ -14,7 +14,7 @@ from ..formats import parse as parse_format
 from ..formats import valid_names
 from ..criteria import CRITERIA
 from ..policy import COUNT_SOURCES
-from .sweep import SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS, plan_cells
+from .sweep import POLICY_CELL, SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS, plan_cells
 
 DEFAULT_CRITERIA = "uniform,strict,random,oracle"
 
@@ -105,14 +105,15 @@ def positive_int(text: str) -> int:
 
 
 def run(args) -> int:
-    formats = parse_formats(args.format)
-    criteria = parse_criteria(args.criterion)
-    taus = parse_taus(args.tau)
-    count_from = parse_count_from(args.count_from)
-    cells = check_grid(formats, criteria, taus, count_from)
-    if any(CRITERIA[c].takes_budget for c in criteria) and args.budget is None:
-        raise CliError("--criterion budget needs --budget (k entries per row, or a fraction)")
     policy, fixed = compile_arguments(args, grid=True)
+    if policy is not None and policy.per_site:
+        formats, criteria, taus, count_from = per_site_grid(args, policy)
+    else:
+        formats, criteria = parse_formats(args.format), parse_criteria(args.criterion)
+        taus, count_from = parse_taus(args.tau), parse_count_from(args.count_from)
+    cells = check_grid(formats, criteria, taus, count_from)
+    if any(c in CRITERIA and CRITERIA[c].takes_budget for c in criteria) and args.budget is None:
+        raise CliError("--criterion budget needs --budget (k entries per row, or a fraction)")
     check_data_arguments(args)
     model, tokenizer = load(args.model)
     check_context(model, args)
@@ -134,6 +135,21 @@ def run(args) -> int:
         print(format_table(best, HEADLINE_COLUMNS))
     print(f"\nwrote {describe_outputs(args.out)}")
     return 0
+
+
+def per_site_grid(args, policy) -> tuple[list[str], list[str], None, str]:
+    """The grid of a policy with per-site rules (lampc calibrate's file): uniform low precision and the policy as
+    written, in the policy's format. A grid of criteria or taus would override its per-site taus: refused."""
+    given = [flag for flag, value, default in (("--format", args.format, "m4,m7"),
+                                               ("--criterion", args.criterion, DEFAULT_CRITERIA),
+                                               ("--tau", args.tau, None), ("--count-from", args.count_from, "strict"),
+                                               ("--block-k", args.block_k, 1)) if value != default]
+    if given:
+        raise CliError(f"{', '.join(given)}: the --policy file sets one rule per site (per_site), which a grid "
+                       "would override; lampc eval runs it as written, beside uniform (drop these options, or use "
+                       "a policy file without per_site)")
+    site = getattr(policy, policy.enabled_kinds()[0])
+    return [site.format.name], ["uniform", POLICY_CELL], None, "strict"
 
 
 # ---- argument checks (each error names its argument) ---------------------------------------------------------

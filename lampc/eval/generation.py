@@ -16,6 +16,8 @@ and its own transformers cache (`fp32_greedy`, written independently of lampc's 
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import torch
@@ -107,11 +109,12 @@ def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *
     ids, mask = _left_padded(tokenizer, prompts)
     compiler = CellCompiler(model)
     lamp = compiler(policy, **overrides)
-    uniform = {**overrides, "criterion": "uniform", "tau": None, "budget": None}
+    uniform = {**overrides, "criterion": "uniform", "tau": None, "budget": None, "error_scale": "score",
+               "length_scaling": False}
     runs = {"fp32": compiler(None, format="m23", criterion="uniform")} if "fp32" in variants else {}
     runs["lamp"] = lamp
-    if "uniform" in variants:
-        runs["uniform"] = compiler(policy, **uniform)
+    if "uniform" in variants:  # the same numbers, no rule (and so no per-site rules)
+        runs["uniform"] = compiler(None if policy is None else dataclasses.replace(policy, per_site=()), **uniform)
     options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                    top_p=top_p)
     tokens = {name: compiled.generate(ids, mask, generator=torch.Generator().manual_seed(seed), **options)
@@ -129,7 +132,9 @@ def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *
             entries.append({"variant": name, "tokens": new, "text": tokenizer.decode(new),
                             "marked": _marked(tokenizer, new, at), "diverges_at": at})
         items.append({"prompt": prompt, "variants": entries})
-    return {"policy": lamp.policy.attention.summary if lamp.policy.attention else str(lamp.policy.to_dict()),
+    per_site = f"; per-site rules at {len(lamp.policy.per_site)} site(s)" if lamp.policy.per_site else ""
+    return {"policy": (lamp.policy.attention.summary if lamp.policy.attention else str(lamp.policy.to_dict()))
+            + per_site,
             "max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, "prompts": items,
             "recompute_rate": {"prefill": prefill["rate"], "decode": decode["rate"]}}
 

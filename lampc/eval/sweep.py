@@ -45,6 +45,10 @@ count from."""
 LAMP_CRITERIA = LAMP_RULES
 """The deployable look-ahead rules (budget needs a count, not a tau, and is not swept)."""
 
+POLICY_CELL = "policy"
+"""The cell that runs the sweep's base policy as it is: a policy with per-site rules (lampc calibrate's), which a
+grid's criterion or tau would override."""
+
 SWEEP_CRITERIA = CRITERIA
 TAU_CRITERIA = THRESHOLD_RULES
 """The criteria a --tau applies to (uniform recomputes nothing; budget takes its count or fraction)."""
@@ -99,7 +103,7 @@ def plan_cells(formats: Sequence[str], criteria: Sequence[str], taus=None,
         except (ValueError, TypeError) as err:
             raise ValueError(f"format {f!r}: {err}") from None
     for c in criteria:
-        if c not in SWEEP_CRITERIA:
+        if c not in SWEEP_CRITERIA and c != POLICY_CELL:
             raise ValueError(f"criterion {c!r} is not one of {', '.join(SWEEP_CRITERIA)}")
     sources = [count_from] if isinstance(count_from, str) else list(count_from)
     for source in sources:
@@ -108,7 +112,7 @@ def plan_cells(formats: Sequence[str], criteria: Sequence[str], taus=None,
     cells = []
     for f in names:
         for c in criteria:
-            if c not in TAU_CRITERIA:  # uniform, budget (its budget is a fixed policy field of the sweep)
+            if c not in TAU_CRITERIA:  # uniform, budget (its budget is a fixed policy field), the base policy
                 cells.append(Cell(f, c))
                 continue
             for source in sources if CRITERION_TABLE[c].counted else [None]:
@@ -208,15 +212,23 @@ class Sweep:
                 if self.generation is not None:
                     measured.update(self.generation.measure(compiled))
                 site = compiled.policy.for_kind(compiled.policy.enabled_kinds()[0])
-                rows.append({**self.info, "criterion": cell.criterion, "format": cell.format, "m_bits": site.m_bits,
-                             "block_k": self.block_k, "tau": cell.tau, "count_from": cell.count_from or "",
-                             **measured, "rule": site.rule_text, "seconds": round(time.perf_counter() - t0, 2)})
+                rule = site.rule_text
+                if compiled.policy.per_site:
+                    rule = f"{site.criterion}, one tau per site ({len(compiled.policy.per_site)} sites)"
+                rows.append({**self.info, "criterion": cell.criterion, "format": site.format.name,
+                             "m_bits": site.m_bits, "block_k": site.block_k, "tau": cell.tau,
+                             "count_from": cell.count_from or "", **measured, "rule": rule,
+                             "seconds": round(time.perf_counter() - t0, 2)})
         return rows
 
     def compile(self, cell: Cell):
-        """The compiled model of one cell: the base policy, the sweep's fixed fields, the cell's own."""
+        """The compiled model of one cell: the base policy, the sweep's fixed fields, the cell's own. The
+        POLICY_CELL runs the base policy as it is; every other cell leaves its per-site rules out."""
+        if cell.criterion == POLICY_CELL:
+            return self.compiler(self.policy, **self.fixed)
         fixed = {k: v for k, v in self.fixed.items() if k != "budget" or CRITERION_TABLE[cell.criterion].takes_budget}
-        return self.compiler(self.policy, **{**fixed, **cell.overrides(self.block_k)})
+        policy = self.policy if self.policy is None else dataclasses.replace(self.policy, per_site=())
+        return self.compiler(policy, **{**fixed, **cell.overrides(self.block_k)})
 
     def measure(self, compiled, bar=None) -> dict:
         """Metrics of `compiled` over all batches, plus its recompute rates summed over all of them."""

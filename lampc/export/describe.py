@@ -85,7 +85,9 @@ def _policy_text(policy: dict) -> str:
         if site:
             fields = {k: v for k, v in site.items() if k in SITE_FIELDS}
             parts.append(f"{kind}: {SitePolicy(**fields).summary}")
-    return "; ".join(parts) or "no site kinds enabled"
+    text = "; ".join(parts) or "no site kinds enabled"
+    per_site = policy.get("per_site") or []
+    return text + (f"; per-site rules at {len(per_site)} site(s)" if per_site else "")
 
 
 def _value(value: onnx.ValueInfoProto) -> str:

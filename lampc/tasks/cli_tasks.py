@@ -49,7 +49,7 @@ def run(args) -> int:
     tasks = resolve_tasks(names)
     policy, overrides = compile_arguments(args)
     fields = _model_args(policy, overrides)
-    name = args.name or _cell_name(overrides)
+    name = args.name or _cell_name(policy, overrides)
     rows, raw = compare(args.model, {name: fields}, tasks, limit=args.limit,
                                       batch_size=args.batch_size)
     print(markdown(rows), end="")
@@ -69,10 +69,11 @@ def _model_args(policy, overrides: dict) -> dict:
     return fields
 
 
-def _cell_name(overrides: dict) -> str:
-    parts = [str(overrides.get("format", "m4")), str(overrides.get("criterion", "strict"))]
-    if overrides.get("tau") is not None:
-        parts.append(f"tau={overrides['tau']:g}")
-    if overrides.get("budget") is not None:
-        parts.append(f"budget={overrides['budget']}")
-    return " ".join(parts)
+def _cell_name(policy, overrides: dict) -> str:
+    """The cell's label: the format and rule of its first site kind (the policy file's, with the options)."""
+    from ..policy import Policy
+
+    full = Policy.from_overrides(policy, **overrides)
+    site = getattr(full, full.enabled_kinds()[0])
+    rule = f"{site.criterion}, per-site taus" if full.per_site else site.rule_text
+    return f"{site.format.name} {rule}"
