@@ -22,8 +22,9 @@ CHANGEABLE = PER_SITE_FIELDS + ("format",)
 
 
 def respec_sites(gm: fx.GraphModule, policies: dict[int, SitePolicy]) -> None:
-    """Give site i the rule of policies[i] (ValueError for a site the graph lacks or a structural change)."""
-    found = set()
+    """Give site i the rule of policies[i] (ValueError for a site the graph lacks or a structural change; the graph
+    is then left as it was: every change is checked before any is made)."""
+    found, edits = set(), []
     for node in gm.graph.nodes:
         tag = node.meta.get("lampc")
         if node.op != "call_function" or node.target not in SITE_OPS or tag is None or tag.site not in policies:
@@ -37,9 +38,11 @@ def respec_sites(gm: fx.GraphModule, policies: dict[int, SitePolicy]) -> None:
         if changed:
             raise ValueError(f"respec_sites: site {tag.site} would change {changed}, which changes its ops; only "
                              f"{', '.join(CHANGEABLE)} can change in place")
-        node.args = (*node.args[:at], new.to_spec(), *node.args[at + 1:])
+        edits.append((node, (*node.args[:at], new.to_spec(), *node.args[at + 1:])))
         found.add(tag.site)
     missing = sorted(set(policies) - found)
     if missing:
         raise ValueError(f"respec_sites: no site {missing} in this graph")
+    for node, args in edits:
+        node.args = args
     gm.recompile()
