@@ -227,6 +227,9 @@ class Sweep:
         if cell.criterion == POLICY_CELL:
             return self.compiler(self.policy, **self.fixed)
         fixed = {k: v for k, v in self.fixed.items() if k != "budget" or CRITERION_TABLE[cell.criterion].takes_budget}
+        rule = CRITERION_TABLE[cell.criterion]
+        if not (CRITERION_TABLE[cell.count_from] if rule.counted else rule).weighs_errors:
+            fixed["error_scale"] = "score"  # uniform, target: no weights for an error scale to change
         policy = self.policy if self.policy is None else dataclasses.replace(self.policy, per_site=())
         return self.compiler(policy, **{**fixed, **cell.overrides(self.block_k)})
 

@@ -59,19 +59,44 @@ class SiteWeights:
         occupied = torch.nonzero(self.counts).flatten()
         if occupied.numel() == 0:
             return 0.0
-        return 10.0 ** (LOW_DECADE + (int(occupied[-1]) + 1) / BINS_PER_DECADE)
+        return bin_edge(int(occupied[-1]) + 1)
+
+
+def bin_edge(index: int) -> float:
+    """The lower edge of bin `index`: 10**(LOW_DECADE + index / BINS_PER_DECADE)."""
+    return 10.0 ** (LOW_DECADE + index / BINS_PER_DECADE)
 
 
 def _bin_of(nu: Tensor) -> Tensor:
+    """The bin of each ν (float64): bin_edge(b) <= ν < bin_edge(b + 1), against the very edges bin_edge computes."""
     position = (torch.log10(nu.clamp(min=1e-300)) - LOW_DECADE) * BINS_PER_DECADE
-    return position.nan_to_num(nan=0.0).floor().clamp(0, N_BINS - 1).to(torch.int64)
+    b = position.nan_to_num(nan=0.0).floor().clamp(0, N_BINS - 1).to(torch.int64)
+    edges = _edges()
+    b = b + ((b + 1 < N_BINS) & (nu >= edges[(b + 1).clamp(max=N_BINS - 1)])).to(torch.int64)
+    return b - ((b > 0) & (nu < edges[b])).to(torch.int64)
+
+
+_EDGES: list[Tensor] = []
+
+
+def _edges() -> Tensor:
+    """bin_edge(b) for every bin, as a float64 tensor (computed once)."""
+    if not _EDGES:
+        _EDGES.append(torch.tensor([bin_edge(b) for b in range(N_BINS)], dtype=torch.float64))
+    return _EDGES[0]
 
 
 def _first_bin_above(lam: float) -> int:
-    """The first bin whose entries count as ν > λ: the bins from λ's own upward."""
+    """The first bin whose entries count as ν > λ: the bin holding λ (bin_edge(b) <= λ < bin_edge(b + 1)) and up;
+    at a bin edge exactly, that bin's. Beyond the range: the first or the last bin (over-counting, never under)."""
     if lam <= 0:
         return 0
-    return int(min(max(math.floor((math.log10(lam) - LOW_DECADE) * BINS_PER_DECADE), 0), N_BINS))
+    b = min(max(math.floor((math.log10(lam) - LOW_DECADE) * BINS_PER_DECADE), 0), N_BINS - 1)
+    while b + 1 < N_BINS and bin_edge(b + 1) <= lam:  # the same edges as bin_edge computes, whatever log10 rounds
+        b += 1
+    while b > 0 and bin_edge(b) > lam:
+        b -= 1
+    return b
 
 
 class WeightRecorder:
