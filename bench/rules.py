@@ -2,6 +2,7 @@
 
     python bench/rules.py                                         # the runs of bench/rules.md
     python bench/rules.py --model embedded --seq-len 64 --cells m4:natural      # a smoke run (a minute)
+    python bench/rules.py --model embedded --linear m7                         # the linear sites' error scales
 
 Per model, format and text (natural or token-shuffled *Persuasion*):
 
@@ -173,6 +174,23 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+LINEAR_TAUS = {"score": (1.0, 0.3, 0.1, 0.03, 0.01), "mixed": (1.0, 0.3, 0.1, 0.03, 0.01),
+               "l1": (10.0, 3.0, 1.0, 0.3, 0.1)}
+
+
+def linear_sites(model, tokenizer, fmt: str, n_seq: int, seq_len: int) -> str:
+    """The error scales at the linear sites (layer_norm and gelu): one tau everywhere, per error scale."""
+    lines = [f"### linear sites (layer_norm, gelu), {fmt}, natural text ({n_seq} x {seq_len} tokens)", ""]
+    for scale, taus in LINEAR_TAUS.items():
+        rows = run_sweep(model, tokenizer, formats=[fmt], criteria=["uniform", "strict"], taus={"strict": list(taus)},
+                         fixed={"error_scale": scale, "kinds": ["layer_norm", "gelu"]}, seq_len=seq_len,
+                         n_seq=n_seq, progress=False, batch_size=2)
+        points = ", ".join(f"{r['criterion'] if r['tau'] is None else r['tau']:}: "
+                           f"{100 * r['recompute_rate_pooled']:.2f}% / {r['kl']:.3g}" for r in rows)
+        lines.append(f"- {scale} (tau: rate / KL): {points}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", choices=sorted(STRICT_TAUS))
@@ -183,7 +201,9 @@ def main(argv=None) -> int:
     parser.add_argument("--bounds-in", default="m4:natural",
                         help="format:text cells that also run the l1 and norms grids (comma separated)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--replot", action="store_true", help="redraw the plots and rules.md from rules.json")
+    parser.add_argument("--replot", action="store_true", help="redraw the plots from rules.json")
+    parser.add_argument("--linear", metavar="FORMAT", default=None,
+                        help="instead: the error scales at the linear sites (layer_norm, gelu) in FORMAT")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     out = Path(args.out)
@@ -192,6 +212,12 @@ def main(argv=None) -> int:
         results = json.loads((out / "rules.json").read_text(encoding="utf-8"))
         for result in results:
             plot(result, out / f"rules_{result['model']}_{result['format']}_{result['text']}.png")
+        return 0
+    if args.linear:
+        for name in args.model or ["embedded"]:
+            model, tokenizer = load_model(name)
+            print(f"machine: {describe_machine()}\n\n" + linear_sites(model, tokenizer, args.linear, args.n_seq,
+                                                                       args.seq_len))
         return 0
     sections, results = [f"machine: {describe_machine()}\n"], []
     for name in args.model or ["embedded", "smollm2-135m"]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -50,8 +51,8 @@ class Calibration:
 
     policy: Policy
     target: dict  # {"rate": r} or {"kl": k}
-    sites: list[dict]  # per site: site, kind, module, tau (or None: no recompute), gain, rate (predicted)
-    measured: dict  # on the calibration text: rate, kl, flip_rate, predicted_kl
+    sites: list[dict]  # per site: site, kind, module, tau (None: no recompute), predicted_rate, alone_kl
+    measured: dict  # on the calibration text: rate, layer_mean_rate, kl, flip_rate, predicted_rate, predicted_kl
     data: dict  # the calibration text: dataset, seq_len, n_seq, seed, shuffle
 
     def to_dict(self) -> dict:
@@ -215,8 +216,10 @@ def _search_kl(measure, kl: float):
     """The least rate (bisection in log rate over [1e-4, 1)) whose measured KL is at most `kl`."""
     low, high = 1e-4, 0.999
     best = measure(high)
-    if best[2]["kl"] > kl:
-        return best  # even recomputing almost everything misses the target: report the closest
+    if best[2]["kl"] > kl:  # even recomputing almost everything misses the target: the closest, said aloud
+        warnings.warn(f"lampc calibrate: KL {kl:g} is out of reach: recomputing 99.9% of the entries leaves KL "
+                      f"{best[2]['kl']:.3g} on the calibration text; the policy written is that one", stacklevel=3)
+        return best
     for _ in range(KL_SEARCH_STEPS - 1):
         mid = math.sqrt(low * high)
         trial = measure(mid)
