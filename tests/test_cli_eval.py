@@ -282,3 +282,64 @@ def test_long_steps_print_one_line_each_when_stderr_is_no_terminal(capsys, model
     for line in ("lampc: capturing the model as a graph", "lampc: FP32 greedy continuations of 2 prompts",
                  "lampc: m3 uniform", "lampc: m3 strict tau=0.3", "done in"):
         assert line in err
+
+
+def _per_site_file(tmp_path, taus) -> str:
+    """A per-site policy file for the tiny model's two attention sites (as `lampc calibrate` writes one)."""
+    path = tmp_path / "per_site.json"
+    path.write_text(json.dumps({"attention": {"format": "m3", "criterion": "strict", "tau": 0.3},
+                                "per_site": [{"site": i, "kind": "attention", "tau": t} for i, t in enumerate(taus)]}))
+    return str(path)
+
+
+def test_eval_runs_a_per_site_policy_as_written_beside_uniform(capsys, model_dir, text_file, tmp_path):
+    """The policy cell's rate is the one a compile of the same per-site policy gives on the same windows, and it
+    differs from the kind's own tau (0.3) at every site: the per-site taus are what ran."""
+    import lampc
+    from lampc.cli_policy import load_policy_file
+    from lampc.eval.sweep import load_sequences
+    from lampc.models import load_model
+
+    policy_file = _per_site_file(tmp_path, [0.05, 3.0])
+    out = tmp_path / "per-site"
+    code = main(["eval", "--model", str(model_dir), "--text", str(text_file), "--seq-len", "16", "--n-seq", "2",
+                 "--policy", policy_file, "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["criterion"], r["format"]) for r in rows] == [("uniform", "m3"), ("policy", "m3")]
+    assert rows[0]["recompute_rate"] == 0.0 and rows[1]["rule"] == "strict, one tau per site (2 sites)"
+    model, tokenizer = load_model(str(model_dir))
+    windows, _ = load_sequences(tokenizer, text=str(text_file), seq_len=16, n_seq=2, seed=42)
+    rates = {}
+    for name, policy in (("per-site", load_policy_file(policy_file)), ("kind's tau", None)):
+        compiled = lampc.compile(model, policy, **({} if policy else {"format": "m3", "tau": 0.3}))
+        compiled(windows)
+        rates[name] = [s["rate"] for s in compiled.stats()["sites"]]
+    assert json.loads(rows[1]["layer_rates"]) == pytest.approx(rates["per-site"], abs=1e-8)
+    assert rates["per-site"][0] > rates["kind's tau"][0] and rates["per-site"][1] < rates["kind's tau"][1]
+
+
+@pytest.mark.parametrize("option", [["--tau", "0.1"], ["--criterion", "uniform,strict"], ["--format", "m4"]])
+def test_eval_refuses_a_grid_over_a_per_site_policy(capsys, tmp_path, option):
+    err = fails(capsys, "eval", "--policy", _per_site_file(tmp_path, [0.05, 3.0]), *option,
+                "--out", str(tmp_path / "x"))
+    assert f"{option[0]}: the --policy file sets one rule per site (per_site)" in err
+
+
+def test_generate_with_a_per_site_policy_compares_uniform(capsys, model_dir, tmp_path):
+    out = tmp_path / "gen.json"
+    code = main(["generate", "--model", str(model_dir), "--prompt", "w1 w2 w3 w4", "--max-new-tokens", "4",
+                 "--compare", "uniform", "--policy", _per_site_file(tmp_path, [0.05, 3.0]), "--json", str(out)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["policy"].endswith("per-site rules at 2 site(s)")
+    assert [v["variant"] for v in doc["prompts"][0]["variants"]] == ["lamp", "uniform"]
+
+
+def test_tasks_names_its_cell_from_the_policy_file(tmp_path):
+    from lampc.cli_policy import load_policy_file
+    from lampc.tasks.cli_tasks import _cell_name
+
+    per_site = load_policy_file(_per_site_file(tmp_path, [0.05, 3.0]))
+    assert _cell_name(per_site, {}) == "m3 strict, per-site taus"
+    assert _cell_name(None, {"format": "m7", "criterion": "relaxed", "tau": 0.2}) == "m7 relaxed tau=0.2"
