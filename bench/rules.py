@@ -1,6 +1,6 @@
 """Look-ahead rules against each other on held-out text: KL and flips against the recompute rate.
 
-    python bench/rules.py                                         # the runs of bench/rules.md
+    python bench/rules.py --model embedded                        # one of the runs of bench/rules.md
     python bench/rules.py --model embedded --seq-len 64 --cells m4:natural      # a smoke run (a minute)
     python bench/rules.py --model embedded --linear m7                         # the linear sites' error scales
 
@@ -194,7 +194,7 @@ def linear_sites(model, tokenizer, fmt: str, n_seq: int, seq_len: int) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", choices=sorted(STRICT_TAUS))
-    parser.add_argument("--cells", default="m4:natural,m4:shuffled,m7:natural",
+    parser.add_argument("--cells", default="m4:natural,m4:shuffled,m7:natural,m7:shuffled",
                         help="format:text pairs (text: natural or shuffled), comma separated")
     parser.add_argument("--n-seq", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=256)
