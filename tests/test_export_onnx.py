@@ -23,7 +23,7 @@ from lampc.export.session import OPTIMIZATION_LEVELS
 from lampc.formats import parse
 from lampc.models import ModelNotFoundError, load_model
 from lampc.numerics import round_to
-from lampc.policy import SitePolicy
+from lampc.policy import Policy, SiteOverride, SitePolicy
 from onnx_probes import float32_edge_values, rounding_probe, site_probe
 
 pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
@@ -100,6 +100,12 @@ def exported(model, model_dir, tmp_path_factory):
                 export_onnx(compiled, path, debug_outputs=True)
             elif name == "m4_fused":  # one lamp_scores op per site: exported in the three-op form
                 compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.05, fused=True)
+                export_onnx(compiled, path, debug_outputs=True)
+            elif name == "m4_per_site_mixed":  # a calibrated-style policy: one tau per site, error scale "mixed"
+                policy = Policy(attention=SitePolicy(format="m4", tau=0.05, error_scale="mixed"),
+                                per_site=(SiteOverride(0, "attention", {"tau": 0.2}),
+                                          SiteOverride(1, "attention", {"tau": 1.0})))
+                compiled = lampc.compile(model, policy)
                 export_onnx(compiled, path, debug_outputs=True)
             cache[name] = (compiled, str(path))
         return cache[name]
@@ -265,7 +271,7 @@ def test_dynamic_batch_and_sequence(exported):
     assert got.shape == (3, 9, 64) and np.abs(got - want).max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["m4_strict", "m4_budget", "m4_fused"])
+@pytest.mark.parametrize("name", ["m4_strict", "m4_budget", "m4_fused", "m4_per_site_mixed"])
 @pytest.mark.parametrize("level", LEVELS)
 def test_m4_matches_pytorch_and_rounding_survives(exported, batch, fp32_logits, name, level):
     compiled, path = exported(name)
@@ -285,6 +291,17 @@ def test_m4_matches_pytorch_and_rounding_survives(exported, batch, fp32_logits, 
     assert effect > 1e-3, "m4 must visibly change the logits for this check to mean anything"
     assert np.abs(got["logits"] - want).max() <= 0.01 * effect
     assert np.abs(got["logits"] - fp32_logits).max() >= 0.9 * effect  # ORT did not drop the rounding
+
+
+def test_a_per_site_policy_is_exported_site_by_site(exported):
+    """Each site's ops carry its own tau into the ONNX graph; the metadata and the description say so."""
+    compiled, path = exported("m4_per_site_mixed")
+    meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert [o["tau"] for o in json.loads(meta["lampc.policy"])["per_site"]] == [0.2, 1.0]
+    assert "per-site rules at 2 site(s)" in describe_onnx(path)
+    assert [site.rule for site in compiled.sites] == [
+        "format m4 (block_k 1, emulate)  rule strict tau=0.2 error scale mixed",
+        "format m4 (block_k 1, emulate)  rule strict tau=1 error scale mixed"]
 
 
 def test_model_metadata_tags_and_standard_ops(exported):
