@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..lookahead.record import SiteWeights, bin_edge
+from ..lookahead.record import SiteWeights, bin_edges
 
 
 @dataclass
@@ -44,7 +44,7 @@ class SiteCurve:
             self.lams, self.counts, self.kls = np.array([math.inf]), np.array([0.0]), np.array([no_recompute])
             return
         edges = np.arange(occupied[0], occupied[-1] + 1)  # λ at bin j's lower edge selects the bins >= j
-        lams = np.array([bin_edge(int(e)) for e in edges])
+        lams = bin_edges().numpy()[edges]
         above = np.cumsum(counts[::-1])[::-1][edges]
         left = np.concatenate([[0.0], np.cumsum(squares)])[edges]
         self.lams = np.append(lams, math.inf)

@@ -16,7 +16,6 @@ Bins are 1/BINS_PER_DECADE decade wide (a count at λ is exact to within the ent
 from __future__ import annotations
 
 import contextlib
-import math
 from contextvars import ContextVar
 
 import torch
@@ -68,10 +67,11 @@ def bin_edge(index: int) -> float:
 
 
 def _bin_of(nu: Tensor) -> Tensor:
-    """The bin of each ν (float64): bin_edge(b) <= ν < bin_edge(b + 1), against the very edges bin_edge computes."""
+    """The bin of each ν (float64): bin_edge(b) <= ν < bin_edge(b + 1), against the very edges bin_edge computes
+    (whatever log10 rounds); below the range (zero included) the first bin, above it the last."""
     position = (torch.log10(nu.clamp(min=1e-300)) - LOW_DECADE) * BINS_PER_DECADE
     b = position.nan_to_num(nan=0.0).floor().clamp(0, N_BINS - 1).to(torch.int64)
-    edges = _edges()
+    edges = bin_edges()
     b = b + ((b + 1 < N_BINS) & (nu >= edges[(b + 1).clamp(max=N_BINS - 1)])).to(torch.int64)
     return b - ((b > 0) & (nu < edges[b])).to(torch.int64)
 
@@ -79,7 +79,7 @@ def _bin_of(nu: Tensor) -> Tensor:
 _EDGES: list[Tensor] = []
 
 
-def _edges() -> Tensor:
+def bin_edges() -> Tensor:
     """bin_edge(b) for every bin, as a float64 tensor (computed once)."""
     if not _EDGES:
         _EDGES.append(torch.tensor([bin_edge(b) for b in range(N_BINS)], dtype=torch.float64))
@@ -87,16 +87,9 @@ def _edges() -> Tensor:
 
 
 def _first_bin_above(lam: float) -> int:
-    """The first bin whose entries count as ν > λ: the bin holding λ (bin_edge(b) <= λ < bin_edge(b + 1)) and up;
-    at a bin edge exactly, that bin's. Beyond the range: the first or the last bin (over-counting, never under)."""
-    if lam <= 0:
-        return 0
-    b = min(max(math.floor((math.log10(lam) - LOW_DECADE) * BINS_PER_DECADE), 0), N_BINS - 1)
-    while b + 1 < N_BINS and bin_edge(b + 1) <= lam:  # the same edges as bin_edge computes, whatever log10 rounds
-        b += 1
-    while b > 0 and bin_edge(b) > lam:
-        b -= 1
-    return b
+    """The first bin whose entries count as ν > λ: the bin holding λ and up (at a bin edge exactly, that bin's).
+    Beyond the range: the first or the last bin (over-counting, never under)."""
+    return int(_bin_of(torch.tensor([lam], dtype=torch.float64))[0])
 
 
 class WeightRecorder:
