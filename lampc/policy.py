@@ -196,6 +196,10 @@ SET_BY_PASSES = ("softcap", "biased")
 """SitePolicy fields the attention pass sets at a site it finds (users do not)."""
 
 
+NO_RECOMPUTE = {"criterion": "uniform", "tau": None, "budget": None, "length_scaling": False, "error_scale": "score"}
+"""SitePolicy fields that turn any site policy into uniform: its numbers kept, no rule (and none of the rule's
+settings, which uniform refuses)."""
+
 PER_SITE_FIELDS = ("tau", "criterion", "budget", "length_scaling", "l_ref", "error_scale")
 """The SitePolicy fields one site may set apart from its kind: the look-ahead rule, never the numbers or the
 structure (format, block_k, backend and fused stay the kind's, so every site of a kind runs the same ops)."""

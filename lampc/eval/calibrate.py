@@ -32,7 +32,7 @@ from torch import nn
 from ..criteria import CALIBRATED
 from ..lookahead.record import recording
 from ..passes.respec import respec_sites
-from ..policy import PER_SITE_FIELDS, Policy, SiteOverride, SitePolicy
+from ..policy import NO_RECOMPUTE, PER_SITE_FIELDS, Policy, SiteOverride, SitePolicy
 from .allocate import Allocation, SiteCurve, allocate
 from .progress import step_line
 from .sweep import Sweep, check_seq_len, load_sequences
@@ -193,8 +193,7 @@ def _scale_text(lam: float) -> str:
 
 
 def _no_recompute(site: SitePolicy, **changes) -> SitePolicy:
-    return dataclasses.replace(site, criterion="uniform", tau=None, budget=None, length_scaling=False,
-                               error_scale="score", **changes)
+    return dataclasses.replace(site, **{**NO_RECOMPUTE, **changes})
 
 
 def _scaled(site: SitePolicy, lam: float) -> SitePolicy:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture_step import cache_argument, returned_cache
+from ..policy import NO_RECOMPUTE
 
 NO_EOS: list[int] = []  # generate() with eos_token_id=[]: never stop early
 
@@ -109,8 +110,7 @@ def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *
     ids, mask = _left_padded(tokenizer, prompts)
     compiler = CellCompiler(model)
     lamp = compiler(policy, **overrides)
-    uniform = {**overrides, "criterion": "uniform", "tau": None, "budget": None, "error_scale": "score",
-               "length_scaling": False}
+    uniform = {**overrides, **NO_RECOMPUTE}
     runs = {"fp32": compiler(None, format="m23", criterion="uniform")} if "fp32" in variants else {}
     runs["lamp"] = lamp
     if "uniform" in variants:  # the same numbers, no rule (and so no per-site rules)
