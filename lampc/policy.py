@@ -313,7 +313,7 @@ class Policy:
     def unguarded(self) -> SitePolicy:
         """The policy of producers that are no site (sites='all'): the first enabled kind's numbers, uniform."""
         base = getattr(self, self.enabled_kinds()[0])
-        return dataclasses.replace(base, criterion="uniform", tau=None, budget=None)
+        return dataclasses.replace(base, **NO_RECOMPUTE)
 
     def for_kind(self, kind: str) -> SitePolicy | None:
         return getattr(self, kind)

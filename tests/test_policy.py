@@ -42,3 +42,15 @@ def test_overrides_reach_every_enabled_kind_and_reject_unknown_names():
         Policy.from_overrides(None, m=4)
     with pytest.raises(ValueError, match="sites"):
         Policy(sites="everything")
+
+
+@pytest.mark.parametrize("rule", [dict(error_scale="mixed"), dict(length_scaling=True, l_ref=64),
+                                  dict(criterion="budget", budget=4)])
+def test_unguarded_producers_take_the_numbers_without_the_rule(rule):
+    """sites='all': the matmuls that are no site run the first kind's format with no look-ahead, whatever rule
+    settings that kind has (an error scale or length scaling once made the uniform policy invalid)."""
+    policy = Policy(attention=SitePolicy(format="m5", block_k=4, **rule), sites="all")
+    unguarded = policy.unguarded()
+    assert unguarded.criterion == "uniform" and unguarded.tau is None and unguarded.budget is None
+    assert unguarded.error_scale == "score" and unguarded.length_scaling is False
+    assert (unguarded.format.name, unguarded.block_k) == ("m5", 4)
