@@ -5,28 +5,44 @@
     logits = compiled(input_ids).logits
     lampc.show(compiled)
     compiled.stats()
+
+The names below load their modules when first used, so that `import lampc` (and `lampc --help`, which imports the
+command line through it) costs no torch, transformers or ONNX import; `lampc.compile` loads torch.
 """
 
+from __future__ import annotations
+
+import importlib
+
 from .version import __version__
-from . import formats, inspect  # noqa: E402
-from .api import NoSitesError, compile  # noqa: E402
-from .capture import CaptureError  # noqa: E402
-from .inspect import show  # noqa: E402
-from .policy import Policy, SitePolicy  # noqa: E402
 
-__all__ = ["CaptureError", "NoSitesError", "Policy", "SitePolicy", "compile", "export_onnx", "load_model", "formats", "inspect", "show",
-           "__version__"]
+LAZY = {
+    "compile": ("lampc.api", "compile"),
+    "NoSitesError": ("lampc.api", "NoSitesError"),
+    "CaptureError": ("lampc.capture", "CaptureError"),
+    "Policy": ("lampc.policy", "Policy"),
+    "SitePolicy": ("lampc.policy", "SitePolicy"),
+    "show": ("lampc.inspect.show", "show"),
+    "load_model": ("lampc.models", "load_model"),
+    "export_onnx": ("lampc.export", "export_onnx"),
+    "formats": ("lampc.formats", None),
+    "inspect": ("lampc.inspect", None),
+}
+"""name -> (module, attribute; None: the module itself)."""
+
+__all__ = ["CaptureError", "NoSitesError", "Policy", "SitePolicy", "compile", "export_onnx", "load_model", "formats",
+           "inspect", "show", "__version__"]
 
 
-def __getattr__(name):
-    """`lampc.export_onnx` loads the ONNX stack (onnxscript, onnxruntime) only when first used; `lampc.load_model`
-    the model loaders (transformers' Auto classes)."""
-    if name == "load_model":
-        from .models import load_model
+def __getattr__(name: str):
+    if name not in LAZY:
+        raise AttributeError(f"module 'lampc' has no attribute {name!r}")
+    module_name, attribute = LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # once loaded, an ordinary attribute
+    return value
 
-        return load_model
-    if name == "export_onnx":
-        from .export import export_onnx
 
-        return export_onnx
-    raise AttributeError(f"module 'lampc' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(LAZY))

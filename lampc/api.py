@@ -36,7 +36,8 @@ def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, *, allo
     """
     if not isinstance(allow_no_sites, bool):
         raise TypeError(f"allow_no_sites must be True or False, got {allow_no_sites!r}")
-    return compile_captured(capture(model), Policy.from_overrides(policy, **overrides), allow_no_sites=allow_no_sites)
+    policy = Policy.from_overrides(policy, **overrides)  # a bad policy is refused before the (slow) capture
+    return compile_captured(capture(model), policy, allow_no_sites=allow_no_sites)
 
 
 def compile_captured(captured: Captured, policy: Policy, *, allow_no_sites: bool = False) -> CompiledModel:

@@ -14,6 +14,8 @@
      "per_site": [{"site": 3, "kind": "attention", "module": "transformer.h.3.attn", "tau": 0.02}]}
 
 Options given beside it override its fields for every kind it enables; options not given leave it as it is.
+Vocabulary words (--format, --criterion, --backend, --error-scale, --kinds, --sites, and the file's values) are
+taken in any case. A file may not set the fields the attention pass discovers (policy.SET_BY_PASSES).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import json
 from pathlib import Path
 
 from .cli_support import CliError, budget_arg
-from .policy import CRITERIA, ERROR_SCALES, SITE_KINDS, Policy, SiteOverride, SitePolicy
+from .policy import (BACKENDS, CRITERIA, ERROR_SCALES, SET_BY_PASSES, SITE_KINDS, Policy, SiteOverride, SitePolicy,
+                     parse_kinds, set_by_passes_text)
 
 DEFAULTS = {"format": "m4", "criterion": "strict", "tau": None, "budget": None, "block_k": 1, "kinds": ["attention"],
             "sites": "guarded", "backend": "emulate", "fused": False, "error_scale": "score"}
@@ -31,13 +34,12 @@ GRID_OPTIONS = ("format", "criterion", "tau", "block_k")
 
 
 def kinds_arg(text: str) -> list[str]:
-    """argparse type of --kinds: a comma-separated list of site kinds, or 'all'."""
-    kinds = list(SITE_KINDS) if text == "all" else [k.strip() for k in text.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in SITE_KINDS]
-    if bad or not kinds:
+    """argparse type of --kinds: a comma-separated list of site kinds, or 'all' (any case)."""
+    try:
+        return parse_kinds([k.strip() for k in text.split(",") if k.strip()])
+    except ValueError:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(SITE_KINDS)} or 'all', "
-                                         f"got {text!r}")
-    return kinds
+                                         f"got {text!r}") from None
 
 
 def add_policy_arguments(parser, *, grid: bool = False) -> None:
@@ -45,7 +47,8 @@ def add_policy_arguments(parser, *, grid: bool = False) -> None:
     if not grid:
         group.add_argument("--format", default=None, help="producer format, e.g. m4, m7, bf16 (default m4; see "
                                                           "`lampc formats`)")
-        group.add_argument("--criterion", default=None, choices=CRITERIA, help="look-ahead rule (default strict)")
+        group.add_argument("--criterion", default=None, type=str.lower, choices=CRITERIA,
+                           help="look-ahead rule (default strict)")
         group.add_argument("--tau", type=float, default=None, help="the rule's threshold (default: per rule)")
         group.add_argument("--block-k", type=int, default=None,
                            help="accumulation block (1 = round every term, default)")
@@ -54,11 +57,11 @@ def add_policy_arguments(parser, *, grid: bool = False) -> None:
     group.add_argument("--kinds", default=None, type=kinds_arg,
                        help="site kinds to rewrite, comma separated: attention,layer_norm,gelu,logits or 'all' "
                             "(default attention, as in the paper)")
-    group.add_argument("--sites", choices=("guarded", "all"), default=None,
+    group.add_argument("--sites", type=str.lower, choices=("guarded", "all"), default=None,
                        help="'all' also lowers every matmul that is no site (default guarded)")
-    group.add_argument("--backend", choices=("emulate", "native"), default=None,
+    group.add_argument("--backend", type=str.lower, choices=BACKENDS, default=None,
                        help="emulate the format bit-exactly, or run the real dtype (bf16, fp16)")
-    group.add_argument("--error-scale", choices=ERROR_SCALES, default=None, dest="error_scale",
+    group.add_argument("--error-scale", type=str.lower, choices=ERROR_SCALES, default=None, dest="error_scale",
                        help="what each entry's sensitivity is multiplied by: score (|ŝ|, the paper's, default), l1 or "
                             "norms (a bound on the producer's error), mixed (|ŝ| floored at a cancelling dot "
                             "product's size) or exact (the true error, evaluation only); docs/NUMERICS.md §9")
@@ -83,7 +86,11 @@ def load_policy_file(path: str | Path) -> Policy:
     path = Path(path)
     if not path.is_file():
         raise CliError(f"--policy: no such file: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CliError(f"--policy: {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                       f"{err.start}); save it as UTF-8") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -135,6 +142,9 @@ def _site_policy(fields: dict) -> SitePolicy:
     """A SitePolicy from a file's fields; "m_bits" (which Policy.to_dict writes beside the format) must agree."""
     fields = dict(fields)
     m_bits = fields.pop("m_bits", None)
+    for name in SET_BY_PASSES:
+        if name in fields and fields[name] != SitePolicy.__dataclass_fields__[name].default:
+            raise ValueError(f"{set_by_passes_text(name)}: remove it (got {fields[name]!r})")
     site = SitePolicy(**fields)
     if m_bits is not None and m_bits != site.m_bits:
         raise ValueError(f"m_bits {m_bits!r} disagrees with format {site.format.name!r} ({site.m_bits} bits)")

@@ -1,8 +1,17 @@
-"""What every `lampc` subcommand shares: the user-error class, --model, the type of --budget, what --quiet silences."""
+"""What every `lampc` subcommand shares: the user-error class, --model, --out, the type of --budget, the checks that
+a destination can be written (before any work), and what third-party output a command shows.
+
+Nothing here imports torch, transformers or ONNX: the command line builds its parsers from this module.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
 
 
 class CliError(Exception):
@@ -12,6 +21,13 @@ class CliError(Exception):
 def add_model_argument(parser) -> None:
     """--model, as every subcommand that loads a model spells it."""
     parser.add_argument("--model", default="embedded", help="'embedded' (default), a known name, or a model directory")
+
+
+def add_out_argument(parser, *, dest: str = "out", required: bool = False, **options) -> None:
+    """--out, as every command that writes spells it; --output is taken too (not shown in --help)."""
+    group = parser.add_mutually_exclusive_group(required=required)  # either spelling meets `required`
+    group.add_argument("--out", dest=dest, **options)
+    group.add_argument("--output", dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def budget_arg(text: str):
@@ -24,20 +40,95 @@ def budget_arg(text: str):
         raise argparse.ArgumentTypeError(f"expected an int k or a fraction, got {text!r}") from None
 
 
-def silence_third_party() -> None:
-    """--quiet: no transformers/huggingface progress bars, info logs or Python warnings; lampc's own results and
-    errors still print."""
-    import logging
-    import os
-    import warnings
-
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    warnings.simplefilter("ignore")
-    logging.getLogger("torch").setLevel(logging.ERROR)
+def check_writable_file(path: str | Path, flag: str) -> Path:
+    """`path` can be written as a file: no directory there, its directory exists, and a file can be made in it.
+    Checked before any work (by making and removing a probe file beside it); an existing file is left as it is."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise CliError(f"{flag}: {path} is a directory; give a file name")
+    if not parent.is_dir():
+        raise CliError(f"{flag}: cannot write {path}: directory {parent} does not exist")
+    probe = parent / f".{path.name}.lampc-write-check"
     try:
-        from transformers.utils import logging as hf_logging
+        with open(path if path.exists() else probe, "a"):
+            pass
+    except OSError as err:
+        raise CliError(f"{flag}: cannot write {path} ({err.strerror or err})") from None
+    finally:
+        if probe.exists():
+            probe.unlink()
+    return path
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+
+KNOWN_WARNINGS = (
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),  # torch 2.13, when ONNX export copies a graph
+)
+"""Third-party warnings a command hides by default (category, message regex): ones a user cannot act on. Any other
+warning, lampc's own included, still shows."""
+
+PROGRESS_BAR_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+
+
+@contextlib.contextmanager
+def third_party_output(*, verbose: bool = False, quiet: bool = False):
+    """What third-party libraries may print while a command runs; restored afterwards.
+
+    default   no weight-loading or dataset progress bars, no KNOWN_WARNINGS; lampc's progress, other warnings and
+              transformers' own warnings still show
+    quiet     also no warnings and no transformers or torch log below errors (lampc's results and errors still print)
+    verbose   everything, as the libraries print it
+    """
+    if verbose:
+        yield
+        return
+    env = {name: "1" for name in PROGRESS_BAR_ENV} | ({"TRANSFORMERS_VERBOSITY": "error"} if quiet else {})
+    saved_env = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # read when transformers and datasets load; if transformers is loaded, it is told below
+    hf_before = _hf_state()
+    if hf_before is not None:
+        _set_hf_state(False, 40 if quiet else hf_before[1])  # 40: ERROR
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore")
+        for category, message in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        torch_logs = _torch_logs(40 if quiet else None)
+        try:
+            yield
+        finally:
+            _torch_logs(torch_logs)
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            if hf_before is not None:  # (loaded during the command, it keeps the setting: it read it from the env)
+                _set_hf_state(*hf_before)
+
+
+def _hf_state() -> tuple[bool, int] | None:
+    """(progress bars on, verbosity) of transformers' logging when transformers is loaded, else None."""
+    hf = sys.modules.get("transformers.utils.logging")
+    return None if hf is None else (hf.is_progress_bar_enabled(), hf.get_verbosity())
+
+
+def _set_hf_state(bars: bool, verbosity: int) -> None:
+    hf = sys.modules["transformers.utils.logging"]
+    if bars:
+        hf.enable_progress_bar()
+    else:
+        hf.disable_progress_bar()
+    hf.set_verbosity(verbosity)
+
+
+def _torch_logs(level: int | None) -> int | None:
+    """Set the "torch" logger's level (None: leave it); returns the level it had, for restoring."""
+    if level is None:
+        return None
+    import logging
+
+    logger = logging.getLogger("torch")
+    before = logger.level
+    logger.setLevel(level)
+    return before

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads when a dtype is first asked for: `lampc --help` reads formats without it
+    import torch
 
 FP32_MANTISSA_BITS = 23
 FP32_EXPONENT_BITS = 8
@@ -36,7 +38,8 @@ class Format:
         m_bits: explicit (stored) mantissa bits; the significand has `m_bits + 1` bits.
         exp_bits: exponent field width, or None for "mantissa-only": the FP32 exponent range
             (normal exponents -126..127, FP32 subnormals) is kept.
-        torch_dtype: the torch dtype that implements the format natively, or None.
+        dtype_name: the name of the torch dtype that implements the format natively ("bfloat16"), or None;
+            the `torch_dtype` property is that dtype.
         finite_only: True for the OCP "fn" encoding (fp8_e4m3): no infinities, the top binade is
             used for finite values except its all-ones mantissa, which is NaN. Overflow gives NaN.
 
@@ -53,7 +56,7 @@ class Format:
     name: str
     m_bits: int
     exp_bits: int | None = None
-    torch_dtype: torch.dtype | None = None
+    dtype_name: str | None = None
     finite_only: bool = False
 
     def __post_init__(self) -> None:
@@ -69,6 +72,15 @@ class Format:
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        """The torch dtype that implements the format natively (torch.bfloat16), or None."""
+        if self.dtype_name is None:
+            return None
+        import torch
+
+        return getattr(torch, self.dtype_name)
 
     # -- exponent range -------------------------------------------------------------------------
 
@@ -140,21 +152,21 @@ def mantissa_only(m: int) -> Format:
     """The mantissa-only format `m<m>`: m explicit mantissa bits, FP32 exponent range (docs/METHOD.md §2)."""
     if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= FP32_MANTISSA_BITS:
         raise ValueError(f"m must be an int in 1..23 (explicit mantissa bits), got m={m!r}")
-    return Format(f"m{m}", m_bits=m, torch_dtype=torch.float32 if m == FP32_MANTISSA_BITS else None)
+    return Format(f"m{m}", m_bits=m, dtype_name="float32" if m == FP32_MANTISSA_BITS else None)
 
 
 # Named formats. Special values follow IEEE 754-2019 (binary32, binary16), Google's bfloat16,
 # NVIDIA's TF32 (an 8-bit exponent with a 10-bit mantissa, stored in 32 bits) and the OCP 8-bit
 # floating point specification (OFP8, 2023): E4M3 has no infinities (max 448, S.1111.111 is NaN),
 # E5M2 is IEEE-like (max 57344, with infinities).
-FP32 = Format("fp32", m_bits=23, exp_bits=8, torch_dtype=torch.float32)
+FP32 = Format("fp32", m_bits=23, exp_bits=8, dtype_name="float32")
 TF32 = Format("tf32", m_bits=10, exp_bits=8)
-BF16 = Format("bf16", m_bits=7, exp_bits=8, torch_dtype=torch.bfloat16)
-FP16 = Format("fp16", m_bits=10, exp_bits=5, torch_dtype=torch.float16)
+BF16 = Format("bf16", m_bits=7, exp_bits=8, dtype_name="bfloat16")
+FP16 = Format("fp16", m_bits=10, exp_bits=5, dtype_name="float16")
 FP8_E4M3 = Format(
-    "fp8_e4m3", m_bits=3, exp_bits=4, torch_dtype=torch.float8_e4m3fn, finite_only=True
+    "fp8_e4m3", m_bits=3, exp_bits=4, dtype_name="float8_e4m3fn", finite_only=True
 )
-FP8_E5M2 = Format("fp8_e5m2", m_bits=2, exp_bits=5, torch_dtype=torch.float8_e5m2)
+FP8_E5M2 = Format("fp8_e5m2", m_bits=2, exp_bits=5, dtype_name="float8_e5m2")
 
 NAMED_FORMATS: dict[str, Format] = {f.name: f for f in (FP32, TF32, BF16, FP16, FP8_E4M3, FP8_E5M2)}
 
@@ -194,7 +206,7 @@ def formats_table(formats: list[Format] | None = None) -> str:
     rows = [header]
     for fmt in formats:
         exp = "fp32 range" if fmt.exp_bits is None else str(fmt.exp_bits)
-        native = str(fmt.torch_dtype).removeprefix("torch.") if fmt.torch_dtype else "-"
+        native = fmt.dtype_name or "-"
         rows.append(
             (fmt.name, str(fmt.m_bits), exp, f"{fmt.max_finite:.6g}", f"2^-{fmt.m_bits + 1}", native)
         )

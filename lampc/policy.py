@@ -10,6 +10,11 @@ travels inside the custom ops of a rewritten graph:
 
     >>> SitePolicy(format="m4", criterion="strict", tau=0.1).to_spec()
     'format=m4 block_k=1 backend=emulate criterion=strict tau=0.1 length_scaling=0 l_ref=1024 ...'
+
+Vocabulary words (criterion, backend, count_from, error_scale, sites, kinds; formats too) are taken in any case and
+kept in lower case. A bool is no number: `dense_above=True` is refused like `block_k=True`. This module loads no
+torch or numpy (the command line reads its vocabularies to build --help); numbers of theirs are taken as the
+Python numbers they hold.
 """
 
 from __future__ import annotations
@@ -17,10 +22,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import sys
 from dataclasses import dataclass, field
-
-import numpy as np
-import torch
 
 from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITERIA, check_tau
 from .formats import Format, parse as parse_format
@@ -95,8 +98,10 @@ class SitePolicy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", _field_format(self.format))
-        for name in ("block_k", "tau", "l_ref", "budget", "seed", "dense_above", "softcap"):  # numpy/torch scalars
-            object.__setattr__(self, name, _plain_number(getattr(self, name)))
+        for name in NUMERIC_FIELDS:  # numpy/torch scalars as Python numbers; a bool is refused below, by name
+            object.__setattr__(self, name, plain_number(getattr(self, name)))
+        for name in ("backend", "criterion", "count_from", "error_scale"):
+            object.__setattr__(self, name, _lower(getattr(self, name)))
         _check_int("block_k", self.block_k, minimum=1)
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("criterion", self.criterion, CRITERIA)
@@ -137,7 +142,8 @@ class SitePolicy:
         if self.softcap is not None and (isinstance(self.softcap, bool) or not isinstance(self.softcap, (int, float))
                                          or not math.isfinite(self.softcap) or self.softcap <= 0):
             raise ValueError(f"SitePolicy.softcap must be a positive number (or None), got {self.softcap!r}")
-        if not (isinstance(self.dense_above, (int, float)) and 0.0 <= self.dense_above <= 1.0):
+        if (isinstance(self.dense_above, bool) or not isinstance(self.dense_above, (int, float))
+                or not 0.0 <= self.dense_above <= 1.0):
             raise ValueError(f"SitePolicy.dense_above must be a rate in [0, 1], got {self.dense_above!r}")
 
     @property
@@ -193,7 +199,17 @@ class SitePolicy:
 
 SITE_FIELDS = tuple(f.name for f in dataclasses.fields(SitePolicy))
 SET_BY_PASSES = ("softcap", "biased")
-"""SitePolicy fields the attention pass sets at a site it finds (users do not)."""
+"""SitePolicy fields the attention pass sets at a site it finds: facts about the model (Gemma2's logit cap,
+Bloom's ALiBi bias), not choices. A Policy (the user's) refuses them; a site's own SitePolicy carries them."""
+
+def set_by_passes_text(name: str) -> str:
+    """Why a user's policy may not set `name`, one of SET_BY_PASSES."""
+    return (f"{name} is set by the attention pass where the model has it (Gemma2's logit softcap, Bloom's ALiBi "
+            "bias), not by a policy")
+
+
+NUMERIC_FIELDS = ("block_k", "tau", "l_ref", "budget", "seed", "dense_above", "softcap")
+"""SitePolicy fields that hold numbers (never a bool)."""
 
 
 NO_RECOMPUTE = {"criterion": "uniform", "tau": None, "budget": None, "length_scaling": False, "error_scale": "score"}
@@ -223,6 +239,7 @@ class SiteOverride:
     def __post_init__(self) -> None:
         if isinstance(self.site, bool) or not isinstance(self.site, int) or self.site < 0:
             raise ValueError(f"SiteOverride.site must be a site index >= 0, got {self.site!r}")
+        object.__setattr__(self, "kind", _lower(self.kind))
         _check_choice("kind", self.kind, SITE_KINDS, owner="SiteOverride")
         fields = tuple(self.fields.items()) if isinstance(self.fields, dict) else tuple(map(tuple, self.fields))
         object.__setattr__(self, "fields", fields)
@@ -271,6 +288,9 @@ class Policy:
             value = getattr(self, kind)
             if value is not None and not isinstance(value, SitePolicy):
                 raise ValueError(f"Policy.{kind} must be a SitePolicy or None, got {type(value).__name__}")
+            if value is not None:
+                _check_no_pass_fields(value, f"Policy.{kind}.")
+        object.__setattr__(self, "sites", _lower(self.sites))
         _check_choice("sites", self.sites, ("guarded", "all"), owner="Policy")
         if self.sites == "all" and not self.enabled_kinds():
             raise ValueError("Policy.sites='all' needs at least one enabled site kind to take the format from")
@@ -332,12 +352,12 @@ class Policy:
             policy = cls()
         if not isinstance(policy, Policy):
             raise ValueError(f"policy must be a lampc.Policy, a lampc.SitePolicy or None, got {type(policy).__name__}")
+        passed = [name for name in SET_BY_PASSES if name in overrides]
+        if passed:
+            raise ValueError(f"{set_by_passes_text(passed[0])}: leave {', '.join(passed)} out")
         kinds = overrides.pop("kinds", None)
         if kinds is not None:
-            kinds = list(SITE_KINDS) if kinds == "all" else [kinds] if isinstance(kinds, str) else list(kinds)
-            bad = [k for k in kinds if k not in SITE_KINDS]
-            if bad or not kinds:
-                raise ValueError(f"kinds must be a non-empty list of {', '.join(SITE_KINDS)}; got {kinds}")
+            kinds = parse_kinds(kinds)
             policy = dataclasses.replace(
                 policy, **{k: (getattr(policy, k) or SitePolicy()) if k in kinds else None for k in SITE_KINDS})
         site_names = set(SITE_FIELDS)
@@ -390,17 +410,50 @@ def _site_dict(site: SitePolicy) -> dict:
     return out
 
 
-def _plain_number(value):
-    """A numpy scalar or a one-element torch tensor as the Python int/float it holds; anything else unchanged."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+def parse_kinds(kinds) -> list[str]:
+    """`kinds` as a list of SITE_KINDS: "all", one kind's name, or a list (tuple, set) of names, in any case."""
+    if isinstance(kinds, str):
+        words = [kinds.lower()]
+    elif isinstance(kinds, (list, tuple, set, frozenset)):
+        words = [_lower(k) for k in kinds]
+    else:
+        words = None
+    if words == ["all"]:
+        return list(SITE_KINDS)
+    if not words or any(w not in SITE_KINDS for w in words):
+        raise ValueError(f"kinds must be 'all', a site kind or a non-empty list of site kinds "
+                         f"({', '.join(SITE_KINDS)}); got {kinds!r}")
+    return list(dict.fromkeys(words))
+
+
+def plain_number(value):
+    """A numpy scalar or a one-element torch tensor as the Python number (or bool) it holds; anything else
+    unchanged. Neither library is imported: a value of theirs means it is loaded already."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if value is None or isinstance(value, (bool, np.bool_)):
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.bool_):
+        return bool(value)
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
     return value
+
+
+def _lower(value):
+    """A vocabulary word in lower case (anything that is no str unchanged, for the check to refuse)."""
+    return value.lower() if isinstance(value, str) else value
+
+
+def _check_no_pass_fields(site: SitePolicy, owner: str) -> None:
+    """ValueError naming a pass-only field (SET_BY_PASSES) that `site` sets to other than its default."""
+    for name in SET_BY_PASSES:
+        if getattr(site, name) != SitePolicy.__dataclass_fields__[name].default:
+            raise ValueError(f"{owner}{set_by_passes_text(name)}; got {getattr(site, name)!r}: leave it out")
 
 
 def _field_format(value) -> Format:
@@ -425,7 +478,9 @@ def _check_budget(criterion: str, budget) -> None:
         if budget is not None:
             raise ValueError(f"SitePolicy.budget applies to criterion='budget' only (criterion is {criterion!r})")
         return
-    if isinstance(budget, bool) or budget is None:
+    if isinstance(budget, bool):
+        raise ValueError(f"SitePolicy.budget must be an int k >= 0 or a fraction in (0, 1], got {budget!r}")
+    if budget is None:
         raise ValueError("SitePolicy.budget is required for criterion='budget': an int k >= 0 or a fraction in (0, 1]")
     if isinstance(budget, int):
         if budget < 0:

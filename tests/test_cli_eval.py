@@ -338,8 +338,81 @@ def test_generate_with_a_per_site_policy_compares_uniform(capsys, model_dir, tmp
 
 def test_tasks_names_its_cell_from_the_policy_file(tmp_path):
     from lampc.cli_policy import load_policy_file
-    from lampc.tasks.cli_tasks import _cell_name
+    from lampc.cli_tasks import _cell_name
 
     per_site = load_policy_file(_per_site_file(tmp_path, [0.05, 3.0]))
     assert _cell_name(per_site, {}) == "m3 strict, per-site taus"
     assert _cell_name(None, {"format": "m7", "criterion": "relaxed", "tau": 0.2}) == "m7 relaxed tau=0.2"
+
+
+def test_eval_prints_intervals_comparisons_and_the_short_row_note(capsys, model_dir, text_file, tmp_path):
+    """The table shows each number with its 95% interval and n; each rule is compared with uniform and random on
+    the same windows; rows of 32 tokens (16.5 visible keys on average) get the short-row note."""
+    from lampc.eval.report_table import comparisons, with_ci, sci
+
+    out = tmp_path / "ci"
+    code = main(["eval", "--model", str(model_dir), "--text", str(text_file), "--seq-len", "32", "--n-seq", "4",
+                 "--format", "m3", "--criterion", "uniform,strict,random", "--tau", "0.3", "--out", str(out),
+                 "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "results.json").read_text())
+    strict = doc["rows"][1]
+    assert "percentile bootstrap over the 4 windows" in printed and "KL [95% CI]" in printed
+    assert with_ci(strict, "kl", sci) in printed  # e.g. "4.4e-2 [3.9e-2, 5.1e-2]"
+    assert f"{strict['n_flips']}/128" in printed
+    assert "KL reduction [95% CI]" in printed and "random (same counts)" in printed
+    assert doc["comparisons"] == json.loads(json.dumps(comparisons(doc["rows"])))
+    verdicts = {c["kl_verdict"] for c in doc["comparisons"]}
+    assert verdicts <= {"lower KL", "within noise", "higher KL"} and any(v in printed for v in verdicts)
+    assert "16.5 visible keys per row" in printed and doc["notes"] and "16.5 visible keys" in doc["notes"][0]
+
+
+def test_eval_generate_notes_short_prompts(capsys, model_dir, text_file, tmp_path):
+    """Prompts of 16 tokens, 6 new tokens: prefill rows see (16 + 1) / 2 = 8.5 keys on average, the 5 decode steps
+    16 + 1 ... 16 + 5, i.e. 19 on average; both are noted, with those numbers."""
+    out = tmp_path / "gen-notes"
+    code = main(["eval", "--model", str(model_dir), "--text", str(text_file), "--seq-len", "16", "--n-seq", "2",
+                 "--format", "m3", "--criterion", "strict", "--tau", "0.3", "--generate", "3,6",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["gen_prefill_keys_per_row"] == pytest.approx(8.5) and row["gen_decode_keys_per_row"] == pytest.approx(19)
+    assert len(row["gen_per_prompt"]["match_tokens"]) == 3
+    assert sum(row["gen_per_prompt"]["match_tokens"]) / 3 == pytest.approx(row["gen_match_tokens"])
+    assert "prefill's attention rows (the prompts) are short: 8.5 visible keys" in printed.replace("\n  ", " ")
+    assert "decode steps' attention rows are short: 19.0 visible keys" in printed.replace("\n  ", " ")
+
+
+def test_generate_command_notes_short_prompts(capsys, model_dir, tmp_path):
+    """Prompts of 4 and 2 tokens (left-padded): prefill rows see (1+2+3+4 + 1+2) / 6 keys; 5 decode steps see
+    4+1..4+5 and 2+1..2+5 keys: (35 + 25) / 10 = 6."""
+    out = tmp_path / "gen.json"
+    code = main(["generate", "--model", str(model_dir), "--prompt", "w1 w2 w3 w4", "--prompt", "w5 w6",
+                 "--max-new-tokens", "6", "--format", "m3", "--tau", "0.3", "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["keys_per_row"]["prefill"] == pytest.approx(13 / 6) and doc["keys_per_row"]["decode"] == pytest.approx(6)
+    assert "2.2 visible keys per row" in printed and "6.0 visible keys per row" in printed
+
+
+def test_eval_policy_plot_has_the_policy_point(capsys, model_dir, text_file, tmp_path):
+    from matplotlib.container import ErrorbarContainer
+
+    from lampc.eval.plots import kl_vs_rate_figure
+
+    out = tmp_path / "policy-plot"
+    code = main(["eval", "--model", str(model_dir), "--text", str(text_file), "--seq-len", "16", "--n-seq", "3",
+                 "--policy", _per_site_file(tmp_path, [0.05, 3.0]), "--out", str(out), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    doc = json.loads((out / "results.json").read_text())
+    policy = doc["rows"][1]
+    ax = kl_vs_rate_figure(doc["rows"]).axes[0]
+    drawn = [(float(x), float(y)) for line in ax.get_lines() for x, y in zip(*line.get_data())]
+    assert (pytest.approx(100 * policy["recompute_rate"]), pytest.approx(policy["kl"])) in drawn
+    assert any(isinstance(c, ErrorbarContainer) for c in ax.containers)
+    assert [(c["criterion"], c["baseline"]) for c in doc["comparisons"]] == [("policy", "uniform")]
+    assert "policy" in printed.split("each LAMP row against its baselines")[1]

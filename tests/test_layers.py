@@ -28,7 +28,7 @@ LAYERS = [
     ("lampc.passes", "lampc.capture", "lampc.capture_step"),
     ("lampc.runtime",),
     ("lampc.api",),
-    ("lampc.inspect", "lampc.eval", "lampc.export", "lampc.models", "lampc.tasks", "lampc.cli_support",
+    ("lampc.inspect", "lampc.eval", "lampc.export", "lampc.models", "lampc.tasks", "lampc.cli_tasks", "lampc.cli_support",
      "lampc.cli_policy"),
     ("lampc.cli",),
     ("lampc",),

@@ -114,3 +114,37 @@ def test_percentile_matches_linear_interpolation():
 def test_shape_mismatch_is_rejected():
     with pytest.raises(ValueError, match="expected ref and test logits"):
         compare_logits(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_per_window_values_equal_each_window_measured_alone():
+    """Windows are the rows of every batch, in order: each one's KL mean, positions, flips and flipped positions
+    equal a comparison of that row alone; the pooled means are the position-weighted means of the windows."""
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(5, 6, 4, generator=gen)
+    test = ref + 0.7 * torch.randn(5, 6, 4, generator=gen)
+    ids = torch.randint(0, 4, (5, 6), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[3, :2] = 0  # a window with padding: 4 positions
+    acc = LogitComparison()
+    acc.update(ref[:3], test[:3], ids[:3], mask[:3])
+    acc.update(ref[3:], test[3:], ids[3:], mask[3:])
+    w = acc.windows()
+    assert len(w["kl"]) == 5 and w["positions"] == [6, 6, 6, 4, 6]
+    for i in range(5):
+        alone = compare_logits(ref[i:i + 1], test[i:i + 1], ids[i:i + 1], mask[i:i + 1])
+        assert w["kl"][i] == pytest.approx(alone["kl"], rel=1e-12)
+        assert w["flips"][i] == round(alone["flip_rate"] * w["positions"][i])
+        flipped = [t for t in range(6) if mask[i, t] and ref[i, t].argmax() != test[i, t].argmax()]
+        assert w["flipped"][i] == flipped
+    m = acc.result()
+    assert m["n_windows"] == 5
+    assert m["kl"] == pytest.approx(sum(k * n for k, n in zip(w["kl"], w["positions"])) / sum(w["positions"]))
+    assert m["flip_rate"] == sum(w["flips"]) / sum(w["positions"])
+
+
+def test_per_window_kl_is_nan_for_a_window_without_positions():
+    acc = LogitComparison()
+    x = torch.randn(2, 3, 4)
+    acc.update(x, x + 1.0, torch.zeros(2, 3, dtype=torch.long), torch.tensor([[1, 1, 1], [0, 0, 0]]))
+    w = acc.windows()
+    assert w["positions"] == [3, 0] and w["kl"][0] == pytest.approx(0.0, abs=1e-12) and math.isnan(w["kl"][1])

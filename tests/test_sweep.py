@@ -162,3 +162,93 @@ def test_headline_matches_random_exactly_or_interpolates():
     assert (at10["criterion"], at10["kl_random"], at10["random_match"]) == ("strict", 2e-3, "same counts")
     assert at10["gain_vs_random"] == pytest.approx(20.0) and at10["kl_oracle"] is None
     assert "interpolated" in format_table([at5, at10], HEADLINE_COLUMNS, markdown=True)
+
+
+def test_rows_keep_their_windows_and_intervals(sweep):
+    """Each row keeps what each window measured; the pooled numbers are exactly the windows' weighted means, and
+    the interval columns are the bootstrap of those windows."""
+    from lampc.eval.uncertainty import bootstrap_ci
+
+    rows, out = sweep
+    for r in rows:
+        w = r["windows"]
+        assert len(w["kl"]) == len(w["recompute_rate"]) == r["n_windows"] == 4
+        assert sum(w["positions"]) == r["n_compared"] == 4 * 32
+        assert sum(k * n for k, n in zip(w["kl"], w["positions"])) / sum(w["positions"]) == pytest.approx(r["kl"])
+        assert sum(w["flips"]) == r["n_flips"] == round(r["flip_rate"] * r["n_compared"])
+        assert sum(w["recompute_rate"]) / 4 == pytest.approx(r["recompute_rate"], abs=1e-12)
+        assert (r["kl_lo"], r["kl_hi"]) == bootstrap_ci([k * n for k, n in zip(w["kl"], w["positions"])],
+                                                        w["positions"])
+        assert (r["recompute_rate_lo"], r["recompute_rate_hi"]) == bootstrap_ci(w["recompute_rate"])
+        assert r["site_kinds"] == "attention" and r["visible_keys_per_row"] == pytest.approx(16.5)  # (32 + 1) / 2
+    strict = by(rows, "m3", "strict")
+    assert strict["kl_lo"] < strict["kl_hi"] and strict["recompute_rate_lo"] < strict["recompute_rate_hi"]
+    uniform = by(rows, "m23", "uniform")
+    assert (uniform["kl_lo"], uniform["kl_hi"]) == (0.0, 0.0)  # FP32: every window 0, a zero-width interval
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["rows"][1]["windows"]["flipped"] == strict["windows"]["flipped"]
+    assert "percentile bootstrap" in doc["metadata"]["intervals"]
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"kl_lo", "kl_hi", "n_windows", "n_flips"} <= set(header) and "windows" not in header
+
+
+def test_per_window_rates_equal_each_window_compiled_alone(model, sweep, token_ids):
+    """The per-window recompute rate of a rule that draws nothing at random is the rate of that window run
+    alone through lampc.compile (stats of a batch of one)."""
+    from lampc.eval.sweep import load_sequences
+
+    rows, _ = sweep
+    windows, _ = load_sequences(token_ids=token_ids, seq_len=32, n_seq=4, seed=42)
+    compiled = lampc.compile(model, format="m3", criterion="strict", tau=0.3)
+    alone = []
+    for window in windows:
+        compiled.reset_stats()
+        with torch.no_grad():
+            compiled(window[None])
+        alone.append(compiled.stats()["overall"]["layer_mean_rate"])
+    assert by(rows, "m3", "strict")["windows"]["recompute_rate"] == pytest.approx(alone, abs=1e-12)
+    assert len(set(alone)) > 1  # the windows differ: the check is not of one repeated number
+
+
+def test_comparisons_pair_each_rule_with_its_baselines(sweep):
+    from lampc.eval.report_table import comparisons
+    from lampc.eval.uncertainty import compare_cells
+
+    rows, out = sweep
+    pairs = comparisons(rows)
+    assert [(c["format"], c["criterion"], c["baseline"]) for c in pairs] == [
+        (f, "strict", b) for f in ("m3", "m23") for b in ("uniform", "random (same counts)", "oracle (same counts)")]
+    m3_uniform = pairs[0]
+    assert m3_uniform["kl_ratio"] == pytest.approx(by(rows, "m3", "uniform")["kl"] / by(rows, "m3", "strict")["kl"])
+    assert m3_uniform == {**m3_uniform, **compare_cells(by(rows, "m3", "strict"), by(rows, "m3", "uniform"))}
+    assert m3_uniform["kl_verdict"] == "lower KL" and m3_uniform["kl_ratio_lo"] > 1
+    m23 = pairs[3]  # FP32 everywhere: uniform's KL is 0, strict's recompute sums in another order (KL ~1e-16)
+    assert by(rows, "m23", "uniform")["kl"] == 0.0 < by(rows, "m23", "strict")["kl"] < 1e-12
+    assert m23["kl_within_noise"] and m23["kl_verdict"] == "within FP32 rounding"
+    assert m23["flip_verdict"] == "within noise"
+    assert json.loads((out / "results.json").read_text())["comparisons"][0]["kl_ratio"] == m3_uniform["kl_ratio"]
+
+
+def test_short_rows_are_noted(sweep):
+    from lampc.eval.caveats import sweep_notes
+
+    rows, out = sweep
+    notes = json.loads((out / "results.json").read_text())["notes"]
+    assert notes == sweep_notes(rows)
+    assert any("16.5 visible keys per row" in n for n in notes)
+    assert not any(n.startswith("warning") for n in notes)  # this model's attention is peaked: KL is not ~0
+
+
+def test_a_random_weight_model_is_warned_about(token_ids):
+    """Hugging Face's initialisation (std 0.02): scores near 0, attention near uniform; KL ~1e-10 at m4 and the
+    strict rule recomputes nothing. Said, not left to look like a perfect result."""
+    from lampc.eval.caveats import sweep_notes
+    from tiny_models import tiny_gpt2 as random_gpt2
+
+    rows = run_sweep(random_gpt2(n_embd=64), token_ids=token_ids % 97, formats=["m4"],
+                     criteria=["uniform", "strict"], taus={"strict": [1.0]}, seq_len=48, n_seq=2, progress=False)
+    assert all(r["kl"] < 1e-7 for r in rows) and by(rows, "m4", "strict")["recompute_rate"] == 0.0
+    warning = [n for n in sweep_notes(rows) if n.startswith("warning")]
+    assert len(warning) == 1
+    assert "near uniform" in warning[0] and "randomly initialised" in warning[0]
+    assert "no cell recomputed any entry" in warning[0]

@@ -32,9 +32,9 @@ from torch import nn
 from ..criteria import CALIBRATED
 from ..lookahead.record import recording
 from ..passes.respec import respec_sites
-from ..policy import NO_RECOMPUTE, PER_SITE_FIELDS, Policy, SiteOverride, SitePolicy
+from ..policy import NO_RECOMPUTE, PER_SITE_FIELDS, Policy, SiteOverride, SitePolicy, plain_number
 from .allocate import Allocation, SiteCurve, allocate
-from .progress import step_line
+from .progress import progress_bar, step_line
 from .sweep import Sweep, check_seq_len, load_sequences
 
 CURVE_SCALES = (10.0, 1.0, 0.1)
@@ -106,11 +106,12 @@ class Calibrator:
         self.usable = sum(w.usable for w in self.weights.values())
 
         step_line(f"measuring each of {len(self.base)} sites alone at {len(CURVE_SCALES) + 1} thresholds", progress)
-        self.curves = _curves(self.sweep, self.compiled, self.base, self.weights)
+        self.curves = _curves(self.sweep, self.compiled, self.base, self.weights, progress=progress)
 
     def for_rate(self, rate: float) -> Calibration:
         """The least-KL taus whose total recompute rate on the calibration text is at most `rate`."""
         target = _check_target(rate, None)
+        rate = target["rate"]
         step_line(f"allocating a {100 * rate:g}% recompute rate, measuring it", self.progress)
         return self._result(target, *self._measure(rate))
 
@@ -118,8 +119,9 @@ class Calibrator:
         """The taus of the least rate (bisection, KL_SEARCH_STEPS forwards) whose measured KL is at most `kl`; if
         even rate 0.999 misses it, that one (its measured KL says so)."""
         target = _check_target(None, kl)
+        kl = target["kl"]
         step_line(f"searching the least rate with KL <= {kl:g} ({KL_SEARCH_STEPS} forwards)", self.progress)
-        return self._result(target, *_search_kl(self._measure, kl))
+        return self._result(target, *_search_kl(self._measure, kl, progress=self.progress))
 
     def _measure(self, target_rate: float) -> tuple[Allocation, dict, dict]:
         allocation = allocate(self.curves, target_rate * self.usable)
@@ -145,6 +147,8 @@ class Calibrator:
 
 
 def _check_target(rate, kl) -> dict:
+    """{"rate": r} or {"kl": k} as Python floats (numpy and one-element torch scalars are taken; a bool is not)."""
+    rate, kl = plain_number(rate), plain_number(kl)
     if (rate is None) == (kl is None):
         raise ValueError("calibrate needs exactly one target: rate (a recompute rate in (0, 1)) or kl (> 0)")
     if rate is not None:
@@ -170,21 +174,25 @@ def _logits(compiled):
     return lambda ids, mask: compiled(ids, attention_mask=mask).logits
 
 
-def _curves(sweep: Sweep, compiled, base: dict[int, SitePolicy], weights) -> dict[int, SiteCurve]:
+def _curves(sweep: Sweep, compiled, base: dict[int, SitePolicy], weights, *,
+            progress: bool = True) -> dict[int, SiteCurve]:
     """Per site ℓ, the KL with ℓ alone in low precision (every other site FP32) at tau x CURVE_SCALES and with no
-    recompute: the points its SiteCurve interpolates."""
+    recompute: the points its SiteCurve interpolates. The longest step: a progress line per site."""
     fp32 = {i: _no_recompute(p, format="fp32") for i, p in base.items()}
     respec_sites(compiled.graph_module, fp32)
     curves = {}
-    for index, site in base.items():
-        measured = {}
-        for lam in (math.inf, *CURVE_SCALES):
-            respec_sites(compiled.graph_module, {index: _scaled(site, lam)})
-            measured[lam] = sweep.compare(_logits(compiled))["kl"]
-            if not math.isfinite(measured[lam]):
-                raise RuntimeError(f"calibrate: site {index} alone in low precision gives KL {measured[lam]}")
-        respec_sites(compiled.graph_module, {index: fp32[index]})
-        curves[index] = SiteCurve(weights[index], measured)
+    scales = (math.inf, *CURVE_SCALES)
+    with progress_bar(len(base) * len(scales) * len(sweep.batches), "", enabled=progress) as bar:  # text per site
+        for n, (index, site) in enumerate(base.items()):
+            bar.set_description(f"site {index} alone ({n + 1} of {len(base)} sites)")
+            measured = {}
+            for lam in scales:
+                respec_sites(compiled.graph_module, {index: _scaled(site, lam)})
+                measured[lam] = sweep.compare(_logits(compiled), bar)["kl"]
+                if not math.isfinite(measured[lam]):
+                    raise RuntimeError(f"calibrate: site {index} alone in low precision gives KL {measured[lam]}")
+            respec_sites(compiled.graph_module, {index: fp32[index]})
+            curves[index] = SiteCurve(weights[index], measured)
     return curves
 
 
@@ -211,17 +219,19 @@ def _fields(site: SitePolicy, base: SitePolicy) -> dict:
     return {name: getattr(site, name) for name in PER_SITE_FIELDS if getattr(site, name) != getattr(base, name)}
 
 
-def _search_kl(measure, kl: float):
+def _search_kl(measure, kl: float, *, progress: bool = True):
     """The least rate (bisection in log rate over [1e-4, 1)) whose measured KL is at most `kl`."""
     low, high = 1e-4, 0.999
     best = measure(high)
+    step_line(f"rate {100 * high:.3g}%: KL {best[2]['kl']:.3g} (1/{KL_SEARCH_STEPS})", progress)
     if best[2]["kl"] > kl:  # even recomputing almost everything misses the target: the closest, said aloud
         warnings.warn(f"lampc calibrate: KL {kl:g} is out of reach: recomputing 99.9% of the entries leaves KL "
                       f"{best[2]['kl']:.3g} on the calibration text; the policy written is that one", stacklevel=3)
         return best
-    for _ in range(KL_SEARCH_STEPS - 1):
+    for step in range(2, KL_SEARCH_STEPS + 1):
         mid = math.sqrt(low * high)
         trial = measure(mid)
+        step_line(f"rate {100 * mid:.3g}%: KL {trial[2]['kl']:.3g} ({step}/{KL_SEARCH_STEPS})", progress)
         if trial[2]["kl"] <= kl:
             high, best = mid, trial
         else:

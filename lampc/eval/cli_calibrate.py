@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ..cli_policy import add_policy_arguments, compile_arguments
-from ..cli_support import CliError
+from ..cli_support import CliError, add_out_argument, check_writable_file
 from .cli_eval import add_data_arguments
 
 
@@ -27,8 +27,8 @@ def add_parser(subparsers) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--rate", type=float, default=None, help="target recompute rate over all sites, in (0, 1)")
     target.add_argument("--kl", type=float, default=None, help="target mean KL(FP32 || LAMP) on the calibration text")
-    parser.add_argument("--out", default="lampc-calibrated.json", metavar="FILE",
-                        help="the policy file to write (default ./lampc-calibrated.json)")
+    add_out_argument(parser, default="lampc-calibrated.json", metavar="FILE",
+                     help="the policy file to write (default ./lampc-calibrated.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     add_policy_arguments(parser)
     parser.set_defaults(run=run)
@@ -38,6 +38,7 @@ def run(args) -> int:
     out = Path(args.out)
     if not out.parent.exists():
         raise CliError(f"--out: directory {out.parent} does not exist")
+    check_writable_file(out, "--out")  # before the work, not after it
     from .calibrate import calibrate
     from .cli_eval import load
 

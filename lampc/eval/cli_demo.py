@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ..cli_support import CliError
+from ..cli_support import CliError, add_out_argument
 from .cli_eval import (
     add_data_arguments,
     check_context,
@@ -21,7 +21,7 @@ from .cli_eval import (
     parse_formats,
     parse_taus,
 )
-from .sweep import TAU_GRIDS, Cell, Sweep, load_sequences, metadata, plan_cells, write_outputs
+from .grid import TAU_GRIDS, Cell, plan_cells
 
 RULE = "strict"
 DEMO_TAUS = TAU_GRIDS[RULE]
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
                         help=f"strict-rule thresholds to try (default {','.join(f'{t:g}' for t in DEMO_TAUS)})")
     parser.add_argument("--max-rate", type=float, default=0.05, metavar="R",
                         help="pick the best setting among those recomputing at most this fraction (default 0.05)")
-    parser.add_argument("--out", default="lampc-demo", metavar="DIR", help="output directory (default ./lampc-demo)")
+    add_out_argument(parser, default="lampc-demo", metavar="DIR", help="output directory (default ./lampc-demo)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -61,6 +61,7 @@ def run(args) -> int:
     check_context(model, args)
 
     from .report_table import DEMO_COLUMNS, format_table, with_kl_gain
+    from .sweep import Sweep, load_sequences, metadata, write_outputs
 
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S")
     sequences, dataset = load_sequences(tokenizer, text=args.text, seq_len=args.seq_len, n_seq=args.n_seq,

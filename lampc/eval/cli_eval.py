@@ -8,13 +8,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-from ..cli_support import CliError
+from ..cli_support import CliError, add_out_argument
 from ..cli_policy import add_policy_arguments, compile_arguments
 from ..formats import parse as parse_format
 from ..formats import valid_names
 from ..criteria import CRITERIA
 from ..policy import COUNT_SOURCES
-from .sweep import POLICY_CELL, SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS, plan_cells
+from .grid import POLICY_CELL, SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS, plan_cells  # no torch: --help is quick
 
 DEFAULT_CRITERIA = "uniform,strict,random,oracle"
 
@@ -27,7 +27,9 @@ def add_parser(subparsers) -> None:
         description=textwrap.fill(
             "Run the accuracy protocol of the LAMP paper: for every format x criterion x tau, compile the model "
             "once, run the same token windows as the FP32 reference (TF32 off), and report the mean "
-            "KL(P_fp32 || P_test), the flip rate, perplexity, NaN rate and the recompute rate over all batches. "
+            "KL(P_fp32 || P_test), the flip rate, perplexity, NaN rate and the recompute rate over all batches, "
+            "with 95% bootstrap intervals over windows, and each LAMP rule against uniform and random on the same "
+            "windows (paired; 'within noise' where the interval holds no change). "
             "Writes results.csv, results.json, kl_vs_rate.png and kl_vs_m.png to --out.", width=100),
         epilog="criteria:\n"
                "  uniform          everything in the low-precision format, no recompute (no tau)\n"
@@ -42,13 +44,13 @@ def add_parser(subparsers) -> None:
     grid = parser.add_argument_group("grid")
     grid.add_argument("--format", default="m4,m7", metavar="LIST",
                       help="comma-separated accumulator formats (default m4,m7; see `lampc formats`)")
-    grid.add_argument("--criterion", default=DEFAULT_CRITERIA, metavar="LIST",
+    grid.add_argument("--criterion", default=DEFAULT_CRITERIA, metavar="LIST", type=str.lower,
                       help=f"comma-separated criteria from {','.join(SWEEP_CRITERIA)} (default {DEFAULT_CRITERIA})")
     grid.add_argument("--tau", action="append", default=None, metavar="[CRITERION=]LIST",
                       help="comma-separated thresholds for every criterion that takes one, or, prefixed with "
                            "CRITERION=, for that criterion only (repeat the option; default: a grid per criterion, "
                            "below)")
-    grid.add_argument("--count-from", default="strict", metavar="LIST",
+    grid.add_argument("--count-from", default="strict", metavar="LIST", type=str.lower,
                       help=f"the rule(s) from {','.join(COUNT_SOURCES)} whose per-row counts random and oracle "
                            "reproduce, one series each (default strict)")
     grid.add_argument("--block-k", type=positive_int, default=1, metavar="B",
@@ -59,7 +61,7 @@ def add_parser(subparsers) -> None:
                         help="also decode N prompts (of --seq-len tokens) greedily for M new tokens in every cell "
                              "and compare with FP32's continuations: mean tokens before the first divergence, share "
                              "identical, recompute rate of prefill and of decode steps")
-    parser.add_argument("--out", default="lampc-eval", metavar="DIR", help="output directory (default ./lampc-eval)")
+    add_out_argument(parser, default="lampc-eval", metavar="DIR", help="output directory (default ./lampc-eval)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -118,7 +120,9 @@ def run(args) -> int:
     model, tokenizer = load(args.model)
     check_context(model, args)
 
-    from .report_table import EVAL_COLUMNS, GENERATION_COLUMNS, HEADLINE_COLUMNS, format_table, headline
+    from .caveats import sweep_notes
+    from .report_table import (COMPARISON_COLUMNS, EVAL_COLUMNS, GENERATION_COLUMNS, HEADLINE_COLUMNS, comparisons,
+                               format_table, headline, interval_line)
     from .sweep import run_sweep
 
     print(f"lampc eval: {len(cells)} cells on {args.model}, {args.n_seq} x {args.seq_len} tokens of "
@@ -128,11 +132,19 @@ def run(args) -> int:
                      batch_size=args.batch_size, block_k=args.block_k, count_from=count_from, out_dir=args.out,
                      progress=not args.quiet, model_name=args.model, command=command_line(args),
                      generate=args.generate, policy=policy, fixed=fixed)
+    print(interval_line(rows))
     print(format_table(rows, EVAL_COLUMNS + (GENERATION_COLUMNS if args.generate else ())))
     best = headline(rows)
     if best:
         print("\nbest deployable rule at a recompute rate cap, against uniform and random at the same counts:")
         print(format_table(best, HEADLINE_COLUMNS))
+    pairs = comparisons(rows)
+    if pairs:
+        print("\neach LAMP row against its baselines on the same windows (KL reduction = KL(baseline) / KL(rule), "
+              "paired bootstrap CI; flips: McNemar's exact test):")
+        print(format_table(pairs, COMPARISON_COLUMNS))
+    for note in sweep_notes(rows):
+        print("\n" + textwrap.fill(note, width=110, subsequent_indent="  "))
     print(f"\nwrote {describe_outputs(args.out)}")
     return 0
 

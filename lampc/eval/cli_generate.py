@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cli_support import CliError, add_model_argument
+from ..cli_support import CliError, add_model_argument, check_writable_file
 from ..cli_policy import add_policy_arguments, compile_arguments
 
 COMPARE_VARIANTS = ("fp32", "uniform")
@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of mass >= p")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
-    parser.add_argument("--quiet", action="store_true", help="no third-party progress bars or warnings")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, third-party warnings or logs")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON ('-': stdout)")
     add_policy_arguments(parser)
     parser.set_defaults(run=run)
@@ -48,12 +48,15 @@ def run(args) -> int:
     if args.max_new_tokens < 0:
         raise CliError(f"--max-new-tokens: must be >= 0, got {args.max_new_tokens}")
     if args.json not in (None, "-"):
-        _check_writable(Path(args.json))
+        check_writable_file(args.json, "--json")  # before the work, not after it
     from .cli_eval import load
     from .generation import compare_generations
+    from .progress import step_line
 
     model, tokenizer = load(args.model)
     policy, overrides = compile_arguments(args)
+    step_line(f"compiling {args.model} and generating (each first call of a step shape captures a graph)",
+              not args.quiet)
     result = compare_generations(model, tokenizer, prompts, overrides, policy=policy, variants=variants,
                                  max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
@@ -88,7 +91,7 @@ def read_prompts(args) -> list[str]:
 def parse_compare(text: str | None) -> list[str]:
     if text is None:
         return []
-    items = [t.strip() for t in text.split(",")]
+    items = [t.strip().lower() for t in text.split(",")]
     bad = [t for t in items if t not in COMPARE_VARIANTS]
     if bad or not items:
         raise CliError(f"--compare: expected a comma-separated list of {', '.join(COMPARE_VARIANTS)}, got {text!r}")
@@ -110,11 +113,7 @@ def render(result: dict) -> str:
         lines.append("")
         lines.append(f"recompute rate (LAMP): prefill {100 * rates['prefill']:.2f}%, "
                      f"decode {100 * rates['decode']:.2f}%")
+    lines += [f"\n{note}" for note in result.get("notes", [])]  # short rows: why the rates are high
     return "\n".join(lines)
 
-
-def _check_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir() or not parent.is_dir():
-        raise CliError(f"--json: cannot write {path} (not a file in an existing directory)")
 

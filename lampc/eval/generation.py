@@ -8,7 +8,11 @@
   this is the length of agreement, not a count of errors.
 - `gen_identical`: the share of prompts whose new_tokens tokens all equal FP32's.
 - `gen_prefill_rate`, `gen_decode_rate`: the recompute rate (mean over sites, visible entries) of the prompt pass
-  and of the one-token decode steps, counted apart.
+  and of the one-token decode steps, counted apart;
+- `gen_prefill_keys_per_row`, `gen_decode_keys_per_row`: the mean number of visible keys per attention row in each
+  (a short row has few keys, each heavy, so more of them are recomputed: see lampc.eval.caveats);
+- `gen_match_tokens_lo`, `_hi`: its 95% percentile-bootstrap interval over prompts (lampc.eval.uncertainty), from
+  the per-prompt values kept in `gen_per_prompt`.
 
 Both sides decode greedily for exactly `new_tokens` tokens (no EOS stop), the reference with the uncompiled model
 and its own transformers cache (`fp32_greedy`, written independently of lampc's decode graphs).
@@ -25,6 +29,7 @@ from torch import Tensor, nn
 
 from ..capture_step import cache_argument, returned_cache
 from ..policy import NO_RECOMPUTE
+from .caveats import generation_notes
 
 NO_EOS: list[int] = []  # generate() with eos_token_id=[]: never stop early
 
@@ -86,16 +91,32 @@ class GenerationProbe:
 
     def measure(self, compiled) -> dict:
         """The generation columns of a sweep row for `compiled` (statistics of its step graphs reset first)."""
+        from .uncertainty import bootstrap_ci
+
         compiled.reset_stats()
         index = first_divergence(self.reference, self.continuations(compiled))
         stats = compiled.stats()
+        n, p = self.prompts.shape
+        lo, hi = bootstrap_ci(index.tolist())
         return {
-            "gen_prompts": self.prompts.shape[0], "gen_new_tokens": self.new_tokens,
-            "gen_match_tokens": float(index.float().mean()),
+            "gen_prompts": n, "gen_new_tokens": self.new_tokens,
+            "gen_match_tokens": float(index.float().mean()), "gen_match_tokens_lo": lo, "gen_match_tokens_hi": hi,
             "gen_identical": float((index == self.new_tokens).float().mean()),
             "gen_prefill_rate": stats.get("prefill", {}).get("overall", {}).get("layer_mean_rate", 0.0),
             "gen_decode_rate": stats.get("decode", {}).get("overall", {}).get("layer_mean_rate", 0.0),
+            "gen_prefill_keys_per_row": keys_per_row(stats.get("prefill"), n * p),
+            "gen_decode_keys_per_row": keys_per_row(stats.get("decode"), n * (self.new_tokens - 1)),
+            "gen_per_prompt": {"match_tokens": index.tolist()},
         }
+
+
+def keys_per_row(stats: dict | None, rows_per_head: int) -> float | None:
+    """Mean visible keys per attention row of one phase's statistics, over `rows_per_head` query rows per head
+    (prompt tokens for prefill, one per decode step); None without attention sites or rows."""
+    sites = [s for s in (stats or {}).get("sites", []) if s["kind"] == "attention" and s["per_head"]]
+    if not sites or rows_per_head <= 0:
+        return None
+    return sum(s["visible"] / (len(s["per_head"]) * rows_per_head) for s in sites) / len(sites)
 
 
 def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *, policy=None, variants=(),
@@ -119,7 +140,8 @@ def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *
                    top_p=top_p)
     tokens = {name: compiled.generate(ids, mask, generator=torch.Generator().manual_seed(seed), **options)
               for name, compiled in runs.items()}
-    decode, prefill = lamp.stats("decode")["overall"], lamp.stats("prefill")["overall"]
+    decode_stats, prefill_stats = lamp.stats("decode"), lamp.stats("prefill")
+    decode, prefill = decode_stats["overall"], prefill_stats["overall"]
     eos = set(_as_list(getattr(lamp.generation_config, "eos_token_id", None)))
     first = next(iter(tokens))
     items = []
@@ -133,10 +155,14 @@ def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *
                             "marked": _marked(tokenizer, new, at), "diverges_at": at})
         items.append({"prompt": prompt, "variants": entries})
     per_site = f"; per-site rules at {len(lamp.policy.per_site)} site(s)" if lamp.policy.per_site else ""
+    steps = tokens["lamp"].shape[1] - ids.shape[1] - 1  # decode calls: every new token but the first
+    keys = {"prefill": keys_per_row(prefill_stats, int(mask.sum())),  # query rows: real prompt tokens
+            "decode": keys_per_row(decode_stats, len(prompts) * steps)}  # one per prompt per decode call
     return {"policy": (lamp.policy.attention.summary if lamp.policy.attention else str(lamp.policy.to_dict()))
             + per_site,
             "max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, "prompts": items,
-            "recompute_rate": {"prefill": prefill["rate"], "decode": decode["rate"]}}
+            "recompute_rate": {"prefill": prefill["rate"], "decode": decode["rate"]},
+            "keys_per_row": keys, "notes": generation_notes(keys["prefill"], keys["decode"])}
 
 
 def _left_padded(tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:

@@ -100,6 +100,8 @@ class LogitComparison:
         acc.result()["kl"]
 
     Means are ratios of totals (a batch of 8 sequences weighs 8 times one sequence), never means of means.
+    `windows()` keeps what each sequence (a row of a batch, in order) contributed, for intervals over windows
+    (lampc.eval.uncertainty).
     """
 
     def __init__(self) -> None:
@@ -116,6 +118,9 @@ class LogitComparison:
         self.n_correct_ref = 0
         self.n_correct_test = 0
         self._absdiff: list[Tensor] = []  # per-position max |Δlogit|, kept for exact percentiles
+        self._window_kl: list[float] = []  # per window: KL summed over its positions with both distributions
+        self._window_positions: list[int] = []
+        self._window_flipped: list[list[int]] = []  # per window: the positions whose top-1 token differs
 
     @torch.no_grad()
     def update(self, ref: Tensor, test: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None) -> None:
@@ -136,11 +141,16 @@ class LogitComparison:
         self.n_test_nan += int((real & ref_ok & ~test_ok).sum())
         self.n_both += int(both.sum())
 
-        kl = kl_divergence(logp_ref, logp_test)[both]
+        kl_all = kl_divergence(logp_ref, logp_test)  # (B, T)
+        kl = kl_all[both]
         self.kl_sum += float(kl.sum())
         if kl.numel():
             self.kl_max = max(self.kl_max, float(kl.max()))
-        self.n_flip += int((~argmax_agrees(ref, test) & both).sum())
+        flipped = ~argmax_agrees(ref, test) & both  # (B, T)
+        self.n_flip += int(flipped.sum())
+        self._window_kl += torch.where(both, kl_all, torch.zeros_like(kl_all)).sum(dim=-1).tolist()
+        self._window_positions += both.sum(dim=-1).tolist()
+        self._window_flipped += [row.nonzero().flatten().tolist() for row in flipped]
         self._absdiff.append(max_abs_diff(ref, test)[both])
 
         labelled = label_positions(attention_mask) & both[:, :-1]  # (B, T-1)
@@ -171,7 +181,16 @@ class LogitComparison:
         out["logit_absdiff_max"] = float(absdiff.max()) if absdiff.numel() else float("nan")
         out["n_positions"] = self.n_real
         out["n_labels"] = self.n_labels
+        out["n_windows"] = len(self._window_positions)
         return out
+
+    def windows(self) -> dict:
+        """Per window (each row of each batch, in order): mean KL (NaN without positions), positions with both
+        distributions, flip count and the flipped positions (indices into the window)."""
+        return {"kl": [_ratio(k, n) for k, n in zip(self._window_kl, self._window_positions)],
+                "positions": list(self._window_positions),
+                "flips": [len(f) for f in self._window_flipped],
+                "flipped": [list(f) for f in self._window_flipped]}
 
 
 def compare_logits(ref: Tensor, test: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict:

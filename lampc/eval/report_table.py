@@ -1,18 +1,21 @@
-"""Sweep rows rendered: compact text or markdown tables, the headline comparison (best LAMP rule against uniform
-and random at the same counts), and the two plots (matplotlib, Agg backend).
+"""Sweep rows rendered: compact text or markdown tables with 95% intervals, the headline comparison (best LAMP
+rule against uniform and random at the same counts) and the paired comparisons of every LAMP row with its
+baselines (lampc.eval.uncertainty). The plots are in lampc.eval.plots (re-exported here).
 
-    print(format_table(rows, EVAL_COLUMNS))
+    print(format_table(rows, EVAL_COLUMNS))                 # KL "4.4e-2 [3.9e-2, 5.1e-2]", rate, flips with n
     print(format_table(headline(rows), HEADLINE_COLUMNS, markdown=True))
-    plot_kl_vs_rate(rows, "kl_vs_rate.png")
+    print(format_table(comparisons(rows), COMPARISON_COLUMNS))   # "within noise" where the paired CI holds 1
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-from .sweep import LAMP_CRITERIA
+from .plots import plot_kl_vs_m, plot_kl_vs_rate  # noqa: F401 (importable from here, as before)
+from .grid import LAMP_CRITERIA, POLICY_CELL
+from .uncertainty import compare_cells
 
 
 def _num(spec: str) -> Callable:
@@ -66,23 +69,96 @@ COLUMNS: dict[str, tuple[str, Callable]] = {
     "gen_identical": ("identical", _pct(0)),
     "gen_prefill_rate": ("prefill rate", _pct(2)),
     "gen_decode_rate": ("decode rate", _pct(2)),
+    # comparisons
+    "baseline": ("baseline", _text),
+    "kl_verdict": ("KL", _text),
+    "flip_verdict": ("flips", _text),
 }
 
-EVAL_COLUMNS = ("format", "criterion", "tau", "count_from", "recompute_rate", "kl", "flip_rate", "top1_match",
-                "ppl_test", "nan_rate", "logit_absdiff_p99", "seconds")
-GENERATION_COLUMNS = ("gen_match_tokens", "gen_identical", "gen_prefill_rate", "gen_decode_rate")
-DEMO_COLUMNS = ("format", "criterion", "tau", "recompute_rate", "kl", "flip_rate", "kl_gain")
+
+
+def sci(v) -> str:
+    """Two significant digits, a short exponent: 0.0443 -> '4.4e-2'."""
+    if _missing(v):
+        return "-"
+    if v == 0 or math.isinf(v):
+        return "0" if v == 0 else ("inf" if v > 0 else "-inf")
+    return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "") + m.group(2), f"{v:.1e}")
+
+
+def with_ci(row: dict, key: str, show: Callable, bound: Callable | None = None, unit: str = "") -> str:
+    """'value [lo, hi]' from row[key], row[key_lo], row[key_hi]; the value alone where there is no interval."""
+    value, lo, hi = row.get(key), row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    if _missing(value):
+        return "-"
+    if _missing(lo) or _missing(hi):
+        return show(value) + unit
+    bound = bound or show
+    return f"{show(value)}{unit} [{bound(lo)}, {bound(hi)}]"
+
+
+def _pct_value(v) -> str:
+    return f"{100 * v:.2f}"
+
+
+def _flips(row: dict) -> str:
+    n, positions = row.get("n_flips"), row.get("n_compared")
+    return "-" if _missing(n) or _missing(positions) else f"{n}/{positions}"
+
+
+ROW_COLUMNS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "rate_ci": ("rate [95% CI]", lambda r: with_ci(r, "recompute_rate", _pct_value, unit="%")),
+    "kl_ci": ("KL [95% CI]", lambda r: with_ci(r, "kl", sci)),
+    "flip_ci": ("flip [95% CI]", lambda r: with_ci(r, "flip_rate", _pct_value, unit="%")),
+    "flips": ("flips", _flips),
+    "gain_vs_uniform_ci": ("vs uniform [95% CI]", lambda r: with_ci(r, "gain_vs_uniform", _times, _times_bound)),
+    "gain_vs_random_ci": ("vs random [95% CI]", lambda r: with_ci(r, "gain_vs_random", _times, _times_bound)),
+    "gen_match_ci": ("tokens = fp32 [95% CI]", lambda r: with_ci(r, "gen_match_tokens", _num(".1f"))),
+    # comparisons
+    "kl_ratio_ci": ("KL reduction [95% CI]", lambda r: with_ci(r, "kl_ratio", _times, _times_bound)),
+    "flips_pair": ("flips rule vs base", lambda r: f"{r['flips_test']} vs {r['flips_base']}"),
+    "flip_p": ("McNemar p", lambda r: f"{r['flip_p']:.2g}"),
+}
+"""Columns rendered from the whole row (a value with its interval, counts with their n)."""
+
+
+def _times_bound(v) -> str:
+    """A ratio's interval end, three significant digits kept (3.20, not 3.2)."""
+    return "-" if _missing(v) else ("inf" if math.isinf(v) else f"{v:#.3g}".rstrip("."))
+
+
+EVAL_COLUMNS = ("format", "criterion", "tau", "count_from", "rate_ci", "kl_ci", "flip_ci", "flips", "ppl_test",
+                "nan_rate", "logit_absdiff_p99", "seconds")
+GENERATION_COLUMNS = ("gen_match_ci", "gen_identical", "gen_prefill_rate", "gen_decode_rate")
+DEMO_COLUMNS = ("format", "criterion", "tau", "rate_ci", "kl_ci", "flip_ci", "kl_gain")
 HEADLINE_COLUMNS = ("format", "shuffle", "max_rate", "criterion", "tau", "recompute_rate", "kl", "kl_uniform",
-                    "gain_vs_uniform", "kl_random", "gain_vs_random", "random_match", "kl_oracle")
+                    "gain_vs_uniform_ci", "kl_random", "gain_vs_random_ci", "random_match", "kl_oracle")
+COMPARISON_COLUMNS = ("format", "criterion", "tau", "baseline", "kl_ratio_ci", "kl_verdict", "flips_pair", "flip_p",
+                      "flip_verdict")
+TEXT_COLUMNS = ("format", "criterion", "count_from", "shuffle", "random_match", "baseline", "kl_verdict",
+                "flip_verdict")
+
+
+def interval_line(rows: Sequence[dict]) -> str:
+    """One line above the table: n windows x tokens, and how the intervals were computed."""
+    from .uncertainty import RESAMPLES, SEED
+
+    r = rows[0]
+    n = r.get("n_windows") or r.get("n_seq")
+    head = f"n = {n} windows x {r.get('seq_len')} tokens ({r.get('n_positions')} positions) per cell"
+    if not n or n < 2:
+        return head + "; one window: no intervals"
+    return (f"{head};\n[95% CI]: percentile bootstrap over the {n} windows ({RESAMPLES} resamples, seed {SEED})"
+            + ("; few windows give rough intervals" if n < 8 else ""))
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] = EVAL_COLUMNS, *, markdown: bool = False) -> str:
     """Rows as an aligned text table (or a markdown table); unknown or missing values show as '-'."""
-    headers = [COLUMNS.get(c, (c, _text))[0] for c in columns]
-    body = [[COLUMNS.get(c, (c, _text))[1](row.get(c)) for c in columns] for row in rows]
+    headers = [(ROW_COLUMNS.get(c) or COLUMNS.get(c, (c, _text)))[0] for c in columns]
+    body = [[ROW_COLUMNS[c][1](row) if c in ROW_COLUMNS else COLUMNS.get(c, (c, _text))[1](row.get(c))
+             for c in columns] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
-    numeric = [i for i, c in enumerate(columns)
-               if c not in ("format", "criterion", "count_from", "shuffle", "random_match")]
+    numeric = [i for i, c in enumerate(columns) if c not in TEXT_COLUMNS]
 
     def line(cells):
         padded = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
@@ -142,8 +218,66 @@ def headline(rows: Sequence[dict], max_rates: Sequence[float] = (0.05, 0.10)) ->
                         "random_match": how if kl_r is not None else None,
                         "kl_oracle": oracle["kl"] if oracle else None,
                         "flip_uniform": uniform["flip_rate"] if uniform else None,
-                        "flip_random": random["flip_rate"] if random else None})
+                        "flip_random": random["flip_rate"] if random else None,
+                        **_gain_interval("gain_vs_uniform", best, uniform),
+                        **_gain_interval("gain_vs_random", best, random)})
     return out
+
+
+def _gain_interval(name: str, best: dict, base: dict | None) -> dict:
+    """name_lo, name_hi: the paired interval of KL(base) / KL(best) on the same windows (none without them)."""
+    if base is None or "windows" not in best or "windows" not in base:
+        return {}
+    c = compare_cells(best, base)
+    return {f"{name}_lo": c["kl_ratio_lo"], f"{name}_hi": c["kl_ratio_hi"]}
+
+
+def baselines(rows: Sequence[dict], row: dict) -> list[tuple[str, dict]]:
+    """The baselines of a LAMP row measured in the same sweep: uniform at its format, and random (then oracle)
+    with its counts at the same tau."""
+    out = []
+    uniform = next((r for r in rows if r["format"] == row["format"] and r["criterion"] == "uniform"), None)
+    if uniform is not None:
+        out.append(("uniform", uniform))
+    if row["criterion"] in LAMP_CRITERIA:
+        for criterion in ("random", "oracle"):
+            match = matching(rows, row, criterion)
+            if match is not None:
+                out.append((f"{criterion} (same counts)", match))
+    return out
+
+
+def comparisons(rows: Sequence[dict]) -> list[dict]:
+    """Every LAMP row (a look-ahead rule, budget, or the --policy cell) against its baselines on the same windows:
+    the KL reduction KL(baseline) / KL(rule) with its paired 95% interval, McNemar's test on the flips, and a
+    verdict: 'within noise' when the interval holds 1 (no change), or p >= 0.05 for flips."""
+    out = []
+    for row in rows:
+        if row["criterion"] not in (*LAMP_CRITERIA, "budget", POLICY_CELL) or "windows" not in row:
+            continue
+        for name, base in baselines(rows, row):
+            if "windows" not in base or len(base["windows"]["kl"]) != len(row["windows"]["kl"]):
+                continue
+            c = compare_cells(row, base)
+            out.append({"format": row["format"], "criterion": row["criterion"], "tau": row["tau"], "baseline": name,
+                        **c, "kl_verdict": _kl_verdict(c), "flip_verdict": _flip_verdict(c)})
+    return out
+
+
+def _kl_verdict(c: dict) -> str:
+    if c["kl_at_rounding"]:
+        return "within FP32 rounding"
+    if _missing(c["kl_ratio_lo"]):
+        return "no interval"
+    if c["kl_within_noise"]:
+        return "within noise"
+    return "lower KL" if c["kl_ratio_lo"] > 1 else "higher KL"
+
+
+def _flip_verdict(c: dict) -> str:
+    if c["flip_within_noise"]:
+        return "within noise"
+    return "fewer flips" if c["only_test"] < c["only_base"] else "more flips"
 
 
 def _interpolate(rows: Sequence[dict], fmt: str, best: dict):
@@ -172,107 +306,3 @@ def _ratio(num, den):
 
 def _missing(v) -> bool:
     return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
-
-
-# ---- plots -----------------------------------------------------------------------------------------------------
-
-_STYLE = {"strict": ("C0", "o"), "relaxed": ("C2", "s"), "target": ("C4", "D"), "random": ("C3", "x"),
-          "oracle": ("k", "^")}
-
-
-def plot_kl_vs_rate(rows: list[dict], path: str | Path) -> None:
-    """One panel per format: KL against recompute rate for each rule; uniform as a horizontal dashed line."""
-    plt = _pyplot()
-    formats = list(dict.fromkeys(r["format"] for r in rows))
-    fig, axes = plt.subplots(1, len(formats), figsize=(5.2 * len(formats), 4.2), squeeze=False)
-    for ax, fmt in zip(axes[0], formats):
-        cells = [r for r in rows if r["format"] == fmt]
-        for r in cells:
-            if r["criterion"] == "uniform" and _positive(r["kl"]):
-                ax.axhline(r["kl"], color="0.4", ls="--", lw=1.2, label=f"uniform {fmt}")
-            elif r["criterion"] == "uniform" and r["kl"] == 0.0:
-                ax.text(0.02, 0.02, "uniform: KL = 0", transform=ax.transAxes, fontsize=8, color="0.4")
-        series = dict.fromkeys((r["criterion"], r["count_from"]) for r in cells if r["criterion"] in _STYLE)
-        for crit, source in sorted(series, key=lambda k: (list(_STYLE).index(k[0]), k[1])):
-            pts = sorted((100 * r["recompute_rate"], r["kl"]) for r in cells if (r["criterion"], r["count_from"])
-                         == (crit, source) and _positive(r["kl"]) and r["recompute_rate"] > 0)
-            if pts:
-                color, marker = _STYLE[crit]
-                ls = {"": "-", "strict": "-", "relaxed": "--", "target": ":"}[source]
-                label = f"{crit} (counts of {source})" if source else crit
-                ax.plot(*zip(*pts), color=color, marker=marker, ls=ls, lw=1.2, ms=5, label=label)
-        ax.set_yscale("log")
-        _log_percent_axis(ax, [100 * r["recompute_rate"] for r in cells if r["recompute_rate"] > 0])
-        ax.set_xlabel("recompute rate (% of visible QK^T entries, layer mean)")
-        ax.set_ylabel("mean KL(P_fp32 || P_test)")
-        ax.set_title(f"{fmt}: {_subtitle(cells)}", fontsize=10)
-        _grid_and_legend(ax)
-    _save(plt, fig, path)
-
-
-def plot_kl_vs_m(rows: list[dict], path: str | Path) -> None:
-    """Uniform KL against mantissa bits, with each rule's best KL at a recompute rate <= 5%."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
-    series = {"uniform": [(r["m_bits"], r["kl"]) for r in rows if r["criterion"] == "uniform"]}
-    for crit in LAMP_CRITERIA:
-        best = {}
-        for r in rows:
-            if r["criterion"] == crit and r["recompute_rate"] <= 0.05 and _positive(r["kl"]):
-                best[r["m_bits"]] = min(best.get(r["m_bits"], math.inf), r["kl"])
-        if best:
-            series[f"{crit}, best at rate <= 5%"] = sorted(best.items())
-    for name, pts in series.items():
-        pts = sorted(p for p in pts if _positive(p[1]))
-        if pts:
-            ax.plot(*zip(*pts), marker="o", ls="--" if name == "uniform" else "-", label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("accumulator mantissa bits m")
-    ax.set_ylabel("mean KL(P_fp32 || P_test)")
-    ax.set_title(_subtitle(rows), fontsize=10)
-    _grid_and_legend(ax)
-    _save(plt, fig, path)
-
-
-def _grid_and_legend(ax) -> None:
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-
-
-def _save(plt, fig, path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _log_percent_axis(ax, percents: list[float]) -> None:
-    """Log x axis labelled in %, spanning at least one decade around the points."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    ax.set_xscale("log")
-    if percents:
-        lo, hi = min(percents), max(percents)
-        mid = math.sqrt(lo * hi)
-        ax.set_xlim(min(lo / 1.5, mid / 3.2), max(hi * 1.5, mid * 3.2))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def _positive(x) -> bool:
-    return isinstance(x, float) and x > 0 and math.isfinite(x)
-
-
-def _subtitle(rows: list[dict]) -> str:
-    r = rows[0]
-    shuffled = ", shuffled" if r["shuffle"] else ""
-    return f"{r['dataset']}{shuffled}, {r['n_seq']} x {r['seq_len']} tokens"

@@ -8,8 +8,13 @@ reused by every cell; each cell (format, criterion, tau) compiles the model once
 recompute rate from `compiled.stats()` summed over all batches. `random` and `oracle` take their per-row counts
 from `count_from` (default `strict`) at the same tau, so they recompute exactly as many entries as that rule.
 
-Outputs in `out_dir`: results.csv (one row per cell), results.json (rows + metadata), kl_vs_rate.png (one panel
-per format), kl_vs_m.png (uniform KL against mantissa bits, when there are several formats).
+Every row also keeps its per-window values (`windows`: KL, positions, flips and flipped positions, recompute rate
+of each window) and their 95% intervals (kl_lo/kl_hi, flip_rate_lo/_hi, recompute_rate_lo/_hi: a percentile bootstrap
+over windows, lampc.eval.uncertainty), with n_windows, n_flips and the mean visible keys per attention row.
+
+Outputs in `out_dir`: results.csv (one row per cell; the per-window lists left out), results.json (rows with their
+windows, metadata, the paired comparisons of each LAMP rule with its baselines, and notes), kl_vs_rate.png (one
+panel per format), kl_vs_m.png (uniform KL against mantissa bits, when there are several formats).
 """
 
 from __future__ import annotations
@@ -30,114 +35,20 @@ from torch import nn
 from ..formats import parse as parse_format
 from ..criteria import CRITERIA as CRITERION_TABLE, LAMP_RULES, NAMES as CRITERIA, THRESHOLD_RULES
 from ..policy import COUNT_SOURCES, Policy, SitePolicy
+from .grid import (  # noqa: F401 (the grid's names, importable from here as before)
+    LAMP_CRITERIA, POLICY_CELL, SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS, Cell, plan_cells)
 from .metrics import LogitComparison
-
-TAU_GRIDS: dict[str, tuple[float, ...]] = {
-    "strict": (5.0, 1.0, 0.2),
-    "relaxed": (0.9, 0.5, 0.3),
-    "target": (1.95, 1.8, 1.7),
-}
-"""Default tau per rule: three points of the paper's grids (docs/METHOD.md §5, relaxed and target extended towards "less
-recompute"), chosen so that each rule spans recompute rates of about 0.1-3% (strict), 1-6% (relaxed) and 1-7%
-(target) on the embedded model and Persuasion (bench/accuracy.md). random/oracle use the grid of the rule they
-count from."""
-
-LAMP_CRITERIA = LAMP_RULES
-"""The deployable look-ahead rules (budget needs a count, not a tau, and is not swept)."""
-
-POLICY_CELL = "policy"
-"""The cell that runs the sweep's base policy as it is: a policy with per-site rules (lampc calibrate's), which a
-grid's criterion or tau would override."""
-
-SWEEP_CRITERIA = CRITERIA
-TAU_CRITERIA = THRESHOLD_RULES
-"""The criteria a --tau applies to (uniform recomputes nothing; budget takes its count or fraction)."""
+from .uncertainty import METHOD as INTERVAL_METHOD, cell_intervals
 
 CSV_COLUMNS = (
     "model", "seed", "n_seq", "seq_len", "dataset", "shuffle", "criterion", "format", "m_bits", "block_k", "tau",
     "count_from", "kl", "flip_rate", "recompute_rate", "recompute_rate_pooled", "top1_match", "ppl_ref", "ppl_test",
     "acc_ref", "acc_test", "nan_rate", "ref_nan_rate", "kl_max", "logit_absdiff_p50", "logit_absdiff_p90",
     "logit_absdiff_p99", "logit_absdiff_max", "n_positions", "n_labels", "layer_rates", "rule", "seconds",
+    "n_windows", "n_compared", "n_flips", "kl_lo", "kl_hi", "flip_rate_lo", "flip_rate_hi", "recompute_rate_lo",
+    "recompute_rate_hi", "visible_keys_per_row", "site_kinds",
 )
-"""results.csv columns; the first ones are named as in the paper's logs."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    """One point of the grid: a format and a look-ahead rule."""
-
-    format: str
-    criterion: str
-    tau: float | None = None  # None for uniform
-    count_from: str | None = None  # random/oracle only
-
-    def overrides(self, block_k: int) -> dict:
-        out = {"format": self.format, "criterion": self.criterion, "tau": self.tau, "block_k": block_k}
-        if self.count_from:
-            out["count_from"] = self.count_from
-        return out
-
-    @property
-    def label(self) -> str:
-        return f"{self.format} {self.criterion}" + ("" if self.tau is None else f" tau={self.tau:g}")
-
-
-def plan_cells(formats: Sequence[str], criteria: Sequence[str], taus=None,
-               count_from: str | Sequence[str] = "strict") -> list[Cell]:
-    """The cells of a sweep, validated: every format parses, every tau is in its criterion's range.
-
-    taus:        None (default grids, `TAU_GRIDS`); a sequence of floats used by every criterion that takes a tau;
-                 or a dict {criterion: [tau, ...]} where the key "all" gives the rest a common list. random/oracle
-                 use their own entry if given, else that of the rule they count from.
-    count_from:  the rule (or rules: one random/oracle series each) whose per-row counts random/oracle reproduce.
-    Raises ValueError naming the bad value.
-    """
-    if not formats:
-        raise ValueError("formats: give at least one format (e.g. m4)")
-    if not criteria:
-        raise ValueError("criteria: give at least one criterion")
-    names = []
-    for f in formats:
-        try:
-            names.append(parse_format(f).name)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"format {f!r}: {err}") from None
-    for c in criteria:
-        if c not in SWEEP_CRITERIA and c != POLICY_CELL:
-            raise ValueError(f"criterion {c!r} is not one of {', '.join(SWEEP_CRITERIA)}")
-    sources = [count_from] if isinstance(count_from, str) else list(count_from)
-    for source in sources:
-        if source not in COUNT_SOURCES:
-            raise ValueError(f"count_from {source!r} is not one of {', '.join(COUNT_SOURCES)}")
-    cells = []
-    for f in names:
-        for c in criteria:
-            if c not in TAU_CRITERIA:  # uniform, budget (its budget is a fixed policy field), the base policy
-                cells.append(Cell(f, c))
-                continue
-            for source in sources if CRITERION_TABLE[c].counted else [None]:
-                for tau in _taus_for(c, source, taus):
-                    _check_tau(c, source, tau)
-                    cells.append(Cell(f, c, float(tau), source))
-    return list(dict.fromkeys(cells))  # drop duplicates, keep order
-
-
-def _taus_for(criterion: str, source: str | None, taus) -> Sequence[float]:
-    rule = source or criterion
-    if taus is None:
-        return TAU_GRIDS[rule]
-    if isinstance(taus, dict):
-        return taus.get(criterion) or taus.get(rule) or taus.get("all") or TAU_GRIDS[rule]
-    return taus
-
-
-def _check_tau(criterion: str, source: str | None, tau) -> None:
-    try:
-        SitePolicy(criterion=criterion, tau=tau, count_from=source or "strict")
-    except ValueError as err:
-        rule = f"{criterion} (counts of {source})" if source else criterion
-        reason = re.search(r"must be .*", str(err))
-        raise ValueError(f"tau {tau!r} for criterion {rule}: {reason.group(0) if reason else err}") from None
+"""results.csv columns; the first ones are named as in the paper's logs. Per-window lists stay in results.json."""
 
 
 class CellCompiler:
@@ -215,10 +126,13 @@ class Sweep:
                 rule = site.rule_text
                 if compiled.policy.per_site:
                     rule = f"{site.criterion}, one tau per site ({len(compiled.policy.per_site)} sites)"
+                windows = measured.pop("windows")
+                kinds = ",".join(dict.fromkeys(s.kind for s in compiled.sites))
                 rows.append({**self.info, "criterion": cell.criterion, "format": site.format.name,
                              "m_bits": site.m_bits, "block_k": site.block_k, "tau": cell.tau,
-                             "count_from": cell.count_from or "", **measured, "rule": rule,
-                             "seconds": round(time.perf_counter() - t0, 2)})
+                             "count_from": cell.count_from or "", **measured, **cell_intervals(windows),
+                             "site_kinds": kinds, "rule": rule, "seconds": round(time.perf_counter() - t0, 2),
+                             "windows": windows})
         return rows
 
     def compile(self, cell: Cell):
@@ -234,9 +148,15 @@ class Sweep:
         return self.compiler(policy, **{**fixed, **cell.overrides(self.block_k)})
 
     def measure(self, compiled, bar=None) -> dict:
-        """Metrics of `compiled` over all batches, plus its recompute rates summed over all of them."""
+        """Metrics of `compiled` over all batches, plus its recompute rates summed over all of them (and per
+        window: `out["windows"]["recompute_rate"]`, None where the taps do not split by window)."""
+        from .window_rates import WindowRates
+
         compiled.reset_stats()
-        out = self.compare(lambda ids, mask: compiled(ids, attention_mask=mask).logits, bar)
+        with WindowRates(compiled) as rates:
+            out = self.compare(lambda ids, mask: compiled(ids, attention_mask=mask).logits, bar)
+        out["windows"]["recompute_rate"] = rates.per_window(len(out["windows"]["kl"]))
+        out["visible_keys_per_row"] = rates.keys_per_row()
         stats = compiled.stats()
         out["recompute_rate"] = stats["overall"]["layer_mean_rate"]  # the paper's: mean over layers
         out["recompute_rate_pooled"] = stats["overall"]["rate"]  # selected / visible over all sites
@@ -244,7 +164,8 @@ class Sweep:
         return out
 
     def compare(self, fn, bar=None) -> dict:
-        """Metrics (LogitComparison) of fn(input_ids, attention_mask) -> logits against the FP32 reference."""
+        """Metrics (LogitComparison) of fn(input_ids, attention_mask) -> logits against the FP32 reference, with
+        the per-window values under "windows"."""
         acc = LogitComparison()
         with fp32_reference(), torch.no_grad():
             for ids, ref in zip(self.batches, self.reference):
@@ -252,7 +173,7 @@ class Sweep:
                 acc.update(ref, fn(ids, mask).float(), ids, mask)
                 if bar is not None:
                     bar.update(1)
-        return acc.result()
+        return {**acc.result(), "windows": acc.windows()}
 
     def _bar(self, total: int, text: str):
         from .progress import progress_bar
@@ -360,28 +281,40 @@ def metadata(sweep: Sweep, cells: Sequence[Cell], **extra) -> dict:
     return {"command": extra.pop("command", None) or " ".join(sys.argv), **extra, **sweep.info,
             "block_k": sweep.block_k, "reference": "the same model in FP32, eager, TF32 off",
             "policy": Policy.from_overrides(None, format=cells[0].format, block_k=sweep.block_k).to_dict(),
-            "cells": [cell.overrides(sweep.block_k) for cell in cells], "versions": _versions()}
+            "cells": [cell.overrides(sweep.block_k) for cell in cells], "intervals": INTERVAL_METHOD,
+            "versions": _versions()}
 
 
 def write_outputs(rows: list[dict], out_dir: str | Path, metadata: dict) -> dict[str, Path]:
     """results.csv, results.json and the plots in `out_dir` (created); returns {name: path}."""
-    from .report_table import plot_kl_vs_m, plot_kl_vs_rate
+    from .caveats import sweep_notes
+    from .plots import plot_kl_vs_m, plot_kl_vs_rate
+    from .report_table import comparisons
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "json": out / "results.json", "kl_vs_rate": out / "kl_vs_rate.png"}
-    columns = list(CSV_COLUMNS) + sorted({k for r in rows for k in r} - set(CSV_COLUMNS))
+    flat = [{k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows]
+    columns = list(CSV_COLUMNS) + sorted({k for r in flat for k in r} - set(CSV_COLUMNS))
     with paths["csv"].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        for row in rows:
+        for row in flat:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    paths["json"].write_text(json.dumps({"metadata": metadata, "rows": rows}, indent=1) + "\n")
+    doc = {"metadata": metadata, "rows": rows, "comparisons": comparisons(rows), "notes": sweep_notes(rows)}
+    paths["json"].write_text(compact_json(doc) + "\n")
     plot_kl_vs_rate(rows, paths["kl_vs_rate"])
     if len({r["format"] for r in rows if r["criterion"] == "uniform"}) > 1:
         paths["kl_vs_m"] = out / "kl_vs_m.png"
         plot_kl_vs_m(rows, paths["kl_vs_m"])
     return paths
+
+
+def compact_json(doc) -> str:
+    """JSON with one line per key, and each list of numbers (a row's per-window values) on one line."""
+    text = json.dumps(doc, indent=1)  # a raw newline is never inside a JSON string: only layout is joined
+    return re.sub(r"\[\n\s*([-0-9.eE+NaInfity]+(?:,\n\s*[-0-9.eE+NaInfity]+)*)\n\s*\]",
+                  lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]", text)
 
 
 def _token_stream(tokenizer, text, token_ids) -> tuple[torch.Tensor, str]:

@@ -5,9 +5,22 @@
     logits = run_session(make_session("model.onnx"), input_ids, attention_mask)["logits"]
 """
 
-from .describe import describe_onnx
-from .onnx import OnnxExport, OnnxExportError, export_onnx
-from .session import OPTIMIZATION_LEVELS, default_providers, make_session, run_session
+import importlib
+
+_LAZY = {"describe_onnx": "describe", "OnnxExport": "onnx", "OnnxExportError": "onnx", "export_onnx": "onnx",
+         "OPTIMIZATION_LEVELS": "session", "default_providers": "session", "make_session": "session",
+         "run_session": "session"}
+"""name -> the submodule that defines it, loaded (with onnx, onnxscript, onnxruntime) when the name is first used:
+`lampc export --help` imports this package without them."""
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lampc.export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["OPTIMIZATION_LEVELS", "OnnxExport", "OnnxExportError", "default_providers", "describe_onnx", "export_onnx",
            "make_session", "run_session"]

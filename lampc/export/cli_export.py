@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ..cli_support import add_model_argument
+from ..cli_support import add_model_argument, add_out_argument
 from ..cli_policy import add_policy_arguments, compile_arguments
 
 
@@ -18,13 +18,13 @@ def add_parser(subparsers) -> None:
                     "is run once in ONNX Runtime next to the PyTorch compiled model and the difference printed.")
     add_model_argument(parser)
     add_policy_arguments(parser)  # --criterion random cannot be exported (it draws from torch's generator)
-    parser.add_argument("--out", required=True, help="the .onnx file to write")
+    add_out_argument(parser, required=True, metavar="FILE", help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=26, help="ONNX opset 18..26 (default 26: BitCast rounding)")
-    parser.add_argument("--rounding", default="auto", choices=("auto", "bits", "arith"),
+    parser.add_argument("--rounding", default="auto", type=str.lower, choices=("auto", "bits", "arith"),
                         help="rounding formulation (auto: bits at opset 26, else arith)")
     parser.add_argument("--no-optimize", action="store_true", help="skip onnxscript's graph optimiser")
     parser.add_argument("--debug-outputs", action="store_true", help="also output selection_<i> and scores_lp_<i>")
-    parser.add_argument("--quiet", action="store_true", help="no third-party progress bars or warnings")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, third-party warnings or logs")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check after exporting")
     parser.set_defaults(run=run)
 
@@ -32,6 +32,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..api import compile
     from ..cli_support import CliError
+    from ..eval.progress import step_line
     from ..models import ModelNotFoundError, load_model
     from .describe import describe_onnx
     from .onnx import OnnxExportError, check_writable, export_onnx
@@ -49,7 +50,9 @@ def run(args) -> int:
     except ModelNotFoundError as err:
         raise CliError(f"--model: {err}") from None
     policy, overrides = compile_arguments(args)
+    step_line(f"compiling {args.model} (torch.export capture, then the LAMP passes)", not args.quiet)
     compiled = compile(model, policy, **overrides)
+    step_line(f"exporting to ONNX (opset {args.opset}) and optimising", not args.quiet)
     try:
         info = export_onnx(compiled, args.out, opset=args.opset, rounding=args.rounding,
                            optimize=not args.no_optimize, debug_outputs=args.debug_outputs)

@@ -7,21 +7,26 @@
         softmax_1: f32[s0, 4, s1, s1] = softmax(add_10, -1)
         recompute rate 2.7% (143/5296 visible entries, 3 calls)
     skipped: attention @ classifier: softmax input comes from aten.linear, not matmul [* scale] [+ mask]
+
+torch.fx (and lampc.graph_view, which loads torch and networkx) is imported where a graph is read, not when this
+module loads: `lampc show --help` imports the lampc.inspect package without torch.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from torch import fx
-
-from ..graph_view import describe_value, module_path, op_name, site_index
+if TYPE_CHECKING:
+    from torch import fx
 
 PASSTHROUGH_STOP = ("softmax", "_softmax", "layer_norm", "gelu")
 
 
 def format_node(node: fx.Node, policy_names: dict[str, str]) -> str:
     """One node as `name: f32[...] = op(args)`; long policy specs are shortened to <policy>."""
+    from ..graph_view import describe_value, op_name
+
     args = ", ".join(_format_arg(a, policy_names) for a in node.args)
     if node.kwargs:
         args += ", " + ", ".join(f"{k}={_format_arg(v, policy_names)}" for k, v in node.kwargs.items())
@@ -31,6 +36,8 @@ def format_node(node: fx.Node, policy_names: dict[str, str]) -> str:
 
 
 def _format_arg(arg, policy_names) -> str:
+    from torch import fx
+
     if isinstance(arg, fx.Node):
         return arg.name
     if isinstance(arg, str) and arg in policy_names:
@@ -44,6 +51,8 @@ def _format_arg(arg, policy_names) -> str:
 
 def site_nodes(gm: fx.GraphModule, index: int) -> list[fx.Node]:
     """The nodes a rewrite inserted for site `index`, then the original nodes down to the consumer."""
+    from ..graph_view import op_name, site_index
+
     inserted = [n for n in gm.graph.nodes if site_index(n) == index]
     if not inserted:
         return []
@@ -78,6 +87,8 @@ def render(compiled, *, full: bool = False, phase: str | None = None) -> str:
 
 
 def _render_graph(gm, sites, skips, stats, model_type: str, *, full: bool) -> str:
+    from ..graph_view import module_path, site_index
+
     policy_names = _policy_specs(gm)
     stats = {s["site"]: s for s in stats["sites"]}
     kinds = sorted({s.kind for s in sites})

@@ -20,6 +20,11 @@ Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"  # shipped inside the package
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json",
+                   "vocab.txt")
+"""Files that hold a tokenizer: the `tokenizers` library's serialisation, a SentencePiece model (Llama, T5, XLM-R),
+BPE (GPT-2: vocab.json with merges.txt) or WordPiece vocabularies. A model directory needs one of them."""
+
 
 class ModelNotFoundError(LookupError):
     """Neither a registered name nor a directory holding a model; the message lists the known names."""
@@ -75,4 +80,7 @@ def check_model_dir(path: Path) -> Path:
         raise ModelNotFoundError(f"{path}: no config.json, so no Hugging Face model to load there")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise ModelNotFoundError(f"{path}: config.json but no weights (*.safetensors or *.bin)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelNotFoundError(f"{path}: a model but no tokenizer files (looked for {', '.join(TOKENIZER_FILES)}); "
+                                 "save the tokenizer beside it: tokenizer.save_pretrained(path)")
     return path
