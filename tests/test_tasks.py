@@ -17,7 +17,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from lampc.models import load_model  # noqa: E402
 from lampc.tasks import AUSTEN_TASKS, LampcLM, austen_tasks, compare, mcnemar_p  # noqa: E402
-from lampc.tasks.compare import paired, per_document  # noqa: E402
+from lampc.tasks.compare import markdown, paired, per_document, run  # noqa: E402
 from lampc.tasks.make_austen_tasks import build  # noqa: E402
 
 PAIRS = [("Anne Elliot was", " a woman of"), ("Captain Wentworth had been", " at sea"),
@@ -163,7 +163,13 @@ def test_offline_lm_eval_run_end_to_end(tmp_path):
     from lampc.tasks.compare import write
 
     cells = {"m4 strict": dict(format="m4", criterion="strict", tau=0.1)}
-    rows, raw = compare("embedded", cells, austen_tasks(), limit=4, batch_size=4, progress=lambda _: None)
+    said: list[str] = []
+    rows, raw = compare("embedded", cells, austen_tasks(), limit=4, batch_size=4, progress=said.append)
+    for cell in ("fp32", "m4 strict"):  # a line as each task of each cell starts and ends
+        for task in AUSTEN_TASKS:
+            assert f"lampc tasks: {cell}: {task}: started" in said
+            done = [line for line in said if line.startswith(f"lampc tasks: {cell}: {task} done in ")]
+            assert len(done) == 1 and done[0].endswith(" requests)") and " (0 requests)" not in done[0]
     assert {(r["cell"], r["task"]) for r in rows} == {(c, t) for c in ("fp32", "m4 strict") for t in AUSTEN_TASKS}
     for row in rows:
         if row["metric"] == "word_perplexity":
@@ -194,3 +200,97 @@ def test_cli_checks_its_arguments_before_any_work(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["tasks", "--output", "/proc/no/such/dir", "--limit", "2"])
     assert exit_.value.code == 2 and "--output: cannot write in /proc/no/such/dir" in capsys.readouterr().err
+
+
+def _row(cell, task, score, stderr, documents, empty=None):
+    return {"cell": cell, "task": task, "metric": "exact_match", "score": score, "stderr": stderr, "fp32": score,
+            "flips": 0, "right_to_wrong": 0, "wrong_to_right": 0, "mcnemar_p": 1.0, "kl": math.nan,
+            "recompute_rate": math.nan, "documents": documents, "empty_answers": empty}
+
+
+def test_a_zero_stderr_is_explained_under_the_table():
+    """0 of n right has stderr 0 (no spread), which is no certainty: the note says so and gives the exact one-sided
+    95% bound, 1 - 0.05**(1/n) (scipy's beta quantile as the oracle), and how many answers were empty."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rows = [_row("fp32", "austen_lastword", 0.0, 0.0, 50, empty=17), _row("m4", "austen_choice", 1.0, 0.0, 8),
+            _row("m4", "austen_lastword", 0.02, 0.02, 50, empty=3)]
+    text = markdown(rows)
+    upper = scipy_stats.beta.ppf(0.95, 1, 50)
+    assert (f"austen_lastword (fp32): 0 of 50 right, so its stderr is 0: every answer was wrong, which leaves no "
+            f"spread to measure, not an exact score; the rate is below {100 * upper:.1f}% (one-sided 95%). 17 of the "
+            f"50 answers were empty: the model's first token was a stop string") in text
+    lower = scipy_stats.beta.ppf(0.05, 8, 1)
+    assert (f"austen_choice (m4): 8 of 8 right, so its stderr is 0: every answer was right, which leaves no spread "
+            f"to measure, not an exact score; the rate is above {100 * lower:.1f}% (one-sided 95%).") in text
+    assert "austen_lastword (m4)" not in text  # a score with a spread needs no note
+
+
+@pytest.mark.slow
+def test_lastword_scores_a_right_answer(embedded, tmp_path):
+    """austen_lastword's 0 is the embedded model's (it rarely continues with the passage's own last word), not the
+    scoring's: with each target set to the model's own greedy first word (from HF's generate), every document is
+    right."""
+    import re
+
+    model, tokenizer = embedded
+    rows = [json.loads(line) for line in open(austen_tasks(["austen_lastword"])[0]["dataset_kwargs"]["data_files"][
+        "test"], encoding="utf-8")][:12]
+    mine = []
+    for row in rows:
+        ids = torch.tensor([tokenizer.encode(row["context"])])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=tokenizer.eos_token_id)
+        text = re.split(r"[\n.,;:!?]", tokenizer.decode(out[0, ids.shape[1]:].tolist()))[0]
+        word = re.search(r"[A-Za-z']+", text)
+        if word:
+            mine.append({**row, "target": word.group(0)})
+    assert len(mine) >= 4
+    data = tmp_path / "own.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in mine), encoding="utf-8")
+    config = austen_tasks(["austen_lastword"])[0]
+    config["dataset_kwargs"]["data_files"] = {"test": str(data)}
+    results = run(LampcLM("embedded", fp32=True, batch_size=1), [config], limit=None)
+    assert results["results"]["austen_lastword"]["exact_match,first_word"] == 1.0
+
+
+@pytest.mark.slow
+def test_adapter_reports_progress_per_batch(embedded):
+    lm = LampcLM("embedded", fp32=True, batch_size=2, loaded=embedded)
+    said: list[str] = []
+    lm.report, lm.report_every, lm.label = said.append, 0.0, "cell: task"
+    lm.loglikelihood(_requests("loglikelihood", PAIRS + PAIRS[:1]))
+    assert [line.split(",")[0] for line in said] == ["cell: task: 2/5 requests", "cell: task: 4/5 requests",
+                                                     "cell: task: 5/5 requests"]
+    said.clear()
+    lm.generate_until(_requests("generate_until", [(c, {"until": ["."], "max_gen_toks": 2}) for c, _ in PAIRS]))
+    assert [line.split(",")[0] for line in said] == ["cell: task: 2/4 requests", "cell: task: 4/4 requests"]
+    said.clear()
+    lm.report_every = math.inf  # a run shorter than report_every seconds says nothing
+    lm.loglikelihood(_requests("loglikelihood", PAIRS))
+    assert said == []
+
+
+@pytest.mark.slow
+def test_runs_lm_eval_quietly_without_its_deprecated_verbosity():
+    """lm-eval 0.4.13 deprecates simple_evaluate(verbosity=) and TaskManager(verbosity=): quiet through the
+    lm_eval logger's level instead, for the run only."""
+    import logging
+    import warnings
+
+    lm = LampcLM("embedded", fp32=True, batch_size=4)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("lm_eval")
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            run(lm, austen_tasks(["austen_choice"]), limit=2)
+        assert [r.getMessage() for r in records if r.levelno < logging.ERROR] == []
+        assert logger.level == logging.INFO  # restored after the run
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)

@@ -3,11 +3,13 @@
 Importing this package registers `LampcLM` as lm-eval's model "lampc" (when lm-eval is installed; otherwise
 `MISSING` says how to install it). `austen_tasks()` gives lampc's offline tasks (Persuasion cloze by generation,
 four-way cloze by loglikelihood, paragraph perplexity); `compare` runs cells against FP32 with paired statistics
-(lampc/tasks/compare.py); `lampc tasks` is the command.
+(lampc/tasks/compare.py); `lampc tasks` is the command. lm-eval's own command line with lampc's model and tasks:
+`python -m lampc.tasks.lm_eval_cli --model lampc --model_args ... --tasks austen_choice` (lm_eval_cli.py).
 """
 
 from __future__ import annotations
 
+from .availability import TaskDataUnavailable
 from .compare import AUSTEN_TASKS, austen_tasks, compare, mcnemar_p, resolve_tasks
 
 try:
@@ -20,4 +22,5 @@ except ImportError as err:
 else:
     MISSING = ""
 
-__all__ = ["AUSTEN_TASKS", "LampcLM", "MISSING", "austen_tasks", "compare", "mcnemar_p", "resolve_tasks"]
+__all__ = ["AUSTEN_TASKS", "LampcLM", "MISSING", "TaskDataUnavailable", "austen_tasks", "compare", "mcnemar_p",
+           "resolve_tasks"]

@@ -12,31 +12,35 @@ right and wrong: their rows carry the word perplexity of both.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .availability import check_task_data
+from .path import TASK_DIR
+from .progress import to_stderr
 
-TASK_DIR = Path(__file__).parent / "austen"
 AUSTEN_TASKS = ("austen_lastword", "austen_choice", "austen_paragraphs")
 PAIRED_METRICS = ("acc", "exact_match")
 """Per-document right/wrong metrics, in the order a task's primary one is looked for."""
 
 
 def austen_tasks(names=AUSTEN_TASKS) -> list[dict]:
-    """lampc's offline tasks as lm-eval task configs (their JSONL data beside the YAML, paths made absolute)."""
+    """lampc's offline tasks as lm-eval task configs, read by lm-eval's own YAML loader (so their data paths are
+    resolved beside the YAML, as when lm-eval reads them from --include_path)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
     configs = []
     for name in names:
         path = TASK_DIR / f"{name}.yaml"
         if not path.is_file():
             raise LookupError(f"no lampc task {name!r}; lampc ships {', '.join(AUSTEN_TASKS)}")
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-        files = config["dataset_kwargs"]["data_files"]
-        config["dataset_kwargs"]["data_files"] = {split: str(TASK_DIR / f) for split, f in files.items()}
-        configs.append(config)
+        configs.append(load_yaml(path, resolve_func=True))
     return configs
 
 
@@ -99,11 +103,25 @@ def _score(task_results: dict, metric: str) -> tuple[float, float]:
 
 
 def run(lm, tasks: list, *, limit: int | None) -> dict:
-    """lm-eval's evaluator on an LM instance; the results dict (with per-document samples)."""
+    """lm-eval's evaluator on an LM instance, its logging quiet; the results dict (with per-document samples)."""
     import lm_eval
 
-    return lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, bootstrap_iters=1000,
-                                   verbosity="ERROR", task_manager=task_manager(any(isinstance(t, str) for t in tasks)))
+    with quiet_lm_eval():
+        return lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, bootstrap_iters=1000,
+                                       task_manager=task_manager(any(isinstance(t, str) for t in tasks)))
+
+
+@contextlib.contextmanager
+def quiet_lm_eval():
+    """lm-eval's info and warning lines off while inside (its "lm_eval" logger's level, restored after): lm-eval
+    0.4.13 deprecates the verbosity arguments of simple_evaluate and TaskManager for logging's own levels."""
+    logger = logging.getLogger("lm_eval")
+    saved = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 @functools.cache
@@ -112,37 +130,54 @@ def task_manager(registry: bool):
     (seconds), which lampc's own tasks (given as configs) do not need."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_defaults=registry, verbosity="ERROR")
+    with quiet_lm_eval():
+        return TaskManager(include_defaults=registry)
 
 
 def compare(model: str, cells: dict[str, dict[str, Any]], tasks: list, *, limit: int | None = None,
-            batch_size: int = 8, progress=print) -> tuple[list[dict], dict[str, dict]]:
-    """Run FP32 and every cell on `tasks`; rows of the paired table, and lm-eval's results per cell name."""
+            batch_size: int = 8, progress=to_stderr) -> tuple[list[dict], dict[str, dict]]:
+    """Run FP32 and every cell on `tasks`; rows of the paired table, and lm-eval's results per cell name.
+    progress: a callable taking a line (default stderr): each cell and task as it starts and ends, and the
+    requests done every few seconds. A task whose data cannot be had is refused before any model runs
+    (TaskDataUnavailable, lampc/tasks/availability.py)."""
     from ..eval.sweep import CellCompiler
     from ..models import load_model
     from .lm import LampcLM
 
+    if any(isinstance(t, str) for t in tasks):
+        with quiet_lm_eval():
+            check_task_data(tasks, task_manager(True), own=AUSTEN_TASKS)
     loaded = load_model(model)
     progress("lampc tasks: FP32 reference")
-    reference, _ = run_per_task(LampcLM(model, fp32=True, batch_size=batch_size, loaded=loaded), tasks, limit=limit)
+    fp32 = LampcLM(model, fp32=True, batch_size=batch_size, loaded=loaded)
+    reference, _ = run_per_task(fp32, tasks, limit=limit, cell="fp32", progress=progress)
     raw, rows = {"fp32": reference}, _rows("fp32", reference, reference, {})
     compiler = CellCompiler(loaded[0]) if cells else None  # one capture (and one per step graph) for every cell
     for name, fields in cells.items():
         progress(f"lampc tasks: {name}")
         lm = LampcLM(model, batch_size=batch_size, loaded=loaded, compiler=compiler, **fields)
-        raw[name], measured = run_per_task(lm, tasks, limit=limit)
+        raw[name], measured = run_per_task(lm, tasks, limit=limit, cell=name, progress=progress)
         rows += _rows(name, raw[name], reference, measured)
     return rows, raw
 
 
-def run_per_task(lm, tasks: list, *, limit: int | None) -> tuple[dict, dict[str, tuple[float, float]]]:
+def run_per_task(lm, tasks: list, *, limit: int | None, cell: str = "", progress=None
+                 ) -> tuple[dict, dict[str, tuple[float, float]]]:
     """lm-eval on one task at a time, so each task's KL and recompute rate are its own; the merged results and
-    {task: (mean KL, recompute rate)}."""
+    {task: (mean KL, recompute rate)}. progress (a callable taking a line, or None): each task's start and end,
+    and the adapter's requests every few seconds."""
     merged: dict = {"results": {}, "samples": {}, "configs": {}, "versions": {}, "n-shot": {}}
     measured = {}
     for task in tasks:
+        label = f"lampc tasks: {cell}: {task['task'] if isinstance(task, dict) else task}"
         lm.reset_measurements()
+        lm.report, lm.label, lm.requests_done = progress, label, 0
+        if progress:
+            progress(f"{label}: started")
+        start = time.monotonic()
         results = run(lm, [task], limit=limit)
+        if progress:
+            progress(f"{label} done in {time.monotonic() - start:.0f} s ({lm.requests_done} requests)")
         for key in merged:
             merged[key].update(results.get(key, {}))
         for name in results["results"]:
@@ -157,7 +192,8 @@ def _rows(name: str, results: dict, reference: dict, measured: dict[str, tuple[f
         samples = results.get("samples", {}).get(task, [])
         metric = primary_metric(task_results, samples)
         kl, rate = measured.get(task, (math.nan, math.nan))
-        row = {"cell": name, "task": task, "documents": len(samples), "kl": kl, "recompute_rate": rate}
+        row = {"cell": name, "task": task, "documents": len(samples), "kl": kl, "recompute_rate": rate,
+               "empty_answers": empty_answers(samples)}
         if metric is None:  # a perplexity task
             value, _ = _score(task_results, "word_perplexity")
             fp32, _ = _score(reference["results"][task], "word_perplexity")
@@ -190,7 +226,37 @@ def markdown(rows: list[dict]) -> str:
         rate = "" if _nan(r["recompute_rate"]) else f"{100 * r['recompute_rate']:.2f}%"
         lines.append(f"| {r['cell']} | {r['task']} | {r['metric']} | {score} | {_num(r['fp32'])} | {flips} | {p} "
                      f"| {kl} | {rate} |")
-    return "\n".join(lines) + "\n"
+    said = notes(rows)
+    return "\n".join(lines) + "\n" + ("\nNotes:\n" + "".join(f"- {n}\n" for n in said) if said else "")
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """What a bare number in the table does not say: a stderr of 0 because every answer was wrong (or right),
+    with the exact one-sided 95% bound on the rate (1 - 0.05**(1/n) for 0 of n), and how many answers were empty."""
+    out = []
+    for r in rows:
+        n = r.get("documents") or 0
+        if r.get("metric") not in PAIRED_METRICS or not n or r.get("stderr") != 0 or r.get("score") not in (0, 1):
+            continue
+        right = round(r["score"] * n)
+        bound = ("below", 1 - 0.05 ** (1 / n)) if right == 0 else ("above", 0.05 ** (1 / n))
+        text = (f"{r['task']} ({r['cell']}): {right} of {n} right, so its stderr is 0: every answer was "
+                f"{'wrong' if right == 0 else 'right'}, which leaves no spread to measure, not an exact score; the "
+                f"rate is {bound[0]} {100 * bound[1]:.1f}% (one-sided 95%).")
+        if r.get("empty_answers"):
+            text += (f" {r['empty_answers']} of the {n} answers were empty: the model's first token was a stop "
+                     "string, so its answer ended before it began.")
+        out.append(text)
+    return out
+
+
+def empty_answers(samples: list[dict]) -> int | None:
+    """How many generated answers (generate_until tasks) are empty once cut at the stop strings; None for tasks
+    scored by loglikelihood."""
+    texts = [s["resps"][0][0] for s in samples if s.get("resps") and s["resps"][0]]
+    if not texts or not all(isinstance(t, str) for t in texts):
+        return None
+    return sum(1 for t in texts if not t.strip())
 
 
 def write(rows: list[dict], raw: dict[str, dict], out: Path) -> list[Path]:

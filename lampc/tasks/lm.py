@@ -8,7 +8,10 @@ model_args: `model` (embedded, smollm2-135m or a model directory), `fp32=True` f
 reference every comparison is made against), `kinds` (site kinds joined by "+", e.g. attention+logits), `policy`
 (a JSON/YAML file with per-kind policies, as `lampc eval --policy`), `batch_size`, `max_length`, `kl` (default
 True: the mean KL(FP32 || model) over the scored answer tokens, in float64, from the FP32 model run on the same
-batch), and every SitePolicy field (format, criterion, tau, budget, block_k, backend, fused, ...).
+batch), `device`, and every SitePolicy field (format, criterion, tau, budget, block_k, backend, fused, ...); each
+is checked before anything is loaded (lampc/tasks/model_args.py). From lm-eval's own command line:
+
+    python -m lampc.tasks.lm_eval_cli --model lampc --model_args model=embedded,format=m4 --tasks austen_choice
 
 Scoring (`loglikelihood`, `loglikelihood_rolling`) pads on the right: with causal attention and positions 0..T-1
 the padding changes no scored position, so a batched score equals the unbatched one. Generation
@@ -20,9 +23,9 @@ generation task is that of the first answer token's distribution, given the prom
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
+import lm_eval.models  # noqa: F401  lm-eval's own models first: it fills an empty registry only
 import torch
 from lm_eval import utils
 from lm_eval.api.model import TemplateLM
@@ -30,65 +33,60 @@ from lm_eval.api.registry import register_model
 from torch import Tensor
 
 from ..api import compile as compile_model
-from ..cli_policy import load_policy_file
 from ..models import load_model
-from ..policy import SET_BY_PASSES, SITE_FIELDS, parse_budget
-
-
-def _policy_value(name: str, value):
-    """A model_args value as the SitePolicy field wants it (lm-eval passes strings, or what it could parse)."""
-    if not isinstance(value, str):
-        return value
-    if name in ("fused", "length_scaling"):
-        return value.lower() in ("1", "true", "yes")
-    if name in ("tau", "dense_above", "softcap"):
-        return float(value)
-    if name in ("block_k", "l_ref", "seed"):
-        return int(value)
-    if name == "budget":
-        return parse_budget(value)
-    return value
-
-
-USER_FIELDS = set(SITE_FIELDS) - set(SET_BY_PASSES)
+from .model_args import read_model_args
+from .progress import Progress, to_stderr
 
 
 @register_model("lampc")
 class LampcLM(TemplateLM):
-    def __init__(self, model: str = "embedded", *, fp32: bool = False, batch_size: int | str = 8,
-                 max_length: int | None = None, kl: bool = True, kinds: str | None = None, policy=None,
-                 sites: str | None = None, device: str | None = None, max_batch_size=None, loaded=None,
-                 compiler=None, **fields):
-        """loaded: (model, tokenizer) already loaded (else `model` is loaded); compiler: what compiles the model
-        under the policy (default lampc.compile; a sweep passes its CellCompiler, which captures once)."""
+    def __init__(self, model: str = "embedded", *, loaded=None, compiler=None, max_batch_size=None, **model_args):
+        """model_args: as the module docstring lists them, checked before anything is loaded (lampc/tasks/
+        model_args.py). loaded: (model, tokenizer) already loaded (else `model` is loaded); compiler: what compiles
+        the model under the policy (default lampc.compile; a sweep passes its CellCompiler, which captures once).
+        max_batch_size (lm-eval's, for batch_size=auto) is not used.
+
+        Progress: `report` (a callable taking a line; default stderr, None for silence) hears every
+        `report_every` seconds how many of a call's requests are done, under `label`; `requests_done` counts
+        them all (windows, for rolling loglikelihood)."""
         super().__init__()
-        unknown = set(fields) - USER_FIELDS
-        if unknown:
-            raise ValueError(f"model_args: unknown field(s) {sorted(unknown)}; lampc takes model, fp32, batch_size, "
-                             f"max_length, kl, kinds, policy, sites and the SitePolicy fields {sorted(USER_FIELDS)}")
-        self.fp32_model, self.tokenizer = loaded if loaded is not None else load_model(model)
-        self.where = torch.device(device or "cpu")  # lm-eval passes its --device; max_batch_size is not used
+        args = read_model_args(model, **model_args)
+        self.fp32_model, self.tokenizer = loaded if loaded is not None else load_model(args.model)
+        self.where = args.device
         self.fp32_model.to(self.where)
-        self.name = str(model)
-        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
+        self.name = args.model
+        self.batch_size = args.batch_size
         config = self.fp32_model.config
         limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
-        self.max_length = min(int(max_length or limit), limit)
-        self.fp32 = _as_bool(fp32)
+        self.max_length = min(args.max_length or limit, limit)
+        self.fp32 = args.fp32
         self.compiled = None
         if not self.fp32:
-            base = load_policy_file(policy) if isinstance(policy, (str, Path)) else policy  # a file or a Policy
-            overrides: dict[str, Any] = {k: _policy_value(k, v) for k, v in fields.items()}
-            if kinds:
-                overrides["kinds"] = str(kinds).split("+")
-            if sites:
-                overrides["sites"] = sites
             if compiler is None:
-                self.compiled = compile_model(self.fp32_model, base, **overrides)
+                self.compiled = compile_model(self.fp32_model, args.base, **args.overrides)
             else:
-                self.compiled = compiler(base, **overrides)
-        self.kl_enabled = _as_bool(kl) and not self.fp32
+                self.compiled = compiler(args.base, **args.overrides)
+        self.kl_enabled = args.kl and not self.fp32
         self.kl_sum, self.kl_count = 0.0, 0
+        self.report, self.report_every, self.label = to_stderr, 5.0, f"lampc {self.name}"
+        self.requests_done = 0
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> "LampcLM":
+        """lm-eval's way in: its --model_args (arg_dict) and its own batch_size, device and max_batch_size. A
+        model_args batch_size wins over lm-eval's (whose CLI default is 1); lm-eval's device is its --device
+        (default cuda:0), which falls back to the CPU where it does not exist (model_args.py)."""
+        harness = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        args = dict(arg_dict)
+        if "batch_size" in harness:
+            args.setdefault("batch_size", harness.pop("batch_size"))
+        if "device" in harness:
+            args["lm_eval_device"] = harness.pop("device")
+        return cls(**args, **harness)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "LampcLM":
+        return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
 
     # -- lm-eval's interface -------------------------------------------------------------------------------
 
@@ -107,12 +105,15 @@ class LampcLM(TemplateLM):
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         size = override_bs or self.batch_size
+        progress = self._progress(len(requests), disable_tqdm)
         for start in range(0, len(order), size):
             batch = order[start:start + size]
             rows = [self._scored_window(requests[i][1], requests[i][2]) for i in batch]
             logprobs = self._log_probs([tokens for tokens, _ in rows], [n for _, n in rows])
             for i, (tokens, n_scored), rowp in zip(batch, rows, logprobs):
                 results[i] = _continuation_score(rowp, tokens, n_scored)
+            progress.advance(len(batch))
+            self.requests_done += len(batch)
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -125,12 +126,13 @@ class LampcLM(TemplateLM):
                 windows.append((None, context, continuation))
                 owners.append(owner)
         totals = [0.0] * len(requests)
-        for owner, (logprob, _) in zip(owners, self._loglikelihood_tokens(windows)):
+        for owner, (logprob, _) in zip(owners, self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)):
             totals[owner] += logprob
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         results: list[str | None] = [None] * len(requests)
+        progress = self._progress(len(requests), disable_tqdm)
         groups: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault(repr(sorted(req.args[1].items())), []).append(i)
@@ -147,7 +149,12 @@ class LampcLM(TemplateLM):
                     self._log_probs([p + [self.eot_token_id] for p in prompts], [1] * len(prompts))
                 for i, text in zip(batch, self._generate(prompts, max_new, do_sample, options)):
                     results[i] = _cut(text, until)
+                progress.advance(len(batch))
+                self.requests_done += len(batch)
         return results
+
+    def _progress(self, total: int, disable: bool) -> Progress:
+        return Progress(None if disable else self.report, self.label, total, every=self.report_every)
 
     # -- the model -----------------------------------------------------------------------------------------
 
@@ -250,7 +257,3 @@ def _cut(text: str, until: list[str]) -> str:
         if stop and stop in text:
             cut = min(cut, text.index(stop))
     return text[:cut]
-
-
-def _as_bool(value) -> bool:
-    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
