@@ -12,8 +12,10 @@ from ..graph_view import to_networkx, write_graph
 from ..numerics.native import LowPrecisionWeights, cached_weights
 from ..passes.result import PassResult
 from ..ops import SelectionTap, graph_taps, random_streams
+from ..ops.random import RandomStreams
 from ..policy import Policy
 from .report import build_report
+from .saving import init_arguments, restore_step_graphs, saved_form
 from .stats import collect_stats, merge_taps
 from .steps import KVCache, StepGraphs, StepOutput
 
@@ -26,6 +28,10 @@ class CompiledModel(nn.Module):
     cached-step graphs instead and returns `.past_key_values` too (a `KVCache`); `generate(...)` decodes with them.
     `sites`, `skips`, `stats()`, `reset_stats()` and `report()` tell what was rewritten and how much was
     recomputed, over all calls since the last reset.
+
+    The graph computes in FP32 between its sites: `.to(device)` / `.cpu()` move it, a dtype change (`.half()`,
+    `.to(torch.bfloat16)`) is refused. `torch.save(compiled)` / `torch.load(path, weights_only=False)` and pickle
+    save and load it without recompiling (what is saved: lampc/runtime/saving.py).
     """
 
     def __init__(self, graph_module: fx.GraphModule, result: PassResult, policy: Policy, *, model_type: str,
@@ -43,7 +49,7 @@ class CompiledModel(nn.Module):
         self.generation_config = generation_config
         self.training = False  # an inference graph (see train())
         self._takes_use_cache = takes_use_cache(graph_module.forward)
-        self._random_streams: dict = {}  # the random baseline's generators, this model's own (see ops.random_streams)
+        self._random_streams = RandomStreams()  # the random baseline's generators: this model's own, per thread
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 past_key_values: KVCache | None = None, position_ids: Tensor | None = None,
@@ -68,7 +74,7 @@ class CompiledModel(nn.Module):
             if past_key_values is not None:
                 raise ValueError("give the cache as past_key_values or as cache, not both")
             past_key_values = cache
-        past = 0 if past_key_values is None else _check_cache(past_key_values, input_ids)
+        past = 0 if past_key_values is None else _check_cache(past_key_values, input_ids, self._steps().capture.layout)
         cached = bool(use_cache) or past_key_values is not None or position_ids is not None \
             or (isinstance(input_ids, Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 1)
         _check_input_ids(input_ids, self.vocab_size, self.max_len, past=past, min_len=1 if cached else 2)
@@ -83,9 +89,8 @@ class CompiledModel(nn.Module):
             return self.graph_module(input_ids=input_ids, attention_mask=attention_mask, **extra)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)[:, past:]
-        elif tuple(position_ids.shape) != tuple(input_ids.shape):
-            raise ValueError(f"position_ids must be shaped like input_ids {tuple(input_ids.shape)}, "
-                             f"got {tuple(position_ids.shape)}")
+        else:
+            position_ids = _check_position_ids(position_ids, input_ids, self.max_len)
         logits, grown = self._steps().run(input_ids, attention_mask, position_ids, past_key_values)
         return StepOutput(logits, grown if use_cache is not False else None)
 
@@ -100,6 +105,28 @@ class CompiledModel(nn.Module):
                           "the look-ahead); train() changes nothing in what it computes", stacklevel=2)
         self.training = mode
         return self
+
+    def _apply(self, fn, recurse: bool = True):
+        """Every conversion (.to, .cpu, .cuda, .half, ...) passes here: device moves go on; a dtype change is refused
+        before any tensor is converted (the graph's weights are the user's model's own)."""
+        parameter = next(self.graph_module.parameters(), None)
+        probe = fn(torch.zeros(0, device=parameter.device if parameter is not None else "cpu"))
+        if isinstance(probe, Tensor) and probe.dtype != torch.float32:
+            raise TypeError(
+                f"a compiled model keeps its FP32 graph and cannot be converted to {probe.dtype} (.half(), "
+                ".bfloat16(), .double(), .to(dtype)): its low precision is the policy's format at each site. For "
+                "real bf16/fp16 matmuls compile with format=\"bf16\", backend=\"native\" (sites=\"all\" lowers "
+                "every matmul); device moves (.to(device), .cpu()) work")
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        """What torch.save and pickle keep (lampc/runtime/saving.py)."""
+        return saved_form(self)
+
+    def __setstate__(self, state: dict) -> None:
+        args, kwargs = init_arguments(state)
+        self.__init__(*args, **kwargs)
+        restore_step_graphs(self, state)
 
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> Tensor:
         """Decode with the KV cache, as Hugging Face's `generate` does for these arguments (see
@@ -150,8 +177,9 @@ class CompiledModel(nn.Module):
         return out
 
     def reset_random(self) -> None:
-        """Restart every site's random baseline from its seed."""
-        self._random_streams.clear()
+        """Restart every site's random baseline from its seed, in every thread (each thread draws from its own
+        streams: lampc/ops/random.py says where the draws still follow the thread schedule)."""
+        self._random_streams.reset()
 
     def reset_stats(self) -> None:
         for tap in self._all_taps():
@@ -226,13 +254,50 @@ def positions_from_mask(attention_mask: Tensor) -> Tensor:
     return positions.masked_fill(attention_mask == 0, 0)
 
 
-def _check_cache(cache, input_ids) -> int:
+def _check_cache(cache, input_ids, layout) -> int:
+    """The cache's length; a named error unless it is one this model returned (its layers, heads, head dims, one
+    length throughout)."""
     if not isinstance(cache, KVCache):
         raise TypeError("past_key_values must be the KVCache a compiled model returned (use_cache=True), "
                         f"got {type(cache).__name__}")
+    keys, values = cache.keys, cache.values
+    if not isinstance(keys, (tuple, list)) or not isinstance(values, (tuple, list)):
+        raise TypeError("past_key_values: keys and values must be tuples of tensors, one per layer")
+    if len(keys) != layout.n_layers or len(values) != layout.n_layers:
+        raise ValueError(f"past_key_values holds {len(keys)} layer(s) of keys and {len(values)} of values; this model "
+                         f"has {layout.n_layers} layers")
+    for layer, (k, v, (heads, dim)) in enumerate(zip(keys, values, layout.heads)):
+        for what, t in (("keys", k), ("values", v)):
+            if not isinstance(t, Tensor) or t.dtype != torch.float32:
+                got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+                raise TypeError(f"past_key_values: layer {layer} {what} must be a float32 tensor (the cache a "
+                                f"compiled model returns), got {got}")
+        if k.dim() != 4 or k.shape[1] != heads or k.shape[3] != dim:
+            raise ValueError(f"past_key_values: layer {layer} keys are shaped {tuple(k.shape)}; this model's cache is "
+                             f"(batch, {heads}, positions, {dim}) per layer (a cache of another model?)")
+        if v.shape != k.shape:
+            raise ValueError(f"past_key_values: layer {layer} values are shaped {tuple(v.shape)}, its keys "
+                             f"{tuple(k.shape)}")
+        if k.shape[:3:2] != keys[0].shape[:3:2]:
+            raise ValueError(f"past_key_values: layer {layer} holds {k.shape[0]} sequence(s) of {k.shape[2]} positions, "
+                             f"layer 0 holds {keys[0].shape[0]} of {keys[0].shape[2]}")
     if isinstance(input_ids, Tensor) and input_ids.dim() == 2 and cache.batch != input_ids.shape[0]:
         raise ValueError(f"past_key_values holds {cache.batch} sequences, input_ids {input_ids.shape[0]}")
     return cache.length
+
+
+def _check_position_ids(position_ids, input_ids: Tensor, max_len: int) -> Tensor:
+    """position_ids as the graph takes them (int64); a named error for a shape or a position the model lacks."""
+    if not isinstance(position_ids, Tensor) or position_ids.dtype not in (torch.int64, torch.int32):
+        got = position_ids.dtype if isinstance(position_ids, Tensor) else type(position_ids).__name__
+        raise TypeError(f"position_ids must be an integer tensor (int64) shaped like input_ids, got {got}")
+    if tuple(position_ids.shape) != tuple(input_ids.shape):
+        raise ValueError(f"position_ids must be shaped like input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(position_ids.shape)}")
+    if position_ids.numel() and (position_ids.min() < 0 or position_ids.max() >= max_len):
+        raise ValueError(f"position_ids must be in [0, {max_len}) (the model's context), got "
+                         f"[{position_ids.min()}, {position_ids.max()}]")
+    return position_ids.long()
 
 
 def _check_input_ids(input_ids, vocab_size: int, max_len: int, *, past: int = 0, min_len: int = 2) -> None:

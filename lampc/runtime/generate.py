@@ -14,22 +14,35 @@ The semantics are those of transformers' `generate` for the same arguments:
   EOS token, else every position is a token;
 - a row stops at its first EOS; finished rows are filled with `pad_token_id` (EOS when there is no pad) until
   every row has finished or `max_new_tokens` were generated; the result is prompt + new tokens;
+- the length, with `max_new_tokens` left None (HF's default): the generation config's `max_new_tokens`, else its
+  `max_length` (prompt included), else 20 new tokens, cut at the model's context (HF's model-agnostic default);
 - sampling: temperature, then top-k, then top-p (transformers' own logits warpers), then a multinomial draw from
   `generator` (the global RNG when None); greedy is the argmax;
 - arguments left None take the model's generation config (EOS and pad tokens, top_k, top_p, temperature);
 - `streamer.put` receives the prompt, then each step's new tokens; `streamer.end()` closes it.
+
+Where lampc is stricter than transformers: a temperature, top_k or top_p that no sampler could use (temperature
+<= 0, top_k < 1, top_p outside (0, 1]) is refused even with greedy decoding, where HF ignores it; sampling flags
+given with greedy decoding give one warning naming them (HF logs one). Every argument is checked before the
+first step (a generator that is not a torch.Generator, a streamer without put/end, a mask holding other values
+than 0 and 1), so nothing is computed or streamed before a refusal.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
+import numpy as np
 import torch
 from torch import Tensor
 
 
-def generate(compiled, input_ids: Tensor, attention_mask: Tensor | None = None, *, max_new_tokens: int = 20,
+DEFAULT_NEW_TOKENS = 20  # transformers' model-agnostic default length (GenerationConfig's max_length of 20 new)
+
+
+def generate(compiled, input_ids: Tensor, attention_mask: Tensor | None = None, *, max_new_tokens: int | None = None,
              do_sample: bool = False, temperature: float | None = None, top_k: int | None = None,
              top_p: float | None = None, eos_token_id: int | list[int] | None = None,
              pad_token_id: int | None = None, generator: torch.Generator | None = None, streamer=None,
@@ -47,8 +60,9 @@ def generate(compiled, input_ids: Tensor, attention_mask: Tensor | None = None, 
         pad = eos[0]
     if pad is not None:
         pad = _token_list("pad_token_id", pad, compiled.vocab_size)[0]
-    max_new_tokens = _check_count("max_new_tokens", max_new_tokens)
-    warpers = _warpers(temperature, top_k, top_p, config) if do_sample else None
+    _check_generator(generator)
+    _check_streamer(streamer)
+    warpers = _sampling(do_sample, temperature, top_k, top_p, config)
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
         shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
         raise ValueError(f"input_ids must be a (batch, prompt length) tensor of token ids, got {shape}")
@@ -57,6 +71,7 @@ def generate(compiled, input_ids: Tensor, attention_mask: Tensor | None = None, 
     prompt_len = input_ids.shape[1]
     if prompt_len < 1:
         raise ValueError("input_ids: the prompt is empty; give at least one token per row")
+    max_new_tokens = new_token_count(max_new_tokens, config, prompt_len, compiled.max_len)
     if prompt_len + max_new_tokens > compiled.max_len:
         raise ValueError(f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} exceeds the model's context "
                          f"of {compiled.max_len} positions")
@@ -103,33 +118,100 @@ def _choose(tokens: Tensor, logits: Tensor, warpers, generator) -> Tensor:
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 
-def _warpers(temperature, top_k, top_p, config):
+def new_token_count(max_new_tokens, config, prompt_len: int, context: int) -> int:
+    """How many tokens to generate, as transformers decides it (see module docstring)."""
+    if max_new_tokens is None:
+        max_new_tokens = _default(config, "max_new_tokens")
+    if max_new_tokens is not None:
+        return _check_count("max_new_tokens", max_new_tokens)
+    max_length = _default(config, "max_length")
+    if max_length is None:  # HF: 20 new tokens, cut at the position table
+        if prompt_len >= context:
+            raise ValueError(f"prompt length {prompt_len} leaves no room for a new token in the model's context of "
+                             f"{context} positions")
+        return min(prompt_len + DEFAULT_NEW_TOKENS, context) - prompt_len
+    max_length = _check_count("generation_config.max_length", max_length)
+    if prompt_len >= max_length:
+        raise ValueError(f"the prompt has {prompt_len} tokens and the model's generation config sets "
+                         f"max_length={max_length} (prompt included): nothing is left to generate; give "
+                         "max_new_tokens")
+    return max_length - prompt_len
+
+
+def _sampling(do_sample, temperature, top_k, top_p, config):
+    """The warpers when sampling, None for greedy; explicit values are checked either way (module docstring)."""
+    if do_sample is None:
+        do_sample = False  # as transformers reads it
+    if not isinstance(do_sample, (bool, np.bool_)):  # a string "False" would sample
+        raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
+    given = {"temperature": _check_temperature(temperature), "top_k": _check_top_k(top_k),
+             "top_p": _check_top_p(top_p)}
+    if not do_sample:
+        inert = {"temperature": 1.0, "top_p": 1.0}  # values that change no distribution
+        flags = [f"{name}={value}" for name, value in given.items()
+                 if value is not None and value != inert.get(name)]
+        if flags:
+            warnings.warn(f"generate: do_sample=False (greedy decoding), so {', '.join(flags)} "
+                          f"{'has' if len(flags) == 1 else 'have'} no effect; pass do_sample=True to sample",
+                          stacklevel=4)
+        return None
+    return _warpers(*(value if value is not None else _default(config, name) for name, value in given.items()))
+
+
+def _warpers(temperature, top_k, top_p):
     """transformers' warpers in generate's order: temperature, top-k, top-p."""
     from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
                                                         TopKLogitsWarper, TopPLogitsWarper)
 
-    temperature = temperature if temperature is not None else _default(config, "temperature")
-    top_k = top_k if top_k is not None else _default(config, "top_k")
-    top_p = top_p if top_p is not None else _default(config, "top_p")
+    temperature, top_k, top_p = _check_temperature(temperature), _check_top_k(top_k), _check_top_p(top_p)
     warpers = LogitsProcessorList()
-    if temperature is not None:
-        temperature = _check_real("temperature", temperature)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-        if temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(temperature))
+    if temperature is not None and temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
     if top_k is not None:
-        top_k = _check_count("top_k", top_k)
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1 (or None for no top-k filter), got {top_k}")
         warpers.append(TopKLogitsWarper(top_k))
-    if top_p is not None:
-        top_p = _check_real("top_p", top_p)
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_p < 1.0:
-            warpers.append(TopPLogitsWarper(top_p))
+    if top_p is not None and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
     return warpers
+
+
+def _check_temperature(value) -> float | None:
+    if value is None:
+        return None
+    value = _check_real("temperature", value)
+    if not value > 0:
+        raise ValueError(f"temperature must be > 0 (or None), got {value}; for greedy decoding pass do_sample=False")
+    return value
+
+
+def _check_top_k(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"top_k must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"top_k must be >= 1 (or None for no top-k filter), got {value}")
+    return int(value)
+
+
+def _check_top_p(value) -> float | None:
+    if value is None:
+        return None
+    value = _check_real("top_p", value)
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {value}")
+    return value
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (or None for the global RNG), got "
+                        f"{type(generator).__name__}")
+
+
+def _check_streamer(streamer) -> None:
+    if streamer is not None and not all(callable(getattr(streamer, name, None)) for name in ("put", "end")):
+        raise TypeError(f"streamer must have put(tokens) and end() methods (a transformers BaseStreamer), got "
+                        f"{type(streamer).__name__}")
 
 
 def _default(config, name: str):
@@ -177,6 +259,9 @@ def _check_left_padded(attention_mask: Tensor, input_ids: Tensor) -> None:
         raise ValueError(f"attention_mask must be shaped like input_ids {tuple(input_ids.shape)}, got {shape}")
     if attention_mask.numel() == 0:
         return
+    odd = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+    if odd.numel():
+        raise ValueError(f"attention_mask must contain only 0 (padding) and 1 (token), got {odd[0].item()}")
     if not bool((attention_mask[:, -1] == 1).all()):
         raise ValueError("attention_mask: the last prompt position of every row must be a token; pad prompts on the "
                          "left (tokenizer.padding_side = 'left') to generate")

@@ -1,0 +1,118 @@
+"""Saving a compiled model and loading it back without recompiling: torch.save / torch.load and pickle.
+
+The oracle is the model that was saved: the loaded one must give bit-identical logits (full sequence, cached
+steps, generation), carry its statistics on from where they were, and keep its graphs' node names (the sites
+point at them) and torch.export's input guards.
+"""
+
+import io
+import pickle
+
+import pytest
+import torch
+
+import lampc
+from lampc.inspect.show import render
+from lampc.runtime.portable_graph import check_saved_with, saved_with
+from tiny_models import padded_batch, tiny_gpt2, tiny_llama
+
+pytestmark = pytest.mark.slow  # every test compiles a (tiny) model
+
+MODELS = {"gpt2": lambda: tiny_gpt2(score_gain=3.0), "llama": tiny_llama}
+
+
+def torch_round_trip(compiled):
+    buffer = io.BytesIO()
+    torch.save(compiled, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def pickle_round_trip(compiled):
+    return pickle.loads(pickle.dumps(compiled))
+
+
+ROUND_TRIPS = {"torch.save": torch_round_trip, "pickle": pickle_round_trip}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def used(request):
+    """A compiled model that has run a forward and a generation (so its step graphs exist), and its inputs."""
+    model = MODELS[request.param]()
+    compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.1)
+    ids, mask = padded_batch(model.config.vocab_size)
+    compiled(ids, attention_mask=mask)
+    compiled.generate(ids, mask, max_new_tokens=3)
+    return compiled, ids, mask
+
+
+@pytest.mark.parametrize("round_trip", sorted(ROUND_TRIPS))
+def test_a_loaded_model_computes_what_the_saved_one_does(used, round_trip):
+    compiled, ids, mask = used
+    loaded = ROUND_TRIPS[round_trip](compiled)
+    assert type(loaded) is type(compiled) and loaded is not compiled
+    assert loaded.stats() == compiled.stats()  # the totals so far, every phase
+    assert torch.equal(loaded(ids, attention_mask=mask).logits, compiled(ids, attention_mask=mask).logits)
+    cached = [m(ids[:, :4], attention_mask=mask[:, :4], use_cache=True) for m in (loaded, compiled)]
+    steps = [m(ids[:, 4:5], attention_mask=mask[:, :5], past_key_values=c.past_key_values)
+             for m, c in zip((loaded, compiled), cached)]
+    assert torch.equal(steps[0].logits, steps[1].logits)
+    assert torch.equal(loaded.generate(ids, mask, max_new_tokens=5), compiled.generate(ids, mask, max_new_tokens=5))
+    assert loaded.stats() == compiled.stats()  # both counted the same calls on top
+    assert loaded.report()["sites"] == compiled.report()["sites"]
+
+
+def test_a_model_saved_before_decoding_builds_its_step_graphs_after_load():
+    """The saved source model captures the step on first use; at m23 it decodes as transformers does."""
+    model = tiny_gpt2(score_gain=3.0)
+    loaded = torch_round_trip(lampc.compile(model, format="m23", criterion="uniform"))
+    assert not loaded.step_graphs.graphs  # nothing was built before saving
+    ids, mask = padded_batch(97)
+    ours = loaded.generate(ids, mask, max_new_tokens=1)  # the prefill step alone
+    assert torch.equal(ours, model.generate(ids, attention_mask=mask, max_new_tokens=1, do_sample=False))
+    assert set(loaded.step_graphs.graphs) == {"prefill"}
+
+
+def test_the_loaded_graphs_keep_node_names_code_and_guards(used):
+    compiled, ids, mask = used
+    loaded = torch_round_trip(compiled)
+    graphs = [(compiled.graph_module, loaded.graph_module)]
+    graphs += [(compiled.step_graphs.graphs[k], loaded.step_graphs.graphs[k]) for k in compiled.step_graphs.graphs]
+    assert len(graphs) >= 3  # the full sequence, prefill, decode
+    for before, after in graphs:
+        assert [(n.name, n.op, str(n.target)) for n in before.graph.nodes] == \
+               [(n.name, n.op, str(n.target)) for n in after.graph.nodes]
+        assert before.code == after.code
+    names = {n.name for n in loaded.graph_module.graph.nodes}
+    assert all(set(site.nodes) <= names for site in loaded.sites)
+    assert render(loaded).splitlines()[0] == render(compiled).splitlines()[0]
+    with pytest.raises(AssertionError, match="Guard failed"):  # torch.export's own input check, as before saving
+        loaded.graph_module(input_ids=ids[:, :3], attention_mask=mask, use_cache=False)
+
+
+def test_the_native_backend_and_the_random_baseline_load():
+    model = tiny_gpt2(score_gain=3.0)
+    ids, mask = padded_batch(97)
+    native = lampc.compile(model, format="bf16", backend="native", criterion="strict", tau=0.1)
+    assert torch.equal(torch_round_trip(native)(ids, attention_mask=mask).logits,
+                       native(ids, attention_mask=mask).logits)
+    random = lampc.compile(model, format="m4", criterion="random", tau=0.05, seed=4)
+    first = random(ids, attention_mask=mask).logits
+    loaded = torch_round_trip(random)  # the baseline restarts from its seed
+    assert torch.equal(loaded(ids, attention_mask=mask).logits, first)
+
+
+def test_torch_save_keeps_shared_weights_shared(used):
+    compiled, ids, mask = used
+    loaded = torch_round_trip(compiled)
+    source = loaded.step_graphs.capture.model
+    pointers = {p.data_ptr() for p in source.parameters()}
+    assert all(p.data_ptr() in pointers for p in loaded.graph_module.parameters())
+
+
+def test_a_save_from_other_versions_is_refused_by_name():
+    here = saved_with()
+    assert check_saved_with(dict(here)) == here
+    with pytest.raises(RuntimeError, match=r"saved in lampc's format 1 with Python 2.7 and torch 0.1; load it with "
+                                           r"those"):
+        check_saved_with({**here, "python": "2.7", "torch": "0.1"})
