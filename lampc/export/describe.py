@@ -3,6 +3,7 @@
     model.onnx  opset 26  lampc 0.1.0  190 KB  1,234 nodes
     inputs   input_ids: i64[batch, seq]  attention_mask: i64[batch, seq]
     outputs  logits: f32[batch, seq, 64]
+    usage    no KV cache: full-sequence forward only; needs input_ids and attention_mask (int64, seq <= 128)
     policy   attention: m4 block_k=1 emulate, strict tau=0.1    rounding: bits (BitCast)
     site 0  transformer.h.0.attn
         lowp_scores       160 nodes  Add 32, BitwiseAnd 32, BitCast 32, Mul 17, BitShift 16, ...
@@ -56,6 +57,7 @@ def describe_onnx(path: str | os.PathLike, *, top: int = 6) -> str:
         title,
         "inputs   " + "  ".join(_value(v) for v in model.graph.input),
         "outputs  " + "  ".join(_value(v) for v in model.graph.output),
+        "usage    " + _usage(model, meta),
     ]
     if "lampc.policy" not in meta:
         lines.append("(no lampc metadata: not exported by lampc.export_onnx)")
@@ -75,6 +77,17 @@ def describe_onnx(path: str | os.PathLike, *, top: int = 6) -> str:
                                                                   Counter())
     lines.append(f"outside sites {sum(outside.values()):>6} nodes  {_top(outside, top)}")
     return "\n".join(lines)
+
+
+def _usage(model: onnx.ModelProto, meta: dict[str, str]) -> str:
+    """Whether the file carries a KV cache, and what a call needs, read from its inputs and outputs themselves (so
+    files exported before lampc wrote `lampc.kv_cache` are described too)."""
+    names = [v.name for v in model.graph.input]
+    cached = any("past" in name or "cache" in name for name in names) or \
+        any("present" in v.name for v in model.graph.output)
+    cache = "KV cache inputs present" if cached else "no KV cache: full-sequence forward only"
+    limit = f", seq <= {meta['lampc.max_len']}" if meta.get("lampc.max_len", "").isdigit() else ""
+    return f"{cache}; needs {' and '.join(names)} (int64{limit})"
 
 
 def _policy_text(policy: dict) -> str:

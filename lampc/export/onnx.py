@@ -13,7 +13,10 @@ tag every node a translation emitted with its site (node name `lampc_site_<i>/<o
 versions into the model's metadata_props -> save -> `onnx.checker.check_model(full_check=True)`.
 
 Inputs `input_ids` and `attention_mask` (int64, dynamic batch and sequence), output `logits`; with
-`debug_outputs=True` also `selection_<i>` (bool) and `scores_lp_<i>` (the low-precision scores) per site.
+`debug_outputs=True` also `selection_<i>` (bool) and `scores_lp_<i>` (the low-precision scores) per site. The file
+has no KV cache (no past_key_values inputs, no present outputs): one call is one full-sequence forward, at most the
+model's position table long. ONNX Runtime requires both inputs; `lampc.export.run_session` checks them and fills
+the mask with ones when it is absent. The metadata says so (`lampc.kv_cache`, `lampc.inputs`).
 """
 
 from __future__ import annotations
@@ -298,8 +301,20 @@ def _metadata(compiled: CompiledModel, opset: int, rounding: str, outputs: list[
         "lampc.opset": str(opset),
         "lampc.rounding": rounding,
         "lampc.outputs": ",".join(outputs),
+        "lampc.kv_cache": KV_CACHE_TEXT,
+        "lampc.inputs": inputs_text(compiled.max_len, compiled.vocab_size),
         "lampc.torch": torch.__version__,
     }
+
+
+KV_CACHE_TEXT = ("none: full-sequence forward only (no past_key_values inputs, no present outputs); each call "
+                 "recomputes the whole sequence")
+
+
+def inputs_text(max_len: int, vocab_size: int) -> str:
+    """What a caller must feed the exported file (its `lampc.inputs` metadata)."""
+    return (f"input_ids int64 (batch, seq), token ids in [0, {vocab_size}), 1 <= seq <= {max_len}; attention_mask "
+            "int64 (batch, seq) of 0/1, required by ONNX Runtime (lampc.export.run_session fills ones when absent)")
 
 
 def _save(program, path: str) -> None:

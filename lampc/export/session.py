@@ -1,7 +1,15 @@
 """ONNX Runtime sessions for exported lampc models, and a checked way to run them.
 
     sess = make_session("model.onnx", optimization="all")          # CUDA if onnxruntime-gpu and a GPU, else CPU
-    logits = run_session(sess, input_ids, attention_mask)["logits"]  # numpy or torch int64 inputs, checked
+    logits = sess(input_ids)["logits"]                             # checked inputs; attention_mask: ones if absent
+    logits = run_session(sess, input_ids, attention_mask)["logits"]  # the same, for any InferenceSession
+    sess.run(None, {"input_ids": ids, "attention_mask": mask})     # ONNX Runtime's own call, unchanged
+
+An exported file has no KV cache: each call is one full-sequence forward (input_ids and attention_mask, both
+int64 (batch, seq), seq at most the model's position table, `lampc.max_len` in the file's metadata). ONNX Runtime
+itself requires attention_mask and answers a bad input with an error from deep inside the graph (a Gather past
+the position table, a Reshape for a mask of another shape) or silently (a negative token id, a mask value 2);
+`run_session` checks every input first and names it.
 """
 
 from __future__ import annotations
@@ -42,8 +50,8 @@ def make_session(
     optimization: str = "all",
     providers: list[str] | None = None,
     threads: int | None = None,
-) -> ort.InferenceSession:
-    """An onnxruntime.InferenceSession on the exported model at `path`.
+) -> "LampcSession":
+    """A `LampcSession` (an onnxruntime.InferenceSession, callable with checked inputs) on the model at `path`.
 
     optimization: "disable", "basic", "extended" or "all" (ORT's graph optimisation levels).
     providers:    execution providers in priority order; default `default_providers()`.
@@ -58,23 +66,91 @@ def make_session(
     options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
     if threads is not None:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(path, options, providers=providers or default_providers())
+    return LampcSession(path, options, providers=providers or default_providers())
 
+
+class LampcSession(ort.InferenceSession):
+    """ONNX Runtime's InferenceSession on a lampc export, unchanged (`run`, `get_inputs`, ... are ORT's), and
+    callable: `session(input_ids, attention_mask=None, outputs=None)` is `run_session(session, ...)`."""
+
+    def __call__(self, input_ids, attention_mask=None, *, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        return run_session(self, input_ids, attention_mask, outputs=outputs)
+
+    @property
+    def max_len(self) -> int | None:
+        """The model's position table (the longest sequence one call takes), from the file's metadata."""
+        return _metadata_int(self, "lampc.max_len")
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Token ids must be in [0, vocab_size), from the file's metadata."""
+        return _metadata_int(self, "lampc.vocab_size")
+
+
+def _metadata_int(sess: ort.InferenceSession, key: str) -> int | None:
+    value = sess.get_modelmeta().custom_metadata_map.get(key, "")
+    return int(value) if value.isdigit() else None
 
 
 def run_session(sess: ort.InferenceSession, input_ids, attention_mask=None, *, outputs: list[str] | None = None
                 ) -> dict[str, np.ndarray]:
-    """Run an exported lampc model: `input_ids` (batch, seq) int64 token ids, `attention_mask` (batch, seq) int64
-    0/1 (default: all ones). Accepts numpy arrays or torch tensors. Returns {output name: array}."""
+    """Run an exported lampc model once over whole sequences (the file has no KV cache): `input_ids` (batch, seq)
+    int64 token ids, `attention_mask` (batch, seq) int64 0/1 (default: all ones, as the PyTorch model). Accepts
+    numpy arrays or torch tensors; every input is checked first (shape, dtype, values, the position table and
+    vocabulary read from the file's lampc metadata), and a bad one is a ValueError/TypeError naming it. Returns
+    {output name: array}, all outputs unless `outputs` names some."""
+    max_len, vocab = _metadata_int(sess, "lampc.max_len"), _metadata_int(sess, "lampc.vocab_size")
+    ids = check_input_ids(input_ids, max_len, vocab)
+    mask = np.ones_like(ids) if attention_mask is None else check_attention_mask(attention_mask, ids.shape)
+    available = [o.name for o in sess.get_outputs()]
+    names = available if outputs is None else _check_outputs(outputs, available)
+    feed = {"input_ids": ids, "attention_mask": mask}
+    takes = {i.name for i in sess.get_inputs()}
+    if not takes <= set(feed):
+        raise ValueError(f"this ONNX model takes inputs {sorted(takes)}; run_session feeds input_ids and "
+                         "attention_mask only (is it a lampc export?)")
+    values = sess.run(names, {name: feed[name] for name in takes})
+    return dict(zip(names, values))
+
+
+def check_input_ids(input_ids, max_len: int | None, vocab_size: int | None) -> np.ndarray:
+    """input_ids as int64 (batch, seq), 1 <= seq <= max_len, ids in [0, vocab_size) (limits None: unchecked)."""
     ids = _as_int64("input_ids", input_ids)
     if ids.ndim != 2:
         raise ValueError(f"input_ids must have shape (batch, seq), got {ids.shape}")
-    mask = np.ones_like(ids) if attention_mask is None else _as_int64("attention_mask", attention_mask)
-    if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask must be shaped like input_ids {ids.shape}, got {mask.shape}")
-    names = outputs or [o.name for o in sess.get_outputs()]
-    values = sess.run(names, {"input_ids": ids, "attention_mask": mask})
-    return dict(zip(names, values))
+    batch, seq = ids.shape
+    if batch == 0:
+        raise ValueError("input_ids: a batch of 0 sequences")
+    if seq == 0:
+        raise ValueError("input_ids: sequence length 0; a call needs at least 1 token per sequence")
+    if max_len is not None and seq > max_len:
+        raise ValueError(
+            f"input_ids: sequence length {seq} is past the model's {max_len} positions (its position table, "
+            f"lampc.max_len in the file); the ONNX file has no KV cache and runs the whole sequence in one call, "
+            f"so at most {max_len} tokens: truncate or split the input")
+    if vocab_size is not None and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"input_ids: token ids must be in [0, {vocab_size}), got [{ids.min()}, {ids.max()}]")
+    return ids
+
+
+def check_attention_mask(attention_mask, shape: tuple[int, ...]) -> np.ndarray:
+    """attention_mask as int64 of `shape` (that of input_ids), holding 0 (padding) and 1 (token) only."""
+    mask = _as_int64("attention_mask", attention_mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(shape)}, got {mask.shape}")
+    bad = mask[(mask != 0) & (mask != 1)]
+    if bad.size:
+        raise ValueError(f"attention_mask must contain only 0 (padding) and 1 (token), got {bad[0]}")
+    return mask
+
+
+def _check_outputs(outputs, available: list[str]) -> list[str]:
+    if isinstance(outputs, str) or not all(isinstance(name, str) for name in outputs):
+        raise TypeError(f"outputs must be a list of output names, got {outputs!r}")
+    for name in outputs:
+        if name not in available:
+            raise ValueError(f"outputs: {name!r} is not an output of this model (it has: {', '.join(available)})")
+    return list(outputs)
 
 
 def _as_int64(name: str, value) -> np.ndarray:

@@ -220,32 +220,76 @@ def find_tanh_gelu_inputs(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node]]:
     return found
 
 
-def find_rms_norms(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node | None, float, fx.Node]]:
-    """(input, gamma, eps, first node) of each RMSNorm module (decomposed as pow/mean/add/rsqrt/mul)."""
+def find_rms_norms(gm: fx.GraphModule) -> list[tuple[fx.Node, fx.Node | str | None, float, fx.Node]]:
+    """(input, scale, eps, first node) of each RMSNorm module (decomposed as pow/mean/add/rsqrt/mul).
+
+    The scale is the graph value the normalised input is multiplied by, as the model computes it: the weight itself
+    (Llama: w * x̃) or a value the model makes from it (Gemma, Gemma2, Gemma3: x̃ * (1 + w), an add of 1.0 to the
+    weight before the mul); None for a norm without one, a reason (str) when there are several."""
     groups: dict[str, list[fx.Node]] = {}
     for node in gm.graph.nodes:
         if node.op == "call_function" and _module_type(node).endswith(RMS_NORM_MODULES):
             groups.setdefault(module_path(node), []).append(node)
     found = []
-    for path, nodes in groups.items():
-        members = set(nodes)
+    for nodes in groups.values():
         pow_node = next((n for n in nodes if n.target == aten.pow.Tensor_Scalar and n.args[1] == 2), None)
         if pow_node is None:
             continue
         x = pow_node.args[0]
-        gamma = next((a for n in nodes for a in n.args if isinstance(a, fx.Node) and a not in members
-                      and a.op == "get_attr"), None)
-        eps = next((float(n.args[1]) for n in nodes if n.target == aten.add.Tensor
+        from_x = _depending_on(x, nodes)
+        eps = next((float(n.args[1]) for n in nodes if n in from_x and n.target == aten.add.Tensor
                     and isinstance(n.args[1], (int, float))), 1e-6)
-        found.append((x, gamma, eps, pow_node))
+        found.append((x, _effective_scale(nodes, from_x), eps, pow_node))
     return found
+
+
+def _depending_on(x: fx.Node, nodes: list[fx.Node]) -> set[fx.Node]:
+    """The nodes of `nodes` (in graph order) whose value depends on x."""
+    reached = {x}
+    for node in nodes:
+        if any(a in reached for a in node.all_input_nodes):
+            reached.add(node)
+    return reached
+
+
+def _effective_scale(nodes: list[fx.Node], from_x: set[fx.Node]) -> fx.Node | str | None:
+    """The parameter value a norm multiplies its normalised input by: the operand of a mul on the x side that is
+    computed from parameters only (the weight, `to(weight)`, `weight + 1.0`)."""
+    scales = [a for n in nodes if n in from_x and n.target == aten.mul.Tensor for a in n.args
+              if isinstance(a, fx.Node) and a not in from_x and _from_parameters(a)]
+    if len(scales) > 1:
+        return f"the RMSNorm multiplies by {len(scales)} parameter values ({', '.join(a.name for a in scales)}), not one"
+    return scales[0] if scales else None
+
+
+def _from_parameters(node: fx.Node) -> bool:
+    """Whether the value of `node` is computed from parameters and buffers (get_attr) and constants only."""
+    if node.op == "get_attr":
+        return True
+    return node.op == "call_function" and all(_from_parameters(a) for a in node.all_input_nodes)
+
+
+def hoist_before(value: fx.Node, anchor: fx.Node) -> None:
+    """Move `value` and whatever it is computed from to before `anchor` where they come after it (a norm's scale,
+    computed from parameters inside the norm, is needed by the look-ahead at the producer, before the norm runs).
+    Only for values computed from parameters: nothing they read is moved past."""
+    order = {node: i for i, node in enumerate(anchor.graph.nodes)}
+    late, stack = set(), [value]
+    while stack:
+        node = stack.pop()
+        if node.op in ("call_function", "get_attr") and order[node] > order[anchor] and node not in late:
+            late.add(node)
+            stack.extend(node.all_input_nodes)
+    for node in sorted(late, key=order.__getitem__):
+        anchor.prepend(node)
 
 
 def find_linear_sites(gm: fx.GraphModule, kinds: set[str]) -> tuple[list[LinearMatch], list[Skip]]:
     matches, skips = [], []
     if "layer_norm" in kinds:
         for x, gamma, eps, first in find_rms_norms(gm):
-            _collect(_match_input(x, "layer_norm", "rms_norm", gamma, eps, first), first, "layer_norm", matches, skips)
+            found = gamma if isinstance(gamma, str) else _match_input(x, "layer_norm", "rms_norm", gamma, eps, first)
+            _collect(found, first, "layer_norm", matches, skips)
     if "gelu" in kinds:
         for value, first in find_tanh_gelu_inputs(gm):
             found = _match_input(value, "gelu", "gelu_tanh", None, 0.0, first)
@@ -294,6 +338,8 @@ def _emit(em: Emission, match: LinearMatch, policy: SitePolicy) -> Emitted:
     policy = em.site_policy(match.kind, policy)
     graph, producer, spec, index = em.graph, match.producer, policy.to_spec(), em.index
     lampc = torch.ops.lampc
+    if match.gamma is not None and match.gamma.op == "call_function":  # a scale computed inside the norm (Gemma)
+        hoist_before(match.gamma, producer.node)
     with graph.inserting_after(producer.node):
         w = weight_as_matrix(em, producer)
     with graph.inserting_after(w if w is not producer.weight else producer.node):
