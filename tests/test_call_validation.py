@@ -262,6 +262,21 @@ def test_neutral_sampling_values_do_not_warn(m23):
     assert not [w for w in caught if "do_sample" in str(w.message)]
 
 
+def test_unset_sampling_values_take_transformers_defaults(m23, model):
+    """HF samples with top_k=50 when neither the call nor the generation config sets it: so does lampc (the
+    vocabulary is 97 tokens, so the filter changes the draws)."""
+    hf = GenerationConfig._get_default_generation_params()
+    assert m23.generation_config.top_k is None and hf["top_k"] < model.config.vocab_size
+    ids = torch.tensor([[3, 4, 5]])
+
+    def sample(seed, **kw):
+        return m23.generate(ids, max_new_tokens=24, do_sample=True, temperature=4.0,
+                            generator=torch.Generator().manual_seed(seed), **kw)
+
+    assert all(torch.equal(sample(s), sample(s, top_k=hf["top_k"])) for s in range(3))
+    assert any(not torch.equal(sample(s), sample(s, top_k=model.config.vocab_size)) for s in range(3))
+
+
 # -- the random baseline under threads -----------------------------------------------------------------------------
 
 

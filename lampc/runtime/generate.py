@@ -18,7 +18,8 @@ The semantics are those of transformers' `generate` for the same arguments:
   `max_length` (prompt included), else 20 new tokens, cut at the model's context (HF's model-agnostic default);
 - sampling: temperature, then top-k, then top-p (transformers' own logits warpers), then a multinomial draw from
   `generator` (the global RNG when None); greedy is the argmax;
-- arguments left None take the model's generation config (EOS and pad tokens, top_k, top_p, temperature);
+- arguments left None take the model's generation config (EOS and pad tokens, top_k, top_p, temperature), and
+  what it leaves unset transformers' own defaults (`SAMPLING_DEFAULTS`: top_k 50 when sampling);
 - `streamer.put` receives the prompt, then each step's new tokens; `streamer.end()` closes it.
 
 Where lampc is stricter than transformers: a temperature, top_k or top_p that no sampler could use (temperature
@@ -138,6 +139,11 @@ def new_token_count(max_new_tokens, config, prompt_len: int, context: int) -> in
     return max_length - prompt_len
 
 
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
+"""What transformers' generate samples with when neither the call nor the generation config sets a value
+(GenerationConfig's model-agnostic defaults): a sampled token is one of the 50 most likely unless told otherwise."""
+
+
 def _sampling(do_sample, temperature, top_k, top_p, config):
     """The warpers when sampling, None for greedy; explicit values are checked either way (module docstring)."""
     if do_sample is None:
@@ -155,7 +161,8 @@ def _sampling(do_sample, temperature, top_k, top_p, config):
                           f"{'has' if len(flags) == 1 else 'have'} no effect; pass do_sample=True to sample",
                           stacklevel=4)
         return None
-    return _warpers(*(value if value is not None else _default(config, name) for name, value in given.items()))
+    return _warpers(*(value if value is not None else _default_or(config, name, SAMPLING_DEFAULTS[name])
+                      for name, value in given.items()))
 
 
 def _warpers(temperature, top_k, top_p):
@@ -216,6 +223,11 @@ def _check_streamer(streamer) -> None:
 
 def _default(config, name: str):
     return getattr(config, name, None) if config is not None else None
+
+
+def _default_or(config, name: str, fallback):
+    value = _default(config, name)
+    return fallback if value is None else value
 
 
 def _token_list(name: str, value, vocab_size: int) -> list[int]:
