@@ -6,15 +6,23 @@ before `run_decompositions()`, so `aten.matmul`, `aten.softmax` and `aten.scaled
 are still whole nodes and the site patterns stay readable. Every node keeps `meta["nn_module_stack"]`, from
 which lampc names sites by module path (`transformer.h.3.attn`).
 
-What cannot be captured raises `CaptureError`, naming the module whose forward failed and the cause.
+What cannot be captured raises `CaptureError`, naming the module whose forward failed, the cause, and the model's
+forward hooks if it has any (they run inside the traced forward). Encoder-decoders are refused up front.
+
+A capture never harms the model it was given: torch.export swaps the model's parameters and buffers for fake
+tensors while it traces, so one capture runs at a time (`exclusive_capture`: threads that compile, or that call a
+fresh compiled model's `generate` and so capture its step graphs, wait for each other), and whatever the trace did,
+every parameter and buffer is put back afterwards.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import threading
 import traceback
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
@@ -27,6 +35,9 @@ if TYPE_CHECKING:
 
 EXAMPLE_BATCH = 2
 EXAMPLE_LEN = 16
+
+CAPTURE_LOCK = threading.RLock()
+"""Held by every capture (torch.export of a model or of its cached step) and every first build of a step graph."""
 
 
 class CaptureError(RuntimeError):
@@ -59,23 +70,32 @@ def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     if takes_use_cache(model.forward):  # decoders: no cache in the full-sequence graph (encoders and task heads take none)
         kwargs["use_cache"], dynamic["use_cache"] = False, None
-    was_training = model.training
-    model.eval()  # the graph is the inference forward (dropout off); the user's model is left as it was
-    try:
-        with torch.no_grad():
-            program = torch.export.export(
-                model,
-                (),
-                kwargs=kwargs,
-                dynamic_shapes=dynamic,
-                strict=False,
-            )
-    except Exception as err:  # torch.export raises many types; all mean "cannot capture"
-        raise CaptureError(describe_failure(model, err)) from err
-    finally:
-        model.train(was_training)
+    with exclusive_capture(model):  # the graph is the inference forward (dropout off); the model is left as it was
+        try:
+            with torch.no_grad():
+                program = torch.export.export(model, (), kwargs=kwargs, dynamic_shapes=dynamic, strict=False)
+        except Exception as err:  # torch.export raises many types; all mean "cannot capture"
+            raise CaptureError(describe_failure(model, err)) from err
     return Captured(program.module(), getattr(config, "model_type", type(model).__name__), max_len, config.vocab_size,
                     StepCapture(model, max_len), getattr(model, "generation_config", None))
+
+
+@contextmanager
+def exclusive_capture(model: nn.Module):
+    """One capture at a time, in eval mode; afterwards (success or failure) the model's own mode, parameters and
+    buffers, whatever the trace left in their place (see module docstring)."""
+    with CAPTURE_LOCK:
+        own = [(store, name, tensor) for module in model.modules()
+               for store in (module._parameters, module._buffers) for name, tensor in store.items()]
+        was_training = model.training
+        model.eval()
+        try:
+            yield
+        finally:
+            for store, name, tensor in own:
+                if store.get(name) is not tensor:
+                    store[name] = tensor
+            model.train(was_training)
 
 
 def takes_use_cache(forward) -> bool:
@@ -102,6 +122,11 @@ def check_capturable(model: nn.Module):
             f"model {type(model).__name__} has no Hugging Face config with a vocab_size; lampc captures "
             "transformers causal LMs (input_ids, attention_mask -> logits)"
         )
+    if getattr(config, "is_encoder_decoder", False):
+        raise CaptureError(
+            f"{type(model).__name__} is an encoder-decoder ({getattr(config, 'model_type', 'unknown')}): lampc covers "
+            "decoder-only causal LMs and encoders, not encoder-decoders (their decoder's cross-attention over the "
+            "encoder's output is not captured)")
     _check_fp32(model)
     meta = [name for name, p in model.named_parameters() if p.device.type == "meta"]
     if meta:
@@ -152,7 +177,42 @@ def describe_failure(model: nn.Module, err: Exception) -> str:
             culprit = names[id(owner)] or type(model).__name__
     where = f"module {culprit!r} ({type(_get(model, culprit)).__name__})" if culprit else type(model).__name__
     cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"cannot capture {where}: {type(err).__name__}: {cause}"
+    return f"cannot capture {where}: {type(err).__name__}: {cause}" + describe_hooks(model, err)
+
+
+def describe_hooks(model: nn.Module, err: Exception) -> str:
+    """'' for a model without forward hooks, else a sentence naming them (module path and function) and the one
+    that was running when the capture failed: hooks run inside the traced forward, where torch.export may fail."""
+    running = {frame.f_code for frame, _ in traceback.walk_tb(err.__traceback__)}
+    found: dict[str, list[str]] = {}
+    culprits = []
+    for kind, place, hook in forward_hooks(model):
+        label = f"{place} ({getattr(hook, '__qualname__', type(hook).__name__)})"
+        found.setdefault(kind, []).append(label)
+        if getattr(hook, "__code__", None) in running:
+            culprits.append(f"{kind} {label}")
+    if not found:
+        return ""
+    listed = "; ".join(f"{len(labels)} {kind}{'s' if len(labels) > 1 else ''} on {', '.join(labels[:5])}"
+                       + (f" and {len(labels) - 5} more" if len(labels) > 5 else "") for kind, labels in found.items())
+    failed = f"; the capture failed inside the {culprits[0]}" if culprits else ""
+    return (f". The model has {listed}{failed}. Hooks run inside the captured forward: remove them "
+            "(handle.remove()) before lampc.compile and the first generate, or make them traceable by torch.export")
+
+
+def forward_hooks(model: nn.Module):
+    """(kind, where, hook) of every forward (pre-)hook that runs in model's forward: its modules', then torch's
+    global ones (torch.nn.modules.module.register_module_forward_hook)."""
+    from torch.nn.modules import module as nn_module
+
+    for name, module in model.named_modules():
+        for kind, store in (("forward pre-hook", module._forward_pre_hooks), ("forward hook", module._forward_hooks)):
+            for hook in store.values():
+                yield kind, name or type(model).__name__, hook
+    for kind, store in (("forward pre-hook", nn_module._global_forward_pre_hooks),
+                        ("forward hook", nn_module._global_forward_hooks)):
+        for hook in store.values():
+            yield kind, "every module (a global hook)", hook
 
 
 def _get(model: nn.Module, name: str) -> nn.Module:

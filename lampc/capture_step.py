@@ -30,6 +30,10 @@ is captured per shape class, each on first use:
 
 A single new token with no past (a one-token prompt) runs as `decode_1`/`decode` over one masked placeholder
 slot (runtime/steps.py): a masked key gets probability exactly 0, so the values equal those of an empty past.
+
+Sliding-window attention (Mistral, Phi-3, Gemma2, Gemma3) decodes through the same graphs: every cache layer keeps
+every position and the model's own window mask hides what lies beyond (`full_cache`). Bloom's ALiBi bias is built
+from the attention mask, so a decode step's mask length is declared as past + 1, which it always is.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx, nn
 
-from .capture import CaptureError, check_capturable, copy_sharing_weights, describe_failure
+from .capture import CAPTURE_LOCK, CaptureError, check_capturable, copy_sharing_weights, describe_failure, \
+    exclusive_capture
 
 STEP_KINDS = ("prefill", "decode", "decode_1")
 
@@ -53,15 +58,34 @@ class CacheStep(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, position_ids, past_keys, past_values):
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        for layer, (k, v) in enumerate(zip(past_keys, past_values)):
-            cache.update(k, v, layer)
+        cache = full_cache(self.model.config, past_keys, past_values)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          use_cache=True, **{cache_argument(self.model): cache})
         grown = returned_cache(out)
         return out.logits, tuple(layer.keys for layer in grown.layers), tuple(layer.values for layer in grown.layers)
+
+
+def full_cache(config, past_keys, past_values):
+    """A transformers DynamicCache holding these keys and values, every layer keeping every position.
+
+    transformers' own cache for a sliding-window layer keeps only the last `sliding_window - 1` positions and
+    offsets the mask by what it dropped. A cache that keeps them all gives the same logits: the model's
+    sliding-window mask compares cache indices (key > query - window) and hides every key beyond the window
+    (probability exactly 0, so those keys are not visible entries in lampc's statistics either). Keeping every
+    position makes a step's shapes depend on (past, new) alone, never on whether the window is full, so one
+    captured graph serves sequences shorter and longer than the window, and lampc's KVCache stays the plain
+    "every past position" tensor of full attention. Gemma2/Gemma3 mix sliding and full layers: only the sliding
+    ones are replaced."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    cache = DynamicCache(config=config)
+    for index, layer in enumerate(cache.layers):
+        if type(layer) is DynamicSlidingWindowLayer:  # sliding and chunked attention: the layer that crops
+            cache.layers[index] = DynamicLayer()
+    for layer, (k, v) in enumerate(zip(past_keys, past_values)):
+        cache.update(k, v, layer)
+    return cache
 
 
 def cache_argument(model: nn.Module) -> str:
@@ -129,37 +153,32 @@ class StepCapture:
     @property
     def layout(self) -> CacheLayout:
         if self._layout is None:
-            self._layout = cache_layout(self.model)
+            with CAPTURE_LOCK:  # runs the model: never while another thread's capture holds its fake tensors
+                if self._layout is None:
+                    self._layout = cache_layout(self.model)
         return self._layout
 
     def graph(self, kind: str) -> fx.GraphModule:
         if kind not in STEP_KINDS:
             raise ValueError(f"step kind must be one of {', '.join(STEP_KINDS)}, got {kind!r}")
-        if kind not in self._graphs:
-            self._graphs[kind] = self._capture(kind)
-        return copy_sharing_weights(self._graphs[kind])
+        with CAPTURE_LOCK:  # concurrent first calls: one captures, the others wait and take its graph
+            if kind not in self._graphs:
+                self._graphs[kind] = self._capture(kind)
+            return copy_sharing_weights(self._graphs[kind])
 
     def _capture(self, kind: str) -> fx.GraphModule:
-        config = check_capturable(self.model)
-        sliding = [t for t in (getattr(config, "layer_types", None) or []) if "sliding" in str(t)]
-        if sliding:
-            raise CaptureError(
-                f"{type(self.model).__name__} has {len(sliding)} sliding-window attention layer(s) "
-                "(config.layer_types): their cache keeps only the last window of positions, and lampc's decode "
-                "graphs need a cache that keeps every position; the full-sequence forward works")
+        check_capturable(self.model)
         if self.max_len < 3:
             raise CaptureError(f"the model's context ({self.max_len}) is too short to decode")
         example, dynamic = _example(kind, self.layout, self.max_len, next(self.model.parameters()).device,
                                     self.model.config.vocab_size)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), _size_oblivious():
-                program = torch.export.export(CacheStep(self.model), example, dynamic_shapes=dynamic, strict=False)
-        except Exception as err:  # torch.export raises many types; all mean "cannot capture"
-            raise CaptureError(f"{kind} step: " + describe_failure(self.model, err)) from err
-        finally:
-            self.model.train(was_training)
+        with exclusive_capture(self.model):
+            try:
+                with torch.no_grad(), _size_oblivious():
+                    program = torch.export.export(CacheStep(self.model), example, dynamic_shapes=dynamic,
+                                                  strict=False)
+            except Exception as err:  # torch.export raises many types; all mean "cannot capture"
+                raise CaptureError(f"{kind} step: " + describe_failure(self.model, err)) from err
         gm = program.module()
         _strip_wrapper_paths(gm)
         return gm
@@ -190,12 +209,13 @@ def _example(kind: str, layout: CacheLayout, max_len: int, device, vocab: int):
     mask[-1, 0] = 0  # a padded position keeps the general masking path
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
     keys, values = layout.empty(batch, past, device)
-    total = Dim("total", min=2, max=max_len)
     if kind == "prefill":
         b, t, p = Dim("batch", min=1, max=4096), Dim("new", min=2, max=max_len), Dim("past", min=0, max=max_len - 2)
+        total = Dim("total", min=2, max=max_len)
     else:
         b = Dim("batch", min=2, max=4096) if kind == "decode" else Dim.STATIC
         t, p = Dim.STATIC, Dim("past", min=1, max=max_len - 1)
+        total = p + 1  # the mask covers the past and the one new token (ALiBi builds its bias from the mask)
     cache = tuple({0: b, 2: p} for _ in range(layout.n_layers))
     dynamic = {"input_ids": {0: b, 1: t}, "attention_mask": {0: b, 1: total}, "position_ids": {0: b, 1: t},
                "past_keys": cache, "past_values": cache}

@@ -170,8 +170,7 @@ def test_gemma2_softcapping_is_matched_and_the_look_ahead_sees_through_the_cap(t
     # (gain 1 - tanh²(4) = 0.0013): the two 1s matter. The uncapped rule sees a one-hot row and picks nothing.
     assert select(row, every, capped).tolist() == [[False, False, True, True]]
     assert select(row, every, plain).tolist() == [[False, False, False, False]]
-    with pytest.raises(lampc.CaptureError, match="sliding-window attention layer"):
-        low.generate(ids, mask, max_new_tokens=2)
+    assert low.generate(ids, mask, max_new_tokens=2).shape == (2, 10)  # decodes: tests/test_generate_families.py
     from lampc.export import OnnxExportError, export_onnx
 
     with pytest.raises(OnnxExportError, match="soft-capping .* no ONNX translation"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import fx
 
+from ..capture import CAPTURE_LOCK
 from ..policy import Policy
 from .attention import attention_sites, find_attention, match_attention
 from .driver import Emission, Emitted, SiteKind, SiteTag, rewrite_sites
@@ -37,10 +38,12 @@ def site_kinds(policy: Policy) -> list[SiteKind]:
 
 
 def run_passes(gm: fx.GraphModule, policy: Policy) -> PassResult:
-    """All of lampc's passes over a captured graph, under `policy`."""
-    result = expand_sdpa(gm)
-    return result.merge(rewrite_sites(gm, site_kinds(policy), first_index=len(result.sites),
-                                      per_site=policy.per_site))
+    """All of lampc's passes over a captured graph, under `policy`. They infer shapes with fake tensors, which
+    torch's process-wide symbolic tracing state would mix up with a capture in another thread: they take turns."""
+    with CAPTURE_LOCK:
+        result = expand_sdpa(gm)
+        return result.merge(rewrite_sites(gm, site_kinds(policy), first_index=len(result.sites),
+                                          per_site=policy.per_site))
 
 
 __all__ = ["Emission", "Emitted", "PassResult", "Site", "SiteKind", "SiteTag", "Skip", "attention_sites",

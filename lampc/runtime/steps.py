@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, fx, nn
 
+from ..capture import CAPTURE_LOCK
 from ..capture_step import StepCapture
 from ..passes import run_passes
 from ..passes.result import PassResult
@@ -89,15 +90,19 @@ class StepGraphs(nn.Module):
 
     def graph(self, kind: str) -> fx.GraphModule:
         if kind not in self.graphs:
-            gm = self.capture.graph(kind)
-            result = run_passes(gm, self.policy)
-            self.weights.register(result.graph_module.parameters())
-            self.graphs[kind] = result.graph_module
-            self.results[kind] = result
-            for tap in graph_taps(result.graph_module).values():
-                tap.enabled = self.tap_settings["enabled"]
-                tap.keep_last = self.tap_settings["keep_last"]
+            with CAPTURE_LOCK:  # threads that ask for the same new graph at once: one builds it, the others wait
+                if kind not in self.graphs:
+                    self._build(kind)
         return self.graphs[kind]
+
+    def _build(self, kind: str) -> None:
+        result = run_passes(self.capture.graph(kind), self.policy)
+        self.weights.register(result.graph_module.parameters())
+        for tap in graph_taps(result.graph_module).values():
+            tap.enabled = self.tap_settings["enabled"]
+            tap.keep_last = self.tap_settings["keep_last"]
+        self.results[kind] = result
+        self.graphs[kind] = result.graph_module  # last: other threads take a graph only once it is complete
 
     def run(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
             cache: KVCache | None) -> tuple[Tensor, KVCache]:
@@ -112,10 +117,10 @@ class StepGraphs(nn.Module):
         gm = self.graph(step_kind(batch, new, cache.length))
         logits, keys, values = gm(input_ids, attention_mask, position_ids, tuple(cache.keys), tuple(cache.values))
         grown = KVCache(tuple(keys), tuple(values))
-        if grown.length != attention_mask.shape[1]:
+        if grown.length != attention_mask.shape[1]:  # sliding-window layers keep every position (capture_step.py)
             raise NotImplementedError(
-                f"the model's cache keeps {grown.length} of {attention_mask.shape[1]} positions (a sliding-window "
-                "or otherwise cropped cache); lampc decodes models whose cache keeps every position")
+                f"the model's cache keeps {grown.length} of {attention_mask.shape[1]} positions; lampc decodes "
+                "models whose cache keeps every position")
         if placeholder:
             grown = KVCache(tuple(k[:, :, 1:] for k in grown.keys), tuple(v[:, :, 1:] for v in grown.values))
         return logits, grown
