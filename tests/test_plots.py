@@ -58,6 +58,15 @@ def test_zero_rate_points_are_drawn_at_zero_on_a_symlog_axis():
     assert ax.get_xscale() == "log"  # no zero: a plain log axis
 
 
+def test_a_grid_of_uniform_cells_alone_plots_its_lines():
+    """`lampc eval --criterion uniform`: no rule has a rate, so the rate axis is linear and empty of points."""
+    rows = [row("m4", "uniform", None, 0.0, 1e-2), row("m7", "uniform", None, 0.0, 2e-4, m_bits=7)]
+    fig = kl_vs_rate_figure(rows)
+    assert [ax.get_xscale() for ax in fig.axes] == ["linear", "linear"]
+    assert [line.get_ydata()[0] for line in fig.axes[0].get_lines()] == [1e-2]  # the uniform line
+    assert kl_vs_m_figure(rows).axes[0].get_xticks().tolist() == [4, 7]
+
+
 def test_zero_kl_points_are_drawn_too():
     rows = grid(fmt="m23", m_bits=23, scale=0.0)  # FP32 everywhere: every KL is 0
     ax = kl_vs_rate_figure(rows).axes[0]

@@ -160,9 +160,9 @@ def _zero_or_log(ax, axis: str, values: list[float], percent: bool = False) -> s
     set_scale = ax.set_xscale if axis == "x" else ax.set_yscale
     axis_obj = ax.xaxis if axis == "x" else ax.yaxis
     positive = [v for v in values if v > 0]
-    if values and not positive:
+    if not positive:  # every value is 0, or there is none (a grid of uniform cells has no rate to plot)
         set_scale("linear")
-        return f"every {'recompute rate' if percent else 'KL'} is 0"
+        return f"every {'recompute rate' if percent else 'KL'} is 0" if values else None
     note = None
     if any(v == 0 for v in values):
         floor = 10.0 ** math.floor(math.log10(min(positive)))
