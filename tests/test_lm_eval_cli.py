@@ -16,6 +16,7 @@ import torch
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is the tasks extra: pip install 'lampc[tasks]'")
 
 from lampc.tasks.compare import TASK_DIR  # noqa: E402
+from test_tasks import own_loglikelihood  # noqa: E402  (the scoring oracle, one request, unpadded)
 
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 CELL = "model=embedded,format=m4,criterion=strict,tau=0.1"
@@ -24,16 +25,6 @@ CELL = "model=embedded,format=m4,criterion=strict,tau=0.1"
 def _run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, **OFFLINE, "LMEVAL_LOG_LEVEL": "WARNING"}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _own_loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
-    """lm-eval's split of a request into context and continuation tokens, scored by one unpadded forward."""
-    ctx = tokenizer.encode(context)
-    whole = tokenizer.encode(context + continuation)
-    ids = torch.tensor([whole[:-1]])
-    with torch.no_grad():
-        logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.double(), -1)
-    return sum(float(logprobs[0, len(ctx) - 1 + j, t]) for j, t in enumerate(whole[len(ctx):]))
 
 
 def test_the_entry_point_names_lampcs_model_for_lm_evals_registry():
@@ -103,7 +94,7 @@ def test_lm_eval_command_line_runs_lampc_from_another_directory(tmp_path):
     docs = [json.loads(line) for line in open(TASK_DIR / "austen_choice.jsonl", encoding="utf-8")][:5]
     right = []
     for doc_id, doc in enumerate(docs):
-        scores = [_own_loglikelihood(lm.compiled, lm.tokenizer, doc["context"], " " + c) for c in doc["choices"]]
+        scores = [own_loglikelihood(lm.compiled, lm.tokenizer, doc["context"], " " + c) for c in doc["choices"]]
         right.append(float(max(range(4), key=scores.__getitem__) == doc["gold"]))
         assert samples[doc_id]["acc"] == right[-1]
     assert results["acc,none"] == pytest.approx(sum(right) / 5)

@@ -28,7 +28,7 @@ def _requests(kind: str, items) -> list[Instance]:
     return [Instance(kind, doc={}, arguments=args, idx=i) for i, args in enumerate(items)]
 
 
-def _own_loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
+def own_loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
     """One request alone (no batch, no padding): the sum of the continuation's log-probabilities, in float64."""
     ctx = tokenizer.encode(context)
     whole = tokenizer.encode(context + continuation)
@@ -51,11 +51,11 @@ def test_loglikelihoods_equal_the_models_own_sums(embedded):
     model, tokenizer = embedded
     exact = LampcLM("embedded", format="m23", criterion="uniform", batch_size=3)
     got = [lp for lp, _ in exact.loglikelihood(_requests("loglikelihood", PAIRS))]
-    want = [_own_loglikelihood(model, tokenizer, c, x) for c, x in PAIRS]
+    want = [own_loglikelihood(model, tokenizer, c, x) for c, x in PAIRS]
     assert max(abs(g - w) for g, w in zip(got, want)) < 1e-4
     lamp = LampcLM("embedded", format="m4", criterion="strict", tau=0.1, batch_size=3)
     got = [lp for lp, _ in lamp.loglikelihood(_requests("loglikelihood", PAIRS))]
-    want = [_own_loglikelihood(lamp.compiled, tokenizer, c, x) for c, x in PAIRS]
+    want = [own_loglikelihood(lamp.compiled, tokenizer, c, x) for c, x in PAIRS]
     assert max(abs(g - w) for g, w in zip(got, want)) < 1e-4
     assert lamp.recompute_rate() > 0 and lamp.mean_kl > 0  # the KL against FP32 was measured on the answers
 
