@@ -129,6 +129,13 @@ def test_demo_end_to_end(capsys, model_dir, text_file, tmp_path):
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["criterion"] for r in rows] == ["uniform", "strict", "strict", "random", "oracle"]
     assert rows[3]["tau"] == rows[4]["tau"] and rows[3]["count_from"] == "strict"
+    pairs = [c for c in json.loads((out / "results.json").read_text())["comparisons"] if c["tau"] == rows[3]["tau"]]
+    assert {c["baseline"] for c in pairs} >= {"uniform"}
+    for c in pairs:  # the demo says, for the picked tau, whether each difference is beyond the windows' noise
+        r, lo, hi = c["kl_ratio"], c["kl_ratio_lo"], c["kl_ratio_hi"]
+        kl = f"{r:.3g}x below [{lo:.3g}, {hi:.3g}]" if r >= 1 else f"{1 / r:.3g}x above [{1 / hi:.3g}, {1 / lo:.3g}]"
+        assert (f"m3 strict tau={c['tau']:g} vs {c['baseline']}: KL {kl} ({c['kl_verdict']}); flips "
+                f"{c['flips_test']} vs {c['flips_base']}") in printed
 
 
 def test_eval_generate_adds_the_generation_columns(capsys, model_dir, text_file, tmp_path):
