@@ -44,7 +44,7 @@ def check_writable_file(path: str | Path, flag: str) -> Path:
     """`path` can be written as a file: no directory there, its directory exists, and a file can be made in it.
     Checked before any work (by making and removing a probe file beside it); an existing file is left as it is."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent  # Path("out.csv").parent is Path(".")
     if path.is_dir():
         raise CliError(f"{flag}: {path} is a directory; give a file name")
     if not parent.is_dir():
@@ -67,16 +67,26 @@ KNOWN_WARNINGS = (
 """Third-party warnings a command hides by default (category, message regex): ones a user cannot act on. Any other
 warning, lampc's own included, still shows."""
 
-PROGRESS_BAR_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+LAMPC_WARNINGS = r"lampc\b|lp_matmul:|generate:"
+"""How lampc's own warnings start (a regex for warnings.filterwarnings): --quiet keeps these."""
+
+PROGRESS_BAR_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": ("huggingface_hub.constants", "huggingface_hub.utils.tqdm"),
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": ("datasets.config", "datasets.utils.tqdm"),
+}
+"""Each variable that turns a library's progress bars off -> the modules that copy it into a same-named global when
+they are imported (the first one is where it is read, the last one holds enable_progress_bars)."""
 
 
 @contextlib.contextmanager
 def third_party_output(*, verbose: bool = False, quiet: bool = False):
-    """What third-party libraries may print while a command runs; restored afterwards.
+    """What third-party libraries may print while a command runs; restored afterwards, whether transformers,
+    huggingface_hub and datasets were loaded before the block or during it.
 
     default   no weight-loading or dataset progress bars, no KNOWN_WARNINGS; lampc's progress, other warnings and
               transformers' own warnings still show
-    quiet     also no warnings and no transformers or torch log below errors (lampc's results and errors still print)
+    quiet     also no third-party warnings and no transformers or torch log below errors (lampc's results, errors
+              and its own warnings, LAMPC_WARNINGS, still print)
     verbose   everything, as the libraries print it
     """
     if verbose:
@@ -84,6 +94,7 @@ def third_party_output(*, verbose: bool = False, quiet: bool = False):
         return
     env = {name: "1" for name in PROGRESS_BAR_ENV} | ({"TRANSFORMERS_VERBOSITY": "error"} if quiet else {})
     saved_env = {name: os.environ.get(name) for name in env}
+    loaded_before = {name for modules in PROGRESS_BAR_ENV.values() for name in modules if name in sys.modules}
     os.environ.update(env)  # read when transformers and datasets load; if transformers is loaded, it is told below
     hf_before = _hf_state()
     if hf_before is not None:
@@ -91,6 +102,7 @@ def third_party_output(*, verbose: bool = False, quiet: bool = False):
     with warnings.catch_warnings():
         if quiet:
             warnings.simplefilter("ignore")
+            warnings.filterwarnings("default", message=LAMPC_WARNINGS)  # lampc's own warnings are results too
         for category, message in KNOWN_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
         torch_logs = _torch_logs(40 if quiet else None)
@@ -103,8 +115,34 @@ def third_party_output(*, verbose: bool = False, quiet: bool = False):
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-            if hf_before is not None:  # (loaded during the command, it keeps the setting: it read it from the env)
+            _restore_progress_bar_globals(saved_env, loaded_before)
+            if hf_before is not None:
                 _set_hf_state(*hf_before)
+            elif "transformers.utils.logging" in sys.modules:  # loaded during the block, from the block's env
+                _restore_hf_loaded_inside()
+
+
+def _restore_progress_bar_globals(saved_env: dict, loaded_before: set) -> None:
+    """The progress-bar globals of modules first imported inside the block set to what the environment outside it
+    says (as the module would have read it at import)."""
+    for name, modules in PROGRESS_BAR_ENV.items():
+        if modules[0] in loaded_before or modules[-1] not in sys.modules:
+            continue
+        text = saved_env.get(name)
+        value = None if text is None else text.upper() in ("1", "ON", "YES", "TRUE")
+        for module in modules:
+            setattr(sys.modules[module], name, value)
+        if value is not True:
+            sys.modules[modules[-1]].enable_progress_bars()
+
+
+def _restore_hf_loaded_inside() -> None:
+    """transformers imported inside the block: its verbosity and progress bar as the outside environment sets them."""
+    hf = sys.modules["transformers.utils.logging"]
+    hf.set_verbosity(hf._get_default_logging_level())  # reads TRANSFORMERS_VERBOSITY, restored by now
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is None or not hub.are_progress_bars_disabled():
+        hf.enable_progress_bar()
 
 
 def _hf_state() -> tuple[bool, int] | None:

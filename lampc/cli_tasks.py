@@ -44,7 +44,7 @@ def run(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be a positive number of documents, got {args.limit}")
     if args.output:
-        check_writable_dir(Path(args.output), "--output")
+        check_writable_dir(Path(args.output), "--out")
     from .tasks import MISSING
     from .tasks.compare import compare, markdown, resolve_tasks, write
 
@@ -57,7 +57,8 @@ def run(args) -> int:
     policy, overrides = compile_arguments(args)
     fields = _model_args(policy, overrides)
     name = args.name or _cell_name(policy, overrides)
-    rows, raw = compare(args.model, {name: fields}, tasks, limit=args.limit, batch_size=args.batch_size)
+    rows, raw = compare(args.model, {name: fields}, tasks, limit=args.limit, batch_size=args.batch_size,
+                        lm_eval_logs=getattr(args, "verbose", False))  # --verbose: lm-eval's logs too
     print(markdown(rows), end="")
     if args.output:
         for path in write(rows, raw, Path(args.output)):

@@ -83,6 +83,10 @@ def test_tau_lists():
     assert parse_taus(None) is None
 
 
+def test_tau_criterion_takes_any_case_as_criterion_does():
+    assert parse_taus(["Strict=0.1", "RELAXED=0.03,0.5"]) == {"strict": [0.1], "relaxed": [0.03, 0.5]}
+
+
 def test_eval_rejects_seq_len_above_context(capsys, model_dir):
     err = fails(capsys, "eval", "--model", str(model_dir), "--seq-len", "65")
     assert "--seq-len: 65 is outside [2, 64], the context of model" in err

@@ -292,3 +292,69 @@ def test_the_known_future_warning_is_silenced_only_inside_a_command():
         with third_party_output(verbose=True, quiet=False):
             warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning)
     assert len(seen) == 1
+
+
+LIBRARY_STATE = """
+import json, sys
+import transformers.utils.logging as hf
+import huggingface_hub.utils as hub, huggingface_hub.constants as hub_constants
+import datasets.utils as ds, datasets.config as ds_config
+print("STATE", json.dumps({"verbosity": hf.get_verbosity(), "bars": hf.is_progress_bar_enabled(),
+                           "hub_bars_off": hub.are_progress_bars_disabled(),
+                           "hub_env": hub_constants.HF_HUB_DISABLE_PROGRESS_BARS,
+                           "datasets_bars_off": ds.are_progress_bars_disabled(),
+                           "datasets_env": ds_config.HF_DATASETS_DISABLE_PROGRESS_BARS}))
+"""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_libraries_first_loaded_inside_a_command_are_left_as_a_plain_import_leaves_them(quiet):
+    """transformers, huggingface_hub and datasets read their verbosity and progress-bar settings from the
+    environment when imported: imported for the first time inside a command (quiet or not), they are afterwards as
+    they would have been imported outside it (verbosity, bars on), not at ERROR with bars off."""
+    pytest.importorskip("datasets")
+    plain = _python(LIBRARY_STATE)
+    inside = _python("from lampc.cli_support import third_party_output\n"
+                     f"with third_party_output(quiet={quiet}):\n"
+                     "    import transformers.utils.logging, huggingface_hub.utils, datasets.utils\n"
+                     + LIBRARY_STATE)
+    assert plain.returncode == 0 and inside.returncode == 0, plain.stderr[-2000:] + inside.stderr[-2000:]
+    want = json.loads(plain.stdout.split("STATE ", 1)[1])
+    assert want["bars"] and not want["hub_bars_off"] and not want["datasets_bars_off"]  # the oracle is the default
+    assert json.loads(inside.stdout.split("STATE ", 1)[1]) == want
+
+
+def test_a_command_run_in_process_leaves_transformers_logging_as_it_was(tmp_path):
+    """`lampc.cli.main` inside a program: transformers' verbosity and progress bar are as before, after --quiet."""
+    import transformers.utils.logging as hf
+
+    before = (hf.get_verbosity(), hf.is_progress_bar_enabled())
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--rate", "0.1", "--out", str(tmp_path / "none" / "p.json"), "--quiet"])
+    assert (hf.get_verbosity(), hf.is_progress_bar_enabled()) == before
+
+
+def test_quiet_hides_third_party_warnings_but_not_lampcs_own():
+    """--quiet drops other libraries' warnings; lampc's own (calibrate's out-of-reach KL, lm-eval's device
+    fallback, lp_matmul's and generate's) are results, and still show."""
+    import warnings
+
+    from lampc.cli_support import third_party_output
+
+    ours = ["lampc calibrate: KL 1e-09 is out of reach", "lampc: lm-eval's device 'cuda:0' is not available here",
+            "lp_matmul: torch.compile failed; using the eager path", "generate: do_sample=False (greedy decoding)"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with third_party_output(quiet=True):
+            for message in ours:
+                warnings.warn(message, UserWarning)
+            warnings.warn("something else is deprecated", FutureWarning)
+            warnings.warn("a library's own advice", UserWarning)
+    assert [str(w.message) for w in seen] == ours
+
+
+@pytest.mark.parametrize("extra, named", [(["--tau", "0"], "--tau"), (["--block-k", "0"], "--block-k")])
+def test_show_onnx_refuses_an_option_given_as_zero(capsys, tmp_path, extra, named):
+    """0 is a value given: `--tau 0` or `--block-k 0` beside --onnx is refused like any other."""
+    err = _fails(capsys, "show", "--onnx", str(tmp_path / "m.onnx"), *extra)
+    assert named in err and "--onnx" in err

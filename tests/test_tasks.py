@@ -120,6 +120,50 @@ def test_mcnemar_exact_p_equals_scipy_binomial_test(b, c):
     assert mcnemar_p(b, c) == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.parametrize("b, c", [(600, 540), (1024, 0), (700, 700), (2000, 1900)])
+def test_mcnemar_p_past_a_thousand_discordant_documents_equals_the_exact_fraction(b, c):
+    """More than 1023 discordant documents: 2 ** n does not fit a float, the p-value still does (and is exact)."""
+    from fractions import Fraction
+
+    n = b + c
+    want = min(Fraction(1), 2 * Fraction(sum(math.comb(n, k) for k in range(min(b, c) + 1)), 2 ** n))
+    assert mcnemar_p(b, c) == float(want)  # both correctly rounded from the same rational
+
+
+def test_the_lm_eval_command_puts_sys_argv_back():
+    """`python -m lampc.tasks.lm_eval_cli` hands lm-eval its arguments through sys.argv; called as a function, it
+    leaves the caller's sys.argv as it was (here after lm-eval's --help exits)."""
+    import sys
+
+    from lampc.tasks.lm_eval_cli import main as lm_eval_main
+
+    before = list(sys.argv)
+    with pytest.raises(SystemExit):
+        lm_eval_main(["--help"])
+    assert sys.argv == before
+
+
+@pytest.mark.slow
+def test_lm_eval_logs_show_when_asked():
+    """`lampc tasks --verbose` passes lm_eval_logs=True: lm-eval's own info lines then reach its logger's handlers."""
+    import logging
+
+    lm = LampcLM("embedded", fp32=True, batch_size=4)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("lm_eval")
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        run(lm, austen_tasks(["austen_choice"]), limit=2, lm_eval_logs=True)
+        assert [r for r in records if r.levelno < logging.ERROR]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
+
+
 def test_paired_counts_by_hand():
     reference = {0: 1.0, 1: 1.0, 2: 0.0, 3: 0.0, 4: 1.0, 5: 0.0}
     cell = {0: 1.0, 1: 0.0, 2: 1.0, 3: 0.0, 4: 0.0, 6: 1.0}  # doc 5 only in FP32, doc 6 only in the cell
@@ -199,7 +243,7 @@ def test_cli_checks_its_arguments_before_any_work(capsys):
     assert exit_.value.code == 2 and "--limit must be a positive" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main(["tasks", "--output", "/proc/no/such/dir", "--limit", "2"])
-    assert exit_.value.code == 2 and "--output: cannot write in /proc/no/such/dir" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "--out: cannot write in /proc/no/such/dir" in capsys.readouterr().err
 
 
 def _row(cell, task, score, stderr, documents, empty=None):

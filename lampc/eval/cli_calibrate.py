@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ..cli_policy import add_policy_arguments, compile_arguments
-from ..cli_support import CliError, add_out_argument, check_writable_file
+from ..cli_support import add_out_argument, check_writable_file
 from .cli_eval import add_data_arguments
 
 
@@ -29,15 +29,13 @@ def add_parser(subparsers) -> None:
     target.add_argument("--kl", type=float, default=None, help="target mean KL(FP32 || LAMP) on the calibration text")
     add_out_argument(parser, default="lampc-calibrated.json", metavar="FILE",
                      help="the policy file to write (default ./lampc-calibrated.json)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, third-party warnings or logs")
     add_policy_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     out = Path(args.out)
-    if not out.parent.exists():
-        raise CliError(f"--out: directory {out.parent} does not exist")
     check_writable_file(out, "--out")  # before the work, not after it
     from .calibrate import calibrate
     from .cli_eval import load

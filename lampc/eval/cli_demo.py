@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-rate", type=float, default=0.05, metavar="R",
                         help="pick the best setting among those recomputing at most this fraction (default 0.05)")
     add_out_argument(parser, default="lampc-demo", metavar="DIR", help="output directory (default ./lampc-demo)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, third-party warnings or logs")
     parser.set_defaults(run=run)
 
 

@@ -62,7 +62,7 @@ def add_parser(subparsers) -> None:
                              "and compare with FP32's continuations: mean tokens before the first divergence, share "
                              "identical, recompute rate of prefill and of decode steps")
     add_out_argument(parser, default="lampc-eval", metavar="DIR", help="output directory (default ./lampc-eval)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, third-party warnings or logs")
     parser.set_defaults(run=run)
 
 
@@ -200,7 +200,7 @@ def parse_taus(values: list[str] | str | None) -> list[float] | dict[str, list[f
     taus: dict[str, list[float]] = {}
     for value in values:
         criterion, sep, text = value.rpartition("=")
-        key = criterion.strip() if sep else "all"
+        key = criterion.strip().lower() if sep else "all"  # criteria take any case, as --criterion does
         if sep and key not in TAU_CRITERIA:
             raise CliError(f"--tau: {key!r} in {value!r} is not a criterion that takes a tau "
                            f"({', '.join(TAU_CRITERIA)})")

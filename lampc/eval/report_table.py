@@ -1,6 +1,6 @@
 """Sweep rows rendered: compact text or markdown tables with 95% intervals, the headline comparison (best LAMP
 rule against uniform and random at the same counts) and the paired comparisons of every LAMP row with its
-baselines (lampc.eval.uncertainty). The plots are in lampc.eval.plots (re-exported here).
+baselines (lampc.eval.uncertainty). The plots are in lampc.eval.plots (not imported here: no matplotlib).
 
     print(format_table(rows, EVAL_COLUMNS))                 # KL "4.4e-2 [3.9e-2, 5.1e-2]", rate, flips with n
     print(format_table(headline(rows), HEADLINE_COLUMNS, markdown=True))
@@ -13,7 +13,6 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
-from .plots import plot_kl_vs_m, plot_kl_vs_rate  # noqa: F401 (importable from here, as before)
 from .grid import LAMP_CRITERIA, POLICY_CELL
 from .uncertainty import compare_cells
 

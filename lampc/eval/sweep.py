@@ -32,11 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..formats import parse as parse_format
-from ..criteria import CRITERIA as CRITERION_TABLE, LAMP_RULES, NAMES as CRITERIA, THRESHOLD_RULES
-from ..policy import COUNT_SOURCES, Policy, SitePolicy
-from .grid import (  # noqa: F401 (the grid's names, importable from here as before)
-    LAMP_CRITERIA, POLICY_CELL, SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS, Cell, plan_cells)
+from ..criteria import CRITERIA as CRITERION_TABLE
+from ..policy import Policy
+from .grid import POLICY_CELL, TAU_GRIDS, Cell, plan_cells  # noqa: F401 (TAU_GRIDS: importable from here as before)
 from .metrics import LogitComparison
 from .uncertainty import METHOD as INTERVAL_METHOD, cell_intervals
 

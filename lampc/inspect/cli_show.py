@@ -59,7 +59,7 @@ def run(args) -> int:
 
 def show_onnx(args) -> int:
     """`show --onnx FILE`: the exported model, compactly; an option that would change a compilation is refused."""
-    given = [f"--{name.replace('_', '-')}" for name in COMPILE_OPTIONS if getattr(args, name, None) not in (None, False)]
+    given = [f"--{name.replace('_', '-')}" for name in COMPILE_OPTIONS if _given(getattr(args, name, None))]
     if given:
         raise CliError(f"{', '.join(given)}: --onnx prints the ONNX file as it was exported, which no model or policy "
                        "option changes (compile and export again with them: lampc export)")
@@ -67,3 +67,8 @@ def show_onnx(args) -> int:
 
     print(describe_onnx(args.onnx))
     return 0
+
+
+def _given(value) -> bool:
+    """An option was set: by identity, so 0 and 0.0 (`--tau 0`, `--block-k 0`) count as given."""
+    return value is not None and value is not False

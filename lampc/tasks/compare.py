@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..eval.uncertainty import mcnemar_exact
 from .availability import check_task_data
 from .path import TASK_DIR
 from .progress import to_stderr
@@ -50,13 +51,9 @@ def resolve_tasks(names: list[str]) -> list[str | dict]:
 
 
 def mcnemar_p(right_to_wrong: int, wrong_to_right: int) -> float:
-    """Exact two-sided McNemar p-value: under "no difference" each discordant document is a fair coin."""
-    n = right_to_wrong + wrong_to_right
-    if n == 0:
-        return 1.0
-    k = min(right_to_wrong, wrong_to_right)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
-    return min(1.0, 2.0 * tail)
+    """Exact two-sided McNemar p-value: under "no difference" each discordant document is a fair coin
+    (lampc.eval.uncertainty.mcnemar_exact, in integers: any number of discordant documents)."""
+    return mcnemar_exact(right_to_wrong, wrong_to_right)
 
 
 @dataclass(frozen=True)
@@ -102,19 +99,24 @@ def _score(task_results: dict, metric: str) -> tuple[float, float]:
     return math.nan, math.nan
 
 
-def run(lm, tasks: list, *, limit: int | None) -> dict:
-    """lm-eval's evaluator on an LM instance, its logging quiet; the results dict (with per-document samples)."""
+def run(lm, tasks: list, *, limit: int | None, lm_eval_logs: bool = False) -> dict:
+    """lm-eval's evaluator on an LM instance, its logging quiet unless lm_eval_logs; the results dict (with
+    per-document samples)."""
     import lm_eval
 
-    with quiet_lm_eval():
+    with quiet_lm_eval(not lm_eval_logs):
         return lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=True, bootstrap_iters=1000,
                                        task_manager=task_manager(any(isinstance(t, str) for t in tasks)))
 
 
 @contextlib.contextmanager
-def quiet_lm_eval():
+def quiet_lm_eval(quiet: bool = True):
     """lm-eval's info and warning lines off while inside (its "lm_eval" logger's level, restored after): lm-eval
-    0.4.13 deprecates the verbosity arguments of simple_evaluate and TaskManager for logging's own levels."""
+    0.4.13 deprecates the verbosity arguments of simple_evaluate and TaskManager for logging's own levels.
+    quiet=False leaves the logger as it is (`lampc tasks --verbose`)."""
+    if not quiet:
+        yield
+        return
     logger = logging.getLogger("lm_eval")
     saved = logger.level
     logger.setLevel(logging.ERROR)
@@ -127,41 +129,42 @@ def quiet_lm_eval():
 @functools.cache
 def task_manager(registry: bool):
     """lm-eval's TaskManager, made once: indexing its registry of public tasks reads thousands of YAML files
-    (seconds), which lampc's own tasks (given as configs) do not need."""
+    (seconds), which lampc's own tasks (given as configs) do not need. Made inside its callers' quiet_lm_eval."""
     from lm_eval.tasks import TaskManager
 
-    with quiet_lm_eval():
-        return TaskManager(include_defaults=registry)
+    return TaskManager(include_defaults=registry)
 
 
 def compare(model: str, cells: dict[str, dict[str, Any]], tasks: list, *, limit: int | None = None,
-            batch_size: int = 8, progress=to_stderr) -> tuple[list[dict], dict[str, dict]]:
+            batch_size: int = 8, progress=to_stderr, lm_eval_logs: bool = False) -> tuple[list[dict], dict[str, dict]]:
     """Run FP32 and every cell on `tasks`; rows of the paired table, and lm-eval's results per cell name.
     progress: a callable taking a line (default stderr): each cell and task as it starts and ends, and the
     requests done every few seconds. A task whose data cannot be had is refused before any model runs
-    (TaskDataUnavailable, lampc/tasks/availability.py)."""
+    (TaskDataUnavailable, lampc/tasks/availability.py). lm_eval_logs: show lm-eval's own log lines (hidden by
+    default)."""
     from ..eval.sweep import CellCompiler
     from ..models import load_model
     from .lm import LampcLM
 
     if any(isinstance(t, str) for t in tasks):
-        with quiet_lm_eval():
+        with quiet_lm_eval(not lm_eval_logs):
             check_task_data(tasks, task_manager(True), own=AUSTEN_TASKS)
     loaded = load_model(model)
     progress("lampc tasks: FP32 reference")
     fp32 = LampcLM(model, fp32=True, batch_size=batch_size, loaded=loaded)
-    reference, _ = run_per_task(fp32, tasks, limit=limit, cell="fp32", progress=progress)
+    reference, _ = run_per_task(fp32, tasks, limit=limit, cell="fp32", progress=progress, lm_eval_logs=lm_eval_logs)
     raw, rows = {"fp32": reference}, _rows("fp32", reference, reference, {})
     compiler = CellCompiler(loaded[0]) if cells else None  # one capture (and one per step graph) for every cell
     for name, fields in cells.items():
         progress(f"lampc tasks: {name}")
         lm = LampcLM(model, batch_size=batch_size, loaded=loaded, compiler=compiler, **fields)
-        raw[name], measured = run_per_task(lm, tasks, limit=limit, cell=name, progress=progress)
+        raw[name], measured = run_per_task(lm, tasks, limit=limit, cell=name, progress=progress,
+                                           lm_eval_logs=lm_eval_logs)
         rows += _rows(name, raw[name], reference, measured)
     return rows, raw
 
 
-def run_per_task(lm, tasks: list, *, limit: int | None, cell: str = "", progress=None
+def run_per_task(lm, tasks: list, *, limit: int | None, cell: str = "", progress=None, lm_eval_logs: bool = False
                  ) -> tuple[dict, dict[str, tuple[float, float]]]:
     """lm-eval on one task at a time, so each task's KL and recompute rate are its own; the merged results and
     {task: (mean KL, recompute rate)}. progress (a callable taking a line, or None): each task's start and end,
@@ -175,7 +178,7 @@ def run_per_task(lm, tasks: list, *, limit: int | None, cell: str = "", progress
         if progress:
             progress(f"{label}: started")
         start = time.monotonic()
-        results = run(lm, [task], limit=limit)
+        results = run(lm, [task], limit=limit, lm_eval_logs=lm_eval_logs)
         if progress:
             progress(f"{label} done in {time.monotonic() - start:.0f} s ({lm.requests_done} requests)")
         for key in merged:

@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--include_path" or a.startswith("--include_path=") for a in args):
         args += ["--include_path", str(TASK_DIR)]
+    saved = sys.argv
     sys.argv = [sys.argv[0], *args]  # lm-eval's parser reads sys.argv
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":
