@@ -37,7 +37,9 @@ EXAMPLE_BATCH = 2
 EXAMPLE_LEN = 16
 
 CAPTURE_LOCK = threading.RLock()
-"""Held by every capture (torch.export of a model or of its cached step) and every first build of a step graph."""
+"""Held by every capture (torch.export of a model or of its cached step, and torch.onnx.export's, which runs
+torch.export), by run_passes, by every first build of a step graph, and while the step capture reads the model's
+cache layout (it runs the model)."""
 
 
 class CaptureError(RuntimeError):

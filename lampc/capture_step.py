@@ -68,8 +68,10 @@ class CacheStep(nn.Module):
 def full_cache(config, past_keys, past_values):
     """A transformers DynamicCache holding these keys and values, every layer keeping every position.
 
-    transformers' own cache for a sliding-window layer keeps only the last `sliding_window - 1` positions and
-    offsets the mask by what it dropped. A cache that keeps them all gives the same logits: the model's
+    transformers' own cache for a sliding-window layer (DynamicSlidingWindowLayer, in transformers 5) keeps only
+    the last `sliding_window - 1` positions between steps (its update slices `[-sliding_window + 1:]`; its class
+    docstring's `min(seq_len, sliding_window)` is one more than it keeps), attends over those and the step's new
+    tokens, and offsets the mask by what it dropped. A cache that keeps them all gives the same logits: the model's
     sliding-window mask compares cache indices (key > query - window) and hides every key beyond the window
     (probability exactly 0, so those keys are not visible entries in lampc's statistics either). Keeping every
     position makes a step's shapes depend on (past, new) alone, never on whether the window is full, so one

@@ -216,6 +216,21 @@ def test_a_streamer_is_not_fed_before_a_refusal(m23):
     assert recorder.puts == []
 
 
+@pytest.mark.parametrize("ids, mask, error, message", [
+    (torch.tensor([[3, 4, 97]]), None, ValueError, r"input_ids: token ids must be in \[0, 97\)"),
+    (torch.tensor([[3.0, 4.0, 5.0]]), None, TypeError, "input_ids must be an integer tensor"),
+    (torch.tensor([[3, 4, 5]]), torch.ones(1, 3), TypeError, "attention_mask must be an integer tensor"),
+    (torch.tensor([[3, 4, 5]]), torch.ones(1, 3, dtype=torch.bool), TypeError, "attention_mask must be an integer"),
+])
+def test_bad_ids_or_mask_are_refused_before_the_streamer_is_fed(m23, ids, mask, error, message):
+    recorder = Recorder()
+    m23.reset_stats()
+    with pytest.raises(error, match=message):
+        m23.generate(ids, mask, max_new_tokens=3, streamer=recorder)
+    assert recorder.puts == []
+    assert all(site["calls"] == 0 for site in m23.stats("prefill")["sites"])
+
+
 @pytest.mark.parametrize("value", [2, -1, 5])
 def test_a_mask_value_other_than_0_or_1_is_named_not_blamed_on_padding(m23, value):
     ids = torch.tensor([[3, 4, 5], [6, 7, 8]])

@@ -144,6 +144,14 @@ def test_empty_inputs_and_unknown_outputs_are_refused(session):
         session(_ids(1, 4), outputs=["nope"])
 
 
+def test_an_empty_outputs_list_is_refused_not_answered_with_nothing(session, plain):
+    assert len(plain.run([], {"input_ids": _ids(1, 4), "attention_mask": np.ones((1, 4), np.int64)})) == 1  # ORT
+    with pytest.raises(ValueError, match=r"outputs: an empty list names no output; .*None for all \(it has: logits\)"):
+        session(_ids(1, 4), outputs=[])
+    with pytest.raises(ValueError, match=r"outputs: an empty list"):
+        run_session(plain, _ids(1, 4), outputs=[])
+
+
 def test_the_file_states_it_has_no_kv_cache_and_which_inputs_it_needs(exported):
     _, path = exported
     meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}

@@ -110,9 +110,59 @@ def test_torch_save_keeps_shared_weights_shared(used):
     assert all(p.data_ptr() in pointers for p in loaded.graph_module.parameters())
 
 
+def test_pickle_keeps_shared_weights_shared_too(used):
+    compiled, ids, mask = used
+    loaded = pickle_round_trip(compiled)
+    pointers = {p.data_ptr() for p in loaded.step_graphs.capture.model.parameters()}
+    graphs = [loaded.graph_module, *loaded.step_graphs.graphs.values()]
+    assert len(graphs) > 1 and all(p.data_ptr() in pointers for gm in graphs for p in gm.parameters())
+
+
 def test_a_save_from_other_versions_is_refused_by_name():
     here = saved_with()
     assert check_saved_with(dict(here)) == here
     with pytest.raises(RuntimeError, match=r"saved in lampc's format 1 with Python 2.7 and torch 0.1; load it with "
                                            r"those"):
         check_saved_with({**here, "python": "2.7", "torch": "0.1"})
+
+
+class _Affine(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+CALLS = []
+
+
+def _record_call(module, args, output):  # a module-level hook: pickle saves it by reference
+    CALLS.append(output.shape)
+
+
+def _exported_graph():
+    return torch.export.export(_Affine(), (torch.ones(1, 3),)).module()
+
+
+def test_a_users_lambda_hook_is_refused_at_save_by_name_not_loaded_as_torch_exports():
+    """A one-name, one-cell lambda is not torch.export's module-types hook unless it calls one of those two."""
+    from lampc.runtime.portable_graph import PortableGraph
+
+    gm = _exported_graph()
+    seen = []
+    gm.register_forward_hook(lambda module, args, output: seen.append(output))
+    with pytest.raises(TypeError, match=r"forward hook .*<lambda>.* does not pickle"):
+        pickle.dumps(PortableGraph(gm))
+
+
+def test_torch_exports_hooks_and_a_module_level_hook_survive_save_and_load():
+    from lampc.runtime.portable_graph import PortableGraph
+
+    gm = _exported_graph()
+    gm.register_forward_hook(_record_call)
+    loaded = pickle.loads(pickle.dumps(PortableGraph(gm)))
+    x = torch.randn(1, 3)
+    CALLS.clear()
+    assert torch.equal(loaded(x), gm(x)) and CALLS == [torch.Size([1, 2])] * 2

@@ -32,7 +32,7 @@ import torch
 from torch import fx, nn
 
 from ..version import __version__
-from ..capture import takes_use_cache
+from ..capture import CAPTURE_LOCK, takes_use_cache
 from ..ops import SITE_OPS
 from ..passes import unfuse_sites
 from ..graph_view import module_path
@@ -264,7 +264,7 @@ def _torch_export(wrapper: _ExportWrapper, max_len: int, opset: int, rounding: s
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
     table = {**library_translations(), **translation_table(opset if rounding == "bits" else EXPORT_OPSET, rounding)}
     try:
-        with quiet():
+        with CAPTURE_LOCK, quiet():  # dynamo=True runs torch.export: one capture at a time (lampc/capture.py)
             return torch.onnx.export(
                 wrapper, (ids, mask), dynamo=True, opset_version=EXPORT_OPSET, optimize=False, verbose=False,
                 input_names=["input_ids", "attention_mask"], output_names=["logits"], dynamic_shapes=dynamic,

@@ -14,6 +14,7 @@ the position table, a Reshape for a mask of another shape) or silently (a negati
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -76,19 +77,32 @@ class LampcSession(ort.InferenceSession):
     def __call__(self, input_ids, attention_mask=None, *, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         return run_session(self, input_ids, attention_mask, outputs=outputs)
 
-    @property
+    @functools.cached_property
     def max_len(self) -> int | None:
         """The model's position table (the longest sequence one call takes), from the file's metadata."""
-        return _metadata_int(self, "lampc.max_len")
+        return _metadata_int(self._metadata, "lampc.max_len")
 
-    @property
+    @functools.cached_property
     def vocab_size(self) -> int | None:
         """Token ids must be in [0, vocab_size), from the file's metadata."""
-        return _metadata_int(self, "lampc.vocab_size")
+        return _metadata_int(self._metadata, "lampc.vocab_size")
+
+    @functools.cached_property
+    def _metadata(self) -> dict[str, str]:
+        """The file's metadata, read once: a session's model does not change."""
+        return dict(self.get_modelmeta().custom_metadata_map)
 
 
-def _metadata_int(sess: ort.InferenceSession, key: str) -> int | None:
-    value = sess.get_modelmeta().custom_metadata_map.get(key, "")
+def _limits(sess: ort.InferenceSession) -> tuple[int | None, int | None]:
+    """(max_len, vocab_size) from the file's lampc metadata (a LampcSession's, read once)."""
+    if isinstance(sess, LampcSession):
+        return sess.max_len, sess.vocab_size
+    metadata = sess.get_modelmeta().custom_metadata_map
+    return _metadata_int(metadata, "lampc.max_len"), _metadata_int(metadata, "lampc.vocab_size")
+
+
+def _metadata_int(metadata, key: str) -> int | None:
+    value = metadata.get(key, "")
     return int(value) if value.isdigit() else None
 
 
@@ -98,8 +112,9 @@ def run_session(sess: ort.InferenceSession, input_ids, attention_mask=None, *, o
     int64 token ids, `attention_mask` (batch, seq) int64 0/1 (default: all ones, as the PyTorch model). Accepts
     numpy arrays or torch tensors; every input is checked first (shape, dtype, values, the position table and
     vocabulary read from the file's lampc metadata), and a bad one is a ValueError/TypeError naming it. Returns
-    {output name: array}, all outputs unless `outputs` names some."""
-    max_len, vocab = _metadata_int(sess, "lampc.max_len"), _metadata_int(sess, "lampc.vocab_size")
+    {output name: array}, all outputs unless `outputs` names some (an empty list is refused: ONNX Runtime would
+    answer it with every output)."""
+    max_len, vocab = _limits(sess)
     ids = check_input_ids(input_ids, max_len, vocab)
     mask = np.ones_like(ids) if attention_mask is None else check_attention_mask(attention_mask, ids.shape)
     available = [o.name for o in sess.get_outputs()]
@@ -147,6 +162,9 @@ def check_attention_mask(attention_mask, shape: tuple[int, ...]) -> np.ndarray:
 def _check_outputs(outputs, available: list[str]) -> list[str]:
     if isinstance(outputs, str) or not all(isinstance(name, str) for name in outputs):
         raise TypeError(f"outputs must be a list of output names, got {outputs!r}")
+    if len(outputs) == 0:
+        raise ValueError(f"outputs: an empty list names no output; give the names wanted, or None for all (it has: "
+                         f"{', '.join(available)})")
     for name in outputs:
         if name not in available:
             raise ValueError(f"outputs: {name!r} is not an output of this model (it has: {', '.join(available)})")

@@ -43,12 +43,6 @@ class RandomStreams:
         """Restart every thread's streams from the seed."""
         self._epoch += 1
 
-    def __getstate__(self) -> dict:
-        return {}  # saved models restart their baseline from the seed
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
-
 
 _OUTSIDE = RandomStreams()  # ops called outside a compiled model
 _ACTIVE_STREAMS: ContextVar[RandomStreams | None] = ContextVar("lampc_random_streams", default=None)
@@ -71,5 +65,6 @@ def random_streams(streams: RandomStreams):
 
 
 def reset_random() -> None:
-    """Restart the random baseline of ops called outside a compiled model (compiled models: reset_random())."""
+    """Restart the random baseline of ops called outside a compiled model, in every thread (each thread's streams
+    start again from the seed on its next draw; compiled models: their own reset_random())."""
     _OUTSIDE.reset()

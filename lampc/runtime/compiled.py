@@ -256,10 +256,20 @@ def positions_from_mask(attention_mask: Tensor) -> Tensor:
 
 def _check_cache(cache, input_ids, layout) -> int:
     """The cache's length; a named error unless it is one this model returned (its layers, heads, head dims, one
-    length throughout)."""
+    length throughout). A cache the step graphs built for this layout is taken as it is (one check per decode step
+    of generate would otherwise walk every layer): only its batch is compared."""
     if not isinstance(cache, KVCache):
         raise TypeError("past_key_values must be the KVCache a compiled model returned (use_cache=True), "
                         f"got {type(cache).__name__}")
+    if cache._layout is not layout:
+        _check_cache_layers(cache, layout)
+    if isinstance(input_ids, Tensor) and input_ids.dim() == 2 and cache.batch != input_ids.shape[0]:
+        raise ValueError(f"past_key_values holds {cache.batch} sequences, input_ids {input_ids.shape[0]}")
+    return cache.length
+
+
+def _check_cache_layers(cache: KVCache, layout) -> None:
+    """Every layer's keys and values: float32, this model's heads and head dim, one batch and length throughout."""
     keys, values = cache.keys, cache.values
     if not isinstance(keys, (tuple, list)) or not isinstance(values, (tuple, list)):
         raise TypeError("past_key_values: keys and values must be tuples of tensors, one per layer")
@@ -281,9 +291,6 @@ def _check_cache(cache, input_ids, layout) -> int:
         if k.shape[:3:2] != keys[0].shape[:3:2]:
             raise ValueError(f"past_key_values: layer {layer} holds {k.shape[0]} sequence(s) of {k.shape[2]} positions, "
                              f"layer 0 holds {keys[0].shape[0]} of {keys[0].shape[2]}")
-    if isinstance(input_ids, Tensor) and input_ids.dim() == 2 and cache.batch != input_ids.shape[0]:
-        raise ValueError(f"past_key_values holds {cache.batch} sequences, input_ids {input_ids.shape[0]}")
-    return cache.length
 
 
 def _check_position_ids(position_ids, input_ids: Tensor, max_len: int) -> Tensor:
@@ -324,5 +331,6 @@ def _check_attention_mask(attention_mask, input_ids: Tensor, past: int = 0) -> N
         raise ValueError(f"attention_mask must be a tensor {what} {expected}, got {shape}")
     if attention_mask.dtype == torch.bool or attention_mask.is_floating_point():
         raise TypeError(f"attention_mask must be an integer tensor of 0/1 (as Hugging Face uses), got {attention_mask.dtype}")
-    if attention_mask.numel() and not ((attention_mask == 0) | (attention_mask == 1)).all():
-        raise ValueError("attention_mask must contain only 0 (padding) and 1 (token)")
+    odd = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+    if odd.numel():
+        raise ValueError(f"attention_mask must contain only 0 (padding) and 1 (token), got {odd[0].item()}")

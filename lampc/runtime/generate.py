@@ -25,8 +25,10 @@ The semantics are those of transformers' `generate` for the same arguments:
 Where lampc is stricter than transformers: a temperature, top_k or top_p that no sampler could use (temperature
 <= 0, top_k < 1, top_p outside (0, 1]) is refused even with greedy decoding, where HF ignores it; sampling flags
 given with greedy decoding give one warning naming them (HF logs one). Every argument is checked before the
-first step (a generator that is not a torch.Generator, a streamer without put/end, a mask holding other values
-than 0 and 1), so nothing is computed or streamed before a refusal.
+first step (a generator that is not a torch.Generator, a streamer without put/end, input ids that are not integer
+token ids of the vocabulary, a mask that is not an integer tensor of 0 and 1), so nothing is computed or streamed
+before a refusal. `do_sample` left None is greedy decoding, where transformers reads None as the generation
+config's `do_sample` (a model whose config samples samples there).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .compiled import _check_attention_mask, _check_input_ids
 
 DEFAULT_NEW_TOKENS = 20  # transformers' model-agnostic default length (GenerationConfig's max_length of 20 new)
 
@@ -76,7 +79,9 @@ def generate(compiled, input_ids: Tensor, attention_mask: Tensor | None = None, 
     if prompt_len + max_new_tokens > compiled.max_len:
         raise ValueError(f"prompt length {prompt_len} + max_new_tokens {max_new_tokens} exceeds the model's context "
                          f"of {compiled.max_len} positions")
-    _check_left_padded(attention_mask, input_ids)
+    _check_input_ids(input_ids, compiled.vocab_size, compiled.max_len, min_len=1)  # dtype and token ids
+    _check_attention_mask(attention_mask, input_ids)  # shape, integer dtype, 0/1
+    _check_left_padded(attention_mask)
     if streamer is not None:
         streamer.put(input_ids.cpu())
     if max_new_tokens == 0:
@@ -147,11 +152,11 @@ SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 def _sampling(do_sample, temperature, top_k, top_p, config):
     """The warpers when sampling, None for greedy; explicit values are checked either way (module docstring)."""
     if do_sample is None:
-        do_sample = False  # as transformers reads it
+        do_sample = False  # greedy; transformers would take generation_config.do_sample (module docstring)
     if not isinstance(do_sample, (bool, np.bool_)):  # a string "False" would sample
         raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
-    given = {"temperature": _check_temperature(temperature), "top_k": _check_top_k(top_k),
-             "top_p": _check_top_p(top_p)}
+    checks = {"temperature": _check_temperature, "top_k": _check_top_k, "top_p": _check_top_p}
+    given = {name: check(value) for (name, check), value in zip(checks.items(), (temperature, top_k, top_p))}
     if not do_sample:
         inert = {"temperature": 1.0, "top_p": 1.0}  # values that change no distribution
         flags = [f"{name}={value}" for name, value in given.items()
@@ -161,16 +166,16 @@ def _sampling(do_sample, temperature, top_k, top_p, config):
                           f"{'has' if len(flags) == 1 else 'have'} no effect; pass do_sample=True to sample",
                           stacklevel=4)
         return None
-    return _warpers(*(value if value is not None else _default_or(config, name, SAMPLING_DEFAULTS[name])
+    return _warpers(*(value if value is not None else checks[name](_default_or(config, name, SAMPLING_DEFAULTS[name]))
                       for name, value in given.items()))
 
 
 def _warpers(temperature, top_k, top_p):
-    """transformers' warpers in generate's order: temperature, top-k, top-p."""
+    """transformers' warpers in generate's order: temperature, top-k, top-p. The values are checked already (by
+    _sampling: the call's once, the generation config's as it takes them)."""
     from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
                                                         TopKLogitsWarper, TopPLogitsWarper)
 
-    temperature, top_k, top_p = _check_temperature(temperature), _check_top_k(top_k), _check_top_p(top_p)
     warpers = LogitsProcessorList()
     if temperature is not None and temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))
@@ -193,11 +198,10 @@ def _check_temperature(value) -> float | None:
 def _check_top_k(value) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"top_k must be an int, got {type(value).__name__}")
+    value = _check_int("top_k", value)
     if value < 1:
         raise ValueError(f"top_k must be >= 1 (or None for no top-k filter), got {value}")
-    return int(value)
+    return value
 
 
 def _check_top_p(value) -> float | None:
@@ -244,12 +248,17 @@ def _token_list(name: str, value, vocab_size: int) -> list[int]:
     return out
 
 
-def _check_count(name: str, value) -> int:
+def _check_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def _check_count(name: str, value) -> int:
+    value = _check_int(name, value)
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
+    return value
 
 
 def _check_real(name: str, value) -> float:
@@ -265,15 +274,10 @@ def _infer_mask(input_ids: Tensor, pad: int | None, eos: list[int]) -> Tensor:
     return torch.ones_like(input_ids, dtype=torch.long)
 
 
-def _check_left_padded(attention_mask: Tensor, input_ids: Tensor) -> None:
-    if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
-        shape = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
-        raise ValueError(f"attention_mask must be shaped like input_ids {tuple(input_ids.shape)}, got {shape}")
+def _check_left_padded(attention_mask: Tensor) -> None:
+    """Every row's padding comes before its tokens (the mask is already checked: shape, integer 0/1)."""
     if attention_mask.numel() == 0:
         return
-    odd = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
-    if odd.numel():
-        raise ValueError(f"attention_mask must contain only 0 (padding) and 1 (token), got {odd[0].item()}")
     if not bool((attention_mask[:, -1] == 1).all()):
         raise ValueError("attention_mask: the last prompt position of every row must be a token; pad prompts on the "
                          "left (tokenizer.padding_side = 'left') to generate")

@@ -71,7 +71,8 @@ class PortableGraph:
         body = {k: v for k, v in gm.__dict__.items() if k not in _REGENERATED}
         body["_modules"] = {name: _portable_module(m) for name, m in gm._modules.items()}
         for name in _HOOKS:
-            body[name] = type(body[name])((key, _portable_hook(h)) for key, h in body[name].items())
+            kind = "forward pre-hook" if name == "_forward_pre_hooks" else "forward hook"
+            body[name] = type(body[name])((key, _portable_hook(h, kind)) for key, h in body[name].items())
         for name in ("_in_spec", "_out_spec"):
             if name in body:
                 body[name] = Quiet(body[name])
@@ -204,13 +205,26 @@ def _portable_module(module: nn.Module):
     return module
 
 
-def _portable_hook(hook):
+_EXPORT_HOOK_CALLS = ("_enter_enable_graph_inputs_of_type_nn_module", "_exit_enable_graph_inputs_of_type_nn_module")
+
+
+def _portable_hook(hook, kind: str):
     """torch.export's `lambda *a, **k: _enter/_exit_enable_graph_inputs_of_type_nn_module(module_types)`, as an
-    object; any other hook as it is."""
+    object; a lambda or local function of anyone else's (pickle cannot save it) a named error; any other hook as it
+    is (a module-level function pickles by reference)."""
     code = getattr(hook, "__code__", None)
-    if code is None or hook.__name__ != "<lambda>" or len(code.co_names) != 1 or len(hook.__closure__ or ()) != 1:
+    if code is None:
         return hook
-    return ModuleInputTypesHook(code.co_names[0], hook.__closure__[0].cell_contents)
+    closure = hook.__closure__ or ()
+    if hook.__name__ == "<lambda>" and len(code.co_names) == 1 and code.co_names[0] in _EXPORT_HOOK_CALLS \
+            and len(closure) == 1:
+        return ModuleInputTypesHook(code.co_names[0], closure[0].cell_contents)
+    qualname = getattr(hook, "__qualname__", hook.__name__)
+    if hook.__name__ == "<lambda>" or "<locals>" in qualname:
+        raise TypeError(f"lampc cannot save this graph: its {kind} {getattr(hook, '__module__', '?')}.{qualname} "
+                        "is a lambda or local function, which does not pickle; remove it (handle.remove()) before "
+                        "saving, or register a module-level function")
+    return hook
 
 
 class ModuleInputTypesHook:

@@ -13,9 +13,9 @@
     the native backend's cast weights                 not saved: cast again on first use
     FakeTensor values of graph nodes (shapes)         not saved: `lampc.show` lists the loaded graph without shapes
 
-torch.save keeps the weights the graphs share with the source model as one tensor each; pickle saves every tensor
-on its own, so a pickled model loads with a copy of the weights per graph. A saved model loads with the Python and
-torch versions it was saved with (a named error otherwise).
+torch.save and pickle both keep the weights the graphs share with the source model as one tensor each (pickle's
+memo saves a shared Parameter once), so a loaded model's graphs share one copy of the weights. A saved model loads
+with the Python and torch versions it was saved with (a named error otherwise).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ value product after the softmax is FP32 as in the full-sequence graph (docs/NUME
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, fx, nn
@@ -30,10 +30,13 @@ PHASES = {"prefill": "prefill", "decode": "decode", "decode_1": "decode"}
 class KVCache:
     """The FP32 keys and values of every past position, per layer: f32[B, H_kv, P, D] each.
 
-    What a compiled model's cached forward returns as `past_key_values` and takes back on the next call."""
+    What a compiled model's cached forward returns as `past_key_values` and takes back on the next call. One it
+    returned carries the cache layout it was built for (`_layout`, private): handed back, it is checked against the
+    batch alone instead of layer by layer; a KVCache built by hand (no `_layout`) is checked in full."""
 
     keys: tuple[Tensor, ...]
     values: tuple[Tensor, ...]
+    _layout: object = field(default=None, compare=False, repr=False)
 
     @property
     def length(self) -> int:
@@ -116,13 +119,16 @@ class StepGraphs(nn.Module):
             attention_mask = torch.cat([torch.zeros_like(attention_mask[:, :1]), attention_mask], dim=1)
         gm = self.graph(step_kind(batch, new, cache.length))
         logits, keys, values = gm(input_ids, attention_mask, position_ids, tuple(cache.keys), tuple(cache.values))
-        grown = KVCache(tuple(keys), tuple(values))
-        if grown.length != attention_mask.shape[1]:  # sliding-window layers keep every position (capture_step.py)
+        grown = KVCache(tuple(keys), tuple(values), _layout=layout)
+        # full_cache (capture_step.py) swaps transformers' sliding-window layers for ones that keep every position;
+        # this guards a cache layer type that crops and that full_cache did not replace
+        if grown.length != attention_mask.shape[1]:
             raise NotImplementedError(
                 f"the model's cache keeps {grown.length} of {attention_mask.shape[1]} positions; lampc decodes "
                 "models whose cache keeps every position")
         if placeholder:
-            grown = KVCache(tuple(k[:, :, 1:] for k in grown.keys), tuple(v[:, :, 1:] for v in grown.values))
+            grown = KVCache(tuple(k[:, :, 1:] for k in grown.keys), tuple(v[:, :, 1:] for v in grown.values),
+                            _layout=layout)
         return logits, grown
 
     def taps(self, phase: str | None = None) -> dict[str, dict[int, SelectionTap]]:
