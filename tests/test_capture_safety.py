@@ -162,3 +162,20 @@ def test_whatever_a_capture_swaps_in_is_put_back():
             raise RuntimeError("trace failed")
     assert model.lm_head.weight is weight and model.model.rotary_emb.inv_freq is inv_freq
     assert model.training
+
+
+def test_a_tap_run_by_many_threads_counts_every_call():
+    """Threads running one compiled model share its taps: each call's counts land in the totals exactly once,
+    including the first calls, which create the totals (the race a 4-thread generate once hit: one thread set
+    `selected` and another added to `visible` before it existed)."""
+    from lampc.ops.tap import SelectionTap
+
+    selected = torch.zeros(2, 3, 4, 4, dtype=torch.bool)
+    selected[:, :, :, 0] = True  # 8 selected per head per call, all visible (no mask, not causal)
+    threads, calls = 8, 20
+    for _ in range(10):  # fresh taps: the first calls race to create the totals
+        tap = SelectionTap(site=0)
+        run_in_threads(lambda i: [tap(selected, None) for _ in range(calls)], count=threads)
+        assert tap.calls == threads * calls
+        assert tap.selected.tolist() == [8 * threads * calls] * 3
+        assert tap.visible.tolist() == [32 * threads * calls] * 3

@@ -3,7 +3,9 @@ statistics against scipy and hand counts, and a small offline lm-eval run end to
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 
@@ -143,12 +145,10 @@ def test_the_lm_eval_command_puts_sys_argv_back():
     assert sys.argv == before
 
 
-@pytest.mark.slow
-def test_lm_eval_logs_show_when_asked():
-    """`lampc tasks --verbose` passes lm_eval_logs=True: lm-eval's own info lines then reach its logger's handlers."""
-    import logging
-
-    lm = LampcLM("embedded", fp32=True, batch_size=4)
+@contextlib.contextmanager
+def lm_eval_records():
+    """(records, logger): every record lm-eval's logger emits at INFO and above while the block runs; the logger's
+    level and handlers are put back after it."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
@@ -157,11 +157,19 @@ def test_lm_eval_logs_show_when_asked():
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        run(lm, austen_tasks(["austen_choice"]), limit=2, lm_eval_logs=True)
-        assert [r for r in records if r.levelno < logging.ERROR]
+        yield records, logger
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved)
+
+
+@pytest.mark.slow
+def test_lm_eval_logs_show_when_asked():
+    """`lampc tasks --verbose` passes lm_eval_logs=True: lm-eval's own info lines then reach its logger's handlers."""
+    lm = LampcLM("embedded", fp32=True, batch_size=4)
+    with lm_eval_records() as (records, _):
+        run(lm, austen_tasks(["austen_choice"]), limit=2, lm_eval_logs=True)
+    assert [r for r in records if r.levelno < logging.ERROR]
 
 
 def test_paired_counts_by_hand():
@@ -318,23 +326,12 @@ def test_adapter_reports_progress_per_batch(embedded):
 def test_runs_lm_eval_quietly_without_its_deprecated_verbosity():
     """lm-eval 0.4.13 deprecates simple_evaluate(verbosity=) and TaskManager(verbosity=): quiet through the
     lm_eval logger's level instead, for the run only."""
-    import logging
     import warnings
 
     lm = LampcLM("embedded", fp32=True, batch_size=4)
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("lm_eval")
-    saved = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with lm_eval_records() as (records, logger):
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)
             run(lm, austen_tasks(["austen_choice"]), limit=2)
         assert [r.getMessage() for r in records if r.levelno < logging.ERROR] == []
         assert logger.level == logging.INFO  # restored after the run
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved)

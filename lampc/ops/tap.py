@@ -4,14 +4,22 @@ A rewritten graph calls `lampc_tap_<site>(selected, mask)` after each look-ahead
 selected and of visible entries per head to running totals (visible entries only: the recompute rate of causal
 attention is over the causally visible scores). It returns nothing and changes no value; it is skipped while the
 graph is being traced (export, torch.compile) and can be switched off for timing.
+
+Threads may run one compiled model at once (and one may reset its statistics while another runs it): every tap
+updates and resets its totals under one lock, so no count is lost or added to a total being reset.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 from torch import Tensor, nn
 
 from ..lookahead.softmax import visible_from_mask
+
+
+_TOTALS = threading.Lock()  # module-level, not per tap: a tap is pickled with its graph, a lock cannot be
 
 
 class SelectionTap(nn.Module):
@@ -26,9 +34,10 @@ class SelectionTap(nn.Module):
         self.reset()
 
     def reset(self) -> None:
-        self.selected = None  # int64 per head, accumulated over calls
-        self.visible = None
-        self.calls = 0
+        with _TOTALS:
+            self.selected = None  # int64 per head, accumulated over calls
+            self.visible = None
+            self.calls = 0
 
     def forward(self, selected: Tensor, mask: Tensor | None) -> None:
         if not self.enabled or torch.compiler.is_compiling() or _is_fake(selected):
@@ -41,12 +50,13 @@ class SelectionTap(nn.Module):
         else:
             per_head_selected = (selected & visible).sum().reshape(1).cpu()
             per_head_visible = torch.tensor([visible.numel()])
-        if self.selected is None or self.selected.shape != per_head_selected.shape:
-            self.selected = torch.zeros_like(per_head_selected)
-            self.visible = torch.zeros_like(per_head_visible)
-        self.selected += per_head_selected
-        self.visible += per_head_visible
-        self.calls += 1
+        with _TOTALS:
+            if self.selected is None or self.selected.shape != per_head_selected.shape:
+                self.selected = torch.zeros_like(per_head_selected)
+                self.visible = torch.zeros_like(per_head_visible)
+            self.selected += per_head_selected
+            self.visible += per_head_visible
+            self.calls += 1
         if self.keep_last:
             self.last_selection = selected.detach().clone()
         return None
