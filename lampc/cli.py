@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .cli_support import CliError, third_party_output
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     with third_party_output(verbose=verbose, quiet=quiet):
         try:
             return int(args.run(args) or 0)
+        except BrokenPipeError:  # `lampc show | head`: the reader left; stop quietly, as other commands do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            return 141  # 128 + SIGPIPE, what a shell reports for a command killed by the pipe
         except (CliError, ValueError, TypeError, FileNotFoundError, LookupError) as err:
             parser.exit(2, f"lampc {args.command}: error: {err}\n")
         except (RuntimeError, ModuleNotFoundError) as err:

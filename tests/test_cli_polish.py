@@ -358,3 +358,14 @@ def test_show_onnx_refuses_an_option_given_as_zero(capsys, tmp_path, extra, name
     """0 is a value given: `--tau 0` or `--block-k 0` beside --onnx is refused like any other."""
     err = _fails(capsys, "show", "--onnx", str(tmp_path / "m.onnx"), *extra)
     assert named in err and "--onnx" in err
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`lampc formats | head -0`: the reader has left before lampc writes; lampc stops without a traceback, with
+    the status a shell gives a command the pipe ended (141)."""
+    proc = subprocess.Popen([sys.executable, "-m", "lampc.cli", "formats"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the child has written anything: its first write finds no reader
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err
