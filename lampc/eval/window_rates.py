@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..lookahead.softmax import visible_from_mask
+from ..ops.tap import is_fake
 
 
 class WindowRates:
@@ -49,7 +50,7 @@ class WindowRates:
         def record(tap, args, kwargs, _output):
             selected = args[0] if args else kwargs["selected"]
             mask = args[1] if len(args) > 1 else kwargs.get("mask")
-            if not tap.enabled or torch.compiler.is_compiling() or selected.device.type == "meta":
+            if not tap.enabled or torch.compiler.is_compiling() or is_fake(selected):  # as the tap skips
                 return
             self._record(index, tap, selected, mask)
 

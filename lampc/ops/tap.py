@@ -40,7 +40,7 @@ class SelectionTap(nn.Module):
             self.calls = 0
 
     def forward(self, selected: Tensor, mask: Tensor | None) -> None:
-        if not self.enabled or torch.compiler.is_compiling() or _is_fake(selected):
+        if not self.enabled or torch.compiler.is_compiling() or is_fake(selected):
             return None
         visible = visible_from_mask(mask, selected.shape, self.is_causal, selected.device)
         if self.per_head and selected.dim() >= 3:
@@ -62,7 +62,7 @@ class SelectionTap(nn.Module):
         return None
 
 
-def _is_fake(t: Tensor) -> bool:
+def is_fake(t: Tensor) -> bool:
     return type(t).__name__ in ("FakeTensor", "FunctionalTensor") or t.device.type == "meta"
 
 
