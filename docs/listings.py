@@ -2,8 +2,8 @@
 DESIGN.md differs from what the code produces now (tests/test_docs_listings.py runs it in CI).
 
 Each listing is one module of a seeded tiny GPT-2 (`attn_implementation="sdpa"`, so stage 2 has an SDPA to
-expand) at one stage of `lampc.compile`, printed by `lampc.inspect.show.format_node` (dtype, symbolic shape,
-`<policy>` for a site's policy spec). A block in DESIGN.md is the text between `<!-- listing: NAME -->` and
+expand) at one stage of `lampc.compile`, printed by `lampc.inspect.show.format_node` (dtype, symbolic shape;
+a site's configuration parts as the texts its ops receive: 'emulate m4', 'strict tau=0.1'). A block in DESIGN.md is the text between `<!-- listing: NAME -->` and
 `<!-- /listing -->`.
 """
 
@@ -39,12 +39,8 @@ def _module_listing(gm, module: str, *, submodules: bool = False) -> str:
         inside = path.startswith(module) if submodules else path == module
         if node.op not in ("call_function", "call_module") or not inside:
             continue
-        lines.append(f"{format_node(node, _policy_names(gm))}    # {module_path(node)}")
+        lines.append(f"{format_node(node)}    # {module_path(node)}")
     return "\n".join(lines) + "\n"
-
-
-def _policy_names(gm) -> dict[str, str]:
-    return {a: a for n in gm.graph.nodes for a in n.args if isinstance(a, str) and a.startswith("format=")}
 
 
 def listings() -> dict[str, str]:

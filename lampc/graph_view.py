@@ -104,3 +104,10 @@ def site_index(node: fx.Node) -> int:
     """The index of the site whose rewrite inserted `node`, or -1 (the passes tag `node.meta["lampc"]`)."""
     tag = node.meta.get("lampc")
     return -1 if tag is None or tag.site is None else tag.site
+
+
+def argument(node: fx.Node, name: str):
+    """The argument `name` of a call of an op with a schema (a lampc op), given by position or by keyword."""
+    names = [a.name for a in node.target._schema.arguments]
+    at = names.index(name)
+    return node.args[at] if at < len(node.args) else node.kwargs[name]

@@ -25,16 +25,12 @@ import numbers
 import sys
 from dataclasses import dataclass, field
 
-from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITERIA, check_tau
-from .formats import Format, parse as parse_format
-
-BACKENDS = ("emulate", "native")
-ERROR_SCALES = ("score", "l1", "norms", "mixed", "exact")
-"""SitePolicy.error_scale: the paper's |ŝ_i|, a bound on the producer's error, |ŝ_i| floored at a cancelling dot
-product's magnitude, or the true error (evaluation only; docs/NUMERICS.md §9)."""
-
-NATIVE_FORMATS = ("bf16", "fp16", "fp32")
-"""Formats the native backend runs as real torch dtypes (matmul with FP32 accumulation inside)."""
+from .config import (BACKENDS, ERROR_SCALES, NATIVE_FORMATS, Execution, Producer, Record, Rule, SiteConfig, SiteFacts,
+                     decode, encode, make_producer, parse_field)
+from .config.producer import field_format
+from .config.rule import check_choice as _check_choice
+from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITERIA  # noqa: F401 (re-exported)
+from .formats import Format
 
 
 SITE_KINDS = ("attention", "layer_norm", "logits", "gelu")
@@ -43,7 +39,7 @@ LINEAR_KINDS = ("layer_norm", "gelu")
 
 
 @dataclass(frozen=True)
-class SitePolicy:
+class SitePolicy(Record):
     """How one kind of site runs: low-precision format, accumulation, backend and look-ahead rule.
 
     format:         a `lampc.formats.Format` or its name ("m4", "bf16", ...); the producer's accumulator format.
@@ -97,54 +93,32 @@ class SitePolicy:
     error_scale: str = "score"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "format", _field_format(self.format))
+        object.__setattr__(self, "format", field_format(self.format))
         for name in NUMERIC_FIELDS:  # numpy/torch scalars as Python numbers; a bool is refused below, by name
             object.__setattr__(self, name, plain_number(getattr(self, name)))
         for name in ("backend", "criterion", "count_from", "error_scale"):
             object.__setattr__(self, name, _lower(getattr(self, name)))
-        _check_int("block_k", self.block_k, minimum=1)
-        _check_choice("backend", self.backend, BACKENDS)
-        _check_choice("criterion", self.criterion, CRITERIA)
-        _check_choice("count_from", self.count_from, COUNT_SOURCES)
-        _check_choice("error_scale", self.error_scale, ERROR_SCALES)
-        if self.backend == "native" and self.format.name not in NATIVE_FORMATS:
-            raise ValueError(
-                f"SitePolicy.backend='native' needs a format torch has as a dtype (bf16, fp16, fp32), "
-                f"got format {self.format.name!r}; use backend='emulate'"
-            )
-        if self.backend == "native" and self.block_k != 1:
-            raise ValueError("SitePolicy.block_k applies to backend='emulate' only; native accumulates in FP32")
-        rule = self.rule
-        if rule.tau is None:
-            if self.tau is not None:
-                raise ValueError(f"SitePolicy.tau does not apply to criterion {self.criterion!r} "
-                                 f"({rule.no_tau}); leave it None")
-        else:
-            if self.tau is None:
-                object.__setattr__(self, "tau", rule.tau.default)
-            object.__setattr__(self, "tau", check_tau(self.criterion, self.count_from, self.tau))
-        if self.length_scaling is True and not (rule.length_scaling or rule.counted):
-            raise ValueError(f"SitePolicy.length_scaling scales the tau of strict and relaxed (and of random/oracle "
-                             f"counting from them); it means nothing for criterion {self.criterion!r}")
-        if self.error_scale != "score" and not self.counting_rule.weighs_errors:
-            raise ValueError(f"SitePolicy.error_scale={self.error_scale!r} weighs each entry's error; criterion "
-                             f"{self.criterion!r} does not read error weights (use strict, relaxed or budget)")
-        if self.length_scaling is True and rule.counted and not CRITERION_TABLE[self.count_from].length_scaling:
-            raise ValueError(f"SitePolicy.length_scaling means nothing for count_from={self.count_from!r}")
-        for name in ("length_scaling", "fused", "biased"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"SitePolicy.{name} must be a bool, got {getattr(self, name)!r}")
-        _check_int("l_ref", self.l_ref, minimum=1)
-        _check_int("seed", self.seed, minimum=0)
-        if self.seed >= 2**63:
-            raise ValueError(f"SitePolicy.seed must be < 2**63, got {self.seed}")
-        _check_budget(self.criterion, self.budget)
-        if self.softcap is not None and (isinstance(self.softcap, bool) or not isinstance(self.softcap, (int, float))
-                                         or not math.isfinite(self.softcap) or self.softcap <= 0):
-            raise ValueError(f"SitePolicy.softcap must be a positive number (or None), got {self.softcap!r}")
-        if (isinstance(self.dense_above, bool) or not isinstance(self.dense_above, (int, float))
-                or not 0.0 <= self.dense_above <= 1.0):
-            raise ValueError(f"SitePolicy.dense_above must be a rate in [0, 1], got {self.dense_above!r}")
+        producer = make_producer(self.backend, self.format, self.block_k)
+        rule = Rule(self.criterion, self.tau, self.length_scaling, self.l_ref, self.budget, self.count_from,
+                    self.seed, self.error_scale)
+        object.__setattr__(self, "tau", rule.tau)  # None takes the criterion's default
+        config = SiteConfig(producer, rule, Execution(self.fused, self.dense_above), SiteFacts(self.softcap,
+                                                                                               self.biased))
+        object.__setattr__(self, "config", config)
+
+    @classmethod
+    def from_config(cls, config: SiteConfig) -> "SitePolicy":
+        """The SitePolicy whose parts are `config`'s (the inverse of `.config`)."""
+        p, r, e, f = config.producer, config.rule, config.execution, config.facts
+        return cls(format=p.format, block_k=p.block_k, backend=p.backend, criterion=r.criterion, tau=r.tau,
+                   length_scaling=r.length_scaling, l_ref=r.l_ref, budget=r.budget, count_from=r.count_from,
+                   seed=r.seed, dense_above=e.dense_above, fused=e.fused, softcap=f.softcap, biased=f.biased,
+                   error_scale=r.error_scale)
+
+    @property
+    def producer(self) -> Producer:
+        """The site's producer (lampc/config/producer.py): Emulated(format, block_k) or Native(format)."""
+        return self.config.producer
 
     @property
     def rule(self):
@@ -177,24 +151,19 @@ class SitePolicy:
         """Numbers and rule in a line, as `show` prints them: 'format m4 (block_k 1, emulate)  rule strict tau=0.1'."""
         return f"format {self.format.name} (block_k {self.block_k}, {self.backend})  rule {self.rule_text}"
 
+    @property
+    def label(self) -> str:
+        """Numbers and rule in one line of a listing: 'm4/bk1/emulate strict tau=0.1'."""
+        return self.config.label
+
     def to_spec(self) -> str:
-        """Serialise to the text spec carried by the custom ops."""
-        parts = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Format):
-                value = value.name
-            elif isinstance(value, bool):
-                value = int(value)
-            elif value is None:
-                value = "none"
-            parts.append(f"{f.name}={value!r}" if isinstance(value, float) else f"{f.name}={value}")
-        return " ".join(parts)
+        """The whole SitePolicy as one line of text (lampc/config/codec.py), e.g. 'format=m4 tau=0.1'."""
+        return encode(self)
 
     @classmethod
     def from_spec(cls, spec: str) -> "SitePolicy":
         """Inverse of `to_spec`."""
-        return _from_spec_cached(spec)
+        return decode(cls, spec)
 
 
 SITE_FIELDS = tuple(f.name for f in dataclasses.fields(SitePolicy))
@@ -456,69 +425,6 @@ def _check_no_pass_fields(site: SitePolicy, owner: str) -> None:
             raise ValueError(f"{owner}{set_by_passes_text(name)}; got {getattr(site, name)!r}: leave it out")
 
 
-def _field_format(value) -> Format:
-    try:
-        return parse_format(value)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"SitePolicy.format: {err}") from None
-
-
-def _check_choice(name: str, value, choices, owner: str = "SitePolicy") -> None:
-    if value not in choices:
-        raise ValueError(f"{owner}.{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"SitePolicy.{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_budget(criterion: str, budget) -> None:
-    if not CRITERION_TABLE[criterion].takes_budget:
-        if budget is not None:
-            raise ValueError(f"SitePolicy.budget applies to criterion='budget' only (criterion is {criterion!r})")
-        return
-    if isinstance(budget, bool):
-        raise ValueError(f"SitePolicy.budget must be an int k >= 0 or a fraction in (0, 1], got {budget!r}")
-    if budget is None:
-        raise ValueError("SitePolicy.budget is required for criterion='budget': an int k >= 0 or a fraction in (0, 1]")
-    if isinstance(budget, int):
-        if budget < 0:
-            raise ValueError(f"SitePolicy.budget as a count must be >= 0, got {budget}")
-    elif isinstance(budget, float):
-        if not 0.0 < budget <= 1.0:
-            raise ValueError(f"SitePolicy.budget as a fraction must be in (0, 1], got {budget}")
-    else:
-        raise ValueError(f"SitePolicy.budget must be an int or a float, got {type(budget).__name__}")
-
-
 def parse_budget(text: str) -> int | float:
     """SitePolicy.budget from text: "8" is a count k, "0.05" or "5e-2" a fraction (ValueError otherwise)."""
-    return float(text) if any(c in text for c in ".e") else int(text)
-
-
-_SPEC_TYPES = {"block_k": int, "l_ref": int, "seed": int, "tau": float, "dense_above": float, "softcap": float}
-
-
-def _parse_spec_value(name: str, text: str):
-    if name in ("length_scaling", "fused", "biased"):
-        return bool(int(text))
-    if name in ("budget", "tau", "softcap") and text == "none":
-        return None
-    if name == "budget":
-        return parse_budget(text)
-    if name in _SPEC_TYPES:
-        return _SPEC_TYPES[name](text)
-    return text
-
-
-_SPEC_CACHE: dict[str, SitePolicy] = {}
-
-
-def _from_spec_cached(spec: str) -> SitePolicy:
-    site = _SPEC_CACHE.get(spec)
-    if site is None:
-        fields = dict(item.split("=", 1) for item in spec.split())
-        site = SitePolicy(**{k: _parse_spec_value(k, v) for k, v in fields.items()})
-        _SPEC_CACHE[spec] = site
-    return site
+    return parse_field(SitePolicy, "budget", text)

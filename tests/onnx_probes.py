@@ -49,17 +49,17 @@ class _RoundingModule(nn.Module):
 class _SiteModule(nn.Module):
     """The three ops of an attention site, once per policy spec, on shared q, k_t and additive mask."""
 
-    def __init__(self, specs: list[str], scale: float):
+    def __init__(self, specs: list, scale: float):
         super().__init__()
-        self.specs, self.scale = list(specs), scale
+        self.specs, self.scale = [tuple(s) for s in specs], scale  # each a SiteTexts: producer, rule, facts, execution
 
     def forward(self, q: Tensor, k_t: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
         ops = torch.ops.lampc
         outputs = []
         for index, spec in enumerate(self.specs):
-            s_hat = ops.lowp_scores(q, k_t, self.scale, spec)
-            selected = ops.lamp_select(s_hat, q, k_t, self.scale, mask, False, spec, index)
-            outputs += [s_hat, selected, ops.recompute_scores(s_hat, selected, q, k_t, self.scale, spec)]
+            s_hat = ops.lowp_scores(q, k_t, self.scale, spec[0])
+            selected = ops.lamp_select(s_hat, q, k_t, self.scale, mask, False, *spec, index)
+            outputs += [s_hat, selected, ops.recompute_scores(s_hat, selected, q, k_t, self.scale, spec[3])]
         return tuple(outputs)
 
 

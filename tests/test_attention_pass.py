@@ -93,10 +93,10 @@ def test_oracle_first_order_error_not_above_strict(gpt2, batch):
     oracle = SitePolicy(format="m3", criterion="oracle", tau=0.05)
     q_k = _capture_q_k(gpt2, ids, mask)
     for q, k_t, scale, add_mask in q_k:
-        s_hat = torch.ops.lampc.lowp_scores(q, k_t, scale, site.to_spec())
+        s_hat = torch.ops.lampc.lowp_scores(q, k_t, scale, site.config.texts.producer)
         s_fp32 = torch.matmul(q, k_t) * scale
-        strict_sel = torch.ops.lampc.lamp_select(s_hat, q, k_t, scale, add_mask, False, site.to_spec(), 0)
-        oracle_sel = torch.ops.lampc.lamp_select(s_hat, q, k_t, scale, add_mask, False, oracle.to_spec(), 0)
+        strict_sel = torch.ops.lampc.lamp_select(s_hat, q, k_t, scale, add_mask, False, *site.config.texts, 0)
+        oracle_sel = torch.ops.lampc.lamp_select(s_hat, q, k_t, scale, add_mask, False, *oracle.config.texts, 0)
         visible = visible_from_mask(add_mask, s_hat.shape, False, "cpu")
         assert torch.equal(oracle_sel.sum(-1), strict_sel.sum(-1))
         e_o = first_order_error(s_hat, s_fp32, visible, oracle_sel)

@@ -52,9 +52,9 @@ def test_the_selection_equals_a_scalar_loop(kind):
     scale, m = 0.25, 4
     visible = torch.ones(6, 6, dtype=torch.bool).tril()
     mask = torch.zeros(6, 6).masked_fill(~visible, torch.finfo(torch.float32).min)
-    spec = SitePolicy(format=f"m{m}", criterion="strict", tau=0.02, error_scale=kind).to_spec()
-    s_hat = lowp_scores(q, k_t, scale, spec)
-    got = lamp_select(s_hat, q, k_t, scale, mask, False, spec, 0)
+    spec = SitePolicy(format=f"m{m}", criterion="strict", tau=0.02, error_scale=kind).config.texts
+    s_hat = lowp_scores(q, k_t, scale, spec.producer)
+    got = lamp_select(s_hat, q, k_t, scale, mask, False, *spec, 0)
     want = _scalar_selection(s_hat, q, k_t, scale, visible, 0.02, kind, m)
     assert torch.equal(got, want)
     assert 0 < int(want.sum()) < int(visible.sum()) * 2  # the case selects something, not everything
@@ -69,9 +69,9 @@ def test_the_error_scale_sees_cancellation_the_score_does_not(kind):
     mask = torch.zeros(1, 2)
     picked = {}
     for scale in ("score", kind):
-        spec = SitePolicy(format="m4", criterion="budget", budget=1, error_scale=scale).to_spec()
-        s_hat = lowp_scores(q, k_t, 1.0, spec)
-        picked[scale] = lamp_select(s_hat, q, k_t, 1.0, mask, False, spec, 0)[0, 0].tolist()
+        spec = SitePolicy(format="m4", criterion="budget", budget=1, error_scale=scale).config.texts
+        s_hat = lowp_scores(q, k_t, 1.0, spec.producer)
+        picked[scale] = lamp_select(s_hat, q, k_t, 1.0, mask, False, *spec, 0)[0, 0].tolist()
     assert picked["score"] == [False, True] and picked[kind] == [True, False]
 
 
@@ -171,7 +171,7 @@ def test_mixed_and_exact_scales_equal_scalar_loops_at_a_softmax_site():
     scale = 0.35
     for kind in ("mixed", "exact"):
         site = SitePolicy(format="m3", criterion="strict", tau=0.02, error_scale=kind)
-        s_hat = lowp_scores(q, k_t, scale, site.to_spec())
+        s_hat = lowp_scores(q, k_t, scale, site.config.texts.producer)
         got = producer_error_scale(site, q, k_t, s_hat, scale).expand(s_hat.shape).double()
         if kind == "mixed":
             want = _mixed_by_hand(s_hat, q, k_t, scale)
@@ -194,9 +194,9 @@ def test_mixed_and_exact_selections_equal_a_scalar_loop(kind):
     scale, tau = 0.35, 0.01
     visible = torch.ones(6, 6, dtype=torch.bool).tril()
     mask = torch.zeros(6, 6).masked_fill(~visible, torch.finfo(torch.float32).min)
-    spec = SitePolicy(format="m3", criterion="strict", tau=tau, error_scale=kind).to_spec()
-    s_hat = lowp_scores(q, k_t, scale, spec)
-    got = lamp_select(s_hat, q, k_t, scale, mask, False, spec, 0)
+    spec = SitePolicy(format="m3", criterion="strict", tau=tau, error_scale=kind).config.texts
+    s_hat = lowp_scores(q, k_t, scale, spec.producer)
+    got = lamp_select(s_hat, q, k_t, scale, mask, False, *spec, 0)
     if kind == "mixed":
         error_scale = _mixed_by_hand(s_hat, q, k_t, scale)
     else:
@@ -209,8 +209,8 @@ def test_mixed_and_exact_selections_equal_a_scalar_loop(kind):
     assert 0 < int(want.sum()) < int(visible.sum()) * 2
     if kind == "mixed":  # the cancelling entry: |ŝ| ≈ 0 gives the paper's rule no weight, the floor does
         assert bool(got[0, 2, 1])
-        score_spec = SitePolicy(format="m3", criterion="strict", tau=tau).to_spec()
-        assert not bool(lamp_select(s_hat, q, k_t, scale, mask, False, score_spec, 0)[0, 2, 1])
+        score_spec = SitePolicy(format="m3", criterion="strict", tau=tau).config.texts
+        assert not bool(lamp_select(s_hat, q, k_t, scale, mask, False, *score_spec, 0)[0, 2, 1])
 
 
 
@@ -227,9 +227,9 @@ def test_mixed_and_exact_at_a_linear_site_equal_scalar_loops(kind):
     x[1] = torch.tensor([6.0, -6.0] + [0.05] * 10)
     w[:, 3] = torch.tensor([6.0, 6.0] + [0.05] * 10)  # x[1]·w[:, 3] cancels: 36 − 36 + 0.025
     tau = 0.02
-    spec = SitePolicy(format="m3", criterion="strict", tau=tau, error_scale=kind).to_spec()
-    y_hat = lowp_matmul(x, w, bias, spec)
-    got = component_select(y_hat, x, w, bias, None, None, 0.0, "gelu", spec, 0)
+    spec = SitePolicy(format="m3", criterion="strict", tau=tau, error_scale=kind).config.texts
+    y_hat = lowp_matmul(x, w, bias, spec.producer, spec.execution)
+    got = component_select(y_hat, x, w, bias, None, None, 0.0, "gelu", spec.producer, spec.rule, spec.execution, 0)
     if kind == "mixed":
         scale = _mixed_by_hand(y_hat, x, w, 1.0)  # the floor is that of x·w (the bias adds no cancellation)
         assert float(scale[1, 3]) == pytest.approx(_norm(x[1]) * _norm(w[:, 3]) / math.sqrt(12), rel=1e-6)

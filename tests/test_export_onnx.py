@@ -211,7 +211,7 @@ def _site_inputs(rows: int, seed: int):
 @pytest.fixture(scope="module")
 def site_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("site") / "site.onnx"
-    return site_probe(path, [p.to_spec() for p in SITE_POLICIES], scale=SCALE, example=_site_inputs(8, seed=0))
+    return site_probe(path, [p.config.texts for p in SITE_POLICIES], scale=SCALE, example=_site_inputs(8, seed=0))
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -223,10 +223,10 @@ def test_site_translations_match_the_ops_for_every_policy(site_model, level):
     finite_rows = np.ones(q.shape[:-1], dtype=bool)
     finite_rows[INF_AT[:-1]] = False
     for i, policy in enumerate(SITE_POLICIES):
-        spec, what = policy.to_spec(), f"{policy.format.name} {policy.rule_text} block_k={policy.block_k} at {level}"
-        s_hat = ops.lowp_scores(q, k_t, SCALE, spec)
-        selected = ops.lamp_select(s_hat, q, k_t, SCALE, mask, False, spec, i).numpy()
-        scores = ops.recompute_scores(s_hat, torch.from_numpy(selected), q, k_t, SCALE, spec).numpy()
+        spec, what = policy.config.texts, f"{policy.format.name} {policy.rule_text} block_k={policy.block_k} at {level}"
+        s_hat = ops.lowp_scores(q, k_t, SCALE, spec.producer)
+        selected = ops.lamp_select(s_hat, q, k_t, SCALE, mask, False, *spec, i).numpy()
+        scores = ops.recompute_scores(s_hat, torch.from_numpy(selected), q, k_t, SCALE, spec.execution).numpy()
         got_s_hat, got_selected, got_scores = out[3 * i : 3 * i + 3]
         native = policy.backend == "native"  # a NaN out of torch's bf16 GEMM has its own sign
         assert _same_bits(got_s_hat, s_hat.numpy(), nan_sign_free=native).all(), f"{what}: scores differ"

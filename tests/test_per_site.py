@@ -310,7 +310,8 @@ def test_a_refused_respec_changes_nothing(embedded, whole):
 
 
 def _step_specs(compiled) -> dict[str, dict[int, set[float]]]:
-    """Per step graph: site -> the taus in the policy specs of its site ops."""
+    """Per step graph: site -> the taus in the rule arguments of its site ops (and in their tags)."""
+    from lampc.config import Rule
     from lampc.ops import SITE_OPS
 
     out = {}
@@ -319,8 +320,10 @@ def _step_specs(compiled) -> dict[str, dict[int, set[float]]]:
         for node in gm.graph.nodes:
             tag = node.meta.get("lampc")
             if node.op == "call_function" and node.target in SITE_OPS and tag is not None:
-                at = [a.name for a in node.target._schema.arguments].index("policy")
-                taus.setdefault(tag.site, set()).add(SitePolicy.from_spec(node.args[at]).tau)
+                names = [a.name for a in node.target._schema.arguments]
+                taus.setdefault(tag.site, set()).add(tag.config.rule.tau)
+                if "rule" in names:
+                    taus[tag.site].add(Rule.from_text(node.args[names.index("rule")]).tau)
         out[kind] = taus
     return out
 

@@ -2,8 +2,10 @@
 negative twin that must stay untouched (with the skip's reason).
 
 The functions are tiny modules captured with torch.export (no Hugging Face model: a capture takes a fraction of a
-second). Listings show every call in graph order as `name = op(args)`, a policy spec as `<policy>`, and the
-`node.meta["lampc"]` tag of each inserted node as `# site <index> <role>`. After a deliberate change of a pass:
+second). Listings show every call in graph order as `name = op(args)` (a site's configuration parts as the texts its
+ops receive: 'emulate m4', 'strict tau=0.1'), and the `node.meta["lampc"]` tag of each inserted node as
+`# site <index> <kind> <role>`, the producer's with the typed configuration's label (`[m4/bk1/emulate strict
+tau=0.1]`). After a deliberate change of a pass:
 `EXPECTTEST_ACCEPT=1 python -m pytest tests/test_pinned_graphs.py` rewrites the expectations in place; review the
 diff like code.
 """
@@ -36,7 +38,8 @@ def listing(gm: fx.GraphModule) -> str:
             continue
         args = ", ".join(_arg(a) for a in node.args)
         tag = node.meta.get("lampc")
-        mark = "" if tag is None else f"    # site {tag.site} {tag.role}"
+        label = f" [{tag.config.label}]" if tag is not None and tag.role in ("producer", "fused") else ""
+        mark = "" if tag is None else f"    # site {tag.site} {tag.kind} {tag.role}{label}"
         lines.append(f"{node.name} = {op_name(node)}({args}){mark}")
     return "\n".join(lines)
 
@@ -44,8 +47,6 @@ def listing(gm: fx.GraphModule) -> str:
 def _arg(value) -> str:
     if isinstance(value, fx.Node):
         return value.name
-    if isinstance(value, str) and value.startswith("format="):
-        return "<policy>"
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
@@ -94,10 +95,10 @@ def test_attention_site(form):
     assert [(s.kind, s.producer, s.consumer) for s in result.sites] == [("attention", "matmul", "softmax")]
     assert_expected_inline(text, """\
 transpose = transpose(k, -1, -2)
-scores_lp_0 = lampc.lowp_scores(q, transpose, 0.5, <policy>)    # site 0 producer
-selection_0 = lampc.lamp_select(scores_lp_0, q, transpose, 0.5, mask, False, <policy>, 0)    # site 0 selection
-scores_0 = lampc.recompute_scores(scores_lp_0, selection_0, q, transpose, 0.5, <policy>)    # site 0 recompute
-lampc_tap_0 = lampc_tap_0(selection_0, mask)    # site 0 tap
+scores_lp_0 = lampc.lowp_scores(q, transpose, 0.5, 'emulate m4')    # site 0 attention producer [m4/bk1/emulate strict tau=0.1]
+selection_0 = lampc.lamp_select(scores_lp_0, q, transpose, 0.5, mask, False, 'emulate m4', 'strict tau=0.1', 'softcap=none biased=0', 'fused=0 dense_above=0.25', 0)    # site 0 attention selection
+scores_0 = lampc.recompute_scores(scores_lp_0, selection_0, q, transpose, 0.5, 'fused=0 dense_above=0.25')    # site 0 attention recompute
+lampc_tap_0 = lampc_tap_0(selection_0, mask)    # site 0 attention tap
 add = add(scores_0, mask)
 softmax = softmax(add, -1)""")
 
@@ -107,10 +108,10 @@ def test_attention_through_a_soft_cap():
     assert result.sites[0].rule.endswith("through softcap 5")
     assert_expected_inline(text, """\
 transpose = transpose(k, -1, -2)
-scores_lp_0 = lampc.lowp_scores(q, transpose, 0.5, <policy>)    # site 0 producer
-selection_0 = lampc.lamp_select(scores_lp_0, q, transpose, 0.5, mask, False, <policy>, 0)    # site 0 selection
-scores_0 = lampc.recompute_scores(scores_lp_0, selection_0, q, transpose, 0.5, <policy>)    # site 0 recompute
-lampc_tap_0 = lampc_tap_0(selection_0, mask)    # site 0 tap
+scores_lp_0 = lampc.lowp_scores(q, transpose, 0.5, 'emulate m4')    # site 0 attention producer [m4/bk1/emulate strict tau=0.1 softcap 5]
+selection_0 = lampc.lamp_select(scores_lp_0, q, transpose, 0.5, mask, False, 'emulate m4', 'strict tau=0.1', 'softcap=5.0 biased=0', 'fused=0 dense_above=0.25', 0)    # site 0 attention selection
+scores_0 = lampc.recompute_scores(scores_lp_0, selection_0, q, transpose, 0.5, 'fused=0 dense_above=0.25')    # site 0 attention recompute
+lampc_tap_0 = lampc_tap_0(selection_0, mask)    # site 0 attention tap
 div = div(scores_0, 5)
 tanh = tanh(div)
 mul_1 = mul(tanh, 5)
@@ -154,15 +155,15 @@ def test_alibi_attention_in_four_dimensions():
     result, text = rewrite(capture(Alibi(), *args), attention_sites(POLICY))
     assert result.sites[0].producer == "baddbmm" and result.sites[0].rule.endswith("with the additive bias")
     assert_expected_inline(text, """\
-view_default = view(q, [1, 2, 4, -1])    # site 0 operand
-view_default_1 = view(k_t, [1, 2, 8, -1])    # site 0 operand
-view_default_2 = view(bias, [1, 2, 1, -1])    # site 0 operand
-add_tensor = add(mask, view_default_2)    # site 0 operand
-scores_lp_0 = lampc.lowp_scores(view_default, view_default_1, 0.5, <policy>)    # site 0 producer
-selection_0 = lampc.lamp_select(scores_lp_0, view_default, view_default_1, 0.5, add_tensor, False, <policy>, 0)    # site 0 selection
-scores_0 = lampc.recompute_scores(scores_lp_0, selection_0, view_default, view_default_1, 0.5, <policy>)    # site 0 recompute
-lampc_tap_0 = lampc_tap_0(selection_0, add_tensor)    # site 0 tap
-scores_biased_0 = add(scores_0, view_default_2)    # site 0 output
+view_default = view(q, [1, 2, 4, -1])    # site 0 attention operand
+view_default_1 = view(k_t, [1, 2, 8, -1])    # site 0 attention operand
+view_default_2 = view(bias, [1, 2, 1, -1])    # site 0 attention operand
+add_tensor = add(mask, view_default_2)    # site 0 attention operand
+scores_lp_0 = lampc.lowp_scores(view_default, view_default_1, 0.5, 'emulate m4')    # site 0 attention producer [m4/bk1/emulate strict tau=0.1 biased]
+selection_0 = lampc.lamp_select(scores_lp_0, view_default, view_default_1, 0.5, add_tensor, False, 'emulate m4', 'strict tau=0.1', 'softcap=none biased=1', 'fused=0 dense_above=0.25', 0)    # site 0 attention selection
+scores_0 = lampc.recompute_scores(scores_lp_0, selection_0, view_default, view_default_1, 0.5, 'fused=0 dense_above=0.25')    # site 0 attention recompute
+lampc_tap_0 = lampc_tap_0(selection_0, add_tensor)    # site 0 attention tap
+scores_biased_0 = add(scores_0, view_default_2)    # site 0 attention output
 add = add(scores_biased_0, mask)
 softmax = softmax(add, -1)""")
 
@@ -172,19 +173,19 @@ def test_fused_form_and_its_unfusing():
     rewrite_sites(gm, [attention_sites(SitePolicy(format="m4", criterion="strict", tau=0.1, fused=True))])
     assert_expected_inline(listing(gm), """\
 transpose = transpose(k, -1, -2)
-site_0 = lampc.lamp_scores(q, transpose, 0.5, mask, False, <policy>, 0)    # site 0 fused
-scores_0 = getitem(site_0, 0)    # site 0 recompute
-selection_0 = getitem(site_0, 1)    # site 0 selection
-lampc_tap_0 = lampc_tap_0(selection_0, mask)    # site 0 tap
+site_0 = lampc.lamp_scores(q, transpose, 0.5, mask, False, 'emulate m4', 'strict tau=0.1', 'softcap=none biased=0', 'fused=1 dense_above=0.25', 0)    # site 0 attention fused [m4/bk1/emulate strict tau=0.1]
+scores_0 = getitem(site_0, 0)    # site 0 attention recompute
+selection_0 = getitem(site_0, 1)    # site 0 attention selection
+lampc_tap_0 = lampc_tap_0(selection_0, mask)    # site 0 attention tap
 add = add(scores_0, mask)
 softmax = softmax(add, -1)""")
     assert unfuse_sites(gm) == 1  # the new ops' names take a suffix: the fused op's getitems held theirs
     assert_expected_inline(listing(gm), """\
 transpose = transpose(k, -1, -2)
-scores_lp_0 = lampc.lowp_scores(q, transpose, 0.5, <policy>)    # site 0 producer
-selection_1 = lampc.lamp_select(scores_lp_0, q, transpose, 0.5, mask, False, <policy>, 0)    # site 0 selection
-scores_1 = lampc.recompute_scores(scores_lp_0, selection_1, q, transpose, 0.5, <policy>)    # site 0 recompute
-lampc_tap_0 = lampc_tap_0(selection_1, mask)    # site 0 tap
+scores_lp_0 = lampc.lowp_scores(q, transpose, 0.5, 'emulate m4')    # site 0 attention producer [m4/bk1/emulate strict tau=0.1]
+selection_1 = lampc.lamp_select(scores_lp_0, q, transpose, 0.5, mask, False, 'emulate m4', 'strict tau=0.1', 'softcap=none biased=0', 'fused=1 dense_above=0.25', 0)    # site 0 attention selection
+scores_1 = lampc.recompute_scores(scores_lp_0, selection_1, q, transpose, 0.5, 'fused=1 dense_above=0.25')    # site 0 attention recompute
+lampc_tap_0 = lampc_tap_0(selection_1, mask)    # site 0 attention tap
 add = add(scores_1, mask)
 softmax = softmax(add, -1)""")
 
@@ -219,17 +220,17 @@ def test_layer_norm_and_gelu_sites():
     assert [(s.index, s.kind, s.consumer) for s in result.sites] == [
         (0, "gelu", "gelu"), (1, "layer_norm", "layer_norm(residual + .)")]
     assert_expected_inline(text, """\
-t_default = t(up_weight)    # site 0 operand
-y_lp_0 = lampc.lowp_matmul(x, t_default, up_bias, <policy>)    # site 0 producer
-selection_0 = lampc.component_select(y_lp_0, x, t_default, up_bias, None, None, 0, 'gelu', <policy>, 0)    # site 0 selection
-y_0 = lampc.recompute_linear(y_lp_0, selection_0, x, t_default, up_bias, <policy>)    # site 0 recompute
-lampc_tap_0 = lampc_tap_0(selection_0, None)    # site 0 tap
+t_default = t(up_weight)    # site 0 gelu operand
+y_lp_0 = lampc.lowp_matmul(x, t_default, up_bias, 'emulate m4', 'fused=0 dense_above=0.25')    # site 0 gelu producer [m4/bk1/emulate strict tau=0.1]
+selection_0 = lampc.component_select(y_lp_0, x, t_default, up_bias, None, None, 0, 'gelu', 'emulate m4', 'strict tau=0.1', 'fused=0 dense_above=0.25', 0)    # site 0 gelu selection
+y_0 = lampc.recompute_linear(y_lp_0, selection_0, x, t_default, up_bias, 'fused=0 dense_above=0.25')    # site 0 gelu recompute
+lampc_tap_0 = lampc_tap_0(selection_0, None)    # site 0 gelu tap
 gelu = gelu(y_0)
-t_default_1 = t(down_weight)    # site 1 operand
-y_lp_1 = lampc.lowp_matmul(gelu, t_default_1, down_bias, <policy>)    # site 1 producer
-selection_1 = lampc.component_select(y_lp_1, gelu, t_default_1, down_bias, x, norm_weight, 1e-05, 'layer_norm', <policy>, 1)    # site 1 selection
-y_1 = lampc.recompute_linear(y_lp_1, selection_1, gelu, t_default_1, down_bias, <policy>)    # site 1 recompute
-lampc_tap_1 = lampc_tap_1(selection_1, None)    # site 1 tap
+t_default_1 = t(down_weight)    # site 1 layer_norm operand
+y_lp_1 = lampc.lowp_matmul(gelu, t_default_1, down_bias, 'emulate m4', 'fused=0 dense_above=0.25')    # site 1 layer_norm producer [m4/bk1/emulate strict tau=0.1]
+selection_1 = lampc.component_select(y_lp_1, gelu, t_default_1, down_bias, x, norm_weight, 1e-05, 'layer_norm', 'emulate m4', 'strict tau=0.1', 'fused=0 dense_above=0.25', 1)    # site 1 layer_norm selection
+y_1 = lampc.recompute_linear(y_lp_1, selection_1, gelu, t_default_1, down_bias, 'fused=0 dense_above=0.25')    # site 1 layer_norm recompute
+lampc_tap_1 = lampc_tap_1(selection_1, None)    # site 1 layer_norm tap
 add = add(x, y_1)
 layer_norm = layer_norm(add, [8], norm_weight, norm_bias, 1e-05, False)""")
 
@@ -266,11 +267,11 @@ def test_logits_site():
     result, text = rewrite(capture(Head(), torch.randn(1, 3, 8)), logits_site(POLICY))
     assert result.sites[0].consumer == "softmax (next token)"
     assert_expected_inline(text, """\
-lm_head_t_0 = t(lm_head_weight)    # site 0 operand
-scores_lp_0 = lampc.lowp_scores(h, lm_head_t_0, 1, <policy>)    # site 0 producer
-selection_0 = lampc.lamp_select(scores_lp_0, h, lm_head_t_0, 1, None, False, <policy>, 0)    # site 0 selection
-scores_0 = lampc.recompute_scores(scores_lp_0, selection_0, h, lm_head_t_0, 1, <policy>)    # site 0 recompute
-lampc_tap_0 = lampc_tap_0(selection_0, None)    # site 0 tap""")
+lm_head_t_0 = t(lm_head_weight)    # site 0 logits operand
+scores_lp_0 = lampc.lowp_scores(h, lm_head_t_0, 1, 'emulate m4')    # site 0 logits producer [m4/bk1/emulate strict tau=0.1]
+selection_0 = lampc.lamp_select(scores_lp_0, h, lm_head_t_0, 1, None, False, 'emulate m4', 'strict tau=0.1', 'softcap=none biased=0', 'fused=0 dense_above=0.25', 0)    # site 0 logits selection
+scores_0 = lampc.recompute_scores(scores_lp_0, selection_0, h, lm_head_t_0, 1, 'fused=0 dense_above=0.25')    # site 0 logits recompute
+lampc_tap_0 = lampc_tap_0(selection_0, None)    # site 0 logits tap""")
 
 
 def test_a_head_with_a_bias_is_no_logits_site():
@@ -282,11 +283,11 @@ def test_lowered_matmuls_create_no_site():
     result, text = rewrite(capture(Block(), torch.randn(2, 3, 8)), lowered_matmuls(POLICY))
     assert result.modified and result.sites == []
     assert_expected_inline(text, """\
-t_default = t(up_weight)    # site None operand
-lowered_linear = lampc.lowp_matmul(x, t_default, up_bias, <policy>)    # site None producer
+t_default = t(up_weight)    # site None lowered operand
+lowered_linear = lampc.lowp_matmul(x, t_default, up_bias, 'emulate m4', 'fused=0 dense_above=0.25')    # site None lowered producer [m4/bk1/emulate strict tau=0.1]
 gelu = gelu(lowered_linear)
-t_default_1 = t(down_weight)    # site None operand
-lowered_linear_1 = lampc.lowp_matmul(gelu, t_default_1, down_bias, <policy>)    # site None producer
+t_default_1 = t(down_weight)    # site None lowered operand
+lowered_linear_1 = lampc.lowp_matmul(gelu, t_default_1, down_bias, 'emulate m4', 'fused=0 dense_above=0.25')    # site None lowered producer [m4/bk1/emulate strict tau=0.1]
 add = add(x, lowered_linear_1)
 layer_norm = layer_norm(add, [8], norm_weight, norm_bias, 1e-05, False)""")
 

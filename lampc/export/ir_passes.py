@@ -18,6 +18,8 @@ import onnx_ir as ir
 import torch
 from torch import fx
 
+from ..graph_view import argument
+
 PENDING_DOMAIN = "lampc.pending"  # BitCast nodes hide here while the opset-18 graph is converted
 
 
@@ -44,12 +46,12 @@ def find_fx_sites(graph: fx.Graph) -> dict[str, tuple[int, str]]:
     """fx node name -> (site, op name) for the lampc ops of the exported program's graph.
 
     torch.export renames nodes and drops lampc's node meta, so the site comes from the data flow: lamp_select
-    carries it as an argument; lowp_scores feeds that lamp_select; recompute_scores consumes it.
+    carries it as its `site` argument; lowp_scores feeds that lamp_select; recompute_scores consumes it.
     """
     sites = {}
     for node in graph.nodes:
         if node.op == "call_function" and node.target == torch.ops.lampc.lamp_select.default:
-            index = int(node.args[7])
+            index = int(argument(node, "site"))
             sites[node.name] = (index, "lamp_select")
             s_hat = node.args[0]
             if isinstance(s_hat, fx.Node) and s_hat.target == torch.ops.lampc.lowp_scores.default:

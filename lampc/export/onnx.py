@@ -208,10 +208,9 @@ def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
                 f"no ONNX translation for op {node.target.name()} (node {node.name}) at {where}; "
                 f"lampc.export translates {', '.join(op.name() for op in SITE_OPS if op in known)}"
             )
-        spec = next((a for a in node.args if isinstance(a, str) and a.startswith("format=")), None)
-        if spec is not None:
+        if tag is not None and tag.config is not None:
             try:
-                check_exportable(SitePolicy.from_spec(spec), index, modules.get(index, module_path(node)))
+                check_exportable(SitePolicy.from_config(tag.config), index, modules.get(index, module_path(node)))
             except TranslationError as err:
                 raise OnnxExportError(str(err)) from None
 

@@ -4,18 +4,14 @@ Each translation mirrors the op's plain-torch reference step by step (same opera
 ONNX Runtime reproduces it: bit-exactly for the low-precision scores, and to FP32 rounding for everything
 that involves an FP32 matmul, softmax or exp, whose kernels differ between torch and ORT.
 
-    lampc::lowp_scores(q, k_t, scale, policy)
-        strict (block_k = 1), K unrolled (K = head dim, static in the exported graph):
-            q, k_t = canonical NaNs;  acc = RN(+0 + q[..., 0] * k_t[0, :])    (as Where: x == 0 -> +0)
-            acc = RN(acc + q[..., k] * k_t[k, :])                          k = 1 .. K-1
-        blocked: acc = RN(acc + MatMul(q[..., blk], k_t[blk, :]))           one FP32 MatMul per block
-        native (bf16/fp16): RN(MatMul(RN(q), RN(k_t)))
-        then s_hat = RN(acc * scale)
-    lampc::lamp_select(s_hat, q, k_t, scale, mask, is_causal, policy, site) -> bool
+    lampc::lowp_scores(q, k_t, scale, producer)
+        the producer's product (lampc/export/producers.py: emulated strict or blocked, native), then
+        s_hat = RN(acc * scale)
+    lampc::lamp_select(s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site) -> bool
         visible = mask > -1e4 (& causal);  usable = visible & finite;  a = softmax over usable keys;  the rule
         (uniform, strict, relaxed, target, budget, oracle; random has no ONNX form: torch's RNG stream
         cannot be reproduced, so exporting it raises);  | ~isfinite(s_hat)
-    lampc::recompute_scores(s_hat, selected, q, k_t, scale, policy)
+    lampc::recompute_scores(s_hat, selected, q, k_t, scale, execution)
         Where(selected, MatMul(q, k_t) * scale, s_hat)      (dense: the sparse gather has no cheap ONNX form;
         ONNX Runtime's Where returns +0 for a recomputed -0, which no later op can tell apart)
 
@@ -34,38 +30,36 @@ import onnx_ir as ir
 import torch
 from onnxscript import BOOL, FLOAT
 
+from ..config import Producer, SiteConfig, decode_producer
 from ..criteria import EXPORTABLE
-from ..formats import Format
 from ..lookahead.softmax import MASKED_BELOW
-from ..numerics.error_bounds import absolute_floor, accumulation_gamma
 from ..policy import SitePolicy
+from ..producers import implementation
 from .builder import BOOL as BOOL_TYPE
 from .builder import INT64, Builder
-from .rounding import canonical_nans, round_onnx
+from .producers import TranslationError, onnx_product
+from .rounding import round_onnx
 
 FLOAT_TYPE = 1
 FLT_MAX = float(np.finfo(np.float32).max)
 EXPORTABLE_CRITERIA = EXPORTABLE
 
 
-class TranslationError(ValueError):
-    """A site's policy has no ONNX form; the message names the site, the op and the reason."""
-
-
 def translation_table(opset: int, rounding: str) -> dict[torch._ops.OpOverload, Callable]:
     """The custom_translation_table for torch.onnx.export: every lampc op -> its standard-ONNX translation."""
     make = functools.partial(Builder, opset)
 
-    def lowp_scores(q: FLOAT, k_t: FLOAT, scale: float, policy: str):
+    def lowp_scores(q: FLOAT, k_t: FLOAT, scale: float, producer: str):
         g = make()
-        return lowp_scores_onnx(g, q, k_t, scale, SitePolicy.from_spec(policy), rounding)
+        return lowp_scores_onnx(g, q, k_t, scale, decode_producer(producer), rounding)
 
-    def lamp_select(s_hat: FLOAT, q: FLOAT, k_t: FLOAT, scale: float, mask, is_causal: bool, policy: str,
-                    site: int):
+    def lamp_select(s_hat: FLOAT, q: FLOAT, k_t: FLOAT, scale: float, mask, is_causal: bool, producer: str,
+                    rule: str, facts: str, execution: str, site: int):
         g = make()
-        return lamp_select_onnx(g, s_hat, q, k_t, scale, mask, is_causal, SitePolicy.from_spec(policy), site)
+        settings = SitePolicy.from_config(SiteConfig.from_texts(producer, rule, execution, facts))
+        return lamp_select_onnx(g, s_hat, q, k_t, scale, mask, is_causal, settings, site)
 
-    def recompute_scores(s_hat: FLOAT, selected: BOOL, q: FLOAT, k_t: FLOAT, scale: float, policy: str):
+    def recompute_scores(s_hat: FLOAT, selected: BOOL, q: FLOAT, k_t: FLOAT, scale: float, execution: str):
         g = make()
         return g.Where(selected, fp32_scores(g, q, k_t, scale), s_hat)
 
@@ -102,59 +96,10 @@ def fp32_scores(g: Builder, q, k_t, scale: float):
     return g.Mul(g.MatMul(q, k_t), g.const(scale))
 
 
-def lowp_scores_onnx(g: Builder, q, k_t, scale: float, site: SitePolicy, rounding: str):
-    fmt = site.format
-    if site.backend == "native":
-        raw = g.MatMul(round_onnx(g, q, fmt, rounding), round_onnx(g, k_t, fmt, rounding))
-        raw = round_onnx(g, raw, fmt, rounding)
-    else:
-        raw = lp_matmul_onnx(g, q, k_t, fmt, site.block_k, rounding)
-    return round_onnx(g, g.Mul(raw, g.const(scale)), fmt, rounding)
-
-
-def lp_matmul_onnx(g: Builder, a, b, fmt: Format, block_k: int, rounding: str):
-    """lampc.numerics.lp_matmul in ONNX ops: a (..., M, K) @ b (..., K, N) with a rounded accumulator."""
-    if fmt.is_identity:
-        return g.MatMul(a, b)
-    inner = a.shape[-1] if a.shape is not None else None
-    if not isinstance(inner, int):
-        raise TranslationError(
-            f"lp_matmul: the inner dimension K of q must be static in the exported graph, got {inner!r}"
-        )
-    if block_k == 1:
-        a, b = canonical_nans(g, a), canonical_nans(g, b)
-        a_cols = _split(g, a, -1, inner)  # K x (..., M, 1)
-        b_rows = _split(g, b, -2, inner)  # K x (..., 1, N)
-        acc = None
-        for a_col, b_row in zip(a_cols, b_rows):
-            product = g.Mul(a_col, b_row)  # (..., M, N)
-            total = _plus_zero(g, product) if acc is None else g.Add(acc, product)
-            acc = round_onnx(g, total, fmt, rounding, restore_nan=False)
-        return acc
-    acc = None
-    for k0 in range(0, inner, block_k):
-        k1 = min(k0 + block_k, inner)
-        a_block = g.Slice(a, g.axes(k0), g.axes(k1), g.axes(-1))  # (..., M, k1 - k0)
-        b_block = g.Slice(b, g.axes(k0), g.axes(k1), g.axes(-2))  # (..., k1 - k0, N)
-        block_sum = g.MatMul(a_block, b_block)
-        total = _plus_zero(g, block_sum) if acc is None else g.Add(acc, block_sum)
-        acc = round_onnx(g, total, fmt, rounding)
-    return acc
-
-
-def _plus_zero(g: Builder, x):
-    """fl32(+0 + x), the accumulator's first step: x, except that -0 becomes +0.
-
-    Written as Where(x == 0, +0, x): ONNX Runtime's basic graph optimisations remove an Add of a zero constant.
-    """
-    return g.Where(g.Equal(x, g.const(0.0)), g.const(0.0), x)
-
-
-def _split(g: Builder, x, axis: int, parts: int) -> list:
-    """x split into `parts` slices of width 1 along `axis`."""
-    if parts == 1:
-        return [x]
-    return list(g.Split(x, axis=axis, num_outputs=parts))
+def lowp_scores_onnx(g: Builder, q, k_t, scale: float, producer: Producer, rounding: str):
+    """RN(product(q, k_t) * scale): the producer's ONNX product (lampc/export/producers.py), then the scaling."""
+    raw = onnx_product(g, producer, q, k_t, rounding)
+    return round_onnx(g, g.Mul(raw, g.const(scale)), producer.format, rounding)
 
 
 # -- look-ahead: the selection ---------------------------------------------------------------------------
@@ -203,9 +148,8 @@ class OnnxSoftmaxRows:
             magnitude = g.Mul(g.ReduceL2(self.q, g.axes(-1), keepdims=1), g.ReduceL2(self.k_t, g.axes(-2), keepdims=1))
         if kind == "mixed":
             return g.Max(g.Abs(self.s_hat), g.Mul(magnitude, g.const(abs(self.scale) / math.sqrt(inner))))
-        site = self.site
-        gamma = accumulation_gamma(site.format, inner, site.block_k, native=site.backend == "native")
-        floor = absolute_floor(site.format, inner, site.block_k, self.scale)
+        producer = implementation(self.site.producer)  # the bound is the producer's (docs/NUMERICS.md §9)
+        gamma, floor = producer.gamma(inner), producer.floor(inner, self.scale)
         return g.Add(g.Mul(g.const(gamma * abs(self.scale)), magnitude), g.const(floor))
 
     def strict_weight(self):

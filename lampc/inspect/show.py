@@ -1,8 +1,8 @@
 """show: the rewritten graph as readable code, grouped by site, with dtypes, shapes and module provenance.
 
     site 1/4  attention: softmax <- matmul  @ transformer.h.1.attn
-        format m4 (block_k 1, emulate)  rule strict tau=0.1
-        scores_lp_1: f32[s0, 4, s1, s1] = lampc.lowp_scores(transpose_7, transpose_8, 0.125, <policy>)
+        m4/bk1/emulate strict tau=0.1
+        scores_lp_1: f32[s0, 4, s1, s1] = lampc.lowp_scores(transpose_7, transpose_8, 0.125, 'emulate m4')
         ...
         softmax_1: f32[s0, 4, s1, s1] = softmax(add_10, -1)
         recompute rate 2.7% (143/5296 visible entries, 3 calls)
@@ -23,29 +23,27 @@ if TYPE_CHECKING:
 PASSTHROUGH_STOP = ("softmax", "_softmax", "layer_norm", "gelu")
 
 
-def format_node(node: fx.Node, policy_names: dict[str, str]) -> str:
-    """One node as `name: f32[...] = op(args)`; long policy specs are shortened to <policy>."""
+def format_node(node: fx.Node) -> str:
+    """One node as `name: f32[...] = op(args)` (a site's configuration parts as their texts: 'emulate m4')."""
     from ..graph_view import describe_value, op_name
 
-    args = ", ".join(_format_arg(a, policy_names) for a in node.args)
+    args = ", ".join(_format_arg(a) for a in node.args)
     if node.kwargs:
-        args += ", " + ", ".join(f"{k}={_format_arg(v, policy_names)}" for k, v in node.kwargs.items())
+        args += ", " + ", ".join(f"{k}={_format_arg(v)}" for k, v in node.kwargs.items())
     value = describe_value(node)
     lhs = f"{node.name}: {value}" if value else node.name
     return f"{lhs} = {op_name(node)}({args})"
 
 
-def _format_arg(arg, policy_names) -> str:
+def _format_arg(arg) -> str:
     from torch import fx
 
     if isinstance(arg, fx.Node):
         return arg.name
-    if isinstance(arg, str) and arg in policy_names:
-        return "<policy>"
     if isinstance(arg, float):
         return f"{arg:.6g}"
     if isinstance(arg, (list, tuple)):
-        return "[" + ", ".join(_format_arg(a, policy_names) for a in arg) + "]"
+        return "[" + ", ".join(_format_arg(a) for a in arg) + "]"
     return repr(arg)
 
 
@@ -89,7 +87,6 @@ def render(compiled, *, full: bool = False, phase: str | None = None) -> str:
 def _render_graph(gm, sites, skips, stats, model_type: str, *, full: bool) -> str:
     from ..graph_view import module_path, site_index
 
-    policy_names = _policy_specs(gm)
     stats = {s["site"]: s for s in stats["sites"]}
     kinds = sorted({s.kind for s in sites})
     lines = [f"lampc: {model_type}, {len(sites)} site(s) ({', '.join(kinds) or 'none'}), {len(skips)} skipped"]
@@ -97,13 +94,13 @@ def _render_graph(gm, sites, skips, stats, model_type: str, *, full: bool) -> st
         for node in gm.graph.nodes:
             if node.op in ("call_function", "call_module"):
                 mark = f"  # site {site_index(node)}" if site_index(node) >= 0 else ""
-                lines.append(f"    {format_node(node, policy_names)}    # {module_path(node)}{mark}")
+                lines.append(f"    {format_node(node)}    # {module_path(node)}{mark}")
     total = len(sites)
     for site in sites:
         lines.append(f"site {site.index}/{total}  {site.kind}: {site.consumer} <- {site.producer}  @ {site.module}")
         lines.append(f"    {site.rule}")
         for node in site_nodes(gm, site.index):
-            lines.append(f"    {format_node(node, policy_names)}")
+            lines.append(f"    {format_node(node)}")
         lines.append(f"    {_rate_line(stats.get(site.index))}")
     for skip in skips:
         where = f" @ {skip.module}" if skip.module else ""
@@ -118,15 +115,6 @@ def _rate_line(stat) -> str:
         return "recompute rate: not measured yet (run the model)"
     return (f"recompute rate {100 * stat['rate']:.2f}% ({stat['selected']}/{stat['visible']} visible entries, "
             f"{stat['calls']} call(s))")
-
-
-def _policy_specs(gm: fx.GraphModule) -> dict[str, str]:
-    specs = {}
-    for node in gm.graph.nodes:
-        for arg in node.args:
-            if isinstance(arg, str) and arg.startswith("format="):
-                specs[arg] = arg
-    return specs
 
 
 def show(compiled, *, full: bool = False, phase: str | None = None, file=None) -> None:

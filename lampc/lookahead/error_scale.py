@@ -18,8 +18,9 @@ import math
 
 from torch import Tensor
 
-from ..numerics.error_bounds import norm_product, product_error_bound
+from ..numerics.error_bounds import magnitude_sum, norm_product
 from ..policy import SitePolicy
+from ..producers import implementation
 from .recompute import fp32_product
 
 
@@ -35,5 +36,6 @@ def producer_error_scale(site: SitePolicy, a: Tensor, b: Tensor, out_hat: Tensor
     if kind == "mixed":
         floor = norm_product(a, b) * (abs(scale) / math.sqrt(a.shape[-1]))
         return out_hat.abs().to(floor.dtype).maximum(floor)
-    return product_error_bound(a, b, site.format, block_k=site.block_k, scale=scale,
-                               native=site.backend == "native", scale_kind=kind)
+    producer, k = implementation(site.producer), a.shape[-1]  # the bound is the producer's (docs/NUMERICS.md §9)
+    magnitude = magnitude_sum(a, b) if kind == "l1" else norm_product(a, b)
+    return producer.gamma(k) * abs(scale) * magnitude + producer.floor(k, scale)

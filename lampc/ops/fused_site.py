@@ -7,11 +7,11 @@ low-precision output while widening it (one compiled loop nest; on the CPU, stri
 row statistics instead, lampc/lookahead/row_stats.py) and the recompute writes into the buffer:
 
     before (fused=False)                                    after (fused=True)
-    s_hat = lampc.lowp_scores(q, k_t, scale, policy)        both = lampc.lamp_scores(q, k_t, scale, mask, False,
-    sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask,                            policy, site)
-                              False, policy, site)          s    = both[0]
+    s_hat = lampc.lowp_scores(q, k_t, scale, producer)      both = lampc.lamp_scores(q, k_t, scale, mask, False,
+    sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask,              producer, rule, facts, execution, site)
+              False, producer, rule, facts, execution, site) s    = both[0]
     s     = lampc.recompute_scores(s_hat, sel, q, k_t,      sel  = both[1]
-                                   scale, policy)
+                                   scale, execution)
 
 The values and the selection are those of the three ops (tests/test_fused_site.py checks them equal).
 """
@@ -28,21 +28,22 @@ from ..lookahead.error_scale import producer_error_scale
 from ..lookahead.fused import fused_widen_select
 from ..lookahead.recompute import recompute_into
 from ..lookahead.softmax import visible_from_mask
-from ..numerics.native import native_scores_low
-from ..policy import SitePolicy
+from .arguments import producer_impl, site_settings
 from .softmax_site import _check_scores_inputs, _scores_shape, lamp_select, lowp_scores
 
 
 @torch.library.custom_op("lampc::lamp_scores", mutates_args=())
 def lamp_scores(
-    q: Tensor, k_t: Tensor, scale: float, mask: Optional[Tensor], is_causal: bool, policy: str, site: int
+    q: Tensor, k_t: Tensor, scale: float, mask: Optional[Tensor], is_causal: bool, producer: str, rule: str,
+    facts: str, execution: str, site: int
 ) -> tuple[Tensor, Tensor]:
     """(scores with the selected entries in FP32, the selection): one softmax site in one op."""
     _check_scores_inputs(q, k_t)
-    settings = SitePolicy.from_spec(policy)
-    if settings.backend == "native" and settings.rule.pure and not settings.biased:
+    settings = site_settings(producer, rule, facts, execution)
+    # a producer with a dtype of its own writes its scores in it; a pure rule reads them while widening
+    s_low = producer_impl(producer).scores_low(q, k_t, scale) if settings.rule.pure and not settings.biased else None
+    if s_low is not None:
         visible = visible_from_mask(mask, _scores_shape(q, k_t), is_causal, q.device)
-        s_low = native_scores_low(q, k_t, scale, settings.format.torch_dtype)
         if row_stats.supports(settings, q.device):
             s_hat = s_low.to(torch.float32)
             every = mask is None and not is_causal
@@ -51,12 +52,12 @@ def lamp_scores(
         error_scale = producer_error_scale(settings, q, k_t, s_low, scale)
         s_hat, selected = fused_widen_select(s_low, visible, settings, error_scale)
     else:  # emulated formats and the evaluation baselines: the unfused ops' own code
-        s_hat = lowp_scores(q, k_t, scale, policy)
-        selected = lamp_select(s_hat, q, k_t, scale, mask, is_causal, policy, site)
+        s_hat = lowp_scores(q, k_t, scale, producer)
+        selected = lamp_select(s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site)
     return recompute_into(s_hat, selected, q, k_t, scale, settings.dense_above), selected
 
 
 @lamp_scores.register_fake
-def _(q, k_t, scale, mask, is_causal, policy, site):
+def _(q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site):
     scores = q.new_empty(_scores_shape(q, k_t))
     return scores, torch.empty_like(scores, dtype=torch.bool)

@@ -1,9 +1,11 @@
 """Custom ops of the linear sites (layer_norm, activation) and of the lowered matmuls.
 
-    y_hat = lampc.lowp_matmul(x, w, bias, policy)        # RN(lp_matmul(x, w) + bias): any matmul in low precision;
-                                                         # fp16/fp8 overflows recomputed in FP32 (never inf)
-    sel   = lampc.component_select(y_hat, x, w, bias, residual, gamma, eps, consumer, policy, site)
-    y     = lampc.recompute_linear(y_hat, sel, x, w, bias, policy)   # FP32 x_t·w_i + b_i at the selected outputs
+    y_hat = lampc.lowp_matmul(x, w, bias, producer, execution)   # RN(x @ w + bias): any matmul in low precision;
+                                                                 # fp16/fp8 overflows recomputed in FP32 (never inf)
+    sel   = lampc.component_select(y_hat, x, w, bias, residual, gamma, eps, consumer, producer, rule, execution, site)
+    y     = lampc.recompute_linear(y_hat, sel, x, w, bias, execution)   # FP32 x_t·w_i + b_i at the selected outputs
+
+producer, rule, execution: the parts of the site's configuration each op reads, as their texts (lampc/config/).
 
 x: f32[..., K], w: f32[K, N] (or batched like torch.matmul), bias: f32[N] or None. The consumer's input is
 `residual + y_hat` (viewed to the residual's shape) when the site has a residual add, else y_hat.
@@ -20,43 +22,35 @@ from ..lookahead.components import column_norms, select_components
 from ..lookahead.error_scale import producer_error_scale
 from ..lookahead.fused import fused_component_select
 from ..lookahead.recompute import fp32_product, recompute
-from ..numerics import lp_matmul, round_to
-from ..numerics.native import native_product
 from ..policy import SitePolicy
+from .arguments import execution as execution_of, producer_impl, site_settings
 from .random import random_generator
 
 
-def _lowp(x: Tensor, w: Tensor, bias: Optional[Tensor], site: SitePolicy) -> Tensor:
-    """RN(x @ w + bias): emulated accumulator, or the native dtype's GEMM (its output is already rounded)."""
-    if site.backend == "native":
-        return native_product(x, w, bias, site.format.torch_dtype)
-    raw = lp_matmul(x, w, site.format, site.block_k)
-    return round_to(raw if bias is None else raw + bias, site.format)
-
-
 @torch.library.custom_op("lampc::lowp_matmul", mutates_args=())
-def lowp_matmul(x: Tensor, w: Tensor, bias: Optional[Tensor], policy: str) -> Tensor:
-    """RN(lp_matmul(x, w) + bias) in the policy's format (native: the real dtype)."""
+def lowp_matmul(x: Tensor, w: Tensor, bias: Optional[Tensor], producer: str, execution: str) -> Tensor:
+    """RN(x @ w + bias) by the site's producer (lampc/producers/)."""
     for name, value in (("x", x), ("w", w)):
         if value.dtype != torch.float32:
             raise TypeError(f"lampc.lowp_matmul: {name} must be float32, got {value.dtype}")
-    site = SitePolicy.from_spec(policy)
-    y_hat = _lowp(x, w, bias, site)
-    if narrow_range(site):  # an overflow must not reach the consumer where the FP32 product is finite
+    impl = producer_impl(producer)
+    y_hat = impl.matmul(x, w, bias)
+    if narrow_range(impl.p):  # an overflow must not reach the consumer where the FP32 product is finite
         overflowed = ~torch.isfinite(y_hat)
         if bool(overflowed.any()):  # host sync, fp16/fp8 only
-            y_hat = recompute(y_hat, overflowed, x, w, 1.0, site.dense_above, bias)
+            y_hat = recompute(y_hat, overflowed, x, w, 1.0, execution_of(execution).dense_above, bias)
     return y_hat
 
 
 def narrow_range(site: SitePolicy) -> bool:
-    """Whether the site's format overflows below FP32's range (fp16, fp8): its outputs need a finiteness guard."""
+    """Whether the site's format overflows below FP32's range (fp16, fp8): its outputs need a finiteness guard.
+    `site`: anything with a `format` (a SitePolicy, a producer)."""
     exp_bits = site.format.exp_bits
     return exp_bits is not None and exp_bits < 8
 
 
 @lowp_matmul.register_fake
-def _(x, w, bias, policy):
+def _(x, w, bias, producer, execution):
     return torch.empty(_out_shape(x, w), dtype=x.dtype, device=x.device)
 
 
@@ -73,10 +67,10 @@ def consumer_input(y_hat: Tensor, residual: Optional[Tensor]) -> Tensor:
 @torch.library.custom_op("lampc::component_select", mutates_args=())
 def component_select(
     y_hat: Tensor, x: Tensor, w: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], gamma: Optional[Tensor],
-    eps: float, consumer: str, policy: str, site: int,
+    eps: float, consumer: str, producer: str, rule: str, execution: str, site: int,
 ) -> Tensor:
     """The look-ahead at a linear producer: c_i = column norm of the consumer's Jacobian x |ŷ_i|."""
-    settings = SitePolicy.from_spec(policy)
+    settings = site_settings(producer, rule, None, execution)
     if not settings.rule.looks_ahead:  # no look-ahead: only non-finite outputs are recomputed
         return ~torch.isfinite(y_hat)
     h_hat = consumer_input(y_hat, residual)
@@ -97,18 +91,19 @@ def component_select(
 
 
 @component_select.register_fake
-def _(y_hat, x, w, bias, residual, gamma, eps, consumer, policy, site):
+def _(y_hat, x, w, bias, residual, gamma, eps, consumer, producer, rule, execution, site):
     return torch.empty_like(y_hat, dtype=torch.bool)
 
 
 @torch.library.custom_op("lampc::recompute_linear", mutates_args=())
-def recompute_linear(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Optional[Tensor], policy: str) -> Tensor:
-    """y_hat with the selected outputs replaced by FP32 x_t·w_i + b_i (gathered; dense above the policy's rate)."""
-    return recompute(y_hat, selected, x, w, 1.0, SitePolicy.from_spec(policy).dense_above, bias)
+def recompute_linear(y_hat: Tensor, selected: Tensor, x: Tensor, w: Tensor, bias: Optional[Tensor],
+                     execution: str) -> Tensor:
+    """y_hat with the selected outputs replaced by FP32 x_t·w_i + b_i (gathered; dense above the execution's rate)."""
+    return recompute(y_hat, selected, x, w, 1.0, execution_of(execution).dense_above, bias)
 
 
 @recompute_linear.register_fake
-def _(y_hat, selected, x, w, bias, policy):
+def _(y_hat, selected, x, w, bias, execution):
     return torch.empty_like(y_hat)
 
 

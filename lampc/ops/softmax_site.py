@@ -2,11 +2,16 @@
 
 Each op is a `torch.library.custom_op` with a plain-torch implementation (the reference: lampc.numerics and
 lampc.lookahead) and a fake (shape-only) implementation, so rewritten graphs still export, trace and compile.
-The site's `SitePolicy` travels as its text spec (`SitePolicy.to_spec()`), so a graph listing shows the numbers.
+Each op receives only the parts of the site's configuration it reads (lampc/config/), as their texts, so a graph
+listing shows the numbers:
 
-    s_hat = lampc.lowp_scores(q, k_t, scale, policy)                 # RN(lp_matmul(q, k_t) * scale)
-    sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask, causal, policy, site)   # bool, visible entries only
-    s     = lampc.recompute_scores(s_hat, sel, q, k_t, scale, policy) # FP32 values at the selected entries
+    s_hat = lampc.lowp_scores(q, k_t, scale, producer)       # RN(RN(q @ k_t) * scale), the producer's numerics
+    sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask, causal, producer, rule, facts, execution, site)
+                                                             # bool, visible entries only
+    s     = lampc.recompute_scores(s_hat, sel, q, k_t, scale, execution)   # FP32 values at the selected entries
+
+    e.g. producer 'emulate m4', rule 'strict tau=0.1', facts 'softcap=none biased=0', execution
+    'fused=0 dense_above=0.25'
 """
 
 from __future__ import annotations
@@ -20,10 +25,9 @@ from ..lookahead.error_scale import producer_error_scale
 from ..lookahead.fused import fused_select
 from ..lookahead.recompute import fp32_product, recompute
 from ..lookahead.softmax import select, visible_from_mask
-from ..numerics import lp_matmul, round_to
-from ..numerics.native import native_scores
-from ..policy import SitePolicy
+from .arguments import execution as execution_of, producer_impl, site_settings
 from .random import random_generator
+
 
 def _check_scores_inputs(q: Tensor, k_t: Tensor) -> None:
     for name, value in (("q", q), ("k_t", k_t)):
@@ -37,18 +41,14 @@ def _scores_shape(q: Tensor, k_t: Tensor) -> list:
 
 
 @torch.library.custom_op("lampc::lowp_scores", mutates_args=())
-def lowp_scores(q: Tensor, k_t: Tensor, scale: float, policy: str) -> Tensor:
-    """ŝ = RN(lp_matmul(q, k_t) * scale): the producer in the site's low-precision format."""
+def lowp_scores(q: Tensor, k_t: Tensor, scale: float, producer: str) -> Tensor:
+    """ŝ = RN(RN(q @ k_t) * scale): the site's producer (lampc/producers/)."""
     _check_scores_inputs(q, k_t)
-    site = SitePolicy.from_spec(policy)
-    if site.backend == "native":  # the GEMM writes the dtype; the scaling is rounded to it once more
-        return native_scores(q, k_t, scale, site.format.torch_dtype)
-    raw = lp_matmul(q, k_t, site.format, block_k=site.block_k)
-    return round_to(raw * scale, site.format)
+    return producer_impl(producer).scores(q, k_t, scale)
 
 
 @lowp_scores.register_fake
-def _(q, k_t, scale, policy):
+def _(q, k_t, scale, producer):
     return q.new_empty(_scores_shape(q, k_t))
 
 
@@ -60,11 +60,14 @@ def lamp_select(
     scale: float,
     mask: Optional[Tensor],
     is_causal: bool,
-    policy: str,
+    producer: str,
+    rule: str,
+    facts: str,
+    execution: str,
     site: int,
 ) -> Tensor:
     """The look-ahead: which score entries to recompute in FP32 (bool, same shape as s_hat)."""
-    settings = SitePolicy.from_spec(policy)
+    settings = site_settings(producer, rule, facts, execution)
     visible = visible_from_mask(mask, s_hat.shape, is_causal, s_hat.device)
     s_fp32 = fp32_product(q, k_t, scale) if settings.rule.needs_fp32 else None
     bias = None
@@ -79,19 +82,18 @@ def lamp_select(
 
 
 @lamp_select.register_fake
-def _(s_hat, q, k_t, scale, mask, is_causal, policy, site):
+def _(s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site):
     return torch.empty_like(s_hat, dtype=torch.bool)
 
 
 @torch.library.custom_op("lampc::recompute_scores", mutates_args=())
-def recompute_scores(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float, policy: str) -> Tensor:
+def recompute_scores(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float, execution: str) -> Tensor:
     """ŝ with the selected entries replaced by their FP32 dot products (sparse, dense above a rate)."""
-    settings = SitePolicy.from_spec(policy)
-    return recompute(s_hat, selected, q, k_t, scale, settings.dense_above)
+    return recompute(s_hat, selected, q, k_t, scale, execution_of(execution).dense_above)
 
 
 @recompute_scores.register_fake
-def _(s_hat, selected, q, k_t, scale, policy):
+def _(s_hat, selected, q, k_t, scale, execution):
     return torch.empty_like(s_hat)
 
 

@@ -11,9 +11,9 @@ Pattern (every op optional but the matmul and the softmax; scale by mul or div w
 Rewrite (one named op per LAMP step; the mask add and the softmax are kept as they were):
 
     before                              after
-    s = matmul(q, k_t)                  s_hat = lampc.lowp_scores(q, k_t, scale, policy)
-    s = s * scale                       sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask, False, policy, site)
-    s = s + mask                        s     = lampc.recompute_scores(s_hat, sel, q, k_t, scale, policy)
+    s = matmul(q, k_t)                  s_hat = lampc.lowp_scores(q, k_t, scale, producer)
+    s = s * scale                       sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask, False, ..., site)
+    s = s + mask                        s     = lampc.recompute_scores(s_hat, sel, q, k_t, scale, execution)
     p = softmax(s, -1)                  lampc_tap_<site>(sel, mask)          # recompute-rate statistics
                                         s = s + mask
                                         p = softmax(s, -1)

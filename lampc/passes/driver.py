@@ -28,6 +28,7 @@ from torch import fx
 
 from ..graph_view import module_path
 from ..ops import SelectionTap
+from ..config import SiteConfig, SiteTexts
 from ..policy import SiteOverride, SitePolicy
 from .graph import insert_call
 from .result import PassResult, Site, Skip
@@ -40,12 +41,14 @@ a value computed from the recompute that replaces the original (e.g. the scores 
 
 @dataclass(frozen=True)
 class SiteTag:
-    """`node.meta["lampc"]` of every node a rewrite inserted."""
+    """`node.meta["lampc"]` of every node a rewrite inserted: readers (export, show, respec, tests) take a site's
+    configuration from here, typed, never from the op's text arguments."""
 
     site: int | None  # None: a lowered matmul, no site
-    kind: str
+    kind: str  # the site's kind: attention, layer_norm, gelu, logits; "lowered" for a lowered matmul
     role: str
     module: str = ""  # the producer's module path
+    config: SiteConfig | None = None  # the site's producer, rule, execution and facts
 
 
 @dataclass
@@ -84,6 +87,15 @@ class Emission:
         self.gm, self.graph, self.kind, self.index, self.like = gm, gm.graph, kind, index, like
         self.module = module_path(like)
         self.override = override
+        self.config: SiteConfig | None = None
+
+    def configure(self, policy: SitePolicy, kind: str | None = None) -> SiteTexts:
+        """The site's configuration from here on: the nodes inserted after this carry `policy.config` (and `kind`,
+        when one SiteKind finds several) in their tags. Returns the parts' texts, for the ops' arguments."""
+        self.config = policy.config
+        if kind is not None:
+            self.kind = kind
+        return self.config.texts
 
     def site_policy(self, kind: str, base: SitePolicy) -> SitePolicy:
         """This site's SitePolicy: its kind's `base`, with the policy's per-site override for this index if any
@@ -106,7 +118,7 @@ class Emission:
     def tag(self, node: fx.Node, role: str) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-        node.meta["lampc"] = SiteTag(self.index, self.kind, role, self.module)
+        node.meta["lampc"] = SiteTag(self.index, self.kind, role, self.module, self.config)
 
     def tap(self, selection: fx.Node, mask, per_head: bool) -> fx.Node:
         """Call `lampc_tap_<index>(selection, mask)` at the insertion point (a SelectionTap submodule)."""

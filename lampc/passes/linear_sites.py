@@ -11,9 +11,9 @@ Patterns (the chain between producer and consumer may hold views, reshapes and e
 Rewrite (the producer is replaced; everything after it is kept):
 
     before                      after
-    y = addmm(b, x, W)          y_hat = lampc.lowp_matmul(x, W, b, policy)
+    y = addmm(b, x, W)          y_hat = lampc.lowp_matmul(x, W, b, producer, execution)
                                 sel   = lampc.component_select(y_hat, x, W, b, residual, gamma, eps, consumer, ...)
-                                y     = lampc.recompute_linear(y_hat, sel, x, W, b, policy)
+                                y     = lampc.recompute_linear(y_hat, sel, x, W, b, execution)
                                 lampc_tap_<site>(sel, None)
 
 `linear_sites({"layer_norm": policy, "gelu": policy})` is the site kind `rewrite_sites` runs: both consumers'
@@ -336,7 +336,8 @@ def weight_as_matrix(em: Emission, producer: LinearProducer) -> fx.Node:
 
 def _emit(em: Emission, match: LinearMatch, policy: SitePolicy) -> Emitted:
     policy = em.site_policy(match.kind, policy)
-    graph, producer, spec, index = em.graph, match.producer, policy.to_spec(), em.index
+    graph, producer, index = em.graph, match.producer, em.index
+    producer_text, rule, _, execution = em.configure(policy, kind=match.kind)
     lampc = torch.ops.lampc
     if match.gamma is not None and match.gamma.op == "call_function":  # a scale computed inside the norm (Gemma)
         hoist_before(match.gamma, producer.node)
@@ -344,12 +345,14 @@ def _emit(em: Emission, match: LinearMatch, policy: SitePolicy) -> Emitted:
         w = weight_as_matrix(em, producer)
     with graph.inserting_after(w if w is not producer.weight else producer.node):
         x, b = producer.x, producer.bias
-        y_hat = em.call(lampc.lowp_matmul.default, (x, w, b, spec), role="producer", name=f"y_lp_{index}")
+        y_hat = em.call(lampc.lowp_matmul.default, (x, w, b, producer_text, execution), role="producer",
+                        name=f"y_lp_{index}")
     with graph.inserting_after(y_hat):
-        args = (y_hat, x, w, b, match.residual, match.gamma, match.eps, match.consumer, spec, index)
+        args = (y_hat, x, w, b, match.residual, match.gamma, match.eps, match.consumer, producer_text, rule,
+                execution, index)
         selected = em.call(lampc.component_select.default, args, role="selection", name=f"selection_{index}")
     with graph.inserting_after(selected):
-        y = em.call(lampc.recompute_linear.default, (y_hat, selected, x, w, b, spec), role="recompute",
+        y = em.call(lampc.recompute_linear.default, (y_hat, selected, x, w, b, execution), role="recompute",
                     name=f"y_{index}")
     consumer = match.consumer if match.residual is None else f"{match.consumer}(residual + .)"
     return Emitted({producer.node: y}, (y_hat, selected, y), selected, None, erase=(producer.node,), kind=match.kind,

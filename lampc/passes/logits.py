@@ -5,9 +5,9 @@ what a language model's logits are for). The rules are the attention rules over 
 
     before                          after
     logits = linear(h, W)           W_t = t(W)
-    return logits                   s_hat = lampc.lowp_scores(h, W_t, 1.0, policy)
-                                    sel   = lampc.lamp_select(s_hat, h, W_t, 1.0, None, False, policy, site)
-                                    logits = lampc.recompute_scores(s_hat, sel, h, W_t, 1.0, policy)
+    return logits                   s_hat = lampc.lowp_scores(h, W_t, 1.0, producer)
+                                    sel   = lampc.lamp_select(s_hat, h, W_t, 1.0, None, False, ..., site)
+                                    logits = lampc.recompute_scores(s_hat, sel, h, W_t, 1.0, execution)
 """
 
 from __future__ import annotations

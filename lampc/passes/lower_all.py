@@ -4,9 +4,9 @@ Producers that are no site (e.g. the QKV projection, attention-weights @ V) run 
 look-ahead:
 
     before                          after
-    y = addmm(b, x, W)              y = lampc.lowp_matmul(x, W, b, policy)
-    o = matmul(p, v)                o = lampc.lowp_matmul(p, v, None, policy)
-    z = linear(x, W, b)             z = lampc.lowp_matmul(x, t(W), b, policy)
+    y = addmm(b, x, W)              y = lampc.lowp_matmul(x, W, b, producer, execution)
+    o = matmul(p, v)                o = lampc.lowp_matmul(p, v, None, producer, execution)
+    z = linear(x, W, b)             z = lampc.lowp_matmul(x, t(W), b, producer, execution)
 """
 
 from __future__ import annotations
@@ -51,15 +51,16 @@ def _find(gm: fx.GraphModule):
 
 def lowered_matmuls(policy: SitePolicy) -> SiteKind:
     """Every matmul that is no site, in `policy`'s format with no look-ahead; it creates no site."""
-    return SiteKind("lowered", _find, lambda em, node: _emit(em, node, policy.to_spec()), anchor=lambda node: node,
+    return SiteKind("lowered", _find, lambda em, node: _emit(em, node, policy), anchor=lambda node: node,
                     index_of=lambda node: None)
 
 
-def _emit(em: Emission, node: fx.Node, spec: str) -> Emitted:
+def _emit(em: Emission, node: fx.Node, policy: SitePolicy) -> Emitted:
     x, w, bias, transposed = _operands(node)
+    producer, _, _, execution = em.configure(policy)
     with em.graph.inserting_before(node):
         if transposed:
             w = em.call(aten.t.default, (w,), role="operand")
-        low = em.call(torch.ops.lampc.lowp_matmul.default, (x, w, bias, spec), role="producer",
+        low = em.call(torch.ops.lampc.lowp_matmul.default, (x, w, bias, producer, execution), role="producer",
                       name=f"lowered_{node.name}")
     return Emitted({node: low}, (low,), erase=(node,))

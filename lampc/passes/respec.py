@@ -1,12 +1,15 @@
-"""Change the rule at chosen sites of a rewritten graph, in place: each site op's policy spec is replaced.
+"""Change the rule at chosen sites of a rewritten graph, in place: each site op's rule (and producer) text is replaced.
 
     before                                              after respec_sites(gm, {3: strict tau=0.02})
-    s_hat = lampc.lowp_scores(q, k_t, c, "… tau=0.1 …")  s_hat = lampc.lowp_scores(q, k_t, c, "… tau=0.02 …")
-    sel   = lampc.lamp_select(…, "… tau=0.1 …", 3)       sel   = lampc.lamp_select(…, "… tau=0.02 …", 3)
+    s_hat = lampc.lowp_scores(q, k_t, c, 'emulate m4')  s_hat = lampc.lowp_scores(q, k_t, c, 'emulate m4')
+    sel   = lampc.lamp_select(…, 'strict tau=0.1', …, 3) sel   = lampc.lamp_select(…, 'strict tau=0.02', …, 3)
+    node.meta["lampc"].config.rule: strict tau=0.1      strict tau=0.02
 
 Calibration (lampc/eval/calibrate.py) uses it to try one rule per site without capturing the model again. Only the
-rule may change (Policy's PER_SITE_FIELDS, and the format: the site's ops stay the same ops); what the passes set
-at a site (soft cap, bias) is kept. Users set per-site rules with `Policy.per_site`, at compile time.
+rule may change (Policy's PER_SITE_FIELDS), and the producer's format: the site's ops stay the same ops. What the
+passes found at a site (lampc/config/facts.py: soft cap, bias) is kept. The node tags are updated with the ops'
+arguments, so `SitePolicy.from_config(tag.config)` is what the site runs. Users set per-site rules with
+`Policy.per_site`, at compile time.
 """
 
 from __future__ import annotations
@@ -16,33 +19,42 @@ import dataclasses
 from torch import fx
 
 from ..ops import SITE_OPS
-from ..policy import PER_SITE_FIELDS, SET_BY_PASSES, SitePolicy
+from ..policy import PER_SITE_FIELDS, SitePolicy
 
 CHANGEABLE = PER_SITE_FIELDS + ("format",)
 
 
-def respec_sites(gm: fx.GraphModule, policies: dict[int, SitePolicy]) -> None:
+def respec_sites(gm: fx.GraphModule, policies: dict[int, SitePolicy]) -> dict[int, SitePolicy]:
     """Give site i the rule of policies[i] (ValueError for a site the graph lacks or a structural change; the graph
-    is then left as it was: every change is checked before any is made)."""
-    found, edits = set(), []
+    is then left as it was: every change is checked before any is made). Returns each changed site's SitePolicy as
+    the graph now runs it (with the facts its matcher found)."""
+    found, edits = {}, []
     for node in gm.graph.nodes:
         tag = node.meta.get("lampc")
         if node.op != "call_function" or node.target not in SITE_OPS or tag is None or tag.site not in policies:
             continue
-        names = [argument.name for argument in node.target._schema.arguments]
-        at = names.index("policy")
-        old = SitePolicy.from_spec(node.args[at])
-        new = dataclasses.replace(policies[tag.site], **{name: getattr(old, name) for name in SET_BY_PASSES})
+        old = SitePolicy.from_config(tag.config)
+        new = dataclasses.replace(policies[tag.site], softcap=old.softcap, biased=old.biased)
         changed = [f.name for f in dataclasses.fields(SitePolicy)
                    if getattr(old, f.name) != getattr(new, f.name) and f.name not in CHANGEABLE]
         if changed:
             raise ValueError(f"respec_sites: site {tag.site} would change {changed}, which changes its ops; only "
                              f"{', '.join(CHANGEABLE)} can change in place")
-        edits.append((node, (*node.args[:at], new.to_spec(), *node.args[at + 1:])))
-        found.add(tag.site)
-    missing = sorted(set(policies) - found)
+        names = [argument.name for argument in node.target._schema.arguments]
+        texts = new.config.texts
+        args = tuple(getattr(texts, name) if name in ("producer", "rule") else value
+                     for name, value in zip(names, node.args))
+        edits.append((node, args, dataclasses.replace(tag, config=new.config)))
+        found[tag.site] = new
+    missing = sorted(set(policies) - set(found))
     if missing:
         raise ValueError(f"respec_sites: no site {missing} in this graph")
-    for node, args in edits:
+    for node, args, tag in edits:
         node.args = args
+        node.meta["lampc"] = tag
+    for node in gm.graph.nodes:  # the site's other nodes (operands, tap) carry its configuration too
+        tag = node.meta.get("lampc")
+        if tag is not None and tag.site in found and tag.config != found[tag.site].config:
+            node.meta["lampc"] = dataclasses.replace(tag, config=found[tag.site].config)
     gm.recompile()
+    return found

@@ -3,11 +3,13 @@
 Unfused, one named op per LAMP step; fused (`SitePolicy.fused`), one op over one score buffer:
 
     unfused                                                      fused
-    s_hat = lampc.lowp_scores(q, k_t, scale, policy)             both = lampc.lamp_scores(q, k_t, scale, mask,
-    sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask,                               False, policy, site)
-                              False, policy, site)               s    = both[0]
+    s_hat = lampc.lowp_scores(q, k_t, scale, producer)           both = lampc.lamp_scores(q, k_t, scale, mask,
+    sel   = lampc.lamp_select(s_hat, q, k_t, scale, mask,            False, producer, rule, facts, execution, site)
+              False, producer, rule, facts, execution, site)     s    = both[0]
     s     = lampc.recompute_scores(s_hat, sel, q, k_t, scale,    sel  = both[1]
-                                   policy)
+                                   execution)
+
+(producer, rule, facts, execution: the texts of the site's configuration parts, lampc/config/.)
 
 `unfuse_sites` (a site kind that creates no site: it keeps each site's index) turns the fused form back into the
 unfused one, which has the same values and an ONNX translation.
@@ -42,18 +44,20 @@ def emit_softmax_ops(em: Emission, q, k_t, scale: float, mask, policy: SitePolic
                      fused: bool | None = None, is_causal: bool = False) -> SoftmaxOps:
     """Insert a softmax site's ops at the insertion point: fused or not as the policy says, unless `fused` is given
     (the unfusing keeps the policy, whose `fused` also tells lamp_select how to compute the same selection)."""
-    spec, index, lampc = policy.to_spec(), em.index, torch.ops.lampc
+    (producer, rule, facts, execution), index, lampc = em.configure(policy), em.index, torch.ops.lampc
     if policy.fused if fused is None else fused:
-        both = em.call(lampc.lamp_scores.default, (q, k_t, scale, mask, is_causal, spec, index), role="fused",
-                       name=f"site_{index}")
+        both = em.call(lampc.lamp_scores.default, (q, k_t, scale, mask, is_causal, producer, rule, facts, execution,
+                                                   index), role="fused", name=f"site_{index}")
         scores = em.call(operator.getitem, (both, 0), role="recompute", name=f"scores_{index}")
         selection = em.call(operator.getitem, (both, 1), role="selection", name=f"selection_{index}")
         return SoftmaxOps(both, selection, scores)
-    s_hat = em.call(lampc.lowp_scores.default, (q, k_t, scale, spec), role="producer", name=f"scores_lp_{index}")
-    selection = em.call(lampc.lamp_select.default, (s_hat, q, k_t, scale, mask, is_causal, spec, index),
+    s_hat = em.call(lampc.lowp_scores.default, (q, k_t, scale, producer), role="producer",
+                    name=f"scores_lp_{index}")
+    selection = em.call(lampc.lamp_select.default,
+                        (s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, index),
                         role="selection", name=f"selection_{index}")
-    scores = em.call(lampc.recompute_scores.default, (s_hat, selection, q, k_t, scale, spec), role="recompute",
-                     name=f"scores_{index}")
+    scores = em.call(lampc.recompute_scores.default, (s_hat, selection, q, k_t, scale, execution),
+                     role="recompute", name=f"scores_{index}")
     return SoftmaxOps(s_hat, selection, scores)
 
 
@@ -62,11 +66,12 @@ def _find_fused(gm: fx.GraphModule):
 
 
 def _emit_unfused(em: Emission, fused: fx.Node) -> Emitted:
-    q, k_t, scale, mask, is_causal, spec, index = fused.args
+    q, k_t, scale, mask, is_causal = fused.args[:5]
+    em.kind = fused.meta["lampc"].kind  # the site's own kind (attention, logits), not the unfusing's
     getitems = {user.args[1]: user for user in fused.users}
     with em.graph.inserting_before(fused):
-        new = emit_softmax_ops(em, q, k_t, scale, mask, SitePolicy.from_spec(spec), fused=False,
-                               is_causal=is_causal)
+        new = emit_softmax_ops(em, q, k_t, scale, mask, SitePolicy.from_config(fused.meta["lampc"].config),
+                               fused=False, is_causal=is_causal)
     replacements = {getitems[0]: new.scores} if 0 in getitems else {}
     if 1 in getitems:
         replacements[getitems[1]] = new.selection
@@ -74,7 +79,7 @@ def _emit_unfused(em: Emission, fused: fx.Node) -> Emitted:
 
 
 UNFUSE = SiteKind("unfuse", _find_fused, _emit_unfused, anchor=lambda fused: fused,
-                  index_of=lambda fused: fused.args[6])
+                  index_of=lambda fused: fused.meta["lampc"].site)
 """The fused softmax sites back in their three-op form: same values (tests/test_fused_site.py), and ONNX has a
 translation for each op. It creates no site: the ops keep the fused op's index."""
 

@@ -1,0 +1,124 @@
+"""The producer of a site: how its matmul runs in low precision. One type per kind of producer, as data.
+
+    Emulated(format, block_k)   the bit-exact model of an m-bit accumulator: RN after every multiply-add
+                                (block_k = 1) or FP32 partial sums of block_k terms (lampc/numerics/accumulate.py)
+    Native(format)              the real torch dtype's GEMM (bf16, fp16): operands in the dtype, FP32
+                                accumulation inside, the output rounded to the dtype
+
+A producer type is the key its implementation is registered under (lampc/producers/): the ops ask the registry,
+never the type's name. `SitePolicy.backend` names the type (`PRODUCER_TYPES`); a new producer is a dataclass here
+(its fields validate themselves), an entry in `PRODUCER_TYPES`, and its implementation (docs/DESIGN.md, "Adding a
+producer"). Loads no torch.
+
+    >>> Emulated("m4").label
+    'm4/bk1/emulate'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..formats import Format, parse as parse_format
+from .codec import Record
+
+NATIVE_FORMATS = ("bf16", "fp16", "fp32")
+"""Formats the native producer runs as real torch dtypes (matmul with FP32 accumulation inside)."""
+
+
+@dataclass(frozen=True)
+class Producer(Record):
+    """A site's producer: every type has a `format` (what its output is rounded to)."""
+
+    format: Format
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", field_format(self.format))
+
+    @property
+    def backend(self) -> str:
+        """The name users give this producer type (SitePolicy.backend)."""
+        return self.CODE_TAG
+
+    @property
+    def block_k(self) -> int:
+        """Terms summed in FP32 before a rounding: 1 (round every term) unless the type accumulates in blocks."""
+        return 1
+
+    @property
+    def label(self) -> str:
+        """Its numbers in one word, as listings print them: 'm4/bk1/emulate', 'bf16/native'."""
+        return f"{self.format.name}/{self.backend}"
+
+
+@dataclass(frozen=True)
+class Emulated(Producer):
+    """The emulated m-bit accumulator: block_k = 1 rounds after every multiply-add (strict), b > 1 sums b terms in
+    FP32 before each rounding."""
+
+    CODE_TAG = "emulate"
+    CODE_POSITIONAL = ("format",)
+
+    format: Format = "m4"
+    block_k: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.block_k, bool) or not isinstance(self.block_k, int) or self.block_k < 1:
+            raise ValueError(f"SitePolicy.block_k must be an integer >= 1, got {self.block_k!r}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.format.name}/bk{self.block_k}/emulate"
+
+
+@dataclass(frozen=True)
+class Native(Producer):
+    """A real low-precision GEMM in the format's torch dtype (bf16, fp16; fp32 is the identity)."""
+
+    CODE_TAG = "native"
+    CODE_POSITIONAL = ("format",)
+
+    format: Format = "bf16"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.format.name not in NATIVE_FORMATS:
+            raise ValueError(
+                f"SitePolicy.backend='native' needs a format torch has as a dtype (bf16, fp16, fp32), "
+                f"got format {self.format.name!r}; use backend='emulate'")
+
+
+PRODUCER_TYPES: dict[str, type[Producer]] = {"emulate": Emulated, "native": Native}
+"""SitePolicy.backend -> the producer type it builds."""
+
+BACKENDS = tuple(PRODUCER_TYPES)
+
+
+def make_producer(backend: str, format, block_k: int) -> Producer:
+    """The producer SitePolicy's flat fields describe (ValueError naming the field that does not fit)."""
+    if backend not in PRODUCER_TYPES:
+        raise ValueError(f"SitePolicy.backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    kind = PRODUCER_TYPES[backend]
+    if "block_k" in kind.__dataclass_fields__:
+        return kind(format=format, block_k=block_k)
+    producer = kind(format=format)
+    if isinstance(block_k, bool) or not isinstance(block_k, int) or block_k < 1:
+        raise ValueError(f"SitePolicy.block_k must be an integer >= 1, got {block_k!r}")
+    if block_k != 1:
+        raise ValueError(f"SitePolicy.block_k applies to backend='emulate' only; {backend} accumulates in FP32")
+    return producer
+
+
+def decode_producer(text: str) -> Producer:
+    """The producer written as `text` (its type from the first word)."""
+    tag = text.split(maxsplit=1)[0] if text.strip() else ""
+    if tag not in PRODUCER_TYPES:
+        raise ValueError(f"producer text must start with one of {', '.join(BACKENDS)}; got {text!r}")
+    return PRODUCER_TYPES[tag].from_text(text)
+
+
+def field_format(value) -> Format:
+    try:
+        return parse_format(value)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"SitePolicy.format: {err}") from None

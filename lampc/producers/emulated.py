@@ -1,0 +1,26 @@
+"""The emulated m-bit accumulator (Emulated): the bit-exact rounding model of lampc/numerics/accumulate.py."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..config.producer import Emulated
+from ..numerics import lp_matmul, round_to
+from ..numerics.error_bounds import absolute_floor, accumulation_gamma
+from .registry import ProducerImpl, register
+
+
+@register(Emulated)
+class EmulatedImpl(ProducerImpl):
+    def matmul(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+        raw = lp_matmul(x, w, self.p.format, self.p.block_k)
+        return round_to(raw if bias is None else raw + bias, self.p.format)
+
+    def scores(self, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
+        return round_to(lp_matmul(q, k_t, self.p.format, block_k=self.p.block_k) * scale, self.p.format)
+
+    def gamma(self, k: int) -> float:
+        return accumulation_gamma(self.p.format, k, self.p.block_k)
+
+    def floor(self, k: int, scale: float) -> float:
+        return absolute_floor(self.p.format, k, self.p.block_k, scale)
