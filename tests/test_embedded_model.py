@@ -13,7 +13,7 @@ from lampc.models import MODELS, ModelNotFoundError, load_model
 from lampc.models.load import EMBEDDED_DIR
 
 SLICE = Path(lampc.__file__).parent / "models" / "embedded" / "persuasion_slice.txt"
-EXPECTED = json.loads((EMBEDDED_DIR / "eval.json").read_text())  # written by train_embedded with the weights
+EXPECTED = json.loads((EMBEDDED_DIR / "eval.json").read_text())  # scripts/train_embedded.py wrote it
 
 
 @pytest.fixture(scope="module")

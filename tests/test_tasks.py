@@ -8,6 +8,8 @@ import json
 import logging
 import math
 import os
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +22,8 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lampc.models import load_model  # noqa: E402
 from lampc.tasks import AUSTEN_TASKS, LampcLM, austen_tasks, compare, mcnemar_p  # noqa: E402
 from lampc.tasks.compare import markdown, paired, per_document, run  # noqa: E402
-from lampc.tasks.make_austen_tasks import build  # noqa: E402
+
+build = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "make_austen_tasks.py"))["build"]  # not installed
 
 PAIRS = [("Anne Elliot was", " a woman of"), ("Captain Wentworth had been", " at sea"),
          ("It was a", " very fine day, and the whole party walked out together."), ("She", " said")]

@@ -1,6 +1,6 @@
 """Make the offline task data of lampc/tasks/austen/ from *Persuasion* (the held-out novel: the embedded model never
-saw it). `python -m lampc.tasks.make_austen_tasks` rewrites the three JSONL files; they are committed, so running
-the tasks needs neither this script nor the corpus.
+saw it). `python scripts/make_austen_tasks.py` rewrites the three JSONL files; they are committed, so running the
+tasks needs neither this script nor the corpus (it is not part of the installed package).
 
     austen_lastword.jsonl   LAMBADA-style cloze: a passage and its last word, a word that already occurred in the
                             passage (so a reader of the passage can know it); scored by exact match of the greedy
@@ -21,7 +21,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
-OUT = Path(__file__).parent / "austen"
+from lampc.eval.data import persuasion_text
+from lampc.tasks.path import TASK_DIR
+
 WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?")
 TARGET = re.compile(r"^(?P<context>.*\S)\s+(?P<word>[A-Za-z]{3,})(?P<end>[.,;:!?])", re.S)
 
@@ -98,10 +100,8 @@ def build(text: str, *, n_cloze: int = 200, n_paragraphs: int = 60, seed: int = 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--out", default=str(TASK_DIR))
     args = parser.parse_args(argv)
-    from ..eval.data import persuasion_text
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in build(persuasion_text()).items():

@@ -1,6 +1,6 @@
 """Train lampc's embedded model: a small GPT-2 on five Jane Austen novels (Persuasion held out).
 
-    python -m lampc.models.train_embedded --minutes 40 --out lampc/models/embedded
+    python scripts/train_embedded.py --minutes 40 --out lampc/models/embedded
 
 No package ships GPT-2 weights and nothing may be downloaded at run time, so lampc trains its own. The run is
 seeded, time-boxed (the cosine schedule follows the fraction of the time budget spent, or of `--steps` if given),
@@ -9,7 +9,8 @@ a rerun with the same arguments continues from it. At the end it writes to `--ou
 model.safetensors, the tokenizer files, eval.json (numbers the tests check) and MODEL_CARD.md.
 `--card-only` recomputes eval.json and the card from the weights already in `--out`.
 
-Not run by CI (it takes tens of minutes); the tests only load what it wrote.
+Not run by CI (it takes tens of minutes); the tests only load what it wrote. Kept out of the installed package
+(a tool of this repository, not of lampc's users): run from a clone where lampc is installed (`pip install -e .`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from lampc.eval.data import HELD_OUT, austen_novels, read_text
+from lampc.eval.data import HELD_OUT, austen_novels, make_sequences, read_text
+from lampc.models.load import EMBEDDED_DIR, load_model
 
 EOS = "<|endoftext|>"
-DEFAULT_SLICE = Path(__file__).parent / "embedded" / "persuasion_slice.txt"
+DEFAULT_SLICE = EMBEDDED_DIR / "persuasion_slice.txt"
 
 
 # ---- tokenizer -----------------------------------------------------------------------------------------------
@@ -88,8 +90,6 @@ def attention_peakedness(model: GPT2LMHeadModel, windows: torch.Tensor) -> float
 
 
 def validation_windows(tokenizer: PreTrainedTokenizerFast, seq_len: int, n: int) -> torch.Tensor:
-    from lampc.eval.data import make_sequences
-
     return make_sequences(encode(tokenizer, austen_novels()[HELD_OUT]), seq_len, n, seed=0)
 
 
@@ -247,8 +247,6 @@ def log(msg: str) -> None:
 
 def write_card(out: Path, slice_path: Path) -> None:
     """Measure the saved model as `lampc.models.load_model` loads it; write eval.json and MODEL_CARD.md."""
-    from lampc.models.load import load_model
-
     model, tokenizer = load_model(str(out))
     training = json.loads((out / "training.json").read_text())
     seq_len = training["seq_len"]
@@ -327,7 +325,7 @@ The slice number is what `tests/test_embedded_model.py` reproduces (relative tol
 ## Reproduce
 
     apt-get download r-cran-janeaustenr   # done for you on first use of lampc.eval.data (needs apt)
-    python -m lampc.models.train_embedded --minutes {t[minutes]} --out lampc/models/embedded
+    python scripts/train_embedded.py --minutes {t[minutes]} --out lampc/models/embedded
 
 Seeded, but time-boxed: the learning-rate schedule follows wall time, so a rerun gives a similar, not an
 identical, model. `--steps N` makes the schedule follow the step count instead (reproducible on any machine,
@@ -340,7 +338,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=40.0, help="training time budget (wall time)")
     p.add_argument("--steps", type=int, default=0, help="fixed step count instead of the time budget")
-    p.add_argument("--out", default=str(Path(__file__).parent / "embedded"))
+    p.add_argument("--out", default=str(EMBEDDED_DIR))
     p.add_argument("--ckpt-dir", default="train_ckpt")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--card-only", action="store_true", help="only re-measure --out and rewrite the card")
