@@ -15,6 +15,10 @@ validation, the command line, the sweep and the texts users read all take their 
     oracle     count_from's count per row, by the true first-order error          count_from's
 
 (docs/METHOD.md §3 derives them; docs/NUMERICS.md §6 gives each site's weights.)
+
+Criterion names are compared here only: everywhere else code asks an entry (`CRITERIA[name].counted`) or the names
+derived below (`NO_LOOKAHEAD`, `DEFAULT_RULE`, `SAME_COUNT_BASELINES`, `DISPLAY_ORDER`, ...); tests/test_vocabulary.py
+checks it.
 """
 
 from __future__ import annotations
@@ -62,6 +66,21 @@ class Tau:
 
 
 @dataclass(frozen=True)
+class Display:
+    """Where and how a criterion is shown beside the others (lampc/eval/plots.py, lampc eval's help).
+
+    place:   its place in the figures' legends and in the lists of the sweep's default grids (lower first)
+    colour, marker: its series in the figures (matplotlib's names: "C0", "o")
+    line:    the line of the random and oracle series that take their counts from it
+    """
+
+    place: int
+    colour: str
+    marker: str
+    line: str = "-"
+
+
+@dataclass(frozen=True)
 class Criterion:
     """One selection criterion.
 
@@ -80,6 +99,13 @@ class Criterion:
     rule:          (RuleInputs, site policy) -> selection
     terms:         for the threshold rules (strict, relaxed): (RuleInputs, site policy) -> (weight, threshold),
                    the rule being `weight > threshold`; what calibration records (lampc/lookahead/record.py)
+    default:       the rule used where none is named (strict): SitePolicy's, count_from's, `lampc demo`'s
+    sweep_taus:    the taus a sweep runs when none are given (`lampc eval`): three points of the paper's grids
+                   (docs/METHOD.md §5, relaxed and target extended towards "less recompute"), chosen so that each
+                   rule spans recompute rates of about 0.1-3% (strict), 1-6% (relaxed) and 1-7% (target) on the
+                   embedded model and Persuasion (bench/accuracy.md); random and oracle run the grid of the rule
+                   they count from
+    display:       how the figures and lists show it (None: uniform, the reference every figure draws as a line)
     """
 
     name: str
@@ -98,6 +124,9 @@ class Criterion:
     takes_budget: bool = False
     weighs_errors: bool = False
     terms: Callable[[RuleInputs, Any], tuple[Any, Any]] | None = None
+    default: bool = False
+    sweep_taus: tuple[float, ...] = ()
+    display: Display | None = None
 
     @property
     def looks_ahead(self) -> bool:
@@ -183,19 +212,24 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
               no_tau="it recomputes nothing", row_statistics=True),
     Criterion("target", "the largest probabilities, as many as the paper's bound on the relative error needs",
               "rule", _target, Tau(1.1, 1.0, 2.0, True, "in [1, 2] (2 = no recompute)"), counts_for_baselines=True,
-              softmax_only=True),
+              softmax_only=True, sweep_taus=(1.95, 1.8, 1.7), display=Display(2, "C4", "D", ":")),
     Criterion("strict", "every entry whose sensitivity times error scale exceeds tau", "rule", _strict,
               Tau(0.1, 0.0, None, False, "> 0"), counts_for_baselines=True, length_scaling=True,
-              row_statistics=True, weighs_errors=True, terms=_strict_terms),
+              row_statistics=True, weighs_errors=True, terms=_strict_terms, default=True,
+              sweep_taus=(5.0, 1.0, 0.2), display=Display(0, "C0", "o", "-")),
     Criterion("relaxed", "every entry whose weight exceeds tau times the row's largest (a running maximum)", "rule",
               _relaxed, Tau(0.03, 0.0, 1.0, False, "in (0, 1]"), counts_for_baselines=True, length_scaling=True,
-              weighs_errors=True, terms=_relaxed_terms),
+              weighs_errors=True, terms=_relaxed_terms, sweep_taus=(0.9, 0.5, 0.3),
+              display=Display(1, "C2", "s", "--")),
     Criterion("random", "as many per row as count_from picks, uniformly at random (evaluation)", "baseline",
-              _random, Tau(0.1, 0.0, None, False, "that of count_from"), counted=True, draws=True),
+              _random, Tau(0.1, 0.0, None, False, "that of count_from"), counted=True, draws=True,
+              display=Display(4, "C3", "x")),
     Criterion("oracle", "as many per row as count_from picks, by the true first-order error (evaluation)",
-              "baseline", _oracle, Tau(0.1, 0.0, None, False, "that of count_from"), counted=True, needs_fp32=True),
+              "baseline", _oracle, Tau(0.1, 0.0, None, False, "that of count_from"), counted=True, needs_fp32=True,
+              display=Display(5, "k", "^")),
     Criterion("budget", "the k (or fraction f) entries with the largest strict weight per row", "rule", _budget,
-              no_tau="it takes `budget`, a count or fraction per row", takes_budget=True, weighs_errors=True),
+              no_tau="it takes `budget`, a count or fraction per row", takes_budget=True, weighs_errors=True,
+              display=Display(3, "C5", "v")),
 )}
 """Every criterion, by name. Deployable: target, strict, relaxed, budget; evaluation only: uniform, random, oracle."""
 
@@ -208,6 +242,31 @@ LAMP_RULES = tuple(name for name, c in CRITERIA.items() if c.purpose == "rule" a
 EXPORTABLE = tuple(name for name, c in CRITERIA.items() if c.onnx)
 CALIBRATED = tuple(name for name, c in CRITERIA.items() if c.terms is not None)
 """Criteria `lampc calibrate` can set one threshold per site for (a weight against a threshold)."""
+DEPLOYABLE = tuple(name for name, c in CRITERIA.items() if c.purpose == "rule")
+"""The rules a compiled model may deploy (target, strict, relaxed, budget): the rows the comparisons measure."""
+SAME_COUNT_BASELINES = tuple(name for name, c in CRITERIA.items() if c.counted)
+"""random, oracle: a rule's baselines at its own per-row counts, paired with it in the comparisons."""
+DISPLAY_ORDER = tuple(sorted((name for name, c in CRITERIA.items() if c.display),
+                             key=lambda name: CRITERIA[name].display.place))
+"""The criteria the figures draw as series, in the legends' order (strict, relaxed, target, budget, random, oracle)."""
+
+
+def _the(what: str, test: Callable[[Criterion], bool]) -> str:
+    """The name of the one entry that passes `test` (a table that has none, or two, fails at import)."""
+    names = [name for name, c in CRITERIA.items() if test(c)]
+    if len(names) != 1:
+        raise AssertionError(f"lampc.criteria: exactly one criterion must be {what}, got {names}")
+    return names[0]
+
+
+NO_LOOKAHEAD = _the("the one without a look-ahead", lambda c: not c.looks_ahead)
+"""uniform: nothing recomputed; the baseline of every rule at the same format."""
+DEFAULT_RULE = _the("the default", lambda c: c.default)
+"""strict: the rule used where none is named."""
+RANDOM_BASELINE = _the("the random baseline", lambda c: c.counted and c.draws)
+"""random: a rule's counts, chosen at random (the headline's "vs random", interpolated where not measured)."""
+ORACLE_BASELINE = _the("the oracle baseline", lambda c: c.counted and c.needs_fp32)
+"""oracle: a rule's counts, chosen by the true error (the headline's best possible at those counts)."""
 
 
 def check_tau(criterion: str, count_from: str, tau) -> float:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ..criteria import NO_LOOKAHEAD
+
 SHORT_ROW_KEYS = 32
 """Below this mean number of visible keys per attention row, recompute rates are those of short rows."""
 
@@ -45,7 +47,7 @@ def near_zero_warning(rows: Sequence[dict]) -> str | None:
     if not low or any(not _finite(r.get("kl")) or r["kl"] * 4.0 ** r["m_bits"] >= NEAR_ZERO_SCALED_KL for r in low):
         return None
     worst = max(low, key=lambda r: r["kl"])
-    rules = [r for r in low if r["criterion"] != "uniform"]
+    rules = [r for r in low if r["criterion"] != NO_LOOKAHEAD]
     nothing = rules and all(r.get("recompute_rate") == 0 for r in rules)
     recomputed = " and no cell recomputed any entry" if nothing else ""
     return (f"warning: KL is ~0 in every low-precision cell (at most {worst['kl']:.1e}, at {worst['format']})"

@@ -11,6 +11,7 @@ import sys
 import time
 
 from ..cli_support import CliError, add_out_argument
+from ..criteria import DEFAULT_RULE, NO_LOOKAHEAD, SAME_COUNT_BASELINES
 from .cli_eval import (
     add_data_arguments,
     check_context,
@@ -23,7 +24,8 @@ from .cli_eval import (
 )
 from .grid import TAU_GRIDS, Cell, plan_cells
 
-RULE = "strict"
+RULE = DEFAULT_RULE
+"""The rule the demo sweeps (strict); its baselines are uniform and, at its counts, random and oracle."""
 DEMO_TAUS = TAU_GRIDS[RULE]
 
 
@@ -71,10 +73,10 @@ def run(args) -> int:
     print(f"lampc demo: {args.model}, {args.n_seq} x {args.seq_len} tokens of {dataset}"
           f"{' (shuffled)' if args.shuffle else ''}, formats {', '.join(formats)}", file=sys.stderr)
     sweep = Sweep(model, sequences, batch_size=args.batch_size, info=info, progress=not args.quiet)
-    grid = [Cell(f, "uniform") for f in formats] + [Cell(f, RULE, t) for f in formats for t in taus]
+    grid = [Cell(f, NO_LOOKAHEAD) for f in formats] + [Cell(f, RULE, t) for f in formats for t in taus]
     rows = sweep.run(grid)
     picked = {f: pick(rows, f, args.max_rate) for f in formats}
-    baselines = [Cell(f, c, row["tau"], RULE) for f, row in picked.items() for c in ("random", "oracle")]
+    baselines = [Cell(f, c, row["tau"], RULE) for f, row in picked.items() for c in SAME_COUNT_BASELINES]
     rows += sweep.run(baselines)
     write_outputs(rows, args.out, metadata(sweep, grid + baselines, command=command_line(args, "demo"), started=started,
                                            max_rate=args.max_rate))
@@ -83,7 +85,7 @@ def run(args) -> int:
     shown = []
     for f in formats:
         tau = picked[f]["tau"]
-        shown += [r for r in rows if r["format"] == f and (r["criterion"] == "uniform" or r["tau"] == tau)]
+        shown += [r for r in rows if r["format"] == f and (r["criterion"] == NO_LOOKAHEAD or r["tau"] == tau)]
     print(format_table(shown, DEMO_COLUMNS))
     print()
     for line in verdict_lines(comparisons(rows), picked):

@@ -12,11 +12,11 @@ from ..cli_support import CliError, add_out_argument
 from ..cli_policy import add_policy_arguments, compile_arguments
 from ..formats import parse as parse_format
 from ..formats import valid_names
-from ..criteria import CRITERIA
-from ..policy import COUNT_SOURCES
+from ..criteria import COUNT_SOURCES, CRITERIA, DEFAULT_RULE, NO_LOOKAHEAD, SAME_COUNT_BASELINES
 from .grid import POLICY_CELL, SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS, plan_cells  # no torch: --help is quick
 
-DEFAULT_CRITERIA = "uniform,strict,random,oracle"
+DEFAULT_CRITERIA = ",".join((NO_LOOKAHEAD, DEFAULT_RULE, *SAME_COUNT_BASELINES))
+"""uniform, strict and its baselines at the same counts (random, oracle)."""
 
 
 def add_parser(subparsers) -> None:
@@ -50,9 +50,9 @@ def add_parser(subparsers) -> None:
                       help="comma-separated thresholds for every criterion that takes one, or, prefixed with "
                            "CRITERION=, for that criterion only (repeat the option; default: a grid per criterion, "
                            "below)")
-    grid.add_argument("--count-from", default="strict", metavar="LIST", type=str.lower,
+    grid.add_argument("--count-from", default=DEFAULT_RULE, metavar="LIST", type=str.lower,
                       help=f"the rule(s) from {','.join(COUNT_SOURCES)} whose per-row counts random and oracle "
-                           "reproduce, one series each (default strict)")
+                           f"reproduce, one series each (default {DEFAULT_RULE})")
     grid.add_argument("--block-k", type=positive_int, default=1, metavar="B",
                       help="accumulation block: 1 = round after every multiply-add (default), B = FP32 partial "
                            "sums of B terms")
@@ -154,14 +154,15 @@ def per_site_grid(args, policy) -> tuple[list[str], list[str], None, str]:
     written, in the policy's format. A grid of criteria or taus would override its per-site taus: refused."""
     given = [flag for flag, value, default in (("--format", args.format, "m4,m7"),
                                                ("--criterion", args.criterion, DEFAULT_CRITERIA),
-                                               ("--tau", args.tau, None), ("--count-from", args.count_from, "strict"),
+                                               ("--tau", args.tau, None),
+                                               ("--count-from", args.count_from, DEFAULT_RULE),
                                                ("--block-k", args.block_k, 1)) if value != default]
     if given:
         raise CliError(f"{', '.join(given)}: the --policy file sets one rule per site (per_site), which a grid "
                        "would override; lampc eval runs it as written, beside uniform (drop these options, or use "
                        "a policy file without per_site)")
     site = getattr(policy, policy.enabled_kinds()[0])
-    return [site.format.name], ["uniform", POLICY_CELL], None, "strict"
+    return [site.format.name], [NO_LOOKAHEAD, POLICY_CELL], None, DEFAULT_RULE
 
 
 # ---- argument checks (each error names its argument) ---------------------------------------------------------
@@ -283,7 +284,8 @@ def load(name: str):
 def _model_help(name: str, err: Exception) -> str:
     if name == "embedded":
         return (f"the embedded model's weights are not there yet ({err}). It is trained by "
-                "`python -m lampc.models.train_embedded`; or pass --model DIR with a local Hugging Face model")
+                "`python scripts/train_embedded.py` in a clone of lampc; or pass --model DIR with a local Hugging "
+                "Face model")
     return str(err)
 
 

@@ -12,19 +12,22 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from ..criteria import CRITERIA as CRITERION_TABLE, LAMP_RULES, NAMES as CRITERIA, THRESHOLD_RULES
+from ..criteria import (
+    COUNT_SOURCES,
+    CRITERIA as CRITERION_TABLE,
+    DEFAULT_RULE,
+    DISPLAY_ORDER,
+    LAMP_RULES,
+    NAMES as CRITERIA,
+    THRESHOLD_RULES,
+)
 from ..formats import parse as parse_format
-from ..policy import COUNT_SOURCES, SitePolicy
+from ..policy import SitePolicy
 
-TAU_GRIDS: dict[str, tuple[float, ...]] = {
-    "strict": (5.0, 1.0, 0.2),
-    "relaxed": (0.9, 0.5, 0.3),
-    "target": (1.95, 1.8, 1.7),
-}
-"""Default tau per rule: three points of the paper's grids (docs/METHOD.md §5, relaxed and target extended towards "less
-recompute"), chosen so that each rule spans recompute rates of about 0.1-3% (strict), 1-6% (relaxed) and 1-7%
-(target) on the embedded model and Persuasion (bench/accuracy.md). random/oracle use the grid of the rule they
-count from."""
+TAU_GRIDS: dict[str, tuple[float, ...]] = {name: CRITERION_TABLE[name].sweep_taus for name in DISPLAY_ORDER
+                                           if CRITERION_TABLE[name].sweep_taus}
+"""Default taus per rule, each criterion's `sweep_taus` (lampc/criteria.py says why these), in the figures' order.
+random/oracle use the grid of the rule they count from."""
 
 LAMP_CRITERIA = LAMP_RULES
 """The deployable look-ahead rules (budget needs a count, not a tau, and is not swept)."""
@@ -59,7 +62,7 @@ class Cell:
 
 
 def plan_cells(formats: Sequence[str], criteria: Sequence[str], taus=None,
-               count_from: str | Sequence[str] = "strict") -> list[Cell]:
+               count_from: str | Sequence[str] = DEFAULT_RULE) -> list[Cell]:
     """The cells of a sweep, validated: every format parses, every tau is in its criterion's range.
 
     taus:        None (default grids, `TAU_GRIDS`); a sequence of floats used by every criterion that takes a tau;
@@ -109,7 +112,7 @@ def _taus_for(criterion: str, source: str | None, taus) -> Sequence[float]:
 
 def _check_tau(criterion: str, source: str | None, tau) -> None:
     try:
-        SitePolicy(criterion=criterion, tau=tau, count_from=source or "strict")
+        SitePolicy(criterion=criterion, tau=tau, count_from=source or DEFAULT_RULE)
     except ValueError as err:
         rule = f"{criterion} (counts of {source})" if source else criterion
         reason = re.search(r"must be .*", str(err))

@@ -19,11 +19,24 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, SymmetricalLogLocator
 
-STYLE = {"strict": ("C0", "o"), "relaxed": ("C2", "s"), "target": ("C4", "D"), "budget": ("C5", "v"),
-         "policy": ("C1", "*"), "random": ("C3", "x"), "oracle": ("k", "^")}
-"""Colour and marker per criterion; the order is the legend's."""
+from ..criteria import COUNT_SOURCES, CRITERIA, DISPLAY_ORDER, LAMP_RULES, NO_LOOKAHEAD, SAME_COUNT_BASELINES
+from .grid import POLICY_CELL
 
-LINE_STYLES = {"": "-", "strict": "-", "relaxed": "--", "target": ":"}  # random/oracle: by the rule they count from
+POLICY_STYLE = ("C1", "*")
+"""The --policy cell's colour and marker (per-site rules, no one criterion): after the rules, before the baselines."""
+
+
+def _style(name: str) -> tuple[str, str]:
+    return CRITERIA[name].display.colour, CRITERIA[name].display.marker
+
+
+STYLE = {**{name: _style(name) for name in DISPLAY_ORDER if name not in SAME_COUNT_BASELINES},
+         POLICY_CELL: POLICY_STYLE,
+         **{name: _style(name) for name in DISPLAY_ORDER if name in SAME_COUNT_BASELINES}}
+"""Colour and marker per criterion (its `display` in lampc/criteria.py); the order is the legend's."""
+
+LINE_STYLES = {"": "-", **{name: CRITERIA[name].display.line for name in DISPLAY_ORDER if name in COUNT_SOURCES}}
+"""random/oracle's line: that of the rule they count from ("": a series that counts from none)."""
 
 KIND_ENTRIES = {"attention": "QK^T", "logits": "logits", "layer_norm": "layer_norm inputs", "gelu": "gelu inputs"}
 """What a recompute rate counts at each site kind (lampc.policy.SITE_KINDS)."""
@@ -50,7 +63,7 @@ def kl_vs_rate_figure(rows: Sequence[dict]) -> Figure:
         cells = [r for r in rows if r["format"] == fmt]
         shown = [r for r in cells if _finite(r["kl"])]
         for r in shown:
-            if r["criterion"] == "uniform":
+            if r["criterion"] == NO_LOOKAHEAD:
                 ax.axhline(r["kl"], color="0.4", ls="--", lw=1.2, label=f"uniform {fmt}")
                 if _finite(r.get("kl_lo")) and _finite(r.get("kl_hi")):
                     ax.axhspan(r["kl_lo"], r["kl_hi"], color="0.4", alpha=0.12, lw=0)
@@ -77,21 +90,21 @@ def kl_vs_m_figure(rows: Sequence[dict]) -> Figure:
     """Uniform KL against mantissa bits, with each rule's best KL at a recompute rate <= RATE_CAP."""
     fig = Figure(figsize=(5.6, 4.4))
     ax = fig.subplots()
-    series = {"uniform": sorted((r for r in rows if r["criterion"] == "uniform" and _finite(r["kl"])),
-                                key=lambda r: r["m_bits"])}
-    for crit in ("strict", "relaxed", "target", "policy"):
+    series = {NO_LOOKAHEAD: sorted((r for r in rows if r["criterion"] == NO_LOOKAHEAD and _finite(r["kl"])),
+                                   key=lambda r: r["m_bits"])}
+    for crit in (*(name for name in DISPLAY_ORDER if name in LAMP_RULES), POLICY_CELL):
         best: dict[int, dict] = {}
         for r in rows:
             if r["criterion"] == crit and r["recompute_rate"] <= RATE_CAP and _finite(r["kl"]):
                 if r["m_bits"] not in best or r["kl"] < best[r["m_bits"]]["kl"]:
                     best[r["m_bits"]] = r
         if best:
-            name = "policy (per-site τ)" if crit == "policy" else f"{crit}, best at rate <= {100 * RATE_CAP:g}%"
+            name = f"{crit} (per-site τ)" if crit == POLICY_CELL else f"{crit}, best at rate <= {100 * RATE_CAP:g}%"
             series[name] = [best[m] for m in sorted(best)]
     for name, members in series.items():
-        crit = members[0]["criterion"] if members else "uniform"
+        crit = members[0]["criterion"] if members else NO_LOOKAHEAD
         _series(ax, members, x=lambda r: r["m_bits"], x_ci=None, x_scale=1, label=name, crit=crit,
-                ls="--" if crit == "uniform" else "-", color="0.3" if crit == "uniform" else None)
+                ls="--" if crit == NO_LOOKAHEAD else "-", color="0.3" if crit == NO_LOOKAHEAD else None)
     _notes_below(ax, [_zero_or_log(ax, "y", [r["kl"] for members in series.values() for r in members])])
     bits = sorted({int(r["m_bits"]) for members in series.values() for r in members})
     ax.xaxis.set_major_locator(FixedLocator(bits))  # a tick at each measured format, whole bits only
@@ -123,7 +136,7 @@ def _series(ax, members: list[dict], *, x, x_ci, x_scale, label, crit, ls, color
     xerr = _errors(members, x_ci, x_scale) if x_ci else None
     ax.errorbar(xs, ys, yerr=yerr, xerr=xerr, color=color, marker=marker, ls=ls, lw=1.2, ms=7 if marker == "*" else 5,
                 elinewidth=0.8, capsize=2, label=label)
-    below = crit in ("random", "oracle")  # a baseline sits at its rule's rate: its label goes under the point
+    below = crit in SAME_COUNT_BASELINES  # a baseline sits at its rule's rate: its label goes under the point
     for r, px, py in zip(members, xs, ys):
         text = _tau_text(r)
         if text:
@@ -147,9 +160,9 @@ def _errors(members: list[dict], key: str, scale: float):
 
 
 def _tau_text(r: dict) -> str:
-    if r["criterion"] == "policy":
+    if r["criterion"] == POLICY_CELL:
         return "per-site τ"
-    if r["criterion"] == "uniform" or r.get("tau") is None or r.get("tau") == "":
+    if r["criterion"] == NO_LOOKAHEAD or r.get("tau") is None or r.get("tau") == "":
         return ""
     return f"τ={r['tau']:g}"
 

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
+from ..criteria import DEPLOYABLE, NO_LOOKAHEAD, ORACLE_BASELINE, RANDOM_BASELINE, SAME_COUNT_BASELINES
 from .grid import LAMP_CRITERIA, POLICY_CELL
 from .uncertainty import compare_cells
 
@@ -173,7 +174,7 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] = EVAL_COLUMNS, *,
 
 def with_kl_gain(rows: Sequence[dict]) -> list[dict]:
     """Copies of the rows with `kl_gain` = KL of uniform at the same format / the row's KL."""
-    uniform = {r["format"]: r["kl"] for r in rows if r["criterion"] == "uniform"}
+    uniform = {r["format"]: r["kl"] for r in rows if r["criterion"] == NO_LOOKAHEAD}
     return [{**r, "kl_gain": _ratio(uniform.get(r["format"]), r["kl"])} for r in rows]
 
 
@@ -202,12 +203,12 @@ def headline(rows: Sequence[dict], max_rates: Sequence[float] = (0.05, 0.10)) ->
     """
     out = []
     for fmt in dict.fromkeys(r["format"] for r in rows):
-        uniform = next((r for r in rows if r["format"] == fmt and r["criterion"] == "uniform"), None)
+        uniform = next((r for r in rows if r["format"] == fmt and r["criterion"] == NO_LOOKAHEAD), None)
         for cap in max_rates:
             best = best_lamp(rows, fmt, cap)
             if best is None:
                 continue
-            random, oracle = matching(rows, best, "random"), matching(rows, best, "oracle")
+            random, oracle = matching(rows, best, RANDOM_BASELINE), matching(rows, best, ORACLE_BASELINE)
             kl_u = uniform["kl"] if uniform else None
             kl_r, how = (random["kl"], "same counts") if random else (_interpolate(rows, fmt, best), "interpolated")
             out.append({"format": fmt, "shuffle": best["shuffle"], "max_rate": cap, "criterion": best["criterion"],
@@ -235,11 +236,11 @@ def baselines(rows: Sequence[dict], row: dict) -> list[tuple[str, dict]]:
     """The baselines of a LAMP row measured in the same sweep: uniform at its format, and random (then oracle)
     with its counts at the same tau."""
     out = []
-    uniform = next((r for r in rows if r["format"] == row["format"] and r["criterion"] == "uniform"), None)
+    uniform = next((r for r in rows if r["format"] == row["format"] and r["criterion"] == NO_LOOKAHEAD), None)
     if uniform is not None:
-        out.append(("uniform", uniform))
+        out.append((NO_LOOKAHEAD, uniform))
     if row["criterion"] in LAMP_CRITERIA:
-        for criterion in ("random", "oracle"):
+        for criterion in SAME_COUNT_BASELINES:
             match = matching(rows, row, criterion)
             if match is not None:
                 out.append((f"{criterion} (same counts)", match))
@@ -252,7 +253,7 @@ def comparisons(rows: Sequence[dict]) -> list[dict]:
     verdict: 'within noise' when the interval holds 1 (no change), or p >= 0.05 for flips."""
     out = []
     for row in rows:
-        if row["criterion"] not in (*LAMP_CRITERIA, "budget", POLICY_CELL) or "windows" not in row:
+        if row["criterion"] not in (*DEPLOYABLE, POLICY_CELL) or "windows" not in row:
             continue
         for name, base in baselines(rows, row):
             if "windows" not in base or len(base["windows"]["kl"]) != len(row["windows"]["kl"]):
@@ -281,8 +282,9 @@ def _flip_verdict(c: dict) -> str:
 
 def _interpolate(rows: Sequence[dict], fmt: str, best: dict):
     """KL of random recomputation at best's rate, log-log between the bracketing random rows (None if none)."""
-    pts = sorted((r["recompute_rate"], r["kl"]) for r in rows if r["format"] == fmt and r["criterion"] == "random"
-                 and r["recompute_rate"] > 0 and not _missing(r["kl"]) and r["kl"] > 0)
+    pts = sorted((r["recompute_rate"], r["kl"]) for r in rows if r["format"] == fmt
+                 and r["criterion"] == RANDOM_BASELINE and r["recompute_rate"] > 0 and not _missing(r["kl"])
+                 and r["kl"] > 0)
     return loglog_interpolate(pts, best["recompute_rate"])
 
 

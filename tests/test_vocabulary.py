@@ -1,0 +1,130 @@
+"""One vocabulary: criterion names are compared only in lampc/criteria.py; everything else asks the criteria table.
+
+Read from the source with `ast`, so a new module is checked without being listed. What counts as choosing by a
+criterion's name (`NAMES`: uniform, target, strict, ...):
+
+    r["criterion"] == "uniform"   c in ("random", "oracle")    a comparison (==, !=, in, not in, is) with a name
+    {"strict": ..., "relaxed": ...}   dict(strict=..., ...)    a table keyed by name (two or more name keys, or
+                                                               only name keys)
+    case "strict":                                             a match case
+    for c in ("random", "oracle"):                             a loop over two or more names (a list of them)
+    name.startswith("relaxed")    grids["strict"]   .get("target")   a prefix test, a table entry picked by name
+
+What does not: a name in a docstring, a message or a keyword default (`criterion="strict"`), and a record that has
+one key spelt like a criterion among others (`{"format": ..., "budget": ...}`, a calibration's `{"target": ...}`).
+Two names are also ordinary words of lampc's records (RECORD_WORDS): for them a comparison or a lookup counts only
+when its other side reads a criterion (its text says `crit`, as `r["criterion"] == "budget"` does).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import lampc
+from lampc.criteria import NAMES
+
+ROOT = Path(lampc.__file__).parent
+TABLE = ROOT / "criteria.py"
+
+RECORD_WORDS = {
+    "budget": "SitePolicy's field (`name == \"budget\"` over field names)",
+    "target": "a calibration's goal, a task item's answer, a graph edge's end (`data[\"target\"]`)",
+}
+
+
+def _names_in(node: ast.AST) -> list[str]:
+    """The criterion names a comparison operand spells: a constant, or the constants of a tuple/list/set display."""
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [i.value for i in items if isinstance(i, ast.Constant) and i.value in NAMES]
+
+
+def _counts(names: list[str], other: ast.AST) -> bool:
+    """Whether naming `names` against `other` picks a criterion (record words only against a visible criterion)."""
+    return any(n not in RECORD_WORDS for n in names) or (bool(names) and "crit" in ast.unparse(other).lower())
+
+
+def _table_keys(keys: list[str]) -> bool:
+    named = [k for k in keys if k in NAMES]
+    return len(named) >= 2 or (bool(named) and len(named) == len(keys))
+
+
+def name_choices(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
+    """(line, code) of every place `source` chooses by a criterion's name (see the module docstring)."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            hit = any(_counts(_names_in(a), b) for a, b in zip(operands, operands[1:])) or any(
+                _counts(_names_in(b), a) for a, b in zip(operands, operands[1:]))
+        elif isinstance(node, ast.Dict):
+            hit = _table_keys([k.value if isinstance(k, ast.Constant) else None for k in node.keys])
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+            hit = bool(node.keywords) and _table_keys([k.arg for k in node.keywords])
+        elif isinstance(node, ast.MatchValue):
+            hit = bool(_names_in(node.value))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "startswith", "endswith", "get", "pop", "setdefault"):
+            hit = bool(node.args) and _counts(_names_in(node.args[0]), node.func.value)
+        elif isinstance(node, ast.Subscript):
+            hit = _counts(_names_in(node.slice), node.value)
+        elif isinstance(node, (ast.For, ast.comprehension)):
+            hit = isinstance(node.iter, (ast.Tuple, ast.List, ast.Set)) and len(_names_in(node.iter)) >= 2
+        else:
+            continue
+        if hit:
+            line = node.iter.lineno if isinstance(node, ast.comprehension) else node.lineno
+            found.append((line, ast.unparse(node).split("\n")[0].strip()))
+    return sorted(found)
+
+
+def test_record_words_are_criterion_names():
+    assert set(RECORD_WORDS) <= set(NAMES)
+
+
+def test_criterion_names_are_compared_only_in_the_criteria_table():
+    found = [f"{path.relative_to(ROOT.parent)}:{line}: {code}"
+             for path in sorted(ROOT.rglob("*.py")) if path != TABLE
+             for line, code in name_choices(path.read_text(encoding="utf-8"), str(path))]
+    assert found == [], "criterion names chosen outside lampc/criteria.py (ask CRITERIA instead):\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("source, line", [
+    ('uniform = [r for r in rows if r["criterion"] == "uniform"]\n', 1),
+    ('if crit != "strict":\n    pass\n', 1),
+    ('x = 1\nbelow = crit in ("random", "oracle")\n', 2),
+    ('keep = row["criterion"] not in (*RULES, "budget", POLICY_CELL)\n', 1),
+    ('STYLE = {"strict": ("C0", "o"), "relaxed": ("C2", "s"), "policy": ("C1", "*")}\n', 1),
+    ('series = {"uniform": []}\n', 1),
+    ('GRIDS = dict(strict=(5.0, 1.0), relaxed=(0.9, 0.5))\n', 1),
+    ('match c:\n    case "oracle":\n        pass\n', 2),
+    ('if name.startswith("relaxed"):\n    pass\n', 1),
+    ('taus = GRIDS["strict"]\n', 1),
+    ('taus = grids.get("relaxed", ())\n', 1),
+    ('if "uniform" in variants:\n    pass\n', 1),
+    ('for c in ("random", "oracle"):\n    pass\n', 1),
+    ('cells = [Cell(f, c) for f in fs for c in ("random", "oracle")]\n', 1),
+])
+def test_a_choice_by_name_is_caught(source, line):
+    """The checker itself: each form of choosing by name is reported, once, at its line."""
+    found = name_choices(source)
+    assert [at for at, _ in found] == [line], found
+
+
+@pytest.mark.parametrize("source", [
+    '"""Criteria: uniform, strict, relaxed; random and oracle are baselines."""\n',
+    'raise ValueError("criterion \'oracle\' needs the FP32 scores")\n',
+    'policy = SitePolicy(criterion="strict", count_from="strict")\n',
+    'DEFAULTS = {"format": "m4", "criterion": "strict", "tau": None, "budget": None}\n',
+    'if name == "budget":\n    pass\n',
+    'fixed = {k: v for k, v in items if k != "budget"}\n',
+    'record = {"target": 0.05, "measured": 0.04}\n',
+    'end = data["target"]\n',
+    'for kind in ("strict", "attention"):\n    pass\n',
+    'uniform = [r for r in rows if r["criterion"] == NO_LOOKAHEAD]\n',
+    'label = f"{crit} (same counts)" if crit in SAME_COUNT_BASELINES else "strict"\n',
+])
+def test_names_in_texts_and_records_pass(source):
+    assert name_choices(source) == []
