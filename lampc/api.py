@@ -1,4 +1,9 @@
-"""lampc.compile: capture, rewrite, wrap; a compile that lowers nothing it was asked to is an error."""
+"""lampc.compile: capture, rewrite, check, wrap; a compile that lowers nothing it was asked to is an error.
+
+The compiled model is finished when `compile` returns: its full-sequence graph and (by default) its cached-step
+graphs, the prefill and decode steps that generate and use_cache run, are captured, rewritten and checked, and the
+Hugging Face model is not kept (the graphs share its weights). `steps` chooses otherwise (see STEPS).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,21 @@ import torch
 from torch import nn
 
 from .capture import Captured, capture
+from .capture_step import StepCapture
 from .passes import run_passes
 from .policy import Policy, SitePolicy
 from .runtime.compiled import CompiledModel
+from .runtime.steps import StepSitesError  # noqa: F401  (the error a step graph's sites raise, importable here)
+
+STEPS = {
+    "eager": "the cached-step graphs (prefill, decode, decode_1) are captured, rewritten and checked at compile: "
+             "compile takes about four times as long (three more torch.export captures); generate is ready",
+    "lazy": "each step graph is captured, rewritten and checked at the first generate / use_cache call that needs "
+            "it (each costs about one compile: the first generate of a batch > 1 builds two), and its site check "
+            "raises there; the compiled model keeps the Hugging Face model until all three are built",
+    "none": "no step graphs: the full-sequence forward only; generate and use_cache raise",
+}
+"""compile(..., steps=...): when the graphs that decode with a KV cache are made."""
 
 
 class NoSitesError(ValueError):
@@ -19,7 +36,7 @@ class NoSitesError(ValueError):
 
 
 def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, *, allow_no_sites: bool = False,
-            **overrides) -> CompiledModel:
+            steps: str = "eager", **overrides) -> CompiledModel:
     """Compile a Hugging Face causal LM (FP32, eager or sdpa attention) into its LAMP form.
 
     policy:     a `Policy`, a `SitePolicy` (for attention), or None for the default (attention sites, m4,
@@ -30,31 +47,51 @@ def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, *, allo
 
     allow_no_sites: accept a requested site kind that finds no site (else NoSitesError, naming the reasons).
                 Candidates skipped beside found sites give one warning with their count and the first reason.
+    steps:      "eager" (default), "lazy" or "none": when the cached-step graphs of generate / use_cache are made
+                (STEPS says what each costs). Their sites must be the full-sequence graph's one to one, else
+                StepSitesError.
 
     >>> compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.1)
     >>> compiled(input_ids).logits
     """
     if not isinstance(allow_no_sites, bool):
         raise TypeError(f"allow_no_sites must be True or False, got {allow_no_sites!r}")
+    check_steps(steps)
     policy = Policy.from_overrides(policy, **overrides)  # a bad policy is refused before the (slow) capture
-    return compile_captured(capture(model), policy, allow_no_sites=allow_no_sites)
+    captured = capture(model)
+    source = None if steps == "none" else StepCapture(model, captured.max_len)
+    return compile_captured(captured, policy, allow_no_sites=allow_no_sites, steps=source, lazy=steps == "lazy")
 
 
-def compile_captured(captured: Captured, policy: Policy, *, allow_no_sites: bool = False) -> CompiledModel:
-    """The rewrite half of `compile`, on an already captured model (rewrites `captured.graph_module` in place)."""
+def check_steps(steps) -> str:
+    """`steps` if it is one of STEPS, else a ValueError naming them."""
+    if not isinstance(steps, str) or steps not in STEPS:
+        raise ValueError(f"steps must be one of {', '.join(map(repr, STEPS))}, got {steps!r}")
+    return steps
+
+
+def compile_captured(captured: Captured, policy: Policy, *, allow_no_sites: bool = False,
+                     steps: StepCapture | None = None, lazy: bool = False) -> CompiledModel:
+    """The rewrite half of `compile`, on an already captured model (rewrites `captured.graph_module` in place).
+
+    steps: the model's captured steps (None: no step graphs); built and checked here unless `lazy`. A StepCapture
+    keeps what it captured, so compiles that share one capture each step once (lampc.cells.CellCompiler)."""
     result = run_passes(captured.graph_module, policy)
     check_sites(result, policy, captured.model_type, allow_no_sites=allow_no_sites)
     warn_if_native_is_slow(policy, next(iter(captured.graph_module.parameters()), None))
-    return CompiledModel(
+    compiled = CompiledModel(
         result.graph_module,
         result,
         policy,
         model_type=captured.model_type,
         max_len=captured.max_len,
         vocab_size=captured.vocab_size,
-        steps=captured.steps,
+        steps=steps,
         generation_config=captured.generation_config,
     )
+    if compiled.step_graphs is not None and not lazy:
+        compiled.step_graphs.build_all()
+    return compiled
 
 
 def check_sites(result, policy: Policy, model_type: str, *, allow_no_sites: bool = False) -> None:
@@ -77,11 +114,12 @@ def check_sites(result, policy: Policy, model_type: str, *, allow_no_sites: bool
 
 
 def warn_if_native_is_slow(policy: Policy, parameter) -> None:
-    """One warning when a native-backend site would run its dtype on hardware without units for it."""
+    """One warning when a site's producer would run its GEMMs in a dtype the hardware has no units for."""
+    from .producers import implementation
     from .runtime.hardware import native_speed
 
-    dtypes = {getattr(policy, kind).format.torch_dtype for kind in policy.enabled_kinds()
-              if getattr(policy, kind).backend == "native"}
+    dtypes = {implementation(getattr(policy, kind).producer).hardware_dtype for kind in policy.enabled_kinds()}
+    dtypes.discard(None)
     device = parameter.device if parameter is not None else "cpu"
     for dtype in sorted(dtypes - {torch.float32}, key=str):
         fast, why = native_speed(dtype, device)

@@ -4,12 +4,16 @@ A `SitePolicy` fixes the numbers at one kind of site (format, accumulation, back
 rule (criterion, tau, ...). A `Policy` holds one `SitePolicy` per site kind (attention, layer_norm, logits,
 gelu) plus which producers are lowered at all. Names follow the paper: `tau`, `m_bits`, `block_k`.
 
-Every field is checked in `__post_init__`; a bad value raises `ValueError` naming the field, the value and what
-was expected. A `SitePolicy` round-trips through a short text spec (`to_spec` / `from_spec`), which is how it
-travels inside the custom ops of a rewritten graph:
+A `SitePolicy` is the user's flat record; on construction it builds its typed parts (`site.config`, a
+`lampc.config.SiteConfig`: the producer, the rule, the execution and the facts a matcher found), and each part
+checks its own fields: a bad value raises `ValueError` naming the field, the value and what was expected. The parts
+are what a rewritten graph carries (node tags) and what its ops receive, each op only the parts it reads, as their
+texts (lampc/config/codec.py, the one text form of every field):
 
-    >>> SitePolicy(format="m4", criterion="strict", tau=0.1).to_spec()
-    'format=m4 block_k=1 backend=emulate criterion=strict tau=0.1 length_scaling=0 l_ref=1024 ...'
+    >>> SitePolicy(format="m4", criterion="strict", tau=0.1).config.texts
+    SiteTexts(producer='emulate m4', rule='strict tau=0.1', facts='softcap=none biased=0', execution='fused=0 ...')
+    >>> SitePolicy(format="m4", criterion="strict", tau=0.1).to_spec()      # the whole record, defaults left out
+    'format=m4 tau=0.1'
 
 Vocabulary words (criterion, backend, count_from, error_scale, sites, kinds; formats too) are taken in any case and
 kept in lower case. A bool is no number: `dense_above=True` is refused like `block_k=True`. This module loads no

@@ -12,6 +12,10 @@ from .registry import ProducerImpl, register
 
 @register(Native)
 class NativeImpl(ProducerImpl):
+    @property
+    def hardware_dtype(self):
+        return self.p.format.torch_dtype
+
     def matmul(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
         return native_product(x, w, bias, self.p.format.torch_dtype)
 

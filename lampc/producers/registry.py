@@ -25,7 +25,11 @@ class ProducerImpl:
                              while widening them; None where the producer has no dtype of its own (emulated)
     gamma(k)                 γ of the per-entry error bound of a K-term product (docs/NUMERICS.md §9)
     floor(k, scale)          α of that bound: the subnormal floor
+    hardware_dtype           the torch dtype its GEMMs run in on the device (compile warns where that dtype is
+                             slow, lampc/api.py); None for a producer that emulates its numbers in FP32
     """
+
+    hardware_dtype = None
 
     def __init__(self, p: Producer):
         self.p = p
