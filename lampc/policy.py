@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from .config import (BACKENDS, ERROR_SCALES, NATIVE_FORMATS, Execution, Producer, Record, Rule, SiteConfig, SiteFacts,
                      decode, encode, make_producer, parse_field)
-from .config.producer import field_format
+from .config.producer import PRODUCER_FIELDS, field_format, producer_fields
 from .config.rule import check_choice as _check_choice
 from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITERIA  # noqa: F401 (re-exported)
 from .formats import Format
@@ -102,7 +102,8 @@ class SitePolicy(Record):
             object.__setattr__(self, name, plain_number(getattr(self, name)))
         for name in ("backend", "criterion", "count_from", "error_scale"):
             object.__setattr__(self, name, _lower(getattr(self, name)))
-        producer = make_producer(self.backend, self.format, self.block_k)
+        producer = make_producer(self.backend, {name: getattr(self, name) for name in PRODUCER_FIELDS},
+                                 {name: SitePolicy.__dataclass_fields__[name].default for name in PRODUCER_FIELDS})
         rule = Rule(self.criterion, self.tau, self.length_scaling, self.l_ref, self.budget, self.count_from,
                     self.seed, self.error_scale)
         object.__setattr__(self, "tau", rule.tau)  # None takes the criterion's default
@@ -113,11 +114,9 @@ class SitePolicy(Record):
     @classmethod
     def from_config(cls, config: SiteConfig) -> "SitePolicy":
         """The SitePolicy whose parts are `config`'s (the inverse of `.config`)."""
-        p, r, e, f = config.producer, config.rule, config.execution, config.facts
-        return cls(format=p.format, block_k=p.block_k, backend=p.backend, criterion=r.criterion, tau=r.tau,
-                   length_scaling=r.length_scaling, l_ref=r.l_ref, budget=r.budget, count_from=r.count_from,
-                   seed=r.seed, dense_above=e.dense_above, fused=e.fused, softcap=f.softcap, biased=f.biased,
-                   error_scale=r.error_scale)
+        parts = (config.rule, config.execution, config.facts)
+        return cls(**producer_fields(config.producer),
+                   **{f.name: getattr(part, f.name) for part in parts for f in dataclasses.fields(part)})
 
     @property
     def producer(self) -> Producer:

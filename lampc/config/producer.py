@@ -16,6 +16,7 @@ producer"). Loads no torch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..formats import Format, parse as parse_format
@@ -92,21 +93,30 @@ PRODUCER_TYPES: dict[str, type[Producer]] = {"emulate": Emulated, "native": Nati
 """SitePolicy.backend -> the producer type it builds."""
 
 BACKENDS = tuple(PRODUCER_TYPES)
+PRODUCER_FIELDS = tuple(dict.fromkeys(f.name for t in PRODUCER_TYPES.values() for f in dataclasses.fields(t)))
+"""The SitePolicy fields that describe a producer (each type takes the ones it declares)."""
 
 
-def make_producer(backend: str, format, block_k: int) -> Producer:
-    """The producer SitePolicy's flat fields describe (ValueError naming the field that does not fit)."""
+def make_producer(backend: str, fields: dict, defaults: dict) -> Producer:
+    """The producer SitePolicy's flat fields describe: `fields` holds SitePolicy's value of every field some producer
+    type declares (PRODUCER_FIELDS), `defaults` SitePolicy's defaults of them; the type takes those it declares, and
+    any other that is not at its default is refused by name (block_k with backend='native')."""
     if backend not in PRODUCER_TYPES:
         raise ValueError(f"SitePolicy.backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     kind = PRODUCER_TYPES[backend]
-    if "block_k" in kind.__dataclass_fields__:
-        return kind(format=format, block_k=block_k)
-    producer = kind(format=format)
-    if isinstance(block_k, bool) or not isinstance(block_k, int) or block_k < 1:
-        raise ValueError(f"SitePolicy.block_k must be an integer >= 1, got {block_k!r}")
-    if block_k != 1:
-        raise ValueError(f"SitePolicy.block_k applies to backend='emulate' only; {backend} accumulates in FP32")
+    own = {f.name for f in dataclasses.fields(kind)}
+    producer = kind(**{name: value for name, value in fields.items() if name in own})
+    for name, value in fields.items():
+        if name not in own and value != defaults[name]:
+            users = [b for b, t in PRODUCER_TYPES.items() if name in {f.name for f in dataclasses.fields(t)}]
+            raise ValueError(f"SitePolicy.{name} applies to backend={' or '.join(map(repr, users))} only; "
+                             f"{backend} has no {name}, got {value!r}")
     return producer
+
+
+def producer_fields(producer: Producer) -> dict:
+    """The SitePolicy fields that describe `producer` (the inverse of make_producer), with its backend."""
+    return {"backend": producer.backend, **{f.name: getattr(producer, f.name) for f in dataclasses.fields(producer)}}
 
 
 def decode_producer(text: str) -> Producer:
