@@ -15,7 +15,9 @@
 
 Options given beside it override its fields for every kind it enables; options not given leave it as it is.
 Vocabulary words (--format, --criterion, --backend, --error-scale, --kinds, --sites, and the file's values) are
-taken in any case. A file may not set the fields the attention pass discovers (policy.SET_BY_PASSES).
+taken in any case. A file may not set the fields the attention pass discovers (policy.SET_BY_PASSES). Every
+SitePolicy field's text, in an option or a file ("0.1", "8", "true", "none"), is read by lampc's one codec
+(lampc/config/codec.py) as the field's annotation says: a new field needs no line here.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli_support import CliError, budget_arg
-from .policy import (BACKENDS, CRITERIA, ERROR_SCALES, SET_BY_PASSES, SITE_KINDS, Policy, SiteOverride, SitePolicy,
-                     parse_kinds, set_by_passes_text)
+from .cli_support import CliError, field_arg
+from .config.codec import parse_field
+from .policy import (BACKENDS, CRITERIA, ERROR_SCALES, SET_BY_PASSES, SITE_FIELDS, SITE_KINDS, Policy, SiteOverride,
+                     SitePolicy, parse_kinds, set_by_passes_text)
 
 DEFAULTS = {"format": "m4", "criterion": "strict", "tau": None, "budget": None, "block_k": 1, "kinds": ["attention"],
             "sites": "guarded", "backend": "emulate", "fused": False, "error_scale": "score"}
@@ -45,23 +48,25 @@ def kinds_arg(text: str) -> list[str]:
 def add_policy_arguments(parser, *, grid: bool = False) -> None:
     group = parser.add_argument_group("policy")
     if not grid:
-        group.add_argument("--format", default=None, help="producer format, e.g. m4, m7, bf16 (default m4; see "
-                                                          "`lampc formats`)")
-        group.add_argument("--criterion", default=None, type=str.lower, choices=CRITERIA,
+        group.add_argument("--format", default=None, type=field_arg("format"),
+                           help="producer format, e.g. m4, m7, bf16 (default m4; see `lampc formats`)")
+        group.add_argument("--criterion", default=None, type=field_arg("criterion", lower=True), choices=CRITERIA,
                            help="look-ahead rule (default strict)")
-        group.add_argument("--tau", type=float, default=None, help="the rule's threshold (default: per rule)")
-        group.add_argument("--block-k", type=int, default=None,
+        group.add_argument("--tau", type=field_arg("tau"), default=None,
+                           help="the rule's threshold (default: per rule)")
+        group.add_argument("--block-k", type=field_arg("block_k"), default=None,
                            help="accumulation block (1 = round every term, default)")
-    group.add_argument("--budget", type=budget_arg, default=None,
+    group.add_argument("--budget", type=field_arg("budget"), default=None,
                        help="for --criterion budget: k per row, or a fraction")
     group.add_argument("--kinds", default=None, type=kinds_arg,
                        help="site kinds to rewrite, comma separated: attention,layer_norm,gelu,logits or 'all' "
                             "(default attention, as in the paper)")
     group.add_argument("--sites", type=str.lower, choices=("guarded", "all"), default=None,
                        help="'all' also lowers every matmul that is no site (default guarded)")
-    group.add_argument("--backend", type=str.lower, choices=BACKENDS, default=None,
+    group.add_argument("--backend", type=field_arg("backend", lower=True), choices=BACKENDS, default=None,
                        help="emulate the format bit-exactly, or run the real dtype (bf16, fp16)")
-    group.add_argument("--error-scale", type=str.lower, choices=ERROR_SCALES, default=None, dest="error_scale",
+    group.add_argument("--error-scale", type=field_arg("error_scale", lower=True), choices=ERROR_SCALES, default=None,
+                       dest="error_scale",
                        help="what each entry's sensitivity is multiplied by: score (|ŝ|, the paper's, default), l1 or "
                             "norms (a bound on the producer's error), mixed (|ŝ| floored at a cancelling dot "
                             "product's size) or exact (the true error, evaluation only); docs/NUMERICS.md §9")
@@ -130,8 +135,8 @@ def _per_site(entries) -> tuple[SiteOverride, ...]:
     for entry in entries:
         if not isinstance(entry, dict) or "site" not in entry or "kind" not in entry:
             raise CliError(f"--policy: per_site entry {entry!r} needs at least site and kind")
-        fields = {k: v for k, v in entry.items() if k not in ("site", "kind", "module")}
         try:
+            fields = {k: _file_value(k, v) for k, v in entry.items() if k not in ("site", "kind", "module")}
             out.append(SiteOverride(entry["site"], entry["kind"], fields, module=entry.get("module")))
         except ValueError as err:
             raise CliError(f"--policy: per_site: {err}") from None
@@ -142,6 +147,10 @@ def _site_policy(fields: dict) -> SitePolicy:
     """A SitePolicy from a file's fields; "m_bits" (which Policy.to_dict writes beside the format) must agree."""
     fields = dict(fields)
     m_bits = fields.pop("m_bits", None)
+    unknown = sorted(set(fields) - set(SITE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown SitePolicy field(s) {unknown}; fields: {', '.join(SITE_FIELDS)}")
+    fields = {name: _file_value(name, value) for name, value in fields.items()}
     for name in SET_BY_PASSES:
         if name in fields and fields[name] != SitePolicy.__dataclass_fields__[name].default:
             raise ValueError(f"{set_by_passes_text(name)}: remove it (got {fields[name]!r})")
@@ -149,3 +158,10 @@ def _site_policy(fields: dict) -> SitePolicy:
     if m_bits is not None and m_bits != site.m_bits:
         raise ValueError(f"m_bits {m_bits!r} disagrees with format {site.format.name!r} ({site.m_bits} bits)")
     return site
+
+
+def _file_value(name: str, value):
+    """A file's value of SitePolicy field `name`: a text read by the codec (lampc/config/codec.py) as the field's
+    annotation says ("0.1", "8", "true", "none"); JSON's and YAML's own numbers, bools and nulls as they are. Names
+    that are no SitePolicy field are left for the caller to refuse."""
+    return parse_field(SitePolicy, name, value) if isinstance(value, str) and name in SITE_FIELDS else value

@@ -1,5 +1,5 @@
-"""What every `lampc` subcommand shares: the user-error class, --model, --out, the type of --budget, the checks that
-a destination can be written (before any work), and what third-party output a command shows.
+"""What every `lampc` subcommand shares: the user-error class, --model, --out, the type of a policy field's option,
+the checks that a destination can be written (before any work), and what third-party output a command shows.
 
 Nothing here imports torch, transformers or ONNX: the command line builds its parsers from this module.
 """
@@ -30,14 +30,24 @@ def add_out_argument(parser, *, dest: str = "out", required: bool = False, **opt
     group.add_argument("--output", dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def budget_arg(text: str):
-    """argparse type of --budget: an int k per row or a fraction (SitePolicy.budget)."""
-    from .policy import parse_budget
+def field_arg(name: str, *, lower: bool = False):
+    """The argparse type of the option for SitePolicy field `name`: its text read by lampc's one codec
+    (lampc/config/codec.py), typed from the field's annotation (--tau 0.1, --block-k 8, --budget 8 or 0.05, "none"
+    for an optional field); `lower`: a vocabulary word in lower case, for argparse's `choices`. A text that is no
+    value of the field: argparse's error, naming the option and the field."""
 
-    try:
-        return parse_budget(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int k or a fraction, got {text!r}") from None
+    def read(text: str):
+        from .config.codec import parse_field
+        from .policy import SitePolicy
+
+        try:
+            value = parse_field(SitePolicy, name, text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value.lower() if lower and isinstance(value, str) else value
+
+    read.__name__ = name  # argparse names the type in some messages
+    return read
 
 
 def check_writable_file(path: str | Path, flag: str) -> Path:

@@ -35,11 +35,7 @@ from .config.producer import PRODUCER_FIELDS, field_format, producer_fields
 from .config.rule import check_choice as _check_choice
 from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITERIA  # noqa: F401 (re-exported)
 from .formats import Format
-
-
-SITE_KINDS = ("attention", "layer_norm", "logits", "gelu")
-LINEAR_KINDS = ("layer_norm", "gelu")
-"""Site kinds whose producer is a linear layer and whose consumer is no softmax."""
+from .site_kinds import LINEAR_KINDS, SITE_KINDS  # noqa: F401 (re-exported; declared in lampc/site_kinds.py)
 
 
 @dataclass(frozen=True)

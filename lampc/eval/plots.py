@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, SymmetricalLogLocator
 
 from ..criteria import COUNT_SOURCES, CRITERIA, DISPLAY_ORDER, LAMP_RULES, NO_LOOKAHEAD, SAME_COUNT_BASELINES
+from ..site_kinds import KINDS
 from .grid import POLICY_CELL
 
 POLICY_STYLE = ("C1", "*")
@@ -38,9 +39,6 @@ STYLE = {**{name: _style(name) for name in DISPLAY_ORDER if name not in SAME_COU
 LINE_STYLES = {"": "-", **{name: CRITERIA[name].display.line for name in DISPLAY_ORDER if name in COUNT_SOURCES}}
 """random/oracle's line: that of the rule they count from ("": a series that counts from none)."""
 
-KIND_ENTRIES = {"attention": "QK^T", "logits": "logits", "layer_norm": "layer_norm inputs", "gelu": "gelu inputs"}
-"""What a recompute rate counts at each site kind (lampc.policy.SITE_KINDS)."""
-
 KL_LABEL = "mean KL(P_fp32 || P_test)"
 RATE_CAP = 0.05  # kl_vs_m: each rule's best KL at a recompute rate at most this
 
@@ -50,8 +48,9 @@ def rate_axis_label(rows: Sequence[dict]) -> str:
     kinds = list(dict.fromkeys(k for r in rows for k in str(r.get("site_kinds") or "").split(",") if k))
     if not kinds:
         return "recompute rate (% of visible entries, mean over sites)"
-    what = " + ".join(KIND_ENTRIES.get(k, k) for k in kinds)
-    return f"recompute rate (% of visible {what} entries, {'layer' if kinds == ['attention'] else 'site'} mean)"
+    what = " + ".join(KINDS[k].counts if k in KINDS else k for k in kinds)  # what a rate counts at each kind
+    per_layer = all(k in KINDS and KINDS[k].per_layer for k in kinds)  # attention alone: one site per layer
+    return f"recompute rate (% of visible {what} entries, {'layer' if per_layer else 'site'} mean)"
 
 
 def kl_vs_rate_figure(rows: Sequence[dict]) -> Figure:

@@ -21,6 +21,7 @@ import torch
 
 from ..lookahead.softmax import visible_from_mask
 from ..ops.tap import is_fake
+from ..site_kinds import KINDS
 
 
 class WindowRates:
@@ -33,7 +34,7 @@ class WindowRates:
         self.attention_rows = 0  # query rows (batch x heads x queries) seen at attention sites
         self.attention_keys = 0  # their visible keys
         self.split_ok = True  # False once a call's selection could not be split by window
-        self._kinds = {s.index: s.kind for s in self.sites}
+        self._per_head = {s.index: KINDS[s.kind].per_head for s in self.sites}  # rows of one query's keys
         self._handles = []
 
     def __enter__(self) -> "WindowRates":
@@ -69,7 +70,7 @@ class WindowRates:
         else:  # the tap counts every entry of a non-per-head site
             seen = torch.full((b,), selected[0].numel(), dtype=torch.long)
         self.counts[index].append((chosen, seen))
-        if self._kinds[index] == "attention":
+        if self._per_head[index]:
             self.attention_rows += selected.numel() // max(selected.shape[-1], 1)
             self.attention_keys += int(seen.sum())
 

@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 import onnx
 
 from ..policy import SITE_FIELDS, SitePolicy
+from ..site_kinds import SITE_KINDS
 
 _DTYPES = {1: "f32", 6: "i32", 7: "i64", 9: "b8", 10: "f16", 11: "f64", 12: "u32", 16: "bf16"}
 _OPS_ORDER = ("lowp_scores", "lamp_select", "recompute_scores")
@@ -93,7 +94,7 @@ def _usage(model: onnx.ModelProto, meta: dict[str, str]) -> str:
 def _policy_text(policy: dict) -> str:
     """The policy stored in the model's metadata, in the words `lampc show` uses (SitePolicy.summary)."""
     parts = []
-    for kind in ("attention", "layer_norm", "logits", "gelu"):
+    for kind in SITE_KINDS:
         site = policy.get(kind)
         if site:
             fields = {k: v for k, v in site.items() if k in SITE_FIELDS}

@@ -12,6 +12,7 @@ from torch import fx
 
 from ..capture import CAPTURE_LOCK
 from ..policy import Policy
+from ..site_kinds import LINEAR_KINDS
 from .attention import attention_sites, find_attention, match_attention
 from .driver import Emission, Emitted, SiteKind, SiteTag, rewrite_sites
 from .expand_sdpa import expand_sdpa
@@ -27,7 +28,7 @@ def site_kinds(policy: Policy) -> list[SiteKind]:
     kinds = []
     if policy.attention is not None:
         kinds.append(attention_sites(policy.attention))
-    linear = {kind: getattr(policy, kind) for kind in ("layer_norm", "gelu") if getattr(policy, kind) is not None}
+    linear = {kind: getattr(policy, kind) for kind in LINEAR_KINDS if getattr(policy, kind) is not None}
     if linear:
         kinds.append(linear_sites(linear))
     if policy.logits is not None:

@@ -5,14 +5,17 @@ digits -> int, a number -> float, None, anything else a string; quotes keep a st
 like. `read_model_args` turns them into what the adapter and the policy take, or raises ValueError naming the field
 and what it takes:
 
-    fp32, kl, fused, length_scaling   true/false, 1/0 or yes/no, in any case
+    fp32, kl                          true/false, 1/0 or yes/no, in any case
     batch_size                        an integer >= 1, or auto (lampc's default, DEFAULT_BATCH_SIZE)
     max_length                        an integer >= 1 (capped at the model's position table)
-    budget                            an int k per row or a fraction (lampc.policy.parse_budget)
     device                            a torch device that exists here
     kinds                             site kinds joined by "+" (attention+logits), or all
     policy                            a policy file (JSON/YAML, as `lampc eval --policy`) or a lampc.Policy
-    the other SitePolicy fields       checked by SitePolicy and Policy themselves, as lampc.compile checks them
+    the SitePolicy fields             a text read by lampc's one codec (lampc/config/codec.py), typed from the
+                                      field's annotation: a flag (fused, length_scaling) as fp32 and kl are, a
+                                      number from its digits, the budget a count k per row or a fraction, "none"
+                                      for an optional field; then checked by SitePolicy and Policy themselves, as
+                                      lampc.compile checks them
 
 `fp32=True` (the uncompiled reference) takes no policy: a policy field beside it is refused, not dropped.
 lm-eval's own `--device` (default cuda:0) arrives as `lm_eval_device`: on a machine without that device it is
@@ -30,16 +33,14 @@ from typing import Any
 
 import torch
 
-from ..policy import SET_BY_PASSES, SITE_FIELDS, Policy, parse_budget
+from ..config.codec import field_kinds, parse_field
+from ..policy import SET_BY_PASSES, SITE_FIELDS, Policy, SitePolicy
 
 DEFAULT_BATCH_SIZE = 8
 USER_FIELDS = tuple(f for f in SITE_FIELDS if f not in SET_BY_PASSES)
 """The SitePolicy fields model_args takes (softcap and biased are set by lampc's passes, not by users)."""
 POLICY_ARGS = ("kinds", "policy", "sites")
 OWN_ARGS = ("model", "fp32", "batch_size", "max_length", "kl", *POLICY_ARGS, "device")
-BOOL_FIELDS = ("fused", "length_scaling")
-INT_FIELDS = ("block_k", "l_ref", "seed")
-FLOAT_FIELDS = ("tau", "dense_above")
 BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -117,24 +118,22 @@ def _batch_size(value) -> int:
 
 
 def _site_value(name: str, value):
-    """A SitePolicy field from model_args: flags and budgets read here, numbers given as text converted; the field's
-    range (and any value left unconverted) is SitePolicy's to check."""
-    if name in BOOL_FIELDS:
+    """SitePolicy field `name` from model_args: a text read by the codec as the field's annotation says (a flag by
+    `as_bool`: its six words); a Python value as it is. What the codec cannot read is left for SitePolicy, whose
+    check names the field and its range ("SitePolicy.tau must be a finite number, got 'abc'"), except a count or
+    fraction (the budget), whose check could not show the text."""
+    kind, _ = field_kinds(SitePolicy)[name]
+    if kind == "bool":
         return as_bool(name, value)
     if not isinstance(value, str):
         return value
-    if name == "budget":
-        try:
-            return parse_budget(value)
-        except ValueError:
-            raise ValueError(f"model_args budget: expected an int k per row or a fraction in (0, 1], got "
+    try:
+        return parse_field(SitePolicy, name, value)
+    except ValueError:
+        if kind == "number":
+            raise ValueError(f"model_args {name}: expected an int k per row or a fraction in (0, 1], got "
                              f"{value!r}") from None
-    for kind in (int,) if name in INT_FIELDS else (float,) if name in FLOAT_FIELDS else ():
-        try:
-            return kind(value)
-        except ValueError:
-            return value  # SitePolicy names the field and its range
-    return value
+        return value
 
 
 def _policy_file(policy) -> Policy | None:
