@@ -75,7 +75,9 @@ def listings() -> dict[str, str]:
     expand_sdpa(fused)
     rewrite_sites(fused, [attention_sites(dataclasses.replace(policy, fused=True))])
     out["fused"] = _module_listing(fused, "transformer.h.0.attn")
-    decode = captured.steps.graph("decode")
+    from lampc.capture_step import StepCapture  # the cached steps are captured apart from the full graph
+
+    decode = StepCapture(_model(), captured.max_len).graph("decode")  # the same seeded model's decode step
     expand_sdpa(decode)
     rewrite_sites(decode, [attention_sites(policy)])
     out["decode"] = _module_listing(decode, "transformer.h.0.attn")

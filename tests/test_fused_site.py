@@ -21,7 +21,7 @@ CASES = [("gpt2", criterion, rule) for criterion, rule in RULES] + [("llama", "s
 @pytest.fixture(scope="module")
 def compilers():
     """One capture per architecture; each case rewrites a fresh copy (CellCompiler, the same as lampc.compile)."""
-    from lampc.eval.sweep import CellCompiler
+    from lampc.cells import CellCompiler
 
     models = {"gpt2": tiny_gpt2(score_gain=6.0), "llama": tiny_llama()}
     return {arch: (model, CellCompiler(model)) for arch, model in models.items()}

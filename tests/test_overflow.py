@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lampc
-from lampc.eval.sweep import CellCompiler
+from lampc.cells import CellCompiler
 from tiny_models import padded_batch, tiny_gpt2
 
 pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out

@@ -36,7 +36,7 @@ def listing(gm: fx.GraphModule) -> str:
     for node in gm.graph.nodes:
         if node.op not in ("call_function", "call_module") or node.target == "_guards_fn":  # torch.export's guards
             continue
-        args = ", ".join(_arg(a) for a in node.args)
+        args = ", ".join([_arg(a) for a in node.args] + [f"{k}={_arg(v)}" for k, v in node.kwargs.items()])
         tag = node.meta.get("lampc")
         label = f" [{tag.config.label}]" if tag is not None and tag.role in ("producer", "fused") else ""
         mark = "" if tag is None else f"    # site {tag.site} {tag.kind} {tag.role}{label}"
@@ -272,6 +272,44 @@ scores_lp_0 = lampc.lowp_scores(h, lm_head_t_0, 1, 'emulate m4')    # site 0 log
 selection_0 = lampc.lamp_select(scores_lp_0, h, lm_head_t_0, 1, None, False, 'emulate m4', 'strict tau=0.1', 'softcap=none biased=0', 'fused=0 dense_above=0.25', 0)    # site 0 logits selection
 scores_0 = lampc.recompute_scores(scores_lp_0, selection_0, h, lm_head_t_0, 1, 'fused=0 dense_above=0.25')    # site 0 logits recompute
 lampc_tap_0 = lampc_tap_0(selection_0, None)    # site 0 logits tap""")
+
+
+NATIVE = SitePolicy(format="bf16", backend="native", criterion="strict", tau=0.1)
+
+
+def test_native_sites_read_each_weight_through_its_cast():
+    """A native producer's weight operand is read through the weight's cast (a CastWeight module, cast once while
+    the weight is unchanged), passed as w_low / k_low; one module per weight, whichever sites read it."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block, self.head = Block(), Head()
+
+        def forward(self, x):
+            return self.head(self.block(x))
+
+    gm = capture(Model(), torch.randn(1, 3, 8))
+    result = rewrite_sites(gm, [linear_sites({"gelu": NATIVE}), logits_site(NATIVE), lowered_matmuls(NATIVE)])
+    assert [s.kind for s in result.sites] == ["gelu", "logits"]
+    assert_expected_inline(listing(gm), """\
+t_default = t(block_up_weight)    # site 0 gelu operand
+lampc_cast_bf16_block_up_weight = lampc_cast_bf16_block_up_weight(t_default)    # site 0 gelu operand
+y_lp_0 = lampc.lowp_matmul(x, t_default, block_up_bias, 'native bf16', 'fused=0 dense_above=0.25', w_low=lampc_cast_bf16_block_up_weight)    # site 0 gelu producer [bf16/native strict tau=0.1]
+selection_0 = lampc.component_select(y_lp_0, x, t_default, block_up_bias, None, None, 0, 'gelu', 'native bf16', 'strict tau=0.1', 'fused=0 dense_above=0.25', 0)    # site 0 gelu selection
+y_0 = lampc.recompute_linear(y_lp_0, selection_0, x, t_default, block_up_bias, 'fused=0 dense_above=0.25')    # site 0 gelu recompute
+lampc_tap_0 = lampc_tap_0(selection_0, None)    # site 0 gelu tap
+gelu = gelu(y_0)
+t_default_1 = t(block_down_weight)    # site None lowered operand
+lampc_cast_bf16_block_down_weight = lampc_cast_bf16_block_down_weight(t_default_1)    # site None lowered operand
+lowered_linear_1 = lampc.lowp_matmul(gelu, t_default_1, block_down_bias, 'native bf16', 'fused=0 dense_above=0.25', w_low=lampc_cast_bf16_block_down_weight)    # site None lowered producer [bf16/native strict tau=0.1]
+add = add(x, lowered_linear_1)
+layer_norm = layer_norm(add, [8], block_norm_weight, block_norm_bias, 1e-05, False)
+lm_head_t_1 = t(head_lm_head_weight)    # site 1 logits operand
+lampc_cast_bf16_head_lm_head_weight = lampc_cast_bf16_head_lm_head_weight(lm_head_t_1)    # site 1 logits operand
+scores_lp_1 = lampc.lowp_scores(layer_norm, lm_head_t_1, 1, 'native bf16', k_low=lampc_cast_bf16_head_lm_head_weight)    # site 1 logits producer [bf16/native strict tau=0.1]
+selection_1 = lampc.lamp_select(scores_lp_1, layer_norm, lm_head_t_1, 1, None, False, 'native bf16', 'strict tau=0.1', 'softcap=none biased=0', 'fused=0 dense_above=0.25', 1)    # site 1 logits selection
+scores_1 = lampc.recompute_scores(scores_lp_1, selection_1, layer_norm, lm_head_t_1, 1, 'fused=0 dense_above=0.25')    # site 1 logits recompute
+lampc_tap_1 = lampc_tap_1(selection_1, None)    # site 1 logits tap""")
 
 
 def test_a_head_with_a_bias_is_no_logits_site():

@@ -1,6 +1,6 @@
 """lampc.lookahead.record: the per-site log-histogram of normalised weights ν = weight / threshold, against scalar
-loops over the same ν; what `recording()` collects from the softmax and linear look-aheads, against the selection
-the same rule makes (an independent count of the entries it picked)."""
+loops over the same ν; the ν the softmax and linear look-aheads give, against the selection the same rule makes (an
+independent count of the entries it picked); and `recording(gm)`, the graph's recorder nodes, only while recording."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from lampc.criteria import CALIBRATED, CRITERIA
-from lampc.lookahead.components import select_components
-from lampc.lookahead.record import BINS_PER_DECADE, HIGH_DECADE, LOW_DECADE, N_BINS, SiteWeights, recording
-from lampc.lookahead.softmax import select
+from lampc.lookahead.components import normalised_component_weights, select_components
+from lampc.lookahead.record import BINS_PER_DECADE, HIGH_DECADE, LOW_DECADE, N_BINS, SiteWeights, WeightRecorder
+from lampc.lookahead.softmax import normalised_weights, select
 from lampc.policy import SitePolicy
 
 
@@ -119,7 +119,7 @@ def test_count_above_is_exact_at_every_bin_edge_the_module_computes():
     assert wrong == [] and single.count_above(single.largest()) == 0
 
 
-# --- recording() through the look-aheads --------------------------------------------------------------------------
+# --- the look-aheads' ν ---------------------------------------------------------------------------------
 
 
 def _scores(seed: int = 0):
@@ -151,8 +151,9 @@ def test_recorded_counts_equal_the_selection_at_every_scaled_tau(site):
     error_scale = None
     if site.error_scale == "norms":
         error_scale = torch.rand(s_hat.shape, generator=torch.Generator().manual_seed(3)) * 4
-    with recording() as recorder:
-        chosen = select(s_hat, visible, site, index=3, error_scale=error_scale)
+    recorder = WeightRecorder()
+    chosen = select(s_hat, visible, site, error_scale=error_scale)
+    recorder.add(3, normalised_weights(s_hat, visible, site, error_scale=error_scale))
     assert list(recorder.sites) == [3]
     weights = recorder.sites[3]
     assert weights.usable == int(usable.sum())
@@ -162,9 +163,9 @@ def test_recorded_counts_equal_the_selection_at_every_scaled_tau(site):
     assert bool(chosen[0, 1, 6, 3])  # the overflowed entry is selected, but not recorded
     for lam in (0.1, 10.0):  # tau x λ selects exactly the entries with ν > λ (what calibration relies on)
         scaled = dataclasses.replace(site, tau=site.tau * lam)
-        again = select(s_hat, visible, scaled, error_scale=error_scale)  # no index: outside the recorder
+        again = select(s_hat, visible, scaled, error_scale=error_scale)  # a selection records nothing
         assert weights.count_above(lam) == int((again & usable).sum()), lam
-    assert weights.usable == int(usable.sum())  # the calls without an index added nothing
+    assert weights.usable == int(usable.sum())  # the selections added nothing
 
 
 @pytest.mark.parametrize("criterion", ["strict", "relaxed"])
@@ -174,8 +175,9 @@ def test_recorded_counts_at_a_linear_site(criterion):
     y_hat[2, 7] = float("inf")
     weight = torch.rand(5, 16, generator=g).square()
     site = SitePolicy(criterion=criterion, tau=0.2)
-    with recording() as recorder:
-        chosen = select_components(y_hat, weight, site, index=11)
+    recorder = WeightRecorder()
+    chosen = select_components(y_hat, weight, site)
+    recorder.add(11, normalised_component_weights(y_hat, weight, site))
     finite = torch.isfinite(y_hat)
     weights = recorder.sites[11]
     assert weights.usable == int(finite.sum()) == 79
@@ -193,24 +195,87 @@ def test_recorded_counts_at_a_linear_site(criterion):
     assert weights.total_square == pytest.approx(sum(v * v for v in nu), rel=1e-5)
 
 
-def test_nothing_is_recorded_outside_the_block_or_without_an_index():
-    s_hat, visible = _scores(1)
-    site = SitePolicy(criterion="strict", tau=0.05)
-    select(s_hat, visible, site, index=0)  # no recorder: a no-op for recording
-    with recording() as first:
-        assert first.sites == {}
-        select(s_hat, visible, site, index=None)
-        assert first.sites == {}
-        select(s_hat, visible, site, index=2)
-        select(s_hat, visible, site, index=2)  # a second call adds to the same site
-    usable = int((visible & torch.isfinite(s_hat)).sum())
-    assert list(first.sites) == [2] and first.sites[2].usable == 2 * usable
-    select(s_hat, visible, site, index=2)  # after the block: the old recorder is not fed
-    select(s_hat, visible, site, index=5)
-    assert list(first.sites) == [2] and first.sites[2].usable == 2 * usable
-    with recording() as second:
+class _Attention(torch.nn.Module):
+    """softmax(q·kᵀ · 0.5 + mask): one attention site."""
+
+    def forward(self, q, k, mask):
+        return torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * 0.5 + mask, dim=-1)
+
+
+def _rewritten(site: SitePolicy):
+    """The attention graph rewritten under `site`, and its inputs (2 sequences, 3 heads, 9 x 9 scores, causal)."""
+    from lampc.passes import attention_sites, rewrite_sites
+
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 3, 9, 8, generator=g) * 2, torch.randn(2, 3, 9, 8, generator=g) * 2
+    mask = torch.zeros(1, 1, 9, 9).masked_fill(~torch.ones(9, 9, dtype=torch.bool).tril(), float("-inf"))
+    gm = torch.export.export(_Attention(), (q, k, mask), strict=False).module()
+    rewrite_sites(gm, [attention_sites(site)])
+    return gm, (q, k, mask)
+
+
+def test_the_graph_records_only_inside_the_block():
+    """recording(gm) adds a recorder node per threshold site and takes it out again: before and after the block the
+    graph is the one compiled, and a recorder is fed only by the calls made inside its block."""
+    from lampc.ops import graph_taps
+    from lampc.passes.recording import recording
+
+    gm, inputs = _rewritten(SitePolicy(criterion="strict", tau=0.05))
+    code, modules = gm.code, dict(gm.named_children())
+    tap = graph_taps(gm)[0]
+    gm(*inputs)  # no recorder: a plain forward
+    with recording(gm) as first:
+        assert first.sites == {} and gm.code != code
+        tap.reset()
+        gm(*inputs)
+        gm(*inputs)  # a second call adds to the same site
+    usable = 2 * 3 * 9 * 10 // 2  # the causally visible scores
+    assert list(first.sites) == [0] and first.sites[0].usable == 2 * usable == int(tap.visible.sum())
+    assert first.sites[0].count_above(1.0) == int(tap.selected.sum()) > 0  # ν > 1: what the rule selected
+    assert gm.code == code and dict(gm.named_children()) == modules
+    gm(*inputs)  # after the block: the old recorder is not fed
+    assert list(first.sites) == [0] and first.sites[0].usable == 2 * usable
+    with recording(gm) as second:
         pass
     assert second.sites == {} and second is not first
+    uniform, uniform_inputs = _rewritten(SitePolicy(criterion="uniform"))
+    code = uniform.code
+    with recording(uniform) as none:  # no threshold: no recorder node
+        assert uniform.code == code
+        uniform(*uniform_inputs)
+    assert none.sites == {}
+
+
+class _Residual(torch.nn.Module):
+    """layer_norm(x + linear(x)): one layer_norm site."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.norm = torch.nn.Linear(16, 16), torch.nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.norm(x + self.linear(x))
+
+
+@pytest.mark.parametrize("criterion", ["strict", "relaxed"])
+def test_the_graph_records_a_linear_site(criterion):
+    """The ν op of component_select reads what the selection read: its count above 1 is the tap's selected count."""
+    from lampc.ops import graph_taps
+    from lampc.passes import linear_sites, rewrite_sites
+    from lampc.passes.recording import recording
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16) * 3
+    gm = torch.export.export(_Residual().eval(), (x,), strict=False).module()
+    rewrite_sites(gm, [linear_sites({"layer_norm": SitePolicy(criterion=criterion, tau=0.3 if criterion == "relaxed"
+                                                              else 0.05)})])
+    tap = graph_taps(gm)[0]
+    with recording(gm) as recorder:
+        tap.reset()
+        gm(x)
+    weights = recorder.sites[0]
+    assert weights.usable == 2 * 5 * 16 == int(tap.visible.sum())
+    assert weights.count_above(1.0) == int(tap.selected.sum()) > 0
 
 
 @pytest.mark.parametrize("site", [SitePolicy(criterion="uniform"), SitePolicy(criterion="budget", budget=2),
@@ -218,13 +283,12 @@ def test_nothing_is_recorded_outside_the_block_or_without_an_index():
                          ids=lambda s: s.rule_text)
 def test_rules_without_a_threshold_record_nothing(site):
     s_hat, visible = _scores(2)
-    with recording() as recorder:
-        chosen = select(s_hat, visible, site, index=1)
-        select_components(s_hat[0, 0], s_hat[0, 0].abs(), dataclasses.replace(site, criterion="uniform", tau=None,
-                                                                              budget=None), index=2)
+    chosen = select(s_hat, visible, site)
+    assert normalised_weights(s_hat, visible, site) is None
+    uniform = dataclasses.replace(site, criterion="uniform", tau=None, budget=None)
+    assert normalised_component_weights(s_hat[0, 0], s_hat[0, 0].abs(), uniform) is None
     if site.criterion != "uniform":
         assert int((chosen & visible & torch.isfinite(s_hat)).sum()) > 0  # it did select: it just has no ν
-    assert recorder.sites == {}
 
 
 def test_the_calibrated_criteria_are_those_with_a_weight_against_a_threshold():

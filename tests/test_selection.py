@@ -101,7 +101,8 @@ def test_budget_counts_and_choice():
 def test_random_matches_counts_and_never_selects_masked():
     s, visible = _rows(seed=4, rows=64, keys=16)
     strict = select(s, visible, SitePolicy(criterion="strict", tau=0.05))
-    rand = select(s, visible, SitePolicy(criterion="random", tau=0.05), generator=torch.Generator().manual_seed(0))
+    draws = torch.rand(s.shape, generator=torch.Generator().manual_seed(0))
+    rand = select(s, visible, SitePolicy(criterion="random", tau=0.05), draws=draws)
     assert torch.equal(rand.sum(-1), strict.sum(-1))
     assert not rand[~visible].any()
     assert not torch.equal(rand, strict)

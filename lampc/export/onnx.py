@@ -37,6 +37,7 @@ from ..ops import SITE_OPS
 from ..passes import unfuse_sites
 from ..graph_view import module_path
 from ..policy import SitePolicy
+from ..producers.cast_weight import CastWeight
 from ..runtime.compiled import CompiledModel
 from .ir_passes import add_debug_outputs, convert_opset, find_fx_sites, optimize_model, quiet, tag_metadata, tag_sites
 from .rounding import BITCAST_OPSET, ROUNDINGS
@@ -219,8 +220,9 @@ def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
 
 
 def _exportable_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of `gm` (sharing its parameters) without the lampc_tap_* statistics calls and with fused sites
-    (SitePolicy.fused, a runtime arrangement) back in their three-op form, which has the same values."""
+    """A copy of `gm` (sharing its parameters) without the lampc_tap_* statistics calls, with fused sites
+    (SitePolicy.fused, a runtime arrangement) back in their three-op form, which has the same values, and without
+    the native weight casts (a runtime cache: each op's translation casts its weight, an initializer, itself)."""
     copied = fx.GraphModule(gm, copy.deepcopy(gm.graph))
     unfuse_sites(copied)
     graph = copied.graph
@@ -228,6 +230,10 @@ def _exportable_copy(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op == "call_module" and str(node.target).startswith(TAP_PREFIX):
             if node.users:
                 raise OnnxExportError(f"statistics tap {node.target} has users; it should return nothing")
+            graph.erase_node(node)
+        elif node.op == "call_module" and isinstance(copied.get_submodule(node.target), CastWeight):
+            for user in list(node.users):  # the op's w_low / k_low: left at None, the op casts at the call
+                user.kwargs = {key: value for key, value in user.kwargs.items() if value is not node}
             graph.erase_node(node)
     copied.graph.lint()
     copied.recompile()

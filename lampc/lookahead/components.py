@@ -22,7 +22,7 @@ from torch import Tensor
 from ..policy import SitePolicy
 from .activations import DERIVATIVES
 from .norms import layer_norm_column_norms, rms_norm_column_norms
-from .record import record
+from .record import normalised
 from .softmax import TorchRows, budget_counts, budget_k_max
 
 CONSUMERS = ("layer_norm", "rms_norm", "gelu_tanh", "gelu", "silu")
@@ -44,8 +44,8 @@ class ComponentRows(TorchRows):
     output components, finite outputs only. Both the strict and the relaxed rule read c; there is no softmax, so
     the target rule (and random/oracle counting from it) is refused (Policy refuses it at compile time)."""
 
-    def __init__(self, y_hat: Tensor, weight: Tensor, site: SitePolicy, *, true_error=None, generator=None):
-        self.y_hat, self.site, self.true, self.generator = y_hat, site, true_error, generator
+    def __init__(self, y_hat: Tensor, weight: Tensor, site: SitePolicy, *, true_error=None, draws=None):
+        self.y_hat, self.site, self.true, self._draws = y_hat, site, true_error, draws
         self.usable = torch.isfinite(y_hat)
         self.weight = weight.nan_to_num(nan=0.0, posinf=0.0).masked_fill(~self.usable, 0.0)
 
@@ -70,9 +70,6 @@ class ComponentRows(TorchRows):
     def budget_k_max(self, budget) -> int:
         return budget_k_max(self.y_hat.shape[-1], budget)
 
-    def draws(self) -> Tensor:
-        return self.random_scores(self.y_hat, self.generator)
-
     def true_error(self) -> Tensor:
         if self.true is None:
             raise ValueError("criterion 'oracle' needs the true first-order error")
@@ -85,12 +82,15 @@ def select_components(
     site: SitePolicy,
     *,
     true_error: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    index: int | None = None,
+    draws: Tensor | None = None,
 ) -> Tensor:
     """The selection (bool, shape of y_hat) for `site.criterion`, given the look-ahead weights c (same shape); a
-    non-finite output is always selected. index: the site's, for calibration's recorder (lookahead/record.py)."""
-    rows = ComponentRows(y_hat, weight, site, true_error=true_error, generator=generator)
-    selected = site.rule.select(rows, site) | ~rows.usable
-    record(index, rows, site)
-    return selected
+    non-finite output is always selected. draws: the random baseline's uniforms (shaped like y_hat)."""
+    rows = ComponentRows(y_hat, weight, site, true_error=true_error, draws=draws)
+    return site.rule.select(rows, site) | ~rows.usable
+
+
+def normalised_component_weights(y_hat: Tensor, weight: Tensor, site: SitePolicy) -> Tensor | None:
+    """ν = weight / threshold of the site's rule at each finite output (NaN elsewhere), from the rows
+    `select_components` selects from: what calibration records (lookahead/record.py); None without a threshold."""
+    return normalised(ComponentRows(y_hat, weight, site), site)

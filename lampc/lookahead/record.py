@@ -1,12 +1,14 @@
 """Recording what each site's threshold rule sees, for calibration (lampc/eval/calibrate.py).
 
-A threshold rule (strict, relaxed) selects `weight > threshold`. Under `recording()`, every unfused look-ahead adds
-its usable entries' normalised weights ν = weight / threshold to a histogram per site: at a site whose tau is
-scaled by λ the rule selects exactly the entries with ν > λ, so one forward pass tells every site's recompute count
-at every threshold, and the sum of ν² below λ (the first-order error left unrecomputed, squared) at each.
+A threshold rule (strict, relaxed) selects `weight > threshold`. Its usable entries' normalised weights
+ν = weight / threshold (`normalised`, computed by the look-ahead from the same rows it selects from) go to a
+histogram per site: at a site whose tau is scaled by λ the rule selects exactly the entries with ν > λ, so one
+forward pass tells every site's recompute count at every threshold, and the sum of ν² below λ (the first-order
+error left unrecomputed, squared) at each. The look-ahead only computes ν; what collects it is explicit: a
+`WeightRecorder` that a graph's recorder nodes feed (lampc/passes/recording.py, `recording(gm)`), or a caller:
 
-    with recording() as recorder:
-        compiled(input_ids)
+    recorder = WeightRecorder()
+    recorder.add(3, normalised_weights(s_hat, visible, site))    # lampc/lookahead/softmax.py
     recorder.sites[3].count_above(0.5)      # entries site 3 selects with tau x 0.5
 
 Bins are 1/BINS_PER_DECADE decade wide (a count at λ is exact to within the entries of one bin: 2.3% in λ), from
@@ -15,16 +17,11 @@ Bins are 1/BINS_PER_DECADE decade wide (a count at λ is exact to within the ent
 
 from __future__ import annotations
 
-import contextlib
-from contextvars import ContextVar
-
 import torch
 from torch import Tensor
 
 LOW_DECADE, HIGH_DECADE, BINS_PER_DECADE = -12, 8, 100
 N_BINS = (HIGH_DECADE - LOW_DECADE) * BINS_PER_DECADE
-
-_RECORDER: ContextVar["WeightRecorder | None"] = ContextVar("lampc_weight_recorder", default=None)
 
 
 class SiteWeights:
@@ -92,35 +89,28 @@ def _first_bin_above(lam: float) -> int:
     return int(_bin_of(torch.tensor([lam], dtype=torch.float64))[0])
 
 
+def normalised(rows, site) -> Tensor | None:
+    """ν = weight / threshold of the rule of `site` (a SitePolicy) over `rows` (its RuleInputs), at every entry the
+    rule may pick (NaN at the others, e.g. masked or non-finite ones); None for a rule without a threshold to scale
+    (uniform, budget, target, the baselines): nothing to calibrate."""
+    terms = site.rule.terms
+    if terms is None:
+        return None
+    weight, threshold = terms(rows, site)
+    nu = (weight / threshold).nan_to_num(nan=0.0)
+    return nu.masked_fill(~rows.usable.expand(nu.shape), float("nan"))
+
+
 class WeightRecorder:
-    """Per-site histograms of ν, filled by the look-ahead while `recording()` is active."""
+    """Per-site histograms of ν (`sites`: {site index: SiteWeights}), filled by `add`."""
 
     def __init__(self) -> None:
         self.sites: dict[int, SiteWeights] = {}
 
-    def record(self, index: int, rows, site) -> None:
-        """Add the usable entries of one look-ahead call (`rows`: its RuleInputs; `site`: its SitePolicy)."""
-        terms = site.rule.terms
-        if terms is None:  # no threshold to scale (uniform, budget, ...): nothing to calibrate at this site
+    def add(self, index: int, nu: Tensor | None) -> None:
+        """Add one look-ahead call's ν (`normalised`: NaN at the entries its rule may not pick) to site `index`;
+        None (a rule without a threshold) adds nothing."""
+        if nu is None:
             return
-        weight, threshold = terms(rows, site)
-        nu = (weight / threshold).nan_to_num(nan=0.0)
-        self.sites.setdefault(index, SiteWeights()).add(nu[rows.usable.expand(nu.shape)])
-
-
-@contextlib.contextmanager
-def recording():
-    """Record every site's ν while the block runs (unfused look-aheads only; yields the WeightRecorder)."""
-    recorder = WeightRecorder()
-    token = _RECORDER.set(recorder)
-    try:
-        yield recorder
-    finally:
-        _RECORDER.reset(token)
-
-
-def record(index: int | None, rows, site) -> None:
-    """Called by each look-ahead after it selected: adds `rows` to the active recorder, if any."""
-    recorder = _RECORDER.get()
-    if recorder is not None and index is not None and not torch.compiler.is_compiling():
-        recorder.record(index, rows, site)
+        nu = nu.detach()
+        self.sites.setdefault(index, SiteWeights()).add(nu[~torch.isnan(nu)])

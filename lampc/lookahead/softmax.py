@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..policy import SitePolicy
-from .record import record
+from .record import normalised
 
 MASKED_BELOW = -1.0e4
 """An additive-mask entry <= this counts as masked (HF uses finfo(float32).min; older code used -1e4)."""
@@ -148,9 +148,14 @@ class TorchRows:
     def count(self, selection: Tensor) -> Tensor:
         return selection.sum(dim=-1, keepdim=True)
 
-    def random_scores(self, like: Tensor, generator) -> Tensor:
-        """Uniform draws shaped like `like`, from the CPU generator (the same stream on every device)."""
-        return torch.rand(like.shape, generator=generator, device="cpu").to(like.device)
+    _draws: Tensor | None = None
+
+    def draws(self) -> Tensor:
+        """The call's uniform draws (the random baseline), as the caller gave them: the look-ahead draws nothing."""
+        if self._draws is None:
+            raise ValueError("criterion 'random' needs this call's uniform draws (draws=...; the ops take them from "
+                             "the graph's lampc_draws_<site> node, lampc/ops/random.py)")
+        return self._draws
 
 
 class SoftmaxRows(TorchRows):
@@ -159,10 +164,10 @@ class SoftmaxRows(TorchRows):
     quantity is computed on first use, so a rule pays only for what it reads."""
 
     def __init__(self, s_hat: Tensor, visible: Tensor, usable: Tensor, site: SitePolicy, *, s_fp32=None,
-                 generator=None, bias: Tensor | None = None, error_scale: Tensor | None = None):
+                 draws: Tensor | None = None, bias: Tensor | None = None, error_scale: Tensor | None = None):
         self.s_hat, self.visible, self.usable, self.site = s_hat, visible, usable, site
         self._error_scale = error_scale
-        self.s_fp32, self.generator, self.bias = s_fp32, generator, bias
+        self.s_fp32, self._draws, self.bias = s_fp32, draws, bias
         self.capped_hat, self.gain = capped(s_hat, site.softcap), cap_gain(s_hat, site.softcap)
         self.logits = self.capped_hat if bias is None else self.capped_hat + bias  # what the softmax sees
         self._a = None
@@ -199,9 +204,6 @@ class SoftmaxRows(TorchRows):
     def budget_k_max(self, budget) -> int:
         return budget_k_max(self.s_hat.shape[-1], budget)
 
-    def draws(self) -> Tensor:
-        return self.random_scores(self.s_hat, self.generator)
-
     def true_error(self) -> Tensor:
         """2·p_i·(1 − p_i)·|z_i − ẑ_i|: p from the FP32 scores, z what the softmax sees of each (bias cancels)."""
         if self.s_fp32 is None:
@@ -217,10 +219,9 @@ def select(
     site: SitePolicy,
     *,
     s_fp32: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    draws: Tensor | None = None,
     bias: Tensor | None = None,
     error_scale: Tensor | None = None,
-    index: int | None = None,
 ) -> Tensor:
     """The selection of `site.criterion` (its rule in lampc.criteria); a non-finite ŝ is always selected, masked
     or not. error_scale: each entry's error scale when it is not |ŝ_i| (lookahead/error_scale.py).
@@ -229,18 +230,29 @@ def select(
     softmax row into NaN; selected, it is recomputed in FP32 (finite wherever the FP32 model is). The recompute
     rate counts visible entries only, so these never show in it.
 
-    s_fp32 (the true FP32 scores) is needed by "oracle" only; generator by "random" only. bias: a finite additive
-    term the softmax sees beside the scores (ALiBi; 0 at masked entries); the error scale stays |ŝ_i|. index: the
-    site's, for calibration's recorder (lookahead/record.py).
+    s_fp32 (the true FP32 scores) is needed by "oracle" only; draws (uniforms shaped like s_hat) by "random" only.
+    bias: a finite additive term the softmax sees beside the scores (ALiBi; 0 at masked entries); the error scale
+    stays |ŝ_i|.
     """
+    rows = softmax_rows(s_hat, visible, site, s_fp32=s_fp32, draws=draws, bias=bias, error_scale=error_scale)
+    return site.rule.select(rows, site) | ~torch.isfinite(s_hat)  # non-finite scores: always, visible or not
+
+
+def softmax_rows(s_hat: Tensor, visible: Tensor, site: SitePolicy, *, s_fp32: Tensor | None = None,
+                 draws: Tensor | None = None, bias: Tensor | None = None,
+                 error_scale: Tensor | None = None) -> SoftmaxRows:
+    """What the rules read at a softmax site (`select`'s arguments): the usable entries are the visible finite ones."""
     visible = visible.expand(s_hat.shape)
-    always = ~torch.isfinite(s_hat)  # non-finite scores: always recomputed, visible or not
-    usable = visible & ~always  # the rules look at the finite scores
-    rows = SoftmaxRows(s_hat, visible, usable, site, s_fp32=s_fp32, generator=generator, bias=bias,
+    usable = visible & torch.isfinite(s_hat)  # the rules look at the finite scores
+    return SoftmaxRows(s_hat, visible, usable, site, s_fp32=s_fp32, draws=draws, bias=bias,
                        error_scale=None if error_scale is None else error_scale.expand(s_hat.shape))
-    selected = site.rule.select(rows, site) | always
-    record(index, rows, site)
-    return selected
+
+
+def normalised_weights(s_hat: Tensor, visible: Tensor, site: SitePolicy, *, bias: Tensor | None = None,
+                       error_scale: Tensor | None = None) -> Tensor | None:
+    """ν = weight / threshold of the site's rule at each usable entry (NaN elsewhere), from the rows `select`
+    selects from: what calibration records (lookahead/record.py); None for a rule without a threshold."""
+    return normalised(softmax_rows(s_hat, visible, site, bias=bias, error_scale=error_scale), site)
 
 
 def first_order_error(s_hat: Tensor, s_fp32: Tensor, visible: Tensor, selected: Tensor) -> Tensor:

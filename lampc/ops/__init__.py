@@ -5,7 +5,9 @@
     linear_site.py   lowp_matmul, component_select, recompute_linear   (layer_norm and activation sites; lowered
                      matmuls)
     tap.py           SelectionTap, the module a rewritten graph calls with each site's selection (statistics)
-    random.py        the random baseline's per-model generators
+    random.py        RandomDraws, the module a rewritten graph calls for the random baseline's draws (per-model
+                     streams, RandomStreams)
+    recording.py     normalised_weights, normalised_component_weights and WeightTap: calibration's recording
 
 Each op is a `torch.library.custom_op` with a plain-torch implementation (lampc.numerics, lampc.lookahead) and a
 fake (shape-only) one, so rewritten graphs still export, trace and compile. A site's `SitePolicy` travels as its
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from .fused_site import lamp_scores
 from .linear_site import LINEAR_SITE_OPS, component_select, lowp_matmul, narrow_range, recompute_linear
-from .random import random_generator, random_streams, reset_random
+from .random import RandomDraws, RandomStreams, reset_random, share_streams
 from .softmax_site import SOFTMAX_SITE_OPS, lamp_select, lowp_scores, recompute_scores
 from .tap import SelectionTap, graph_taps
 
@@ -26,6 +28,6 @@ FUSED_SITE_OPS = (torch.ops.lampc.lamp_scores.default,)
 SITE_OPS = SOFTMAX_SITE_OPS + LINEAR_SITE_OPS + FUSED_SITE_OPS
 """Every op a rewrite inserts: a value computed by one is already rewritten."""
 
-__all__ = ["FUSED_SITE_OPS", "LINEAR_SITE_OPS", "SITE_OPS", "SOFTMAX_SITE_OPS", "SelectionTap", "component_select",
-           "graph_taps", "lamp_scores", "lamp_select", "lowp_matmul", "lowp_scores", "narrow_range",
-           "random_generator", "random_streams", "recompute_linear", "recompute_scores", "reset_random"]
+__all__ = ["FUSED_SITE_OPS", "LINEAR_SITE_OPS", "SITE_OPS", "SOFTMAX_SITE_OPS", "RandomDraws", "RandomStreams",
+           "SelectionTap", "component_select", "graph_taps", "lamp_scores", "lamp_select", "lowp_matmul", "lowp_scores",
+           "narrow_range", "recompute_linear", "recompute_scores", "reset_random", "share_streams"]

@@ -35,13 +35,15 @@ from .softmax_site import _check_scores_inputs, _scores_shape, lamp_select, lowp
 @torch.library.custom_op("lampc::lamp_scores", mutates_args=())
 def lamp_scores(
     q: Tensor, k_t: Tensor, scale: float, mask: Optional[Tensor], is_causal: bool, producer: str, rule: str,
-    facts: str, execution: str, site: int
+    facts: str, execution: str, site: int, draws: Optional[Tensor] = None, k_low: Optional[Tensor] = None
 ) -> tuple[Tensor, Tensor]:
-    """(scores with the selected entries in FP32, the selection): one softmax site in one op."""
+    """(scores with the selected entries in FP32, the selection): one softmax site in one op. draws: as lamp_select
+    takes them (the random baseline's uniforms); k_low: as lowp_scores takes it (a weight's prepared form)."""
     _check_scores_inputs(q, k_t)
     settings = site_settings(producer, rule, facts, execution)
     # a producer with a dtype of its own writes its scores in it; a pure rule reads them while widening
-    s_low = producer_impl(producer).scores_low(q, k_t, scale) if settings.rule.pure and not settings.biased else None
+    pure = settings.rule.pure and not settings.biased
+    s_low = producer_impl(producer).scores_low(q, k_t, scale, k_low) if pure else None
     if s_low is not None:
         visible = visible_from_mask(mask, _scores_shape(q, k_t), is_causal, q.device)
         if row_stats.supports(settings, q.device):
@@ -52,12 +54,12 @@ def lamp_scores(
         error_scale = producer_error_scale(settings, q, k_t, s_low, scale)
         s_hat, selected = fused_widen_select(s_low, visible, settings, error_scale)
     else:  # emulated formats and the evaluation baselines: the unfused ops' own code
-        s_hat = lowp_scores(q, k_t, scale, producer)
-        selected = lamp_select(s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site)
+        s_hat = lowp_scores(q, k_t, scale, producer, k_low)
+        selected = lamp_select(s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site, draws)
     return recompute_into(s_hat, selected, q, k_t, scale, settings.dense_above), selected
 
 
 @lamp_scores.register_fake
-def _(q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site):
+def _(q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site, draws=None, k_low=None):
     scores = q.new_empty(_scores_shape(q, k_t))
     return scores, torch.empty_like(scores, dtype=torch.bool)

@@ -1,7 +1,8 @@
 """Custom ops of the linear sites (layer_norm, activation) and of the lowered matmuls.
 
     y_hat = lampc.lowp_matmul(x, w, bias, producer, execution)   # RN(x @ w + bias): any matmul in low precision;
-                                                                 # fp16/fp8 overflows recomputed in FP32 (never inf)
+                                                                 # fp16/fp8 overflows recomputed in FP32 (never inf);
+                                                                 # w_low=: the weight as the producer prepared it
     sel   = lampc.component_select(y_hat, x, w, bias, residual, gamma, eps, consumer, producer, rule, execution, site)
     y     = lampc.recompute_linear(y_hat, sel, x, w, bias, execution)   # FP32 x_t·w_i + b_i at the selected outputs
 
@@ -24,17 +25,19 @@ from ..lookahead.fused import fused_component_select
 from ..lookahead.recompute import fp32_product, recompute
 from ..policy import SitePolicy
 from .arguments import execution as execution_of, producer_impl, site_settings
-from .random import random_generator
+from .random import outside_draws
 
 
 @torch.library.custom_op("lampc::lowp_matmul", mutates_args=())
-def lowp_matmul(x: Tensor, w: Tensor, bias: Optional[Tensor], producer: str, execution: str) -> Tensor:
-    """RN(x @ w + bias) by the site's producer (lampc/producers/)."""
+def lowp_matmul(x: Tensor, w: Tensor, bias: Optional[Tensor], producer: str, execution: str,
+                w_low: Optional[Tensor] = None) -> Tensor:
+    """RN(x @ w + bias) by the site's producer (lampc/producers/). w_low: the producer's form of the weight w,
+    prepared by the graph (ProducerImpl.prepare_weight: the native cast); None: made from w at this call."""
     for name, value in (("x", x), ("w", w)):
         if value.dtype != torch.float32:
             raise TypeError(f"lampc.lowp_matmul: {name} must be float32, got {value.dtype}")
     impl = producer_impl(producer)
-    y_hat = impl.matmul(x, w, bias)
+    y_hat = impl.matmul(x, w, bias, w_low)
     if narrow_range(impl.p):  # an overflow must not reach the consumer where the FP32 product is finite
         overflowed = ~torch.isfinite(y_hat)
         if bool(overflowed.any()):  # host sync, fp16/fp8 only
@@ -50,7 +53,7 @@ def narrow_range(site: SitePolicy) -> bool:
 
 
 @lowp_matmul.register_fake
-def _(x, w, bias, producer, execution):
+def _(x, w, bias, producer, execution, w_low=None):
     return torch.empty(_out_shape(x, w), dtype=x.dtype, device=x.device)
 
 
@@ -67,9 +70,11 @@ def consumer_input(y_hat: Tensor, residual: Optional[Tensor]) -> Tensor:
 @torch.library.custom_op("lampc::component_select", mutates_args=())
 def component_select(
     y_hat: Tensor, x: Tensor, w: Tensor, bias: Optional[Tensor], residual: Optional[Tensor], gamma: Optional[Tensor],
-    eps: float, consumer: str, producer: str, rule: str, execution: str, site: int,
+    eps: float, consumer: str, producer: str, rule: str, execution: str, site: int, draws: Optional[Tensor] = None,
 ) -> Tensor:
-    """The look-ahead at a linear producer: c_i = column norm of the consumer's Jacobian x |ŷ_i|."""
+    """The look-ahead at a linear producer: c_i = column norm of the consumer's Jacobian x |ŷ_i|. draws: the random
+    baseline's uniforms shaped like y_hat (the graph's lampc_draws_<site>, lampc/ops/random.py); None on a drawing
+    rule: drawn from lampc.ops.random's outside streams of (seed, site)."""
     settings = site_settings(producer, rule, None, execution)
     if not settings.rule.looks_ahead:  # no look-ahead: only non-finite outputs are recomputed
         return ~torch.isfinite(y_hat)
@@ -77,21 +82,29 @@ def component_select(
     error_scale = producer_error_scale(settings, x, w, y_hat, bias=bias)  # None: |ŷ_i|, the paper's relative error
     if settings.fused and settings.rule.pure:
         return fused_component_select(y_hat, h_hat, consumer, gamma, eps, settings, error_scale).reshape(y_hat.shape)
-    scale = y_hat.abs() if error_scale is None else error_scale.expand(y_hat.shape)
-    weight = column_norms(consumer, h_hat, gamma, eps) * scale.reshape(h_hat.shape)
+    weight = component_weights(y_hat, h_hat, gamma, eps, consumer, error_scale)
     true_error = None
     if settings.rule.needs_fp32:
         y = fp32_product(x, w, bias=bias)
         h = consumer_input(y, residual)
         true_error = column_norms(consumer, h, gamma, eps) * (y - y_hat).reshape(h.shape).abs()
-    generator = random_generator(settings.seed, site) if settings.rule.draws else None
+    if settings.rule.draws and draws is None:
+        draws = outside_draws(settings.seed, site, y_hat)
     selected = select_components(y_hat.reshape(h_hat.shape), weight, settings, true_error=true_error,
-                                 generator=generator, index=site)
+                                 draws=None if draws is None else draws.reshape(h_hat.shape))
     return selected.reshape(y_hat.shape)
 
 
+def component_weights(y_hat: Tensor, h_hat: Tensor, gamma: Optional[Tensor], eps: float, consumer: str,
+                      error_scale: Optional[Tensor]) -> Tensor:
+    """c_i = column norm of the consumer's Jacobian at h_hat x the error scale of ŷ_i (|ŷ_i| when None), in
+    h_hat's shape: the look-ahead weights of the unfused component_select."""
+    scale = y_hat.abs() if error_scale is None else error_scale.expand(y_hat.shape)
+    return column_norms(consumer, h_hat, gamma, eps) * scale.reshape(h_hat.shape)
+
+
 @component_select.register_fake
-def _(y_hat, x, w, bias, residual, gamma, eps, consumer, producer, rule, execution, site):
+def _(y_hat, x, w, bias, residual, gamma, eps, consumer, producer, rule, execution, site, draws=None):
     return torch.empty_like(y_hat, dtype=torch.bool)
 
 

@@ -26,7 +26,7 @@ from ..lookahead.fused import fused_select
 from ..lookahead.recompute import fp32_product, recompute
 from ..lookahead.softmax import select, visible_from_mask
 from .arguments import execution as execution_of, producer_impl, site_settings
-from .random import random_generator
+from .random import outside_draws, scores_shape as _scores_shape
 
 
 def _check_scores_inputs(q: Tensor, k_t: Tensor) -> None:
@@ -35,20 +35,16 @@ def _check_scores_inputs(q: Tensor, k_t: Tensor) -> None:
             raise TypeError(f"lampc attention site: {name} must be float32 (compile the FP32 model), got {value.dtype}")
 
 
-def _scores_shape(q: Tensor, k_t: Tensor) -> list:
-    batch = torch.broadcast_shapes(q.shape[:-2], k_t.shape[:-2])
-    return [*batch, q.shape[-2], k_t.shape[-1]]
-
-
 @torch.library.custom_op("lampc::lowp_scores", mutates_args=())
-def lowp_scores(q: Tensor, k_t: Tensor, scale: float, producer: str) -> Tensor:
-    """ŝ = RN(RN(q @ k_t) * scale): the site's producer (lampc/producers/)."""
+def lowp_scores(q: Tensor, k_t: Tensor, scale: float, producer: str, k_low: Optional[Tensor] = None) -> Tensor:
+    """ŝ = RN(RN(q @ k_t) * scale): the site's producer (lampc/producers/). k_low: the producer's form of k_t when
+    it is a weight (the logits site's lm_head), prepared by the graph; None: made from k_t at this call."""
     _check_scores_inputs(q, k_t)
-    return producer_impl(producer).scores(q, k_t, scale)
+    return producer_impl(producer).scores(q, k_t, scale, k_low)
 
 
 @lowp_scores.register_fake
-def _(q, k_t, scale, producer):
+def _(q, k_t, scale, producer, k_low=None):
     return q.new_empty(_scores_shape(q, k_t))
 
 
@@ -65,24 +61,33 @@ def lamp_select(
     facts: str,
     execution: str,
     site: int,
+    draws: Optional[Tensor] = None,
 ) -> Tensor:
-    """The look-ahead: which score entries to recompute in FP32 (bool, same shape as s_hat)."""
+    """The look-ahead: which score entries to recompute in FP32 (bool, same shape as s_hat). draws: the random
+    baseline's uniforms shaped like s_hat (the graph's lampc_draws_<site>, lampc/ops/random.py); None on a drawing
+    rule: drawn from lampc.ops.random's outside streams of (seed, site)."""
     settings = site_settings(producer, rule, facts, execution)
-    visible = visible_from_mask(mask, s_hat.shape, is_causal, s_hat.device)
+    visible, bias, scale_ = lookahead_inputs(s_hat, q, k_t, scale, mask, is_causal, settings)
     s_fp32 = fp32_product(q, k_t, scale) if settings.rule.needs_fp32 else None
+    if settings.fused and settings.rule.compiles:
+        return fused_select(s_hat, visible, settings, s_fp32=s_fp32, bias=bias, error_scale=scale_)
+    if settings.rule.draws and draws is None:
+        draws = outside_draws(settings.seed, site, s_hat)
+    return select(s_hat, visible, settings, s_fp32=s_fp32, draws=draws, bias=bias, error_scale=scale_)
+
+
+def lookahead_inputs(s_hat: Tensor, q: Tensor, k_t: Tensor, scale: float, mask: Optional[Tensor], is_causal: bool,
+                     settings) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """(visible, bias, error scale): what the look-ahead reads beside ŝ, from lamp_select's arguments."""
+    visible = visible_from_mask(mask, s_hat.shape, is_causal, s_hat.device)
     bias = None
     if settings.biased and mask is not None:  # ALiBi: the finite part of the mask is part of the softmax's input
         bias = torch.where(visible, mask, torch.zeros((), dtype=mask.dtype, device=mask.device)).expand(s_hat.shape)
-    scale_ = producer_error_scale(settings, q, k_t, s_hat, scale)
-    if settings.fused and settings.rule.compiles:
-        return fused_select(s_hat, visible, settings, s_fp32=s_fp32, bias=bias, error_scale=scale_)
-    generator = random_generator(settings.seed, site) if settings.rule.draws else None
-    return select(s_hat, visible, settings, s_fp32=s_fp32, generator=generator, bias=bias, error_scale=scale_,
-                  index=site)
+    return visible, bias, producer_error_scale(settings, q, k_t, s_hat, scale)
 
 
 @lamp_select.register_fake
-def _(s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site):
+def _(s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site, draws=None):
     return torch.empty_like(s_hat, dtype=torch.bool)
 
 

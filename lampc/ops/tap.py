@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..lookahead.softmax import visible_from_mask
+from ..numerics.tracing import is_fake
 
 
 _TOTALS = threading.Lock()  # module-level, not per tap: a tap is pickled with its graph, a lock cannot be
@@ -60,10 +61,6 @@ class SelectionTap(nn.Module):
         if self.keep_last:
             self.last_selection = selected.detach().clone()
         return None
-
-
-def is_fake(t: Tensor) -> bool:
-    return type(t).__name__ in ("FakeTensor", "FunctionalTensor") or t.device.type == "meta"
 
 
 def graph_taps(gm) -> dict[int, SelectionTap]:

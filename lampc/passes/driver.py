@@ -17,6 +17,15 @@ skipped, each with its reason) and an `emit` (one match -> the nodes that replac
 Kinds that create no site (matmuls lowered with no look-ahead; the export-time unfusing, which keeps each site's
 index) set `index_of`. Every node a rewrite inserts carries one `SiteTag` in `node.meta["lampc"]`: its site, kind
 and role. docs/DESIGN.md, "Adding a site kind", walks through writing one.
+
+An emitter may add graph values as well as calls, the way onnxscript's rewriter adds initializers; each node is
+tagged like every other inserted node:
+
+    em.add_module(name, module, args, role=...)   a call of a submodule the graph module gains (a weight's cast)
+    em.buffer(name, tensor, role=...)             a get_attr of a buffer the graph module gains (a quantized weight)
+    em.prepare_weight(w, "w_low")                 the op's keyword argument for the site producer's own form of the
+                                                  weight operand w ({} when w is no model parameter or the producer
+                                                  prepares none): ProducerImpl.prepare_weight adds it
 """
 
 from __future__ import annotations
@@ -24,19 +33,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import fx
 
 from ..graph_view import module_path
-from ..ops import SelectionTap
+from ..producers import implementation
+from ..ops import RandomDraws, SelectionTap
 from ..config import SiteConfig, SiteTexts
 from ..policy import SiteOverride, SitePolicy
 from .graph import insert_call
 from .result import PassResult, Site, Skip
+from .weights import parameter_behind
 
-ROLES = ("operand", "producer", "selection", "recompute", "fused", "tap", "output")
-"""What an inserted node is to its site: a view or transpose of an operand, the low-precision producer, the
-look-ahead's selection, the FP32 recompute, the fused op (producer + selection + recompute), the statistics tap, or
-a value computed from the recompute that replaces the original (e.g. the scores plus an ALiBi bias)."""
+ROLES = ("operand", "producer", "draws", "selection", "recompute", "fused", "tap", "output")
+"""What an inserted node is to its site: a view or transpose of an operand, the low-precision producer, the random
+baseline's draws, the look-ahead's selection, the FP32 recompute, the fused op (producer + selection + recompute),
+the statistics tap, or a value computed from the recompute that replaces the original (e.g. the scores plus an
+ALiBi bias)."""
 
 
 @dataclass(frozen=True)
@@ -115,10 +128,69 @@ class Emission:
         self.tag(node, role)
         return node
 
+    def add_module(self, name: str, module: torch.nn.Module, args: tuple, *, role: str) -> fx.Node:
+        """Call the submodule `name` at the insertion point, registering `module` under that name first; a module
+        of the same type already there is called instead (a graph value is named after what it computes: the
+        sites that read one weight share its cast). Another type under that name is a ValueError."""
+        existing = getattr(self.gm, name, None)
+        if existing is None:
+            self.gm.add_submodule(name, module)
+        elif type(existing) is not type(module):
+            raise ValueError(f"Emission.add_module: {name!r} is already a {type(existing).__name__} in this graph "
+                             f"module, not a {type(module).__name__}")
+        node = insert_call(self.graph, name, args, like=self.like, module=self.gm.get_submodule(name))
+        self.tag(node, role)
+        return node
+
+    def buffer(self, name: str, tensor: torch.Tensor, *, role: str) -> fx.Node:
+        """A get_attr of `tensor`, registered as the graph module's buffer `name` (saved with the graph), at the
+        insertion point; the same tensor under the same name is one buffer, another tensor there a ValueError."""
+        existing = getattr(self.gm, name, None)
+        if existing is None:
+            self.gm.register_buffer(name, tensor)
+        elif existing is not tensor:
+            raise ValueError(f"Emission.buffer: {name!r} is already another value of this graph module")
+        node = self.graph.get_attr(name)
+        fake_mode = next((v.fake_mode for v in (n.meta.get("val") for n in self.graph.nodes)
+                          if hasattr(v, "fake_mode")), None)
+        if fake_mode is not None:
+            node.meta["val"] = fake_mode.from_tensor(tensor)
+        self.tag(node, role)
+        return node
+
+    def prepare_weight(self, w, argument: str) -> dict:
+        """{argument: the node of the site producer's own form of w} when w is a model parameter (maybe through
+        views) and the producer prepares one (ProducerImpl.prepare_weight, inserted at the insertion point);
+        else {}. The emitters pass it as the producer op's keyword arguments."""
+        name = parameter_behind(self.gm, w)
+        if name is None or self.config is None:
+            return {}
+        node = implementation(self.config.producer).prepare_weight(self, w, name)
+        return {} if node is None else {argument: node}
+
     def tag(self, node: fx.Node, role: str) -> None:
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         node.meta["lampc"] = SiteTag(self.index, self.kind, role, self.module, self.config)
+
+    def draws(self, policy: SitePolicy, *operands: fx.Node) -> tuple[fx.Node, ...]:
+        """The selection op's trailing `draws` argument at the insertion point: `(lampc_draws_<index>(*operands),)`
+        where the site's rule draws (a RandomDraws submodule: the uniforms shaped like q @ k_t for operands q, k_t,
+        like the producer's output for one operand; lampc/ops/random.py), else ()."""
+        if not policy.rule.draws:
+            return ()
+        name = f"lampc_draws_{self.index}"
+        module = RandomDraws(self.index, policy.seed)
+        self.gm.add_submodule(name, module)
+        node = self.graph.call_module(name, operands)
+        node.meta["nn_module_stack"] = self.like.meta.get("nn_module_stack", {})
+        values = [o.meta.get("val") for o in operands]
+        fake_mode = getattr(values[0], "fake_mode", None)
+        if fake_mode is not None:
+            with fake_mode:
+                node.meta["val"] = module(*values)
+        self.tag(node, "draws")
+        return (node,)
 
     def tap(self, selection: fx.Node, mask, per_head: bool) -> fx.Node:
         """Call `lampc_tap_<index>(selection, mask)` at the insertion point (a SelectionTap submodule)."""

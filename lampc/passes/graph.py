@@ -7,15 +7,17 @@ from torch import fx
 
 
 def insert_call(graph: fx.Graph, target, args: tuple, kwargs: dict | None = None, *, like: fx.Node,
-                name: str | None = None) -> fx.Node:
+                name: str | None = None, module=None) -> fx.Node:
     """Insert `target(*args, **kwargs)` at the graph's insertion point, with the provenance of `like`
-    and a fake value (meta["val"]) computed from the arguments' fake values."""
+    and a fake value (meta["val"]) computed from the arguments' fake values. With `module`: a call of that
+    submodule, `target` being its name in the graph module."""
     kwargs = kwargs or {}
-    node = graph.create_node("call_function", target, tuple(args), kwargs, name=name)
+    node = graph.create_node("call_function" if module is None else "call_module", target, tuple(args), kwargs,
+                             name=name)
     for key in ("nn_module_stack", "stack_trace", "source_fn_stack"):
         if key in like.meta:
             node.meta[key] = like.meta[key]
-    node.meta["val"] = _fake_value(target, args, kwargs)
+    node.meta["val"] = _fake_value(target if module is None else module, args, kwargs)
     return node
 
 

@@ -11,7 +11,7 @@ Patterns (the chain between producer and consumer may hold views, reshapes and e
 Rewrite (the producer is replaced; everything after it is kept):
 
     before                      after
-    y = addmm(b, x, W)          y_hat = lampc.lowp_matmul(x, W, b, producer, execution)
+    y = addmm(b, x, W)          y_hat = lampc.lowp_matmul(x, W, b, producer, execution)   # native: w_low=cast(W)
                                 sel   = lampc.component_select(y_hat, x, W, b, residual, gamma, eps, consumer, ...)
                                 y     = lampc.recompute_linear(y_hat, sel, x, W, b, execution)
                                 lampc_tap_<site>(sel, None)
@@ -30,6 +30,7 @@ from torch import fx
 from ..graph_view import module_path
 from ..ops import SITE_OPS
 from ..policy import SitePolicy
+from ..site_kinds import GELU, LAYER_NORM
 from .driver import Emission, Emitted, SiteKind
 from .result import Skip
 
@@ -286,23 +287,23 @@ def hoist_before(value: fx.Node, anchor: fx.Node) -> None:
 
 def find_linear_sites(gm: fx.GraphModule, kinds: set[str]) -> tuple[list[LinearMatch], list[Skip]]:
     matches, skips = [], []
-    if "layer_norm" in kinds:
+    if LAYER_NORM in kinds:
         for x, gamma, eps, first in find_rms_norms(gm):
-            found = gamma if isinstance(gamma, str) else _match_input(x, "layer_norm", "rms_norm", gamma, eps, first)
-            _collect(found, first, "layer_norm", matches, skips)
-    if "gelu" in kinds:
+            found = gamma if isinstance(gamma, str) else _match_input(x, LAYER_NORM, "rms_norm", gamma, eps, first)
+            _collect(found, first, LAYER_NORM, matches, skips)
+    if GELU in kinds:
         for value, first in find_tanh_gelu_inputs(gm):
-            found = _match_input(value, "gelu", "gelu_tanh", None, 0.0, first)
-            _collect(found, first, "gelu", matches, skips)
+            found = _match_input(value, GELU, "gelu_tanh", None, 0.0, first)
+            _collect(found, first, GELU, matches, skips)
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
-        if "layer_norm" in kinds and node.target in NORM_OPS:
-            _collect(match_norm(node), node, "layer_norm", matches, skips)
-        elif "gelu" in kinds:
+        if LAYER_NORM in kinds and node.target in NORM_OPS:
+            _collect(match_norm(node), node, LAYER_NORM, matches, skips)
+        elif GELU in kinds:
             found = match_activation(node)
             if found is not None:
-                _collect(found, node, "gelu", matches, skips)
+                _collect(found, node, GELU, matches, skips)
     matches.sort(key=lambda m: _position(gm, m.producer.node))
     return matches, skips
 
@@ -341,15 +342,18 @@ def _emit(em: Emission, match: LinearMatch, policy: SitePolicy) -> Emitted:
     lampc = torch.ops.lampc
     if match.gamma is not None and match.gamma.op == "call_function":  # a scale computed inside the norm (Gemma)
         hoist_before(match.gamma, producer.node)
-    with graph.inserting_after(producer.node):
+    with graph.inserting_before(producer.node):  # the weight as x·W, and its form the producer prepares (if any)
         w = weight_as_matrix(em, producer)
-    with graph.inserting_after(w if w is not producer.weight else producer.node):
+        prepared = em.prepare_weight(w, "w_low")  # {"w_low": lampc_cast_bf16_<weight>(w)} for a native producer
+    with graph.inserting_after(producer.node):
         x, b = producer.x, producer.bias
-        y_hat = em.call(lampc.lowp_matmul.default, (x, w, b, producer_text, execution), role="producer",
+        y_hat = em.call(lampc.lowp_matmul.default, (x, w, b, producer_text, execution), prepared, role="producer",
                         name=f"y_lp_{index}")
     with graph.inserting_after(y_hat):
+        draws = em.draws(policy, y_hat)  # (lampc_draws_<index>(y_hat),) at a random-baseline site, else ()
+    with graph.inserting_after(draws[0] if draws else y_hat):
         args = (y_hat, x, w, b, match.residual, match.gamma, match.eps, match.consumer, producer_text, rule,
-                execution, index)
+                execution, index, *draws)
         selected = em.call(lampc.component_select.default, args, role="selection", name=f"selection_{index}")
     with graph.inserting_after(selected):
         y = em.call(lampc.recompute_linear.default, (y_hat, selected, x, w, b, execution), role="recompute",

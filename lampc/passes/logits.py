@@ -8,6 +8,9 @@ what a language model's logits are for). The rules are the attention rules over 
     return logits                   s_hat = lampc.lowp_scores(h, W_t, 1.0, producer)
                                     sel   = lampc.lamp_select(s_hat, h, W_t, 1.0, None, False, ..., site)
                                     logits = lampc.recompute_scores(s_hat, sel, h, W_t, 1.0, execution)
+
+Under a native producer the lm_head weight is cast once, by a module of the graph (emit_softmax_ops prepares it):
+`lowp_scores(h, W_t, 1.0, 'native bf16', k_low=lampc_cast_bf16_lm_head_weight(W_t))`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ look-ahead:
     y = addmm(b, x, W)              y = lampc.lowp_matmul(x, W, b, producer, execution)
     o = matmul(p, v)                o = lampc.lowp_matmul(p, v, None, producer, execution)
     z = linear(x, W, b)             z = lampc.lowp_matmul(x, t(W), b, producer, execution)
+
+A native producer reads each weight through its cast (w_low=lampc_cast_bf16_<weight>(W), Emission.prepare_weight).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def _emit(em: Emission, node: fx.Node, policy: SitePolicy) -> Emitted:
     with em.graph.inserting_before(node):
         if transposed:
             w = em.call(aten.t.default, (w,), role="operand")
-        low = em.call(torch.ops.lampc.lowp_matmul.default, (x, w, bias, producer, execution), role="producer",
-                      name=f"lowered_{node.name}")
+        prepared = em.prepare_weight(w, "w_low")  # a weight's cast (native); {} for activations (p @ v)
+        low = em.call(torch.ops.lampc.lowp_matmul.default, (x, w, bias, producer, execution), prepared,
+                      role="producer", name=f"lowered_{node.name}")
     return Emitted({node: low}, (low,), erase=(node,))

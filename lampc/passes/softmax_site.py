@@ -41,20 +41,26 @@ class SoftmaxOps:
 
 
 def emit_softmax_ops(em: Emission, q, k_t, scale: float, mask, policy: SitePolicy, *,
-                     fused: bool | None = None, is_causal: bool = False) -> SoftmaxOps:
+                     fused: bool | None = None, is_causal: bool = False, draws: tuple = (),
+                     prepared: dict | None = None) -> SoftmaxOps:
     """Insert a softmax site's ops at the insertion point: fused or not as the policy says, unless `fused` is given
-    (the unfusing keeps the policy, whose `fused` also tells lamp_select how to compute the same selection)."""
+    (the unfusing keeps the policy, whose `fused` also tells lamp_select how to compute the same selection).
+    draws: the selection's draws node (the unfusing keeps the fused op's); by default a new one where the rule draws.
+    prepared: the producer's form of k_t, {"k_low": node} (the unfusing keeps the fused op's); by default prepared
+    here when k_t is a weight (the logits site's lm_head; Emission.prepare_weight)."""
     (producer, rule, facts, execution), index, lampc = em.configure(policy), em.index, torch.ops.lampc
+    draws = draws or em.draws(policy, q, k_t)  # (lampc_draws_<index>(q, k_t),) at a random-baseline site, else ()
+    prepared = em.prepare_weight(k_t, "k_low") if prepared is None else prepared  # {} for attention's keys
     if policy.fused if fused is None else fused:
         both = em.call(lampc.lamp_scores.default, (q, k_t, scale, mask, is_causal, producer, rule, facts, execution,
-                                                   index), role="fused", name=f"site_{index}")
+                                                   index, *draws), prepared, role="fused", name=f"site_{index}")
         scores = em.call(operator.getitem, (both, 0), role="recompute", name=f"scores_{index}")
         selection = em.call(operator.getitem, (both, 1), role="selection", name=f"selection_{index}")
         return SoftmaxOps(both, selection, scores)
-    s_hat = em.call(lampc.lowp_scores.default, (q, k_t, scale, producer), role="producer",
+    s_hat = em.call(lampc.lowp_scores.default, (q, k_t, scale, producer), prepared, role="producer",
                     name=f"scores_lp_{index}")
     selection = em.call(lampc.lamp_select.default,
-                        (s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, index),
+                        (s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, index, *draws),
                         role="selection", name=f"selection_{index}")
     scores = em.call(lampc.recompute_scores.default, (s_hat, selection, q, k_t, scale, execution),
                      role="recompute", name=f"scores_{index}")
@@ -65,13 +71,21 @@ def _find_fused(gm: fx.GraphModule):
     return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in ops.FUSED_SITE_OPS], []
 
 
+def _draws_of(node: fx.Node) -> tuple:
+    """The draws node a site op was given (its `draws` argument, by position or keyword), as a 0- or 1-tuple."""
+    at = [argument.name for argument in node.target._schema.arguments].index("draws")
+    value = node.args[at] if len(node.args) > at else node.kwargs.get("draws")
+    return () if value is None else (value,)
+
+
 def _emit_unfused(em: Emission, fused: fx.Node) -> Emitted:
     q, k_t, scale, mask, is_causal = fused.args[:5]
     em.kind = fused.meta["lampc"].kind  # the site's own kind (attention, logits), not the unfusing's
     getitems = {user.args[1]: user for user in fused.users}
     with em.graph.inserting_before(fused):
         new = emit_softmax_ops(em, q, k_t, scale, mask, SitePolicy.from_config(fused.meta["lampc"].config),
-                               fused=False, is_causal=is_causal)
+                               fused=False, is_causal=is_causal, draws=_draws_of(fused),
+                               prepared={k: v for k, v in fused.kwargs.items() if k == "k_low"})
     replacements = {getitems[0]: new.scores} if 0 in getitems else {}
     if 1 in getitems:
         replacements[getitems[1]] = new.selection

@@ -1,4 +1,7 @@
-"""The emulated m-bit accumulator (Emulated): the bit-exact rounding model of lampc/numerics/accumulate.py."""
+"""The emulated m-bit accumulator (Emulated): the bit-exact rounding model of lampc/numerics/accumulate.py.
+
+It prepares no weight (ProducerImpl.prepare_weight): its products read the FP32 operands, so w_low / k_low are
+always None here."""
 
 from __future__ import annotations
 
@@ -12,11 +15,11 @@ from .registry import ProducerImpl, register
 
 @register(Emulated)
 class EmulatedImpl(ProducerImpl):
-    def matmul(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    def matmul(self, x: Tensor, w: Tensor, bias: Tensor | None, w_low: Tensor | None = None) -> Tensor:
         raw = lp_matmul(x, w, self.p.format, self.p.block_k)
         return round_to(raw if bias is None else raw + bias, self.p.format)
 
-    def scores(self, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
+    def scores(self, q: Tensor, k_t: Tensor, scale: float, k_low: Tensor | None = None) -> Tensor:
         return round_to(lp_matmul(q, k_t, self.p.format, block_k=self.p.block_k) * scale, self.p.format)
 
     def gamma(self, k: int) -> float:

@@ -19,10 +19,13 @@ from ..config.producer import Producer
 class ProducerImpl:
     """What every producer implements, for one producer value `p` (its format and settings).
 
-    matmul(x, w, bias)       RN(x @ w + bias) as float32: the linear sites' and lowered matmuls' producer
-    scores(q, k_t, scale)    RN(RN(q @ k_t) · scale) as float32: the softmax sites' producer
-    scores_low(q, k_t, scale) the same scores in the producer's own dtype, for the fused softmax site to read
-                             while widening them; None where the producer has no dtype of its own (emulated)
+    matmul(x, w, bias, w_low) RN(x @ w + bias) as float32: the linear sites' and lowered matmuls' producer
+    scores(q, k_t, scale, k_low) RN(RN(q @ k_t) · scale) as float32: the softmax sites' producer
+    scores_low(q, k_t, scale, k_low) the same scores in the producer's own dtype, for the fused softmax site to
+                             read while widening them; None where the producer has no dtype of its own (emulated)
+    prepare_weight(em, w, name) the producer's own form of a weight operand, added to the graph at rewrite time
+                             (the native cast); the ops above receive it as w_low / k_low (None: not prepared, the
+                             op works from the FP32 operand alone)
     gamma(k)                 γ of the per-entry error bound of a K-term product (docs/NUMERICS.md §9)
     floor(k, scale)          α of that bound: the subnormal floor
     hardware_dtype           the torch dtype its GEMMs run in on the device (compile warns where that dtype is
@@ -34,13 +37,20 @@ class ProducerImpl:
     def __init__(self, p: Producer):
         self.p = p
 
-    def matmul(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    def matmul(self, x: Tensor, w: Tensor, bias: Tensor | None, w_low: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
-    def scores(self, q: Tensor, k_t: Tensor, scale: float) -> Tensor:
+    def scores(self, q: Tensor, k_t: Tensor, scale: float, k_low: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
-    def scores_low(self, q: Tensor, k_t: Tensor, scale: float) -> Tensor | None:
+    def scores_low(self, q: Tensor, k_t: Tensor, scale: float, k_low: Tensor | None = None) -> Tensor | None:
+        return None
+
+    def prepare_weight(self, em, w, name: str):
+        """The node computing this producer's form of the weight operand `w` (an fx node: the model parameter
+        `name`, maybe through views), added through `em` (lampc/passes/driver.py: Emission.add_module, .buffer) at
+        its insertion point; None (the default): the op takes the FP32 operand only. Called by the emitters
+        (Emission.prepare_weight) for every weight operand that is a model parameter."""
         return None
 
     def gamma(self, k: int) -> float:
