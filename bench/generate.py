@@ -31,7 +31,8 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from lampc import Policy, SitePolicy
-from lampc.eval.sweep import CellCompiler, load_sequences, run_sweep
+from lampc.cells import CellCompiler
+from lampc.eval.sweep import load_sequences, run_sweep
 from lampc.models import load_model
 from lampc.runtime.hardware import native_speed
 from machine import describe_machine  # bench/machine.py: this script's directory is on sys.path

@@ -1,8 +1,10 @@
 """lampc.compile: capture, rewrite, check, wrap; a compile that lowers nothing it was asked to is an error.
 
-The compiled model is finished when `compile` returns: its full-sequence graph and (by default) its cached-step
-graphs, the prefill and decode steps that generate and use_cache run, are captured, rewritten and checked, and the
-Hugging Face model is not kept (the graphs share its weights). `steps` chooses otherwise (see STEPS).
+The full-sequence graph is captured, rewritten and checked here. The cached-step graphs (the prefill and decode
+steps that generate and use_cache run) are made when `steps` says (STEPS): with steps="eager" the compiled model
+is finished when `compile` returns and keeps no reference to the Hugging Face model (the graphs share its
+weights). By default they are built at the first call that needs them, and the first such build says so, since
+capturing all three costs about three times the compile (measured in docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ from .capture_step import StepCapture
 from .passes import run_passes
 from .policy import Policy, SitePolicy
 from .runtime.compiled import CompiledModel
-from .runtime.steps import StepSitesError  # noqa: F401  (the error a step graph's sites raise, importable here)
 
 STEPS = {
-    "eager": "the cached-step graphs (prefill, decode, decode_1) are captured, rewritten and checked at compile: "
-             "compile takes about four times as long (three more torch.export captures); generate is ready",
+    "eager": "the cached-step graphs (prefill, decode, decode_1) are captured, rewritten and checked at compile, "
+             "which takes about four times as long (three more torch.export captures); the compiled model keeps no "
+             "reference to the Hugging Face model",
     "lazy": "each step graph is captured, rewritten and checked at the first generate / use_cache call that needs "
-            "it (each costs about one compile: the first generate of a batch > 1 builds two), and its site check "
-            "raises there; the compiled model keeps the Hugging Face model until all three are built",
-    "none": "no step graphs: the full-sequence forward only; generate and use_cache raise",
+            "it (each about as long as a compile; a first generate builds two: prefill, then decode or decode_1 "
+            "for one sequence), its site check raising there; the Hugging Face model is kept until all are built",
+    "none": "no step graphs: the full-sequence forward alone; generate and use_cache raise",
 }
-"""compile(..., steps=...): when the graphs that decode with a KV cache are made."""
+"""compile(..., steps=...): when the graphs that decode with a KV cache are made. None (the default): "lazy", and
+the first build tells the user so (one warning naming its cost and the choices)."""
 
 
 class NoSitesError(ValueError):
@@ -36,7 +39,7 @@ class NoSitesError(ValueError):
 
 
 def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, *, allow_no_sites: bool = False,
-            steps: str = "eager", **overrides) -> CompiledModel:
+            steps: str | None = None, **overrides) -> CompiledModel:
     """Compile a Hugging Face causal LM (FP32, eager or sdpa attention) into its LAMP form.
 
     policy:     a `Policy`, a `SitePolicy` (for attention), or None for the default (attention sites, m4,
@@ -47,9 +50,9 @@ def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, *, allo
 
     allow_no_sites: accept a requested site kind that finds no site (else NoSitesError, naming the reasons).
                 Candidates skipped beside found sites give one warning with their count and the first reason.
-    steps:      "eager" (default), "lazy" or "none": when the cached-step graphs of generate / use_cache are made
-                (STEPS says what each costs). Their sites must be the full-sequence graph's one to one, else
-                StepSitesError.
+    steps:      "eager", "lazy" or "none": when the cached-step graphs of generate / use_cache are made (STEPS
+                says what each costs); default None: "lazy", with one warning at the first build. Their sites must
+                be the full-sequence graph's one to one, else StepSitesError (lampc.runtime.steps; a CaptureError).
 
     >>> compiled = lampc.compile(model, format="m4", criterion="strict", tau=0.1)
     >>> compiled(input_ids).logits
@@ -60,22 +63,24 @@ def compile(model: nn.Module, policy: Policy | SitePolicy | None = None, *, allo
     policy = Policy.from_overrides(policy, **overrides)  # a bad policy is refused before the (slow) capture
     captured = capture(model)
     source = None if steps == "none" else StepCapture(model, captured.max_len)
-    return compile_captured(captured, policy, allow_no_sites=allow_no_sites, steps=source, lazy=steps == "lazy")
+    return compile_captured(captured, policy, allow_no_sites=allow_no_sites, steps=source, when=steps)
 
 
-def check_steps(steps) -> str:
-    """`steps` if it is one of STEPS, else a ValueError naming them."""
-    if not isinstance(steps, str) or steps not in STEPS:
-        raise ValueError(f"steps must be one of {', '.join(map(repr, STEPS))}, got {steps!r}")
+def check_steps(steps) -> str | None:
+    """`steps` if it is None or one of STEPS, else a ValueError naming them."""
+    if steps is not None and (not isinstance(steps, str) or steps not in STEPS):
+        raise ValueError(f"steps must be one of {', '.join(map(repr, STEPS))} (or None: 'lazy', saying so), got "
+                         f"{steps!r}")
     return steps
 
 
 def compile_captured(captured: Captured, policy: Policy, *, allow_no_sites: bool = False,
-                     steps: StepCapture | None = None, lazy: bool = False) -> CompiledModel:
+                     steps: StepCapture | None = None, when: str | None = None) -> CompiledModel:
     """The rewrite half of `compile`, on an already captured model (rewrites `captured.graph_module` in place).
 
-    steps: the model's captured steps (None: no step graphs); built and checked here unless `lazy`. A StepCapture
-    keeps what it captured, so compiles that share one capture each step once (lampc.cells.CellCompiler)."""
+    steps: the model's captured steps (None: no step graphs); when: compile's `steps` ("eager": built and checked
+    here). A StepCapture keeps what it captured, so compiles that share one capture each step once
+    (lampc.cells.CellCompiler)."""
     result = run_passes(captured.graph_module, policy)
     check_sites(result, policy, captured.model_type, allow_no_sites=allow_no_sites)
     warn_if_native_is_slow(policy, next(iter(captured.graph_module.parameters()), None))
@@ -89,8 +94,10 @@ def compile_captured(captured: Captured, policy: Policy, *, allow_no_sites: bool
         steps=steps,
         generation_config=captured.generation_config,
     )
-    if compiled.step_graphs is not None and not lazy:
+    if compiled.step_graphs is not None and when == "eager":
         compiled.step_graphs.build_all()
+    elif compiled.step_graphs is not None:
+        compiled.step_graphs.announce = when is None  # lazy, not chosen: the first build says what it costs
     return compiled
 
 

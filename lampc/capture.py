@@ -10,8 +10,8 @@ What cannot be captured raises `CaptureError`, naming the module whose forward f
 forward hooks if it has any (they run inside the traced forward). Encoder-decoders are refused up front.
 
 A capture never harms the model it was given: torch.export swaps the model's parameters and buffers for fake
-tensors while it traces, so one capture runs at a time (`exclusive_capture`: threads that compile, or that call a
-fresh compiled model's `generate` and so capture its step graphs, wait for each other), and whatever the trace did,
+tensors while it traces, so one capture runs at a time (`exclusive_capture`: threads that compile, or that capture
+step graphs (lampc/capture_step.py, which builds on this module), wait for each other), and whatever the trace did,
 every parameter and buffer is put back afterwards.
 """
 
@@ -25,13 +25,8 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import fx, nn
-
-if TYPE_CHECKING:
-    from .capture_step import StepCapture
 
 EXAMPLE_BATCH = 2
 EXAMPLE_LEN = 16
@@ -48,21 +43,19 @@ class CaptureError(RuntimeError):
 
 @dataclass
 class Captured:
-    """A captured model: the graph module and what was learnt about the model while capturing it."""
+    """A captured model: the full-sequence graph module and what was learnt about the model while capturing it
+    (no reference to the model itself). Its cached-step graphs are captured apart (lampc/capture_step.py)."""
 
     graph_module: fx.GraphModule
     model_type: str
     max_len: int
     vocab_size: int
-    steps: StepCapture | None = None  # the cached-step graphs for decoding, captured on first use
     generation_config: object = None  # the model's transformers GenerationConfig (generate's defaults)
 
 
 def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
     """Export `model` (a transformers causal LM in FP32) to an fx.GraphModule of its inference (eval-mode) forward;
     the model's own train/eval mode is restored afterwards."""
-    from .capture_step import StepCapture
-
     config = check_capturable(model)
     max_len = max_len or _max_positions(config)
     ids, mask = _example_inputs(config.vocab_size, next(model.parameters()).device)
@@ -79,7 +72,7 @@ def capture(model: nn.Module, *, max_len: int | None = None) -> Captured:
         except Exception as err:  # torch.export raises many types; all mean "cannot capture"
             raise CaptureError(describe_failure(model, err)) from err
     return Captured(program.module(), getattr(config, "model_type", type(model).__name__), max_len, config.vocab_size,
-                    StepCapture(model, max_len), getattr(model, "generation_config", None))
+                    getattr(model, "generation_config", None))
 
 
 @contextmanager

@@ -22,7 +22,7 @@ recompute-rate statistics would see max_len keys per row; a dynamic cache attend
 full-sequence model sees at that row, which is what makes a decode step's selection comparable to the prefill's.
 
 torch.export specialises on sizes 0 and 1 (aten.matmul's decomposition asks whether a dimension is 1), so a step
-is captured per shape class, each on first use:
+is captured per shape class (`StepCapture` captures each once; `lampc.compile` asks for all of them, see its `steps`):
 
     prefill   B >= 1, T >= 2, P >= 0     the prompt (P = 0) or a chunk of it
     decode    B >= 2, T = 1,  P >= 1     one new token per sequence
@@ -39,6 +39,7 @@ from the attention mask, so a decode step's mask length is declared as past + 1,
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -140,10 +141,12 @@ def cache_layout(model: nn.Module) -> CacheLayout:
 
 
 class StepCapture:
-    """The captured (not yet rewritten) step graphs of one model, each captured on first use.
+    """The captured (not yet rewritten) step graphs of one model, each captured when first asked for and kept.
 
     `graph(kind)` returns a fresh copy that a compile may rewrite; the copies share the model's weights. One
-    StepCapture serves every compile of the same model (a sweep captures each step once, like the prefill).
+    StepCapture serves every compile of the same model (lampc.cells.CellCompiler captures each step once, like the
+    full-sequence graph). It holds the model: a compiled model keeps it only while it has step graphs to build
+    (`lampc.compile(..., steps="lazy")`).
     """
 
     def __init__(self, model: nn.Module, max_len: int):
@@ -159,6 +162,13 @@ class StepCapture:
                 if self._layout is None:
                     self._layout = cache_layout(self.model)
         return self._layout
+
+    def capture_all(self) -> None:
+        """Capture every step kind not captured yet (each once: `graph` then only copies)."""
+        with CAPTURE_LOCK:
+            for kind in STEP_KINDS:
+                if kind not in self._graphs:
+                    self._graphs[kind] = self._capture(kind)
 
     def graph(self, kind: str) -> fx.GraphModule:
         if kind not in STEP_KINDS:
@@ -184,6 +194,40 @@ class StepCapture:
         gm = program.module()
         _strip_wrapper_paths(gm)
         return gm
+
+
+class UncapturableSteps:
+    """Stands for the step capture of a model whose cached steps cannot be captured (an encoder, a model without a
+    KV cache, a step torch.export fails on): every use raises the CaptureError that said why. Holds no model."""
+
+    model = None
+
+    def __init__(self, reason: str, max_len: int):
+        self.reason = reason
+        self.max_len = max_len
+
+    @property
+    def layout(self) -> CacheLayout:
+        raise CaptureError(self.reason)
+
+    def capture_all(self) -> None:
+        raise CaptureError(self.reason)
+
+    def graph(self, kind: str) -> fx.GraphModule:
+        raise CaptureError(self.reason)
+
+
+def uncapturable(model: nn.Module, source, err: CaptureError) -> UncapturableSteps:
+    """What stands for `source` once capturing its steps failed with `err`; one warning if the model says it can
+    generate (a decoder lampc cannot decode), none for models that never decode (encoders, task heads)."""
+    if isinstance(source, UncapturableSteps):
+        return source
+    can_generate = getattr(model, "can_generate", None)
+    if callable(can_generate) and can_generate():
+        warnings.warn(f"lampc: {type(model).__name__}'s cached steps cannot be captured, so the compiled model cannot "
+                      f"decode (generate and use_cache raise this): {err}. Its forward is compiled; "
+                      "steps=\"none\" compiles the forward alone without this warning", stacklevel=4)
+    return UncapturableSteps(str(err), source.max_len)
 
 
 def _strip_wrapper_paths(gm: fx.GraphModule) -> None:

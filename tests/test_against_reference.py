@@ -11,7 +11,7 @@ import torch
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lampc.eval.sweep import CellCompiler
+from lampc.cells import CellCompiler
 from reference.lamp_reference import (bloom_forward_ref, falcon_forward_ref, gemma2_forward_ref, gpt2_forward_ref,
                                       llama_forward_ref)
 from tiny_models import padded_batch, tiny_gpt2, tiny_llama

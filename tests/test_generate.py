@@ -13,7 +13,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 import lampc
-from lampc.eval.sweep import CellCompiler
+from lampc.cells import CellCompiler
 from lampc.runtime.steps import KVCache
 from tiny_models import padded_batch, tiny_gpt2, tiny_llama
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lampc.capture_step import cache_argument
-from lampc.eval.sweep import CellCompiler
+from lampc.cells import CellCompiler
 from lampc.runtime.compiled import positions_from_mask
 from tiny_models import WINDOWED, padded_batch, tiny_windowed
 

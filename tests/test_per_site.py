@@ -140,7 +140,8 @@ def test_m_bits_that_agree_with_the_format_load(tmp_path):
 
 @pytest.fixture(scope="module")
 def embedded():
-    from lampc.eval.sweep import CellCompiler, load_sequences
+    from lampc.cells import CellCompiler
+    from lampc.eval.sweep import load_sequences
     from lampc.models import load_model
 
     model, tokenizer = load_model("embedded")

@@ -62,6 +62,21 @@ def test_a_loaded_model_computes_what_the_saved_one_does(used, round_trip):
     assert loaded.report()["sites"] == compiled.report()["sites"]
 
 
+def test_an_eager_model_saved_before_decoding_decodes_after_load_without_its_source_model():
+    """steps="eager": every step graph was built at compile and is saved, no part of the Hugging Face model is; at
+    m23 the loaded model decodes as transformers does."""
+    model = tiny_gpt2(score_gain=3.0)
+    compiled = lampc.compile(model, format="m23", criterion="uniform", steps="eager")
+    saved = compiled.__getstate__()["steps"]
+    assert saved["model"] is None and set(saved["graphs"]) == {"prefill", "decode", "decode_1"}
+    loaded = torch_round_trip(compiled)
+    assert loaded.step_graphs.source is None and loaded.step_graphs.pending == []
+    ids, mask = padded_batch(97)
+    assert torch.equal(loaded.generate(ids, mask, max_new_tokens=3),
+                       model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False))
+    assert set(loaded.stats()) >= {"prefill", "decode"} and "prefill" not in compiled.stats()
+
+
 def test_a_model_saved_before_decoding_builds_its_step_graphs_after_load():
     """The saved source model captures the step on first use; at m23 it decodes as transformers does."""
     model = tiny_gpt2(score_gain=3.0)
@@ -105,7 +120,7 @@ def test_the_native_backend_and_the_random_baseline_load():
 def test_torch_save_keeps_shared_weights_shared(used):
     compiled, ids, mask = used
     loaded = torch_round_trip(compiled)
-    source = loaded.step_graphs.capture.model
+    source = loaded.step_graphs.source.model
     pointers = {p.data_ptr() for p in source.parameters()}
     assert all(p.data_ptr() in pointers for p in loaded.graph_module.parameters())
 
@@ -113,7 +128,7 @@ def test_torch_save_keeps_shared_weights_shared(used):
 def test_pickle_keeps_shared_weights_shared_too(used):
     compiled, ids, mask = used
     loaded = pickle_round_trip(compiled)
-    pointers = {p.data_ptr() for p in loaded.step_graphs.capture.model.parameters()}
+    pointers = {p.data_ptr() for p in loaded.step_graphs.source.model.parameters()}
     graphs = [loaded.graph_module, *loaded.step_graphs.graphs.values()]
     assert len(graphs) > 1 and all(p.data_ptr() in pointers for gm in graphs for p in gm.parameters())
 

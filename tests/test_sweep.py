@@ -8,7 +8,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lampc
-from lampc.eval.sweep import CSV_COLUMNS, TAU_GRIDS, Cell, CellCompiler, plan_cells, run_sweep
+from lampc.cells import CellCompiler
+from lampc.eval.sweep import CSV_COLUMNS, TAU_GRIDS, Cell, plan_cells, run_sweep
 
 pytestmark = pytest.mark.slow  # whole-model integration tests: `-m "not slow"` leaves them out
 
@@ -106,6 +107,23 @@ def test_cell_compiler_is_lampc_compile(model):
         assert torch.equal(fast(ids).logits, slow(ids).logits)
     assert fast.stats() == slow.stats()
     assert [s.to_dict() for s in fast.sites] == [s.to_dict() for s in slow.sites]
+
+
+def test_a_sweep_captures_step_graphs_only_when_it_generates(model, token_ids):
+    """Cells that never decode compile no step graph; with a generation probe, each step is captured once."""
+    from lampc.eval.generation import GenerationProbe
+    from lampc.eval.sweep import Sweep
+
+    windows = token_ids[:64].reshape(2, 32)
+    plain = Sweep(model, windows, batch_size=2, progress=False)
+    assert plain.compiler.step_capture is None
+    assert plain.compile(Cell("m3", "strict", 0.3)).step_graphs is None
+    probe = GenerationProbe.build(model, windows[:, :8], new_tokens=2)
+    generating = Sweep(model, windows, batch_size=2, progress=False, generation=probe)
+    captured = dict(generating.compiler.step_capture._graphs)
+    rows = generating.run([Cell("m3", "strict", 0.3), Cell("m23", "uniform")])
+    assert all("gen_match_tokens" in row for row in rows)
+    assert all(generating.compiler.step_capture._graphs[k] is captured[k] for k in captured) and len(captured) == 3
 
 
 def test_plan_cells():

@@ -7,7 +7,8 @@
 On the calibration windows, in four steps (docs/NUMERICS.md §10):
 
     1. record    one forward with every site's rule at its kind's tau, recording each site's normalised weights
-                 ν = weight / threshold (lampc/lookahead/record.py)
+                 ν = weight / threshold (lampc/lookahead/record.py), through the graph's recorder nodes
+                 (lampc/passes/recording.py)
     2. curves    per site ℓ, forwards with ℓ alone in low precision (every other site FP32): no recompute, and
                  tau x CURVE_SCALES; with the histogram, a model of the KL site ℓ leaves at any tau
     3. allocate  the taus with the least modelled KL whose total count meets the rate (lampc/eval/allocate.py)
@@ -30,9 +31,9 @@ from pathlib import Path
 from torch import nn
 
 from ..criteria import CALIBRATED
-from ..lookahead.record import recording
-from ..passes.respec import respec_sites
-from ..policy import NO_RECOMPUTE, PER_SITE_FIELDS, Policy, SiteOverride, SitePolicy, plain_number
+from ..passes.recording import recording
+from ..passes.respec import respec_sites, running_policy
+from ..policy import NO_RECOMPUTE, Policy, SitePolicy, plain_number
 from .allocate import Allocation, SiteCurve, allocate
 from .progress import progress_bar, step_line
 from .sweep import Sweep, check_seq_len, load_sequences
@@ -98,7 +99,7 @@ class Calibrator:
         self.base = {s.index: self.compiled.policy.site_policy(s.kind, s.index) for s in self.compiled.sites}
 
         step_line(f"recording the look-ahead's weights at {len(self.base)} sites", progress)
-        with recording() as recorder:
+        with recording(self.compiled.graph_module) as recorder:
             self.sweep.compare(_logits(self.compiled))
         self.weights = recorder.sites
         if set(self.weights) != set(self.base):
@@ -126,7 +127,7 @@ class Calibrator:
     def _measure(self, target_rate: float) -> tuple[Allocation, dict, dict]:
         allocation = allocate(self.curves, target_rate * self.usable)
         taus = {i: _scaled(self.base[i], lam) for i, lam in allocation.lams.items()}
-        respec_sites(self.compiled.graph_module, taus)
+        self._respec(taus)
         self.compiled.reset_stats()
         measured = self.sweep.measure(self.compiled)
         return allocation, taus, {"rate": measured["recompute_rate_pooled"],
@@ -134,10 +135,19 @@ class Calibrator:
                                   "flip_rate": measured["flip_rate"], "predicted_kl": allocation.kl,
                                   "predicted_rate": sum(allocation.counts.values()) / self.usable}
 
+    def _respec(self, taus: dict[int, SitePolicy]) -> None:
+        """The calibrated model runs `taus` at its sites, and says so: its `policy` is the one that compiles to its
+        graph (per-site rules read from the node tags, lampc/passes/respec.py) and its sites' rule texts are the
+        ones they run. Its only graph is the full-sequence one (the sweep compiles no step graphs for calibration);
+        `lampc.compile(model, calibration.policy)` builds a model whose step graphs run the same rules."""
+        running = respec_sites(self.compiled.graph_module, taus)
+        self.compiled.policy = running_policy(self.compiled.graph_module, self.compiled.policy)
+        self.compiled.sites = [dataclasses.replace(s, rule=running[s.index].summary) if s.index in running else s
+                               for s in self.compiled.sites]
+
     def _result(self, target: dict, allocation: Allocation, taus: dict, measured: dict) -> Calibration:
-        sites = self.compiled.sites
-        per_site = tuple(SiteOverride(s.index, s.kind, _fields(taus[s.index], self.base[s.index]), module=s.module)
-                         for s in sites)
+        self._respec(taus)  # the chosen taus (a KL search measures others after them)
+        sites, per_site = self.compiled.sites, self.compiled.policy.per_site
         records = [{"site": s.index, "kind": s.kind, "module": s.module, "tau": taus[s.index].tau,
                     "predicted_rate": allocation.counts[s.index] / max(self.weights[s.index].usable, 1),
                     "alone_kl": {_scale_text(lam): kl for lam, kl in self.curves[s.index].measured.items()}}
@@ -212,11 +222,6 @@ def _scaled(site: SitePolicy, lam: float) -> SitePolicy:
     if site.rule.tau.high is not None:
         tau = min(tau, site.rule.tau.high)
     return dataclasses.replace(site, tau=tau)
-
-
-def _fields(site: SitePolicy, base: SitePolicy) -> dict:
-    """The per-site fields that make `base` into `site`."""
-    return {name: getattr(site, name) for name in PER_SITE_FIELDS if getattr(site, name) != getattr(base, name)}
 
 
 def _search_kl(measure, kl: float, *, progress: bool = True):

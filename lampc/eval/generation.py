@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture_step import cache_argument, returned_cache
+from ..cells import CellCompiler
 from ..policy import NO_RECOMPUTE
 from .caveats import generation_notes
 
@@ -126,10 +127,8 @@ def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *
     `variants`: "fp32", the model's own FP32 math (m23, no recompute: equals transformers' generate), and
     "uniform", the policy's format with no recompute. Every variant samples from the same seed; the first is the
     reference each divergence is measured from."""
-    from .sweep import CellCompiler
-
     ids, mask = _left_padded(tokenizer, prompts)
-    compiler = CellCompiler(model)
+    compiler = CellCompiler(model, steps="eager")  # every variant generates: each step captured once, here
     lamp = compiler(policy, **overrides)
     uniform = {**overrides, **NO_RECOMPUTE}
     runs = {"fp32": compiler(None, format="m23", criterion="uniform")} if "fp32" in variants else {}

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..cells import CellCompiler
 from ..criteria import CRITERIA as CRITERION_TABLE
 from ..policy import Policy
 from .grid import POLICY_CELL, TAU_GRIDS, Cell, plan_cells  # noqa: F401 (TAU_GRIDS: importable from here as before)
@@ -47,26 +48,6 @@ CSV_COLUMNS = (
     "recompute_rate_hi", "visible_keys_per_row", "site_kinds",
 )
 """results.csv columns; the first ones are named as in the paper's logs. Per-window lists stay in results.json."""
-
-
-class CellCompiler:
-    """`lampc.compile` for many policies of one model: capture once, rewrite a fresh copy of the graph per cell.
-
-    Capturing (torch.export) is most of compile's cost; the rewrite itself is cheap. The result is the same
-    `CompiledModel` that `lampc.compile(model, **overrides)` returns (tests/test_sweep.py checks it is identical).
-    """
-
-    def __init__(self, model: nn.Module):
-        from ..capture import capture
-
-        self.captured = capture(model)
-
-    def __call__(self, policy=None, *, allow_no_sites: bool = False, **overrides):
-        from ..api import compile_captured
-        from ..capture import copy_sharing_weights
-
-        copy_ = dataclasses.replace(self.captured, graph_module=copy_sharing_weights(self.captured.graph_module))
-        return compile_captured(copy_, Policy.from_overrides(policy, **overrides), allow_no_sites=allow_no_sites)
 
 
 @contextlib.contextmanager
@@ -103,8 +84,10 @@ class Sweep:
                 bar.update(1)
         from .progress import step_line
 
-        step_line("capturing the model as a graph (torch.export)", self.progress)
-        self.compiler = CellCompiler(model)
+        generates = generation is not None  # else no cell decodes: no step graphs (lampc.cells)
+        step_line("capturing the model as graphs (torch.export" + (", with its cached steps)" if generates else ")"),
+                  self.progress)
+        self.compiler = CellCompiler(model, steps="eager" if generates else "none")
         self.generation = generation  # a GenerationProbe: greedy continuations measured against FP32's, per cell
         self.policy = policy  # the base policy every cell starts from (None: lampc's default)
         self.fixed = dict(fixed or {})  # policy fields every cell shares (kinds, sites, backend, fused, budget)

@@ -9,15 +9,15 @@ from torch import Tensor, fx, nn
 
 from ..capture import takes_use_cache
 from ..graph_view import to_networkx, write_graph
-from ..numerics.native import LowPrecisionWeights, cached_weights
 from ..passes.result import PassResult
-from ..ops import SelectionTap, graph_taps, random_streams
+from ..ops import SelectionTap, graph_taps, share_streams
 from ..ops.random import RandomStreams
 from ..policy import Policy
 from .report import build_report
 from .saving import init_arguments, restore_step_graphs, saved_form
 from .stats import collect_stats, merge_taps
 from .steps import KVCache, StepGraphs, StepOutput
+from .weight_casts import WeightCasts
 
 
 class CompiledModel(nn.Module):
@@ -26,6 +26,7 @@ class CompiledModel(nn.Module):
     Call it like the Hugging Face model: `compiled(input_ids, attention_mask=None)` returns an output with
     `.logits` (f32[B, T, vocab]). With `use_cache=True` (or a `past_key_values` from an earlier call) it runs the
     cached-step graphs instead and returns `.past_key_values` too (a `KVCache`); `generate(...)` decodes with them.
+    `step_graphs` holds them (None when compiled with steps="none"), built at compile unless steps="lazy".
     `sites`, `skips`, `stats()`, `reset_stats()` and `report()` tell what was rewritten and how much was
     recomputed, over all calls since the last reset.
 
@@ -35,7 +36,10 @@ class CompiledModel(nn.Module):
     """
 
     def __init__(self, graph_module: fx.GraphModule, result: PassResult, policy: Policy, *, model_type: str,
-                 max_len: int, vocab_size: int, steps=None, generation_config=None):
+                 max_len: int, vocab_size: int, steps=None, step_layout=None, generation_config=None):
+        """steps: the StepCapture to build the cached-step graphs from (lampc.compile builds them all right after,
+        `step_graphs.build_all()`); step_layout: their cache layout, for step graphs restored without a source
+        (a saved model); neither: no step graphs."""
         super().__init__()
         self.graph_module = graph_module
         self.sites = list(result.sites)
@@ -44,12 +48,16 @@ class CompiledModel(nn.Module):
         self.model_type = model_type
         self.max_len = max_len
         self.vocab_size = vocab_size
-        self._weights = LowPrecisionWeights(graph_module.parameters())  # native backend: this model's casts
-        self.step_graphs = StepGraphs(steps, policy, self._weights) if steps is not None else None
+        self._weights = WeightCasts(graph_module)  # native sites: one cast per weight, its step graphs' too
+        self.step_graphs = None if steps is None and step_layout is None else StepGraphs(
+            steps, policy, self._weights, sites=self.sites, skips=self.skips, layout=step_layout)
         self.generation_config = generation_config
         self.training = False  # an inference graph (see train())
         self._takes_use_cache = takes_use_cache(graph_module.forward)
         self._random_streams = RandomStreams()  # the random baseline's generators: this model's own, per thread
+        share_streams(graph_module, self._random_streams)  # its draws modules, in every graph (lampc/ops/random.py)
+        if self.step_graphs is not None:
+            self.step_graphs.random_streams = self._random_streams
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 past_key_values: KVCache | None = None, position_ids: Tensor | None = None,
@@ -62,9 +70,8 @@ class CompiledModel(nn.Module):
         `output_hidden_states` may only be False; anything else given (token_type_ids, inputs_embeds, ...) is
         refused by name: the captured graph cannot honour it."""
         labels, return_dict = _check_extra_arguments(unused)
-        with random_streams(self._random_streams), cached_weights(self._weights):
-            out = self._forward(input_ids, attention_mask, past_key_values=past_key_values,
-                                position_ids=position_ids, use_cache=use_cache, cache=cache)
+        out = self._forward(input_ids, attention_mask, past_key_values=past_key_values, position_ids=position_ids,
+                            use_cache=use_cache, cache=cache)
         if labels is not None:
             out["loss"] = causal_lm_loss(out["logits"], labels)
         return out.to_tuple() if return_dict is False else out
@@ -74,7 +81,7 @@ class CompiledModel(nn.Module):
             if past_key_values is not None:
                 raise ValueError("give the cache as past_key_values or as cache, not both")
             past_key_values = cache
-        past = 0 if past_key_values is None else _check_cache(past_key_values, input_ids, self._steps().capture.layout)
+        past = 0 if past_key_values is None else _check_cache(past_key_values, input_ids, self._steps().layout)
         cached = bool(use_cache) or past_key_values is not None or position_ids is not None \
             or (isinstance(input_ids, Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 1)
         _check_input_ids(input_ids, self.vocab_size, self.max_len, past=past, min_len=1 if cached else 2)
@@ -138,8 +145,8 @@ class CompiledModel(nn.Module):
 
     def _steps(self) -> StepGraphs:
         if self.step_graphs is None:
-            raise RuntimeError("this compiled model was built without its model's step capture; "
-                               "compile it with lampc.compile(model) to decode with a cache")
+            raise RuntimeError("this compiled model has no cached-step graphs (compiled with steps=\"none\"): "
+                               "compile it with lampc.compile(model) to decode with a cache (generate, use_cache)")
         return self.step_graphs
 
     def _all_taps(self) -> list[SelectionTap]:
@@ -171,9 +178,8 @@ class CompiledModel(nn.Module):
         if not out["recording"]:
             out["note"] = "statistics recording is off (record_stats(False)): calls since then are not counted"
         if phase is None and self.step_graphs is not None:
-            for name in ("prefill", "decode"):
-                if self.step_graphs.taps(name):
-                    out[name] = self.stats(name)
+            for name in self.step_graphs.phases_run():
+                out[name] = self.stats(name)
         return out
 
     def reset_random(self) -> None:
@@ -207,9 +213,8 @@ class CompiledModel(nn.Module):
         if phase == "forward":
             taps = self.taps
         else:
-            taps = {}
-            for by_site in (self.step_graphs.taps(phase).values() if self.step_graphs else ()):
-                taps.update(by_site)
+            last = self.step_graphs.ran.get(phase) if self.step_graphs else None
+            taps = graph_taps(self.step_graphs.graphs[last]) if last else {}
         return {site: tap.last_selection for site, tap in taps.items() if tap.last_selection is not None}
 
     def report(self) -> dict:

@@ -5,12 +5,15 @@
 
     saved                                             on load
     the rewritten full-sequence graph                 the same graph (lampc/runtime/portable_graph.py)
-    the cached-step graphs built so far (generate)    the same graphs; kinds not built yet are captured on first use
-    the source Hugging Face model                     the step capture's model (for those kinds)
+    the cached-step graphs (all; steps="lazy": those  the same graphs
+      built so far) and their cache layout
+    steps="lazy", kinds not built yet: the source     its step capture, which builds them on first use
+      Hugging Face model (otherwise no part of it)
     sites, skips, policy, generation config, mode     as they were
     statistics totals (the taps), recording switches  as they were: stats() goes on counting from there
     the random baseline's place in its streams        not saved: the baseline restarts from its seed
-    the native backend's cast weights                 not saved: cast again on first use
+    the native sites' weight casts (CastWeight)       the same modules, shared as they were; not their copies:
+                                                      cast again on first use
     FakeTensor values of graph nodes (shapes)         not saved: `lampc.show` lists the loaded graph without shapes
 
 torch.save and pickle both keep the weights the graphs share with the source model as one tensor each (pickle's
@@ -20,9 +23,11 @@ with the Python and torch versions it was saved with (a named error otherwise).
 
 from __future__ import annotations
 
-from ..capture_step import StepCapture
+from ..capture_step import StepCapture, UncapturableSteps
+from ..ops import share_streams
 from ..passes.result import PassResult
 from .portable_graph import PortableGraph, VersionStamp
+from .steps import PHASES
 
 
 def saved_form(compiled) -> dict:
@@ -40,11 +45,14 @@ def saved_form(compiled) -> dict:
         "generation_config": compiled.generation_config,
         "training": compiled.training,
         "steps": None if steps is None else {
-            "model": steps.capture.model,
-            "max_len": steps.capture.max_len,
+            "model": None if steps.source is None else steps.source.model,
+            "max_len": compiled.max_len if steps.source is None else steps.source.max_len,
+            "uncapturable": steps.source.reason if isinstance(steps.source, UncapturableSteps) else None,
+            "layout": steps.layout if steps.source is None else None,
             "graphs": {kind: (PortableGraph(gm), steps.results[kind].modified, list(steps.results[kind].sites),
                               list(steps.results[kind].skips)) for kind, gm in steps.graphs.items()},
             "tap_settings": dict(steps.tap_settings),
+            "ran": dict(steps.ran),
         },
     }
 
@@ -52,10 +60,15 @@ def saved_form(compiled) -> dict:
 def init_arguments(state: dict) -> tuple[tuple, dict]:
     """CompiledModel(*args, **kwargs) for a saved form."""
     gm, steps = state["graph_module"], state["steps"]
-    capture = None if steps is None else StepCapture(steps["model"], steps["max_len"])
+    source = None
+    if steps is not None and steps["model"] is not None:
+        source = StepCapture(steps["model"], steps["max_len"])
+    elif steps is not None and steps.get("uncapturable"):
+        source = UncapturableSteps(steps["uncapturable"], steps["max_len"])
     args = (gm, PassResult(gm, True, state["sites"], state["skips"]), state["policy"])
     kwargs = dict(model_type=state["model_type"], max_len=state["max_len"], vocab_size=state["vocab_size"],
-                  steps=capture, generation_config=state["generation_config"])
+                  steps=source, step_layout=None if steps is None else steps.get("layout"),
+                  generation_config=state["generation_config"])
     return args, kwargs
 
 
@@ -67,7 +80,10 @@ def restore_step_graphs(compiled, state: dict) -> None:
         return
     step_graphs = compiled.step_graphs
     for kind, (gm, modified, sites, skips) in steps["graphs"].items():
-        step_graphs.weights.register(gm.parameters())
+        step_graphs.weights.adopt(gm)  # the full graph's casts (pickle kept them one object already)
+        share_streams(gm, step_graphs.random_streams)  # the loaded model's streams (draws modules save none)
         step_graphs.graphs[kind] = gm
         step_graphs.results[kind] = PassResult(gm, modified, sites, skips)
     step_graphs.tap_settings.update(steps["tap_settings"])
+    older = {PHASES[kind]: kind for kind in steps["graphs"]}  # a save without "ran": a graph was built to run
+    step_graphs.ran.update(steps.get("ran", older))

@@ -142,7 +142,7 @@ def compare(model: str, cells: dict[str, dict[str, Any]], tasks: list, *, limit:
     requests done every few seconds. A task whose data cannot be had is refused before any model runs
     (TaskDataUnavailable, lampc/tasks/availability.py). lm_eval_logs: show lm-eval's own log lines (hidden by
     default)."""
-    from ..eval.sweep import CellCompiler
+    from ..cells import CellCompiler
     from ..models import load_model
     from .lm import LampcLM
 
@@ -154,7 +154,7 @@ def compare(model: str, cells: dict[str, dict[str, Any]], tasks: list, *, limit:
     fp32 = LampcLM(model, fp32=True, batch_size=batch_size, loaded=loaded)
     reference, _ = run_per_task(fp32, tasks, limit=limit, cell="fp32", progress=progress, lm_eval_logs=lm_eval_logs)
     raw, rows = {"fp32": reference}, _rows("fp32", reference, reference, {})
-    compiler = CellCompiler(loaded[0]) if cells else None  # one capture (and one per step graph) for every cell
+    compiler = CellCompiler(loaded[0]) if cells else None  # one capture for every cell; steps only if a task generates
     for name, fields in cells.items():
         progress(f"lampc tasks: {name}")
         lm = LampcLM(model, batch_size=batch_size, loaded=loaded, compiler=compiler, **fields)
