@@ -29,7 +29,9 @@ from torch import Tensor, nn
 
 from ..capture_step import cache_argument, returned_cache
 from ..cells import CellCompiler
+from ..criteria import NO_LOOKAHEAD
 from ..policy import NO_RECOMPUTE
+from ..site_kinds import KINDS
 from .caveats import generation_notes
 
 NO_EOS: list[int] = []  # generate() with eos_token_id=[]: never stop early
@@ -114,7 +116,7 @@ class GenerationProbe:
 def keys_per_row(stats: dict | None, rows_per_head: int) -> float | None:
     """Mean visible keys per attention row of one phase's statistics, over `rows_per_head` query rows per head
     (prompt tokens for prefill, one per decode step); None without attention sites or rows."""
-    sites = [s for s in (stats or {}).get("sites", []) if s["kind"] == "attention" and s["per_head"]]
+    sites = [s for s in (stats or {}).get("sites", []) if KINDS[s["kind"]].per_head and s["per_head"]]
     if not sites or rows_per_head <= 0:
         return None
     return sum(s["visible"] / (len(s["per_head"]) * rows_per_head) for s in sites) / len(sites)
@@ -133,8 +135,8 @@ def compare_generations(model, tokenizer, prompts: list[str], overrides: dict, *
     uniform = {**overrides, **NO_RECOMPUTE}
     runs = {"fp32": compiler(None, format="m23", criterion="uniform")} if "fp32" in variants else {}
     runs["lamp"] = lamp
-    if "uniform" in variants:  # the same numbers, no rule (and so no per-site rules)
-        runs["uniform"] = compiler(None if policy is None else dataclasses.replace(policy, per_site=()), **uniform)
+    if NO_LOOKAHEAD in variants:  # the variant named after it: the same numbers, no rule (and no per-site rules)
+        runs[NO_LOOKAHEAD] = compiler(None if policy is None else dataclasses.replace(policy, per_site=()), **uniform)
     options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                    top_p=top_p)
     tokens = {name: compiled.generate(ids, mask, generator=torch.Generator().manual_seed(seed), **options)

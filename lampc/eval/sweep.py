@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..cells import CellCompiler
-from ..criteria import CRITERIA as CRITERION_TABLE
+from ..criteria import CRITERIA as CRITERION_TABLE, NO_LOOKAHEAD
 from ..policy import Policy
 from .grid import POLICY_CELL, TAU_GRIDS, Cell, plan_cells  # noqa: F401 (TAU_GRIDS: importable from here as before)
 from .metrics import LogitComparison
@@ -285,7 +285,7 @@ def write_outputs(rows: list[dict], out_dir: str | Path, metadata: dict) -> dict
     doc = {"metadata": metadata, "rows": rows, "comparisons": comparisons(rows), "notes": sweep_notes(rows)}
     paths["json"].write_text(compact_json(doc) + "\n")
     plot_kl_vs_rate(rows, paths["kl_vs_rate"])
-    if len({r["format"] for r in rows if r["criterion"] == "uniform"}) > 1:
+    if len({r["format"] for r in rows if r["criterion"] == NO_LOOKAHEAD}) > 1:
         paths["kl_vs_m"] = out / "kl_vs_m.png"
         plot_kl_vs_m(rows, paths["kl_vs_m"])
     return paths

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .compiled import _check_attention_mask, _check_input_ids
+from .inputs import check_attention_mask as _check_attention_mask, check_input_ids as _check_input_ids
 
 DEFAULT_NEW_TOKENS = 20  # transformers' model-agnostic default length (GenerationConfig's max_length of 20 new)
 
