@@ -24,13 +24,12 @@ Python numbers they hold.
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 import sys
 from dataclasses import dataclass, field
 
 from .config import (BACKENDS, ERROR_SCALES, NATIVE_FORMATS, Execution, Producer, Record, Rule, SiteConfig, SiteFacts,
-                     decode, encode, make_producer, parse_field)
+                     decode, encode, make_producer)
 from .config.producer import PRODUCER_FIELDS, field_format, producer_fields
 from .config.rule import check_choice as _check_choice
 from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITERIA  # noqa: F401 (re-exported)
@@ -422,8 +421,3 @@ def _check_no_pass_fields(site: SitePolicy, owner: str) -> None:
     for name in SET_BY_PASSES:
         if getattr(site, name) != SitePolicy.__dataclass_fields__[name].default:
             raise ValueError(f"{owner}{set_by_passes_text(name)}; got {getattr(site, name)!r}: leave it out")
-
-
-def parse_budget(text: str) -> int | float:
-    """SitePolicy.budget from text: "8" is a count k, "0.05" or "5e-2" a fraction (ValueError otherwise)."""
-    return parse_field(SitePolicy, "budget", text)

@@ -290,7 +290,7 @@ def test_long_steps_print_one_line_each_when_stderr_is_no_terminal(capsys, model
     assert code == 0
     err = capsys.readouterr().err
     assert "\r" not in err  # no bar redrawn into a log
-    for line in ("lampc: capturing the model as a graph", "lampc: FP32 greedy continuations of 2 prompts",
+    for line in ("lampc: capturing the model as graphs (torch.export: the forward and its cached steps)", "lampc: FP32 greedy continuations of 2 prompts",
                  "lampc: m3 uniform", "lampc: m3 strict tau=0.3", "done in"):
         assert line in err
 

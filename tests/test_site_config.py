@@ -40,8 +40,7 @@ def _policies():
 def test_a_site_policy_is_exactly_its_parts(site):
     config = site.config
     assert SitePolicy.from_config(config) == site
-    assert SiteConfig.from_texts(config.producer.to_text(), config.rule.to_text(), config.execution.to_text(),
-                                 config.facts.to_text()) == config
+    assert SiteConfig.from_texts(*config.texts) == config
     assert SitePolicy.from_spec(site.to_spec()) == site
     assert (config.producer.format, config.producer.backend, config.producer.block_k) == (site.format, site.backend,
                                                                                          site.block_k)
@@ -124,6 +123,9 @@ def test_a_site_policy_refuses_what_its_parts_refuse():
         SitePolicy(format="bf16", backend="native", block_k=4)
     with pytest.raises(ValueError, match="SitePolicy.backend must be one of emulate, native"):
         SitePolicy(backend="fast")
+    for not_one in (True, 1.0):  # equal to the default 1, but no integer block size
+        with pytest.raises(ValueError, match="SitePolicy.block_k"):
+            SitePolicy(format="bf16", backend="native", block_k=not_one)
 
 
 def _producer_branches(source: str) -> list[int]:
@@ -153,3 +155,50 @@ def test_the_branch_check_sees_a_branch():
     assert _producer_branches('x = p.backend in ("emulate", "native")\n') == [1]
     assert _producer_branches('if isinstance(p, Native):\n    pass\n') == [1]
     assert _producer_branches('impl = implementation(p)\nhelp = "backend=\'native\' is fast"\n') == []
+
+
+def _texts_and_tags(gm) -> list[tuple[str, object, object]]:
+    """(node, the configuration its op arguments decode to, the one its tag carries) for every site op of gm."""
+    from lampc.config import SiteConfig
+    from lampc.graph_view import argument
+    from lampc.ops import SITE_OPS
+
+    out = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in SITE_OPS:
+            continue
+        config = node.meta["lampc"].config
+        names = {a.name for a in node.target._schema.arguments}
+        read = {name: argument(node, name) for name in ("producer", "rule", "facts", "execution") if name in names}
+        decoded = SiteConfig.from_texts(read.get("producer", config.producer.to_text()),
+                                        read.get("rule", config.rule.to_text()), read.get("facts"),
+                                        read.get("execution"))
+        want = dataclasses.replace(config, **{k: v for k, v in (("facts", SiteFacts()), ("execution", Execution()))
+                                              if k not in read})
+        out.append((node.name, decoded, want))
+    return out
+
+
+@pytest.mark.slow
+def test_every_site_op_runs_the_configuration_its_tag_carries():
+    """The ops run their text arguments; export, show, respec and unfusing read the tags: the two must agree, after
+    compile, after respec and after unfusing."""
+    from tiny_models import tiny_gpt2
+
+    from lampc.passes import unfuse_sites
+    from lampc.passes.respec import respec_sites
+
+    compiled = lampc.compile(tiny_gpt2(), kinds="all", format="m5", criterion="strict", tau=0.2, fused=True)
+    gm = compiled.graph_module
+    pairs = _texts_and_tags(gm)
+    assert len(pairs) >= 4 and all(decoded == tag for _, decoded, tag in pairs), pairs
+    site = compiled.sites[0]
+    respec_sites(gm, {site.index: SitePolicy(format="m6", criterion="relaxed", tau=0.5, fused=True)})
+    pairs = _texts_and_tags(gm)
+    assert all(decoded == tag for _, decoded, tag in pairs), pairs
+    assert any(tag.rule.criterion == "relaxed" for _, _, tag in pairs)
+    unfuse_sites(gm)
+    pairs = _texts_and_tags(gm)
+    assert all(decoded == tag for _, decoded, tag in pairs), pairs
+    every = [n for n in gm.graph.nodes if n.meta.get("lampc") is not None and n.meta["lampc"].site is not None]
+    assert all(n.meta["lampc"].config is not None for n in every)  # operands and taps too

@@ -107,7 +107,7 @@ def make_producer(backend: str, fields: dict, defaults: dict) -> Producer:
     own = {f.name for f in dataclasses.fields(kind)}
     producer = kind(**{name: value for name, value in fields.items() if name in own})
     for name, value in fields.items():
-        if name not in own and value != defaults[name]:
+        if name not in own and (type(value) is not type(defaults[name]) or value != defaults[name]):
             users = [b for b, t in PRODUCER_TYPES.items() if name in {f.name for f in dataclasses.fields(t)}]
             raise ValueError(f"SitePolicy.{name} applies to backend={' or '.join(map(repr, users))} only; "
                              f"{backend} has no {name}, got {value!r}")

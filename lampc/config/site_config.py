@@ -46,7 +46,9 @@ class SiteConfig:
         return SiteTexts(self.producer.to_text(), self.rule.to_text(), self.facts.to_text(), self.execution.to_text())
 
     @classmethod
-    def from_texts(cls, producer: str, rule: str, execution: str | None = None, facts: str | None = None):
+    def from_texts(cls, producer: str, rule: str, facts: str | None = None, execution: str | None = None):
+        """The inverse of `texts` (in its order: producer, rule, facts, execution); a part not given at its
+        defaults."""
         return cls(decode_producer(producer), Rule.from_text(rule),
-                   Execution() if execution is None else Execution.from_text(execution),
-                   SiteFacts() if facts is None else SiteFacts.from_text(facts))
+                   execution=Execution() if execution is None else Execution.from_text(execution),
+                   facts=SiteFacts() if facts is None else SiteFacts.from_text(facts))

@@ -85,8 +85,8 @@ class Sweep:
         from .progress import step_line
 
         generates = generation is not None  # else no cell decodes: no step graphs (lampc.cells)
-        step_line("capturing the model as graphs (torch.export" + (", with its cached steps)" if generates else ")"),
-                  self.progress)
+        step_line("capturing the model as graphs (torch.export: the forward and its cached steps)" if generates
+                  else "capturing the model as a graph (torch.export)", self.progress)
         self.compiler = CellCompiler(model, steps="eager" if generates else "none")
         self.generation = generation  # a GenerationProbe: greedy continuations measured against FP32's, per cell
         self.policy = policy  # the base policy every cell starts from (None: lampc's default)

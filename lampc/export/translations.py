@@ -56,7 +56,7 @@ def translation_table(opset: int, rounding: str) -> dict[torch._ops.OpOverload, 
     def lamp_select(s_hat: FLOAT, q: FLOAT, k_t: FLOAT, scale: float, mask, is_causal: bool, producer: str,
                     rule: str, facts: str, execution: str, site: int):
         g = make()
-        settings = SitePolicy.from_config(SiteConfig.from_texts(producer, rule, execution, facts))
+        settings = SitePolicy.from_config(SiteConfig.from_texts(producer, rule, facts, execution))
         return lamp_select_onnx(g, s_hat, q, k_t, scale, mask, is_causal, settings, site)
 
     def recompute_scores(s_hat: FLOAT, selected: BOOL, q: FLOAT, k_t: FLOAT, scale: float, execution: str):

@@ -10,8 +10,10 @@
     recording.py     normalised_weights, normalised_component_weights and WeightTap: calibration's recording
 
 Each op is a `torch.library.custom_op` with a plain-torch implementation (lampc.numerics, lampc.lookahead) and a
-fake (shape-only) one, so rewritten graphs still export, trace and compile. A site's `SitePolicy` travels as its
-text spec (`SitePolicy.to_spec()`), so a graph listing shows the numbers. Importing this package registers them all.
+fake (shape-only) one, so rewritten graphs still export, trace and compile. Each op takes the parts of its site's
+configuration it reads (lampc/config/) as their texts ('emulate m4', 'strict tau=0.1'), so a graph listing shows the
+numbers. Importing this package registers every op a compiled graph calls; calibration's recording ops
+(recording.py) register when lampc/passes/recording.py imports them.
 """
 
 from __future__ import annotations

@@ -27,4 +27,4 @@ def execution(text: str) -> Execution:
 @functools.lru_cache(maxsize=4096)
 def site_settings(producer: str, rule: str, facts: str | None = None, execution: str | None = None) -> SitePolicy:
     """The SitePolicy the look-ahead reads, from the parts an op was given (those it was not given at defaults)."""
-    return SitePolicy.from_config(SiteConfig.from_texts(producer, rule, execution, facts))
+    return SitePolicy.from_config(SiteConfig.from_texts(producer, rule, facts, execution))

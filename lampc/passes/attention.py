@@ -36,6 +36,7 @@ from torch import fx
 from ..graph_view import module_path
 from ..ops import FUSED_SITE_OPS, SOFTMAX_SITE_OPS
 from ..policy import SitePolicy
+from ..site_kinds import ATTENTION
 from .driver import Emission, Emitted, SiteKind
 from .result import Skip
 from .softmax_site import emit_softmax_ops
@@ -211,16 +212,17 @@ def find_attention(gm: fx.GraphModule) -> tuple[list[AttentionMatch], list[Skip]
 
 def attention_sites(policy: SitePolicy) -> SiteKind:
     """The attention site kind under `policy` (a soft cap or a bias found at a site refines it there)."""
-    return SiteKind("attention", find_attention, lambda em, match: _emit(em, match, policy),
+    return SiteKind(ATTENTION, find_attention, lambda em, match: _emit(em, match, policy),
                     anchor=lambda match: match.matmul)
 
 
 def _emit(em: Emission, match: AttentionMatch, policy: SitePolicy) -> Emitted:
-    policy = em.site_policy("attention", policy)
+    policy = em.site_policy(ATTENTION, policy)
     if match.softcap is not None:  # the look-ahead differentiates through the cap, which stays in the graph
         policy = dataclasses.replace(policy, softcap=match.softcap)
     if match.bias is not None:
         return _emit_biased(em, match, dataclasses.replace(policy, biased=True))
+    em.configure(policy)
     q, k_t = match.matmul.args[:2]
     consumer = next(iter(match.scores.users))  # the mask add or the softmax: after q, k_t and the mask
     with em.graph.inserting_before(consumer):
@@ -244,6 +246,7 @@ def _emit_biased(em: Emission, match: AttentionMatch, policy: SitePolicy) -> Emi
     _, q, k_t = baddbmm.args[:3]
     batch, heads, rows = view.args[1][:3]
     depth = q.meta["val"].shape[-1]
+    em.configure(policy)  # the operands below carry the site's configuration too
     with em.graph.inserting_before(next(iter(view.users))):
         q4 = em.call(aten.view.default, (q, [batch, heads, rows, -1]), role="operand")
         k4 = em.call(aten.view.default, (k_t, [batch, heads, depth, -1]), role="operand")

@@ -30,7 +30,7 @@ from torch import fx
 from ..graph_view import module_path
 from ..ops import SITE_OPS
 from ..policy import SitePolicy
-from ..site_kinds import GELU, LAYER_NORM
+from ..site_kinds import GELU, LAYER_NORM, LINEAR
 from .driver import Emission, Emitted, SiteKind
 from .result import Skip
 
@@ -324,7 +324,7 @@ def _position(gm: fx.GraphModule, target: fx.Node) -> int:
 
 def linear_sites(policies: dict[str, SitePolicy]) -> SiteKind:
     """The layer_norm and activation ("gelu") site kinds under their policies, as one graph-ordered kind."""
-    return SiteKind("linear", lambda gm: find_linear_sites(gm, set(policies)),
+    return SiteKind(LINEAR, lambda gm: find_linear_sites(gm, set(policies)),
                     lambda em, match: _emit(em, match, policies[match.kind]), anchor=lambda match: match.producer.node)
 
 

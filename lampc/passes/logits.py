@@ -20,6 +20,7 @@ from torch import fx
 
 from ..graph_view import module_path
 from ..policy import SitePolicy
+from ..site_kinds import LOGITS
 from .driver import Emission, Emitted, SiteKind
 from .linear_sites import LinearProducer, through_transparent, linear_producer
 from .result import Skip
@@ -52,12 +53,13 @@ def _logits_producer(gm: fx.GraphModule) -> LinearProducer | Skip:
 
 def logits_site(policy: SitePolicy) -> SiteKind:
     """The logits site kind under `policy`."""
-    return SiteKind("logits", find_logits, lambda em, producer: _emit(em, producer, policy),
+    return SiteKind(LOGITS, find_logits, lambda em, producer: _emit(em, producer, policy),
                     anchor=lambda producer: producer.node)
 
 
 def _emit(em: Emission, producer: LinearProducer, policy: SitePolicy) -> Emitted:
-    policy = em.site_policy("logits", policy)
+    policy = em.site_policy(LOGITS, policy)
+    em.configure(policy)  # the transposed weight below carries the site's configuration too
     with em.graph.inserting_before(producer.node):
         w_t = producer.weight
         if producer.transposed:

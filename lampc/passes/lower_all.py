@@ -18,6 +18,7 @@ from torch import fx
 
 from .. import ops  # noqa: F401  (declares lampc::lowp_matmul)
 from ..policy import SitePolicy
+from ..site_kinds import LOWERED
 from .driver import Emission, Emitted, SiteKind
 
 aten = torch.ops.aten
@@ -53,7 +54,7 @@ def _find(gm: fx.GraphModule):
 
 def lowered_matmuls(policy: SitePolicy) -> SiteKind:
     """Every matmul that is no site, in `policy`'s format with no look-ahead; it creates no site."""
-    return SiteKind("lowered", _find, lambda em, node: _emit(em, node, policy), anchor=lambda node: node,
+    return SiteKind(LOWERED, _find, lambda em, node: _emit(em, node, policy), anchor=lambda node: node,
                     index_of=lambda node: None)
 
 

@@ -25,6 +25,7 @@ from torch import fx
 
 from .. import ops
 from ..policy import SitePolicy
+from ..site_kinds import UNFUSE
 from .driver import Emission, Emitted, SiteKind, rewrite_sites
 
 
@@ -92,7 +93,7 @@ def _emit_unfused(em: Emission, fused: fx.Node) -> Emitted:
     return Emitted(replacements, (new.first, new.selection, new.scores), erase=(*getitems.values(), fused))
 
 
-UNFUSE = SiteKind("unfuse", _find_fused, _emit_unfused, anchor=lambda fused: fused,
+UNFUSE_SITES = SiteKind(UNFUSE, _find_fused, _emit_unfused, anchor=lambda fused: fused,
                   index_of=lambda fused: fused.meta["lampc"].site)
 """The fused softmax sites back in their three-op form: same values (tests/test_fused_site.py), and ONNX has a
 translation for each op. It creates no site: the ops keep the fused op's index."""
@@ -101,5 +102,5 @@ translation for each op. It creates no site: the ops keep the fused op's index."
 def unfuse_sites(gm: fx.GraphModule) -> int:
     """Replace every fused site op by the three unfused ops; returns the number of sites unfused."""
     count = len(_find_fused(gm)[0])
-    rewrite_sites(gm, [UNFUSE])
+    rewrite_sites(gm, [UNFUSE_SITES])
     return count

@@ -28,7 +28,7 @@ import warnings
 import torch
 from torch import fx, nn
 
-FORMAT_VERSION = 1  # of lampc's saved form; raise it when what is saved changes
+FORMAT_VERSION = 2  # of lampc's saved form; raise it when what is saved changes (2: typed op arguments and tags)
 _VALUE_META = ("val", "example_value", "tensor_meta", "unbacked_bindings")  # FakeTensors and symbolic shapes
 _HOOKS = ("_forward_pre_hooks", "_forward_hooks")
 _REGENERATED = ("_graph", "_code", "_lineno_map", "_prologue_start", "_tracer_cls", "_tracer_extras",

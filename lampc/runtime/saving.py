@@ -27,7 +27,6 @@ from ..capture_step import StepCapture, UncapturableSteps
 from ..ops import share_streams
 from ..passes.result import PassResult
 from .portable_graph import PortableGraph, VersionStamp
-from .steps import PHASES
 
 
 def saved_form(compiled) -> dict:
@@ -85,5 +84,4 @@ def restore_step_graphs(compiled, state: dict) -> None:
         step_graphs.graphs[kind] = gm
         step_graphs.results[kind] = PassResult(gm, modified, sites, skips)
     step_graphs.tap_settings.update(steps["tap_settings"])
-    older = {PHASES[kind]: kind for kind in steps["graphs"]}  # a save without "ran": a graph was built to run
-    step_graphs.ran.update(steps.get("ran", older))
+    step_graphs.ran.update(steps["ran"])
