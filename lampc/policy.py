@@ -120,13 +120,14 @@ class SitePolicy(Record):
 
     @property
     def rule(self):
-        """The criterion's entry in lampc.criteria.CRITERIA (its rule, threshold and texts)."""
-        return CRITERION_TABLE[self.criterion]
+        """The criterion's entry in lampc.criteria.CRITERIA (its rule, threshold and texts); not to be confused
+        with `config.rule`, the typed Rule record (lampc/config/rule.py), whose `.entry` this is."""
+        return self.config.rule.entry
 
     @property
     def counting_rule(self):
         """The criterion whose per-row counts this site's selection has: count_from's for random and oracle."""
-        return CRITERION_TABLE[self.count_from] if self.rule.counted else self.rule
+        return self.config.rule.counting_entry
 
     @property
     def m_bits(self) -> int:
