@@ -136,9 +136,11 @@ def test_pickle_keeps_shared_weights_shared_too(used):
 def test_a_save_from_other_versions_is_refused_by_name():
     here = saved_with()
     assert check_saved_with(dict(here)) == here
-    with pytest.raises(RuntimeError, match=r"saved in lampc's format 1 with Python 2.7 and torch 0.1; load it with "
-                                           r"those"):
+    with pytest.raises(RuntimeError, match=rf"saved in lampc's format {here['format']} with Python 2.7 and torch 0.1; "
+                                           r"load it with those"):
         check_saved_with({**here, "python": "2.7", "torch": "0.1"})
+    with pytest.raises(RuntimeError, match=r"saved in lampc's format 1 with"):  # before the typed op arguments
+        check_saved_with({**here, "format": 1})
 
 
 class _Affine(torch.nn.Module):
