@@ -55,7 +55,7 @@ def run(args) -> int:
 
     model, tokenizer = load(args.model)
     policy, overrides = compile_arguments(args)
-    step_line(f"compiling {args.model} and generating (each first call of a step shape captures a graph)",
+    step_line(f"compiling {args.model} with its cached steps (prefill, decode: one capture each) and generating",
               not args.quiet)
     result = compare_generations(model, tokenizer, prompts, overrides, policy=policy, variants=variants,
                                  max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,

@@ -63,7 +63,8 @@ class LampcLM(TemplateLM):
         self.compiled = None
         if not self.fp32:
             if compiler is None:
-                self.compiled = compile_model(self.fp32_model, args.base, **args.overrides)
+                # lazy: only generative tasks decode, and they build the step graphs they use (no warning)
+                self.compiled = compile_model(self.fp32_model, args.base, steps="lazy", **args.overrides)
             else:
                 self.compiled = compiler(args.base, **args.overrides)
         self.kl_enabled = args.kl and not self.fp32
