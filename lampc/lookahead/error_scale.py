@@ -18,7 +18,7 @@ import math
 
 from torch import Tensor
 
-from ..numerics.error_bounds import magnitude_sum, norm_product
+from ..numerics.error_bounds import error_bound, norm_product
 from ..policy import SitePolicy
 from ..producers import implementation
 from .recompute import fp32_product
@@ -37,5 +37,4 @@ def producer_error_scale(site: SitePolicy, a: Tensor, b: Tensor, out_hat: Tensor
         floor = norm_product(a, b) * (abs(scale) / math.sqrt(a.shape[-1]))
         return out_hat.abs().to(floor.dtype).maximum(floor)
     producer, k = implementation(site.producer), a.shape[-1]  # the bound is the producer's (docs/NUMERICS.md §9)
-    magnitude = magnitude_sum(a, b) if kind == "l1" else norm_product(a, b)
-    return producer.gamma(k) * abs(scale) * magnitude + producer.floor(k, scale)
+    return error_bound(a, b, producer.gamma(k), producer.floor(k, scale), scale=scale, scale_kind=kind)

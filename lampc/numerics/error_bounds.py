@@ -79,6 +79,12 @@ def product_error_bound(a: Tensor, b: Tensor, fmt: Format | str, *, block_k: int
                         native: bool = False, scale_kind: str = "l1") -> Tensor:
     """The bound on |RN(lp(a @ b)·scale) − scale·(a @ b)| per entry; scale_kind "l1" (Σ|a·b|) or "norms"."""
     k = a.shape[-1]
+    return error_bound(a, b, accumulation_gamma(fmt, k, block_k, native=native), absolute_floor(fmt, k, block_k, scale),
+                       scale=scale, scale_kind=scale_kind)
+
+
+def error_bound(a: Tensor, b: Tensor, gamma: float, floor: float, *, scale: float = 1.0,
+                scale_kind: str = "l1") -> Tensor:
+    """γ·|scale|·magnitude(a, b) + α: the bound's form, for any producer's γ and α (its ProducerImpl.gamma/floor)."""
     magnitude = magnitude_sum(a, b) if scale_kind == "l1" else norm_product(a, b)
-    gamma = accumulation_gamma(fmt, k, block_k, native=native)
-    return gamma * abs(scale) * magnitude + absolute_floor(fmt, k, block_k, scale)
+    return gamma * abs(scale) * magnitude + floor
