@@ -179,18 +179,8 @@ class Emission:
         like the producer's output for one operand; lampc/ops/random.py), else ()."""
         if not policy.rule.draws:
             return ()
-        name = f"lampc_draws_{self.index}"
-        module = RandomDraws(self.index, policy.seed)
-        self.gm.add_submodule(name, module)
-        node = self.graph.call_module(name, operands)
-        node.meta["nn_module_stack"] = self.like.meta.get("nn_module_stack", {})
-        values = [o.meta.get("val") for o in operands]
-        fake_mode = getattr(values[0], "fake_mode", None)
-        if fake_mode is not None:
-            with fake_mode:
-                node.meta["val"] = module(*values)
-        self.tag(node, "draws")
-        return (node,)
+        return (self.add_module(f"lampc_draws_{self.index}", RandomDraws(self.index, policy.seed), operands,
+                                role="draws"),)
 
     def tap(self, selection: fx.Node, mask, per_head: bool) -> fx.Node:
         """Call `lampc_tap_<index>(selection, mask)` at the insertion point (a SelectionTap submodule)."""
