@@ -99,12 +99,10 @@ class SitePolicy(Record):
             object.__setattr__(self, name, _lower(getattr(self, name)))
         producer = make_producer(self.backend, {name: getattr(self, name) for name in PRODUCER_FIELDS},
                                  {name: SitePolicy.__dataclass_fields__[name].default for name in PRODUCER_FIELDS})
-        rule = Rule(self.criterion, self.tau, self.length_scaling, self.l_ref, self.budget, self.count_from,
-                    self.seed, self.error_scale)
+        rule, execution, facts = (part(**{f.name: getattr(self, f.name) for f in dataclasses.fields(part)})
+                                  for part in (Rule, Execution, SiteFacts))  # each part takes its fields by name
         object.__setattr__(self, "tau", rule.tau)  # None takes the criterion's default
-        config = SiteConfig(producer, rule, Execution(self.fused, self.dense_above), SiteFacts(self.softcap,
-                                                                                               self.biased))
-        object.__setattr__(self, "config", config)
+        object.__setattr__(self, "config", SiteConfig(producer, rule, execution, facts))
 
     @classmethod
     def from_config(cls, config: SiteConfig) -> "SitePolicy":

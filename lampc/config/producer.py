@@ -89,8 +89,8 @@ class Native(Producer):
                 f"got format {self.format.name!r}; use backend='emulate'")
 
 
-PRODUCER_TYPES: dict[str, type[Producer]] = {"emulate": Emulated, "native": Native}
-"""SitePolicy.backend -> the producer type it builds."""
+PRODUCER_TYPES: dict[str, type[Producer]] = {kind.CODE_TAG: kind for kind in (Emulated, Native)}
+"""SitePolicy.backend -> the producer type it builds (each type's tag is its backend name)."""
 
 BACKENDS = tuple(PRODUCER_TYPES)
 PRODUCER_FIELDS = tuple(dict.fromkeys(f.name for t in PRODUCER_TYPES.values() for f in dataclasses.fields(t)))
