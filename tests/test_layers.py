@@ -1,6 +1,6 @@
 """The import contract: lampc's layers only point down, and no import closes a circle, lazy imports included.
 
-    formats, version, graph_view -> numerics -> policy, criteria -> lookahead -> ops -> passes, capture -> runtime -> api
+    formats, version, graph_view -> kernels -> numerics -> policy, criteria -> lookahead -> ops -> passes, capture -> runtime -> api
         -> inspect, eval, export, models, tasks, cli_support, cli_policy -> cli -> the `lampc` facade
 
 A module may import its own layer and the layers below, never above. Every import counts, also one inside a
@@ -28,6 +28,7 @@ import lampc
 ROOT = Path(lampc.__file__).parent
 LAYERS = [
     ("lampc.formats", "lampc.version", "lampc.graph_view"),
+    ("lampc.kernels",),
     ("lampc.numerics",),
     ("lampc.policy", "lampc.criteria", "lampc.site_kinds", "lampc.config"),
     ("lampc.producers",),

@@ -9,33 +9,27 @@ The block sums `S_j` come from `torch.matmul` on the K-slice, so their internal 
 BLAS library's: blocked results are reproducible on one machine but only within FP32 rounding of each
 block sum across machines (docs/NUMERICS.md). Strict results are bit-exact everywhere (no FMA: the
 product and the sum are separate float32 ops).
+
+Two implementations give the same bits (tests/test_fast_lp_matmul.py):
+
+    impl="eager"  the readable reference (accumulate_reference.py): tiled torch ops, one elementwise pass per k (20-40x FP32)
+    impl="fast"   the default: the op lampc::lp_matmul (lampc/numerics/fast.py), a C kernel on the CPU
+                  (lampc/kernels/cpu_lp_matmul.c, 1.3-2x FP32 strict m4) and Triton on CUDA
 """
 
 from __future__ import annotations
 
-import functools
+import math
 import os
-import warnings
 
 import torch
 
 from lampc.formats import Format, parse
-from lampc.numerics.rounding import (
-    _has_fp32_exponent_range,
-    dropped_mantissa_bits,
-    round_mantissa_bits_,
-    round_to_,
-)
+from lampc.numerics.accumulate_reference import reference_lp_matmul
+from lampc.numerics.fast import fast_lp_matmul
 
-# Elements of the accumulator tile processed per elementwise op: large enough to amortise the
-# per-op overhead, small enough that the tile and its scratch (2 x 1 MiB) stay in L2.
-TILE_ELEMENTS = 256 * 1024
-
-# Strict steps fused into one torch.compile'd kernel (impl="compiled").
-COMPILED_CHUNK = 16
-
-IMPLS = ("eager", "compiled")
-DEFAULT_IMPL = os.environ.get("LAMPC_LP_MATMUL_IMPL", "eager")
+IMPLS = ("fast", "eager")
+DEFAULT_IMPL = os.environ.get("LAMPC_LP_MATMUL_IMPL", "fast")
 
 
 def lp_matmul(
@@ -52,10 +46,9 @@ def lp_matmul(
     block_k = 1 is strict accumulation; block_k > 1 rounds after every FP32 block of block_k terms.
     An identity format (fp32, m23) runs plain torch.matmul.
 
-    impl: "eager" (tiled torch ops) or "compiled" (strict mode with an FP32-range format only:
-    COMPILED_CHUNK steps fused by torch.compile, one compile per shape, cached by inductor; falls
-    back to eager with a warning if compiling fails). Default: $LAMPC_LP_MATMUL_IMPL or "eager".
-    Both give bit-identical results.
+    impl: "fast" (the op lampc::lp_matmul: the C kernel on the CPU, Triton on CUDA; where neither can run,
+    the reference with one warning saying why) or "eager" (the readable reference, accumulate_reference.py). Default:
+    $LAMPC_LP_MATMUL_IMPL or "fast". Both give the same bits.
     """
     fmt = _parse_fmt(fmt)
     _check_operand("a", a)
@@ -68,12 +61,10 @@ def lp_matmul(
         return torch.matmul(a, b)
     a3, b3, out_shape = _as_batched(a, b)  # (B, M, K), (B, K, N)
     a3, b3 = _canonical_nans(a3), _canonical_nans(b3)
-    if block_k > 1:
-        out = _blocked(a3, b3, fmt, block_k)
-    elif impl == "compiled" and _has_fp32_exponent_range(fmt):
-        out = _strict_compiled(a3, b3, fmt)
+    if impl == "fast":
+        out = fast_lp_matmul(a3, b3, fmt, block_k)
     else:
-        out = _strict(a3, b3, fmt)
+        out = reference_lp_matmul(a3, b3, fmt, block_k)
     return out.reshape(out_shape)
 
 
@@ -93,77 +84,7 @@ def native_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format | str) -> torch.
     return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.float32)
 
 
-# -- strict accumulation ------------------------------------------------------------------------
-
-
-def _strict(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
-    """Strict accumulation over K in order, tiled over (batch, row) blocks of the output."""
-    batch, rows, inner = a.shape
-    cols = b.shape[-1]
-    out = torch.empty(batch, rows, cols, dtype=torch.float32, device=a.device)
-    a_cols = a.transpose(1, 2).unsqueeze(-1)  # (B, K, M, 1): a[:, :, k] as a column
-    b_rows = b.unsqueeze(-2)  # (B, K, 1, N)
-    for batches, row_slice in _tiles(batch, rows, cols):
-        acc = out[batches, row_slice]  # (Bt, Mt, N), contiguous when Mt == M or Bt == 1
-        scratch = torch.empty_like(acc)
-        acc.zero_()
-        for k in range(inner):
-            torch.mul(a_cols[batches, k, row_slice], b_rows[batches, k], out=scratch)  # products
-            acc.add_(scratch)
-            _round_accumulator_(acc, fmt)
-    return out
-
-
-def _strict_compiled(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
-    """Strict accumulation, COMPILED_CHUNK steps per fused kernel call, over the same cache-sized
-    tiles as `_strict` (a ragged last tile costs one more compile); the K remainder runs eagerly."""
-    batch, rows, inner = a.shape
-    cols = b.shape[-1]
-    out = torch.empty(batch, rows, cols, dtype=torch.float32, device=a.device)
-    chunked = inner - inner % COMPILED_CHUNK
-    try:
-        kernel = _compiled_strict_chunk(dropped_mantissa_bits(fmt))
-        for batches, row_slice in _tiles(batch, rows, cols):
-            a_tile, b_tile = a[batches, row_slice], b[batches]  # (Bt, Mt, K), (Bt, K, N)
-            acc = torch.zeros_like(out[batches, row_slice])  # (Bt, Mt, N)
-            for k0 in range(0, chunked, COMPILED_CHUNK):
-                k1 = k0 + COMPILED_CHUNK
-                acc = kernel(acc, a_tile[..., k0:k1], b_tile[:, k0:k1])
-            for k in range(chunked, inner):
-                acc.add_(a_tile[..., k : k + 1] * b_tile[:, k : k + 1])
-                _round_accumulator_(acc, fmt)
-            out[batches, row_slice] = acc
-    except Exception as err:  # noqa: BLE001 (any compiler failure: fall back, results are identical)
-        warnings.warn(f"lp_matmul: torch.compile failed ({err!r}); using the eager path", stacklevel=3)
-        return _strict(a, b, fmt)
-    return out
-
-
-@functools.cache
-def _compiled_strict_chunk(dropped: int):
-    """A compiled function doing COMPILED_CHUNK strict steps: (acc, a chunk, b chunk) -> acc."""
-    half_minus_one = (1 << (dropped - 1)) - 1
-    keep_mask = -(1 << dropped)
-
-    def strict_chunk(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        # acc (B, M, N), a (B, M, C), b (B, C, N); separate mul and add: inductor does not contract
-        # them into an FMA (cpp.enable_floating_point_contract_flag is off), tests check bits.
-        for k in range(COMPILED_CHUNK):
-            acc = acc + a[..., k : k + 1] * b[:, k : k + 1]
-            bits = acc.view(torch.int32)
-            bits = (bits + (((bits >> dropped) & 1) + half_minus_one)) & keep_mask
-            acc = bits.view(torch.float32)
-        return acc
-
-    return torch.compile(strict_chunk, dynamic=False)
-
-
-def _round_accumulator_(acc: torch.Tensor, fmt: Format) -> None:
-    """RN(acc) in place; NaNs reaching here have no payload (see `_canonical_nans`)."""
-    if _has_fp32_exponent_range(fmt):
-        round_mantissa_bits_(acc.view(torch.int32), dropped_mantissa_bits(fmt))
-    else:
-        round_to_(acc, fmt)
+# -- operands ---------------------------------------------------------------------------------
 
 
 def _canonical_nans(x: torch.Tensor) -> torch.Tensor:
@@ -174,43 +95,7 @@ def _canonical_nans(x: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(nan_mask, float("nan"))
 
 
-# -- blocked accumulation -----------------------------------------------------------------------
-
-
-def _blocked(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int) -> torch.Tensor:
-    """FP32 block sums (torch.matmul on K-slices), each added to the rounded accumulator.
-
-    NaNs from the BLAS carry no payload bits because the inputs' NaNs were canonicalised."""
-    batch, rows, inner = a.shape
-    cols = b.shape[-1]
-    out = torch.empty(batch, rows, cols, dtype=torch.float32, device=a.device)
-    for batches, row_slice in _tiles(batch, rows, cols):
-        acc = out[batches, row_slice]  # (Bt, Mt, N)
-        block_sum = torch.empty_like(acc)
-        acc.zero_()
-        for k0 in range(0, inner, block_k):
-            k1 = min(k0 + block_k, inner)
-            torch.matmul(a[batches, row_slice, k0:k1], b[batches, k0:k1], out=block_sum)
-            acc.add_(block_sum)
-            _round_accumulator_(acc, fmt)
-    return out
-
-
 # -- shapes and checks --------------------------------------------------------------------------
-
-
-def _tiles(batch: int, rows: int, cols: int):
-    """Yield (batch slice, row slice) tiles of about TILE_ELEMENTS accumulator elements."""
-    per_matrix = rows * cols
-    if per_matrix <= TILE_ELEMENTS:
-        step = max(1, TILE_ELEMENTS // per_matrix)
-        for b0 in range(0, batch, step):
-            yield slice(b0, min(b0 + step, batch)), slice(0, rows)
-        return
-    row_step = max(1, TILE_ELEMENTS // cols)
-    for b0 in range(batch):
-        for r0 in range(0, rows, row_step):
-            yield slice(b0, b0 + 1), slice(r0, min(r0 + row_step, rows))
 
 
 def _as_batched(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
@@ -229,8 +114,9 @@ def _as_batched(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.T
             f"batch dimensions of a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast"
         ) from err
     rows, inner, cols = a2.shape[-2], a2.shape[-1], b2.shape[-1]
-    a3 = a2.expand(*batch_shape, rows, inner).reshape(-1, rows, inner)
-    b3 = b2.expand(*batch_shape, inner, cols).reshape(-1, inner, cols)
+    count = math.prod(batch_shape)  # not -1: a zero-size matrix leaves -1 ambiguous
+    a3 = a2.expand(*batch_shape, rows, inner).reshape(count, rows, inner)
+    b3 = b2.expand(*batch_shape, inner, cols).reshape(count, inner, cols)
     out_shape = (*batch_shape, rows, cols)
     if a.dim() == 1:
         out_shape = out_shape[:-2] + out_shape[-1:]

@@ -1,0 +1,153 @@
+"""The C kernels of the strict and blocked accumulators (cpu_lp_matmul.c), called on torch tensors.
+
+    strict_matmul(a, b, fmt)   (B, M, K) @ (B, K, N) -> (B, M, N), acc = RN(fl32(acc + fl32(a*b))) per k in order
+    add_round_(acc, x, fmt)    acc = RN(fl32(acc + x)) in place: the blocked accumulator's step
+
+The work is split into tasks (a matrix of the batch, a range of columns, a range of rows), run on
+torch.get_num_threads() threads: ctypes releases the GIL, so the threads run the C code in parallel. Each task
+writes its own part of the output, so the result does not depend on the number of threads.
+
+The caller (lampc/numerics/accumulate.py) checks shapes and dtypes and canonicalises NaN inputs; this module
+assumes float32 CPU tensors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ..formats import Format
+from . import cpu_build
+
+PANEL_COLUMNS = 32  # NR in the C source: columns per packed panel of b
+MIN_TASK_ROWS = 64  # rows below which splitting a task's rows costs more (packing b again) than it gains
+SIGN_FREE_QUIET_NAN = 0x7FC00000
+INF_BITS = 0x7F800000
+
+
+class Rounding(ctypes.Structure):
+    """rounding_t in the C source: how the accumulator is rounded to a format."""
+
+    _fields_ = [
+        ("mode", ctypes.c_int32),
+        ("dropped", ctypes.c_int32),
+        ("min_normal_exp", ctypes.c_int32),
+        ("overflow_bits", ctypes.c_uint32),
+        ("overflow_value", ctypes.c_uint32),
+    ]
+
+
+@functools.cache
+def rounding_of(fmt: Format) -> Rounding:
+    """The C description of RN onto fmt's grid (lampc/numerics/rounding.py's two cases)."""
+    fp32_range = fmt.emin == -126 and fmt.emax == 127 and not fmt.finite_only
+    overflow_value = SIGN_FREE_QUIET_NAN if fmt.finite_only else INF_BITS
+    return Rounding(0 if fp32_range else 1, 23 - fmt.m_bits, fmt.emin + 127, _bits_of(fmt.overflow_threshold),
+                    overflow_value)
+
+
+@functools.cache
+def available() -> str | None:
+    """None when the kernel is built and loads here, else why not (KernelUnavailable's message); asked once per
+    process (clear with available.cache_clear() after changing $CC or $LAMPC_KERNEL_CACHE)."""
+    try:
+        _library()
+    except cpu_build.KernelUnavailable as err:
+        return str(err)
+    return None
+
+
+def strict_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Strict low-precision accumulation: a (B, M, K), b (B, K, N), any strides -> (B, M, N) contiguous."""
+    batch, rows, inner = a.shape
+    cols = b.shape[-1]
+    out = torch.empty(batch, rows, cols, dtype=torch.float32)
+    if out.numel() == 0:
+        return out
+    if inner == 0:
+        return out.zero_()
+    kernel = _library().lp_strict_columns
+    rounding = ctypes.byref(rounding_of(fmt))
+    sa, sb, so = a.stride(), b.stride(), out.stride()
+    a_ptr, b_ptr, out_ptr = a.data_ptr(), b.data_ptr(), out.data_ptr()
+
+    def run(task):
+        index, n0, n1, m0, m1 = task
+        kernel(
+            ctypes.c_void_p(a_ptr + 4 * (index * sa[0] + m0 * sa[1])), sa[1], sa[2],
+            ctypes.c_void_p(b_ptr + 4 * index * sb[0]), sb[1], sb[2],
+            ctypes.c_void_p(out_ptr + 4 * (index * so[0] + m0 * so[1])), so[1],
+            m1 - m0, inner, n0, n1, rounding,
+        )
+
+    _run_all(run, _tasks(batch, rows, cols))
+    return out
+
+
+def add_round_(acc: torch.Tensor, x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """acc = RN(fl32(acc + x)) in place; acc and x contiguous float32 of one shape."""
+    kernel = _library().lp_add_round
+    rounding = ctypes.byref(rounding_of(fmt))
+    total = acc.numel()
+    acc_ptr, x_ptr = acc.data_ptr(), x.data_ptr()
+    parts = _threads() if total >= 1 << 16 else 1
+    step = -(-total // parts)
+
+    def run(start):
+        count = min(step, total - start)
+        kernel(ctypes.c_void_p(acc_ptr + 4 * start), ctypes.c_void_p(x_ptr + 4 * start), count, rounding)
+
+    _run_all(run, list(range(0, total, step)))
+    return acc
+
+
+def _tasks(batch: int, rows: int, cols: int) -> list[tuple[int, int, int, int, int]]:
+    """(matrix, n0, n1, m0, m1) pieces, enough to keep every thread busy: columns split by whole panels first,
+    rows only when there are still too few pieces and each keeps MIN_TASK_ROWS rows."""
+    wanted = 4 * _threads()
+    panels = -(-cols // PANEL_COLUMNS)
+    col_parts = min(panels, max(1, -(-wanted // batch)))
+    panels_per_part = -(-panels // col_parts)
+    col_ranges = [(p * PANEL_COLUMNS, min(cols, (p + panels_per_part) * PANEL_COLUMNS))
+                  for p in range(0, panels, panels_per_part)]
+    row_parts = min(max(1, rows // MIN_TASK_ROWS), max(1, -(-wanted // (batch * len(col_ranges)))))
+    row_step = -(-rows // row_parts)
+    return [(index, n0, n1, m0, min(rows, m0 + row_step))
+            for index in range(batch) for n0, n1 in col_ranges for m0 in range(0, rows, row_step)]
+
+
+def _run_all(run, tasks) -> None:
+    threads = _threads()
+    if threads == 1 or len(tasks) == 1:
+        for task in tasks:
+            run(task)
+        return
+    for _ in _pool(threads).map(run, tasks):
+        pass
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lampc-lp-matmul")
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+    lib = cpu_build.load()
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.lp_strict_columns.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i64, i64, ptr]
+    lib.lp_strict_columns.restype = None
+    lib.lp_add_round.argtypes = [ptr, ptr, i64, ptr]
+    lib.lp_add_round.restype = None
+    return lib
+
+
+def _bits_of(value: float) -> int:
+    return int(torch.tensor(value, dtype=torch.float32).view(torch.int32).item()) & 0xFFFFFFFF

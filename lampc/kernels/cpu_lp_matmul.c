@@ -1,0 +1,178 @@
+/* The strict low-precision accumulator of lampc/numerics/accumulate.py, as a C kernel.
+
+   Same arithmetic, same order, same bits as the eager reference (`lp_matmul(..., impl="eager")`):
+
+       acc = +0;  for k = 0 .. K-1:  acc = RN(fl32(acc + fl32(a[m,k] * b[k,n])))
+
+   The product and the sum are separate float32 operations: this file must be compiled with
+   -ffp-contract=off (no FMA contraction) and without -ffast-math (lampc/kernels/cpu_build.py does).
+   RN is the rounding of lampc/numerics/rounding.py on the int32 pattern of the accumulator:
+
+       FP32 exponent range (m1..m22, bf16, tf32):   bits = (bits + ((bits >> d) & 1) + 2^(d-1) - 1) & ~(2^d - 1)
+       own exponent range (fp16, fp8_*):             round_full() below, the same steps as _round_full_format_bits
+
+   Layout: one task computes out[batch][:, n0:n1] for all rows. The columns of b it needs are packed once into
+   panels of NR contiguous floats per k, so the inner loop reads two vectors of b and broadcasts one a[m,k] per
+   row; MR rows x NR columns of accumulators stay in registers for the whole K loop. GCC's vector extensions lower
+   the 16-lane vectors to whatever the build machine has (one AVX-512 register, two AVX2, four SSE).
+   `add_round` is the blocked accumulator's step: acc = RN(fl32(acc + block_sum)), elementwise.
+*/
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LANES 16
+#define NV 2               /* vectors of accumulators per row */
+#define NR (LANES * NV)    /* columns per panel */
+#define MR 6               /* rows per register block */
+
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef uint32_t vu __attribute__((vector_size(4 * LANES)));
+typedef int32_t vs __attribute__((vector_size(4 * LANES)));
+
+/* How the accumulator is rounded: mode 0 = FP32 exponent range (d dropped bits), mode 1 = own exponent range. */
+typedef struct {
+    int32_t mode;
+    int32_t dropped;          /* 23 - m */
+    int32_t min_normal_exp;   /* emin + 127: the smallest normal biased exponent of the format */
+    uint32_t overflow_bits;   /* pattern of the overflow threshold */
+    uint32_t overflow_value;  /* pattern an overflowing magnitude becomes (inf, or the quiet NaN) */
+} rounding_t;
+
+#define SIGN_BIT 0x80000000u
+#define ABS_MASK 0x7FFFFFFFu
+#define INF_BITS 0x7F800000u
+#define QUIET_NAN_BITS 0x7FC00000u
+
+static inline vf round_fp32_range(vf x, int d, vu half_minus_one, vu keep_mask) {
+    vu bits = (vu)x;
+    vu lsb = (bits >> d) & 1u;
+    bits = (bits + lsb + half_minus_one) & keep_mask;
+    return (vf)bits;
+}
+
+static inline vs select_where(vs mask, vs yes, vs no) { return (yes & mask) | (no & ~mask); }
+
+static inline vf round_full(vf x, const rounding_t *r) {
+    const vs zero = {0};
+    vu bits = (vu)x;
+    vu sign = bits & SIGN_BIT;
+    vs magnitude = (vs)(bits & ABS_MASK);
+    vs biased_exp = magnitude >> 23;
+    biased_exp = select_where(biased_exp < 1, zero + 1, biased_exp);   /* FP32 subnormals scale like E = 1 */
+    vs base = (biased_exp - 1) << 23;
+    vs sig = magnitude - base;                                          /* < 2^24 */
+    vs below = r->min_normal_exp - biased_exp;                          /* extra bits below the normal range */
+    below = select_where(below < 0, zero, below);
+    vs dropped = r->dropped + below;
+    dropped = select_where(dropped > 25, zero + 25, dropped);
+    vs lsb = (sig >> dropped) & 1;
+    vs rounded_sig = ((sig + ((zero + 1) << (dropped - 1)) - 1 + lsb) >> dropped) << dropped;
+    vs rounded = select_where(rounded_sig == 0, zero, base + rounded_sig);  /* a carry bumps the exponent */
+    rounded = select_where(magnitude >= zero + (int32_t)r->overflow_bits, zero + (int32_t)r->overflow_value, rounded);
+    rounded = select_where(magnitude > zero + (int32_t)INF_BITS, zero + (int32_t)QUIET_NAN_BITS, rounded);
+    return (vf)((vu)rounded | sign);
+}
+
+/* One register block: rows [m0, m0 + rows) x the NR columns of `panel` (K x NR floats). rows <= MR. */
+#define BLOCK_BODY(ROWS, ROUND)                                                            \
+    do {                                                                                   \
+        vf acc[ROWS][NV];                                                                  \
+        for (int i = 0; i < ROWS; ++i)                                                     \
+            for (int v = 0; v < NV; ++v) acc[i][v] = (vf){0};                              \
+        for (int64_t k = 0; k < K; ++k) {                                                  \
+            vf bk[NV];                                                                     \
+            memcpy(bk, panel + k * NR, sizeof bk);                                         \
+            for (int i = 0; i < ROWS; ++i) {                                               \
+                const float ak = a_rows[i][k * sa_k];                                      \
+                for (int v = 0; v < NV; ++v) {                                             \
+                    vf product = ak * bk[v];                                               \
+                    vf sum = acc[i][v] + product;                                          \
+                    acc[i][v] = ROUND(sum);                                                \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+        for (int i = 0; i < ROWS; ++i) {                                                   \
+            float row[NR];                                                                 \
+            memcpy(row, acc[i], sizeof row);                                               \
+            float *dst = out_rows[i];                                                      \
+            for (int j = 0; j < cols; ++j) dst[j] = row[j];                                \
+        }                                                                                  \
+    } while (0)
+
+#define ROUND_RANGE(s) round_fp32_range((s), d, half_minus_one, keep_mask)
+#define ROUND_FULL(s) round_full((s), r)
+
+static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *panel, float *out, int64_t so_m,
+                       int64_t M, int64_t K, int cols, const rounding_t *r) {
+    const int d = r->dropped;
+    const vu half_minus_one = (vu){0} + (d > 0 ? (1u << (d - 1)) - 1u : 0u);
+    const vu keep_mask = (vu){0} + (uint32_t)(~((1u << d) - 1u));
+    int64_t m0 = 0;
+    for (; m0 + MR <= M; m0 += MR) {
+        const float *a_rows[MR];
+        float *out_rows[MR];
+        for (int i = 0; i < MR; ++i) {
+            a_rows[i] = a + (m0 + i) * sa_m;
+            out_rows[i] = out + (m0 + i) * so_m;
+        }
+        if (r->mode == 0) BLOCK_BODY(MR, ROUND_RANGE);
+        else BLOCK_BODY(MR, ROUND_FULL);
+    }
+    for (; m0 < M; ++m0) {
+        const float *a_rows[1] = {a + m0 * sa_m};
+        float *out_rows[1] = {out + m0 * so_m};
+        if (r->mode == 0) BLOCK_BODY(1, ROUND_RANGE);
+        else BLOCK_BODY(1, ROUND_FULL);
+    }
+}
+
+/* out[:, n0:n1] = strict low-precision a @ b for one matrix of the batch.
+   a: M x K with strides (sa_m, sa_k); b: K x N with strides (sb_k, sb_n); out: M x N with row stride so_m. */
+void lp_strict_columns(const float *a, int64_t sa_m, int64_t sa_k, const float *b, int64_t sb_k, int64_t sb_n,
+                       float *out, int64_t so_m, int64_t M, int64_t K, int64_t n0, int64_t n1,
+                       const rounding_t *r) {
+    float *panel = aligned_alloc(64, (size_t)(K > 0 ? K : 1) * NR * sizeof(float));
+    if (panel == NULL) return;
+    for (int64_t p0 = n0; p0 < n1; p0 += NR) {
+        const int cols = (int)(n1 - p0 < NR ? n1 - p0 : NR);
+        for (int64_t k = 0; k < K; ++k) {
+            const float *src = b + k * sb_k + p0 * sb_n;
+            float *dst = panel + k * NR;
+            int j = 0;
+            for (; j < cols; ++j) dst[j] = src[j * sb_n];
+            for (; j < NR; ++j) dst[j] = 0.0f;
+        }
+        panel_rows(a, sa_m, sa_k, panel, out + p0, so_m, M, K, cols, r);
+    }
+    free(panel);
+}
+
+/* acc[i] = RN(fl32(acc[i] + x[i])) for i in [0, n): one step of the blocked accumulator. */
+void lp_add_round(float *acc, const float *x, int64_t n, const rounding_t *r) {
+    const int d = r->dropped;
+    const vu half_minus_one = (vu){0} + (d > 0 ? (1u << (d - 1)) - 1u : 0u);
+    const vu keep_mask = (vu){0} + (uint32_t)(~((1u << d) - 1u));
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        vf s, t;
+        memcpy(&s, acc + i, sizeof s);
+        memcpy(&t, x + i, sizeof t);
+        s = s + t;
+        s = r->mode == 0 ? ROUND_RANGE(s) : ROUND_FULL(s);
+        memcpy(acc + i, &s, sizeof s);
+    }
+    if (i < n) {
+        float tail_acc[LANES] = {0}, tail_x[LANES] = {0};
+        memcpy(tail_acc, acc + i, (size_t)(n - i) * sizeof(float));
+        memcpy(tail_x, x + i, (size_t)(n - i) * sizeof(float));
+        vf s, t;
+        memcpy(&s, tail_acc, sizeof s);
+        memcpy(&t, tail_x, sizeof t);
+        s = s + t;
+        s = r->mode == 0 ? ROUND_RANGE(s) : ROUND_FULL(s);
+        memcpy(tail_acc, &s, sizeof s);
+        memcpy(acc + i, tail_acc, (size_t)(n - i) * sizeof(float));
+    }
+}

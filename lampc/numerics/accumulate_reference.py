@@ -1,0 +1,108 @@
+"""The readable reference of the low-precision accumulator (lampc/numerics/accumulate.py, `impl="eager"`).
+
+    strict  (block_k = 1):  acc = RN(fl32(acc + fl32(a_k * b_k)))           k = 1..K in order, acc0 = +0
+    blocked (block_k = b):  acc = RN(fl32(acc + S_j)),  S_j = torch.matmul of block j (b terms, last shorter)
+
+The output is processed in tiles of about TILE_ELEMENTS accumulator elements; each strict step is one
+elementwise pass over a tile (multiply, add, four int32 rounding ops). Operands are batched, (B, M, K) and
+(B, K, N), float32, with canonical NaNs (lp_matmul prepares them). The fast kernels (lampc/numerics/fast.py) give
+these bits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lampc.formats import Format
+from lampc.numerics.rounding import (
+    _has_fp32_exponent_range,
+    dropped_mantissa_bits,
+    round_mantissa_bits_,
+    round_to_,
+)
+
+# Elements of the accumulator tile processed per elementwise op: large enough to amortise the
+# per-op overhead, small enough that the tile and its scratch (2 x 1 MiB) stay in L2.
+TILE_ELEMENTS = 256 * 1024
+
+
+def reference_lp_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int) -> torch.Tensor:
+    """The readable reference on batched operands a (B, M, K), b (B, K, N) with canonical NaNs."""
+    if block_k > 1:
+        return blocked(a, b, fmt, block_k)
+    return _strict(a, b, fmt)
+
+
+# -- strict accumulation ------------------------------------------------------------------------
+
+
+def _strict(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Strict accumulation over K in order, tiled over (batch, row) blocks of the output."""
+    batch, rows, inner = a.shape
+    cols = b.shape[-1]
+    out = torch.empty(batch, rows, cols, dtype=torch.float32, device=a.device)
+    a_cols = a.transpose(1, 2).unsqueeze(-1)  # (B, K, M, 1): a[:, :, k] as a column
+    b_rows = b.unsqueeze(-2)  # (B, K, 1, N)
+    for batches, row_slice in _tiles(batch, rows, cols):
+        acc = out[batches, row_slice]  # (Bt, Mt, N), contiguous when Mt == M or Bt == 1
+        scratch = torch.empty_like(acc)
+        acc.zero_()
+        for k in range(inner):
+            torch.mul(a_cols[batches, k, row_slice], b_rows[batches, k], out=scratch)  # products
+            acc.add_(scratch)
+            _round_accumulator_(acc, fmt)
+    return out
+
+
+def _round_accumulator_(acc: torch.Tensor, fmt: Format) -> None:
+    """RN(acc) in place; NaNs reaching here have no payload (see `_canonical_nans`)."""
+    if _has_fp32_exponent_range(fmt):
+        round_mantissa_bits_(acc.view(torch.int32), dropped_mantissa_bits(fmt))
+    else:
+        round_to_(acc, fmt)
+
+
+# -- blocked accumulation -----------------------------------------------------------------------
+
+
+def blocked(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int, add_round_=None) -> torch.Tensor:
+    """FP32 block sums (torch.matmul on K-slices), each added to the rounded accumulator.
+
+    add_round_(acc, block_sum, fmt): the step acc = RN(acc + block_sum) in place (None: torch ops; the fast
+    path passes its C kernel, so the BLAS calls, and with them the block sums, are the same in both).
+    NaNs from the BLAS carry no payload bits because the inputs' NaNs were canonicalised."""
+    batch, rows, inner = a.shape
+    cols = b.shape[-1]
+    out = torch.empty(batch, rows, cols, dtype=torch.float32, device=a.device)
+    for batches, row_slice in _tiles(batch, rows, cols):
+        acc = out[batches, row_slice]  # (Bt, Mt, N)
+        block_sum = torch.empty_like(acc)
+        acc.zero_()
+        for k0 in range(0, inner, block_k):
+            k1 = min(k0 + block_k, inner)
+            torch.matmul(a[batches, row_slice, k0:k1], b[batches, k0:k1], out=block_sum)
+            if add_round_ is None:
+                acc.add_(block_sum)
+                _round_accumulator_(acc, fmt)
+            else:
+                add_round_(acc, block_sum, fmt)
+    return out
+
+
+# -- tiles ----------------------------------------------------------------------------------------
+
+
+def _tiles(batch: int, rows: int, cols: int):
+    """Yield (batch slice, row slice) tiles of about TILE_ELEMENTS accumulator elements."""
+    per_matrix = rows * cols
+    if per_matrix == 0:
+        return
+    if per_matrix <= TILE_ELEMENTS:
+        step = max(1, TILE_ELEMENTS // per_matrix)
+        for b0 in range(0, batch, step):
+            yield slice(b0, min(b0 + step, batch)), slice(0, rows)
+        return
+    row_step = max(1, TILE_ELEMENTS // cols)
+    for b0 in range(batch):
+        for r0 in range(0, rows, row_step):
+            yield slice(b0, b0 + 1), slice(r0, min(r0 + row_step, rows))
