@@ -202,12 +202,12 @@ def test_build_is_cached_per_source_and_machine(monkeypatch, tmp_path):
     cpu_build.load.cache_clear()
     try:
         cpu_build.load()
-        built = list(tmp_path.glob("lp_matmul-*.so"))
+        built = list(tmp_path.glob("lampc-kernels-*.so"))
         assert len(built) == 1
         stamp = built[0].stat().st_mtime_ns
         cpu_build.load.cache_clear()
         cpu_build.load()  # a second process: loads the cached build, does not rebuild
-        assert [p.stat().st_mtime_ns for p in tmp_path.glob("lp_matmul-*.so")] == [stamp]
+        assert [p.stat().st_mtime_ns for p in tmp_path.glob("lampc-kernels-*.so")] == [stamp]
     finally:
         cpu_build.load.cache_clear()
 
@@ -215,7 +215,7 @@ def test_build_is_cached_per_source_and_machine(monkeypatch, tmp_path):
 def test_compile_failure_names_the_compiler_error(monkeypatch, tmp_path):
     broken = tmp_path / "broken.c"
     broken.write_text("this is not C\n")
-    monkeypatch.setattr(cpu_build, "SOURCE", broken)
+    monkeypatch.setattr(cpu_build, "SOURCES", (broken,))
     monkeypatch.setenv("LAMPC_KERNEL_CACHE", str(tmp_path / "cache"))
     cpu_build.load.cache_clear()
     try:

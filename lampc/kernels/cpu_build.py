@@ -1,6 +1,6 @@
 """Build lampc's C kernels once per machine and keep the shared library in a cache.
 
-The kernel source ships with lampc (`cpu_lp_matmul.c`); the first call on a machine compiles it with the system C
+The kernel sources ship with lampc (every `*.c` file in this folder, linked into one library); the first call on a machine compiles it with the system C
 compiler (about a second with gcc) for the CPU it runs on (`-march=native`), under a name that hashes the source,
 the flags, the compiler's version and the CPU's feature flags, so a changed kernel, compiler or CPU (a home
 directory shared between machines) never loads a stale build. Concurrent builds (pytest workers) write to temporary
@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("cpu_lp_matmul.c")
+SOURCES = tuple(sorted(Path(__file__).parent.glob("*.c")))
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-std=gnu11", "-shared", "-fPIC")
 
 
@@ -37,11 +37,11 @@ class KernelUnavailable(RuntimeError):
 def load() -> ctypes.CDLL:
     """The built kernel library (building it on first use). Raises KernelUnavailable with the reason."""
     compiler = _compiler()
-    source = SOURCE.read_bytes()
+    source = b"\0".join(path.name.encode() + b"\0" + path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(
         b"\0".join([source, " ".join(FLAGS).encode(), _compiler_version(compiler).encode(), _cpu_flags().encode()])
     ).hexdigest()[:16]
-    target = cache_dir() / f"lp_matmul-{key}.so"
+    target = cache_dir() / f"lampc-kernels-{key}.so"
     if not target.exists():
         _build(compiler, target)
     try:
@@ -92,13 +92,14 @@ def _build(compiler: str, target: Path) -> None:
     except OSError as err:
         raise KernelUnavailable(f"the kernel cache {target.parent} is not writable: {err}") from err
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", scratch], capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", scratch], capture_output=True,
+                              text=True, timeout=300)
+        names = ", ".join(path.name for path in SOURCES)
         if done.returncode != 0:
-            raise KernelUnavailable(f"{compiler} failed to build {SOURCE.name}: {done.stderr.strip()[-2000:]}")
+            raise KernelUnavailable(f"{compiler} failed to build {names}: {done.stderr.strip()[-2000:]}")
         os.replace(scratch, target)
     except (OSError, subprocess.SubprocessError) as err:
-        raise KernelUnavailable(f"building {SOURCE.name} with {compiler} failed: {err}") from err
+        raise KernelUnavailable(f"building lampc's C kernels with {compiler} failed: {err}") from err
     finally:
         if os.path.exists(scratch):
             os.unlink(scratch)
