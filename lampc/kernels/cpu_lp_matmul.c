@@ -75,6 +75,16 @@ static inline vf round_full(vf x, const rounding_t *r) {
     return (vf)((vu)rounded | sign);
 }
 
+/* NaN inputs become the payload-free quiet NaN, so every NaN the arithmetic makes is one that the integer
+   rounding keeps a NaN (the reference does the same to its operands: accumulate_reference.py `canonical_nans`). */
+static inline float canonical_nan(float x) {
+    if (x == x) return x;
+    const uint32_t quiet = QUIET_NAN_BITS;
+    float out;
+    memcpy(&out, &quiet, sizeof out);
+    return out;
+}
+
 /* One register block: rows [m0, m0 + rows) x the NR columns of `panel` (K x NR floats). rows <= MR. */
 #define BLOCK_BODY(ROWS, ROUND)                                                            \
     do {                                                                                   \
@@ -85,7 +95,7 @@ static inline vf round_full(vf x, const rounding_t *r) {
             vf bk[NV];                                                                     \
             memcpy(bk, panel + k * NR, sizeof bk);                                         \
             for (int i = 0; i < ROWS; ++i) {                                               \
-                const float ak = a_rows[i][k * sa_k];                                      \
+                const float ak = canonical_nan(a_rows[i][k * sa_k]);                       \
                 for (int v = 0; v < NV; ++v) {                                             \
                     vf product = ak * bk[v];                                               \
                     vf sum = acc[i][v] + product;                                          \
@@ -104,11 +114,62 @@ static inline vf round_full(vf x, const rounding_t *r) {
 #define ROUND_RANGE(s) round_fp32_range((s), d, half_minus_one, keep_mask)
 #define ROUND_FULL(s) round_full((s), r)
 
+/* Lanes outside the format's normal range (subnormal, overflowing, inf, NaN; zero counts as inside): there
+   round_full is needed. Inside it, round_full drops exactly `dropped` bits, as round_fp32_range does. */
+static inline vs outside_normal(vf x, uint32_t min_normal_bits, uint32_t span) {
+    vu magnitude = (vu)x & ABS_MASK;
+    vs inside = ((magnitude - min_normal_bits) < span) | (magnitude == 0);
+    return ~inside;
+}
+
+static inline int any_lane(vs mask) {
+    int32_t any = 0;
+    for (int l = 0; l < LANES; ++l) any |= mask[l];
+    return any != 0;
+}
+
+/* BLOCK_BODY for a format with its own exponent range: per k step, the cheap rounding for the whole block
+   unless one of its sums left the normal range, then round_full for the block (same bits either way). */
+#define FULL_BLOCK_BODY(ROWS)                                                              \
+    do {                                                                                   \
+        vf acc[ROWS][NV];                                                                  \
+        for (int i = 0; i < ROWS; ++i)                                                     \
+            for (int v = 0; v < NV; ++v) acc[i][v] = (vf){0};                              \
+        for (int64_t k = 0; k < K; ++k) {                                                  \
+            vf bk[NV], sum[ROWS][NV];                                                      \
+            vs outside = {0};                                                              \
+            memcpy(bk, panel + k * NR, sizeof bk);                                         \
+            for (int i = 0; i < ROWS; ++i) {                                               \
+                const float ak = canonical_nan(a_rows[i][k * sa_k]);                       \
+                for (int v = 0; v < NV; ++v) {                                             \
+                    vf product = ak * bk[v];                                               \
+                    sum[i][v] = acc[i][v] + product;                                       \
+                    outside |= outside_normal(sum[i][v], min_normal_bits, span);           \
+                }                                                                          \
+            }                                                                              \
+            if (any_lane(outside)) {                                                       \
+                for (int i = 0; i < ROWS; ++i)                                             \
+                    for (int v = 0; v < NV; ++v) acc[i][v] = ROUND_FULL(sum[i][v]);        \
+            } else {                                                                       \
+                for (int i = 0; i < ROWS; ++i)                                             \
+                    for (int v = 0; v < NV; ++v) acc[i][v] = ROUND_RANGE(sum[i][v]);       \
+            }                                                                              \
+        }                                                                                  \
+        for (int i = 0; i < ROWS; ++i) {                                                   \
+            float row[NR];                                                                 \
+            memcpy(row, acc[i], sizeof row);                                               \
+            float *dst = out_rows[i];                                                      \
+            for (int j = 0; j < cols; ++j) dst[j] = row[j];                                \
+        }                                                                                  \
+    } while (0)
+
 static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *panel, float *out, int64_t so_m,
                        int64_t M, int64_t K, int cols, const rounding_t *r) {
     const int d = r->dropped;
     const vu half_minus_one = (vu){0} + (d > 0 ? (1u << (d - 1)) - 1u : 0u);
     const vu keep_mask = (vu){0} + (uint32_t)(~((1u << d) - 1u));
+    const uint32_t min_normal_bits = (uint32_t)r->min_normal_exp << 23;
+    const uint32_t span = r->overflow_bits - min_normal_bits;
     int64_t m0 = 0;
     for (; m0 + MR <= M; m0 += MR) {
         const float *a_rows[MR];
@@ -118,13 +179,13 @@ static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *
             out_rows[i] = out + (m0 + i) * so_m;
         }
         if (r->mode == 0) BLOCK_BODY(MR, ROUND_RANGE);
-        else BLOCK_BODY(MR, ROUND_FULL);
+        else FULL_BLOCK_BODY(MR);
     }
     for (; m0 < M; ++m0) {
         const float *a_rows[1] = {a + m0 * sa_m};
         float *out_rows[1] = {out + m0 * so_m};
         if (r->mode == 0) BLOCK_BODY(1, ROUND_RANGE);
-        else BLOCK_BODY(1, ROUND_FULL);
+        else FULL_BLOCK_BODY(1);
     }
 }
 
@@ -141,7 +202,7 @@ void lp_strict_columns(const float *a, int64_t sa_m, int64_t sa_k, const float *
             const float *src = b + k * sb_k + p0 * sb_n;
             float *dst = panel + k * NR;
             int j = 0;
-            for (; j < cols; ++j) dst[j] = src[j * sb_n];
+            for (; j < cols; ++j) dst[j] = canonical_nan(src[j * sb_n]);
             for (; j < NR; ++j) dst[j] = 0.0f;
         }
         panel_rows(a, sa_m, sa_k, panel, out + p0, so_m, M, K, cols, r);

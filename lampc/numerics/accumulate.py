@@ -60,7 +60,6 @@ def lp_matmul(
     if fmt.is_identity:
         return torch.matmul(a, b)
     a3, b3, out_shape = _as_batched(a, b)  # (B, M, K), (B, K, N)
-    a3, b3 = _canonical_nans(a3), _canonical_nans(b3)
     if impl == "fast":
         out = fast_lp_matmul(a3, b3, fmt, block_k)
     else:
@@ -82,17 +81,6 @@ def native_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format | str) -> torch.
     _as_batched(a, b)  # shape check with named arguments
     dtype = fmt.torch_dtype
     return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.float32)
-
-
-# -- operands ---------------------------------------------------------------------------------
-
-
-def _canonical_nans(x: torch.Tensor) -> torch.Tensor:
-    """x with every NaN replaced by the default quiet NaN, so NaNs survive in-place bit rounding."""
-    nan_mask = torch.isnan(x)
-    if not bool(nan_mask.any()):
-        return x
-    return x.masked_fill(nan_mask, float("nan"))
 
 
 # -- shapes and checks --------------------------------------------------------------------------

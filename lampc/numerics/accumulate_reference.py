@@ -5,7 +5,7 @@
 
 The output is processed in tiles of about TILE_ELEMENTS accumulator elements; each strict step is one
 elementwise pass over a tile (multiply, add, four int32 rounding ops). Operands are batched, (B, M, K) and
-(B, K, N), float32, with canonical NaNs (lp_matmul prepares them). The fast kernels (lampc/numerics/fast.py) give
+(B, K, N), float32; NaN inputs are first made the payload-free quiet NaN (`canonical_nans`). The fast kernels (lampc/numerics/fast.py) give
 these bits.
 """
 
@@ -27,7 +27,8 @@ TILE_ELEMENTS = 256 * 1024
 
 
 def reference_lp_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int) -> torch.Tensor:
-    """The readable reference on batched operands a (B, M, K), b (B, K, N) with canonical NaNs."""
+    """The readable reference on batched operands a (B, M, K), b (B, K, N)."""
+    a, b = canonical_nans(a), canonical_nans(b)
     if block_k > 1:
         return blocked(a, b, fmt, block_k)
     return _strict(a, b, fmt)
@@ -55,11 +56,19 @@ def _strict(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
 
 
 def _round_accumulator_(acc: torch.Tensor, fmt: Format) -> None:
-    """RN(acc) in place; NaNs reaching here have no payload (see `_canonical_nans`)."""
+    """RN(acc) in place; NaNs reaching here have no payload (see `canonical_nans`)."""
     if _has_fp32_exponent_range(fmt):
         round_mantissa_bits_(acc.view(torch.int32), dropped_mantissa_bits(fmt))
     else:
         round_to_(acc, fmt)
+
+
+def canonical_nans(x: torch.Tensor) -> torch.Tensor:
+    """x with every NaN replaced by the default quiet NaN, so NaNs survive in-place bit rounding."""
+    nan_mask = torch.isnan(x)
+    if not bool(nan_mask.any()):
+        return x
+    return x.masked_fill(nan_mask, float("nan"))
 
 
 # -- blocked accumulation -----------------------------------------------------------------------
@@ -70,7 +79,7 @@ def blocked(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int, add_rou
 
     add_round_(acc, block_sum, fmt): the step acc = RN(acc + block_sum) in place (None: torch ops; the fast
     path passes its C kernel, so the BLAS calls, and with them the block sums, are the same in both).
-    NaNs from the BLAS carry no payload bits because the inputs' NaNs were canonicalised."""
+    a, b: with canonical NaNs (the caller's `canonical_nans`), so NaNs from the BLAS carry no payload bits."""
     batch, rows, inner = a.shape
     cols = b.shape[-1]
     out = torch.empty(batch, rows, cols, dtype=torch.float32, device=a.device)

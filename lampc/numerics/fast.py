@@ -19,14 +19,14 @@ from torch import Tensor
 
 from lampc.formats import Format, parse
 from lampc.kernels import cpu as cpu_kernel
-from lampc.numerics.accumulate_reference import blocked, reference_lp_matmul
+from lampc.numerics.accumulate_reference import blocked, canonical_nans, reference_lp_matmul
 
 REFERENCE_COST = "the eager reference runs instead, about 20-40x an FP32 matmul (the C kernel: 1.3-2x)"
 _warned: set[str] = set()
 
 
 def fast_lp_matmul(a: Tensor, b: Tensor, fmt: Format, block_k: int) -> Tensor:
-    """a (B, M, K) @ b (B, K, N) with canonical NaNs, the accumulator rounded to fmt, on a's device."""
+    """a (B, M, K) @ b (B, K, N), the accumulator rounded to fmt, on a's device."""
     return torch.ops.lampc.lp_matmul(a, b, fmt.name, block_k)
 
 
@@ -49,8 +49,8 @@ def _cpu(a: Tensor, b: Tensor, format: str, block_k: int) -> Tensor:
         warn_once(f"lp_matmul: the C kernel is unavailable ({reason}); {REFERENCE_COST}")
         return reference_lp_matmul(a, b, fmt, block_k)
     if block_k > 1:
-        return blocked(a, b, fmt, block_k, cpu_kernel.add_round_)
-    return cpu_kernel.strict_matmul(a, b, fmt)
+        return blocked(canonical_nans(a), canonical_nans(b), fmt, block_k, cpu_kernel.add_round_)
+    return cpu_kernel.strict_matmul(a, b, fmt)  # canonicalises NaNs as it reads the operands
 
 
 @lp_matmul_op.register_kernel("cuda")
@@ -62,7 +62,7 @@ def _cuda(a: Tensor, b: Tensor, format: str, block_k: int) -> Tensor:
         warn_once(f"lp_matmul: Triton is not installed ({err}; pip install 'lampc[gpu]'); "
                   "the eager reference runs on the GPU instead, one elementwise pass per k")
         return reference_lp_matmul(a, b, fmt, block_k)
-    return triton_lp_matmul(a, b, fmt, block_k)
+    return triton_lp_matmul(canonical_nans(a), canonical_nans(b), fmt, block_k)
 
 
 def warn_once(message: str) -> None:
