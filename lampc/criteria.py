@@ -94,6 +94,8 @@ class Criterion:
     draws:         draws random numbers (no ONNX form: ORT cannot reproduce torch's stream; no compiled form)
     needs_fp32:    reads the FP32 product (oracle)
     row_statistics: the fused CPU path selects it from per-row statistics (lampc/lookahead/row_stats.py)
+    cpu_kernel:    at a plain softmax site on the CPU, a C pass computes its selection from the softmax, with the
+                   reference's float32 operations (lampc/kernels/cpu_select.c; lookahead/softmax.py `select`)
     takes_budget:  its count per row is the policy's `budget` (budget)
     weighs_errors: reads the per-entry weights (sensitivity x error scale), so SitePolicy.error_scale applies
     rule:          (RuleInputs, site policy) -> selection
@@ -121,6 +123,7 @@ class Criterion:
     draws: bool = False
     needs_fp32: bool = False
     row_statistics: bool = False
+    cpu_kernel: bool = False
     takes_budget: bool = False
     weighs_errors: bool = False
     terms: Callable[[RuleInputs, Any], tuple[Any, Any]] | None = None
@@ -215,7 +218,7 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
               softmax_only=True, sweep_taus=(1.95, 1.8, 1.7), display=Display(2, "C4", "D", ":")),
     Criterion("strict", "every entry whose sensitivity times error scale exceeds tau", "rule", _strict,
               Tau(0.1, 0.0, None, False, "> 0"), counts_for_baselines=True, length_scaling=True,
-              row_statistics=True, weighs_errors=True, terms=_strict_terms, default=True,
+              row_statistics=True, cpu_kernel=True, weighs_errors=True, terms=_strict_terms, default=True,
               sweep_taus=(5.0, 1.0, 0.2), display=Display(0, "C0", "o", "-")),
     Criterion("relaxed", "every entry whose weight exceeds tau times the row's largest (a running maximum)", "rule",
               _relaxed, Tau(0.03, 0.0, 1.0, False, "in (0, 1]"), counts_for_baselines=True, length_scaling=True,

@@ -8,6 +8,7 @@ names and rename: the last rename wins with identical bytes.
 
     $LAMPC_KERNEL_CACHE  where builds go (default: $XDG_CACHE_HOME/lampc/kernels, else ~/.cache/lampc/kernels)
     $CC                  the compiler (default: cc, then gcc)
+    $LAMPC_KERNELS=0     use no C kernel: every fast path runs its readable reference (lp_matmul warns once)
 
 Numerics depend on two flags: `-ffp-contract=off` (a product and a sum stay two roundings, never an FMA) and the
 absence of `-ffast-math`. `-march=native` only chooses the vector width.
@@ -36,6 +37,8 @@ class KernelUnavailable(RuntimeError):
 @functools.cache
 def load() -> ctypes.CDLL:
     """The built kernel library (building it on first use). Raises KernelUnavailable with the reason."""
+    if os.environ.get("LAMPC_KERNELS", "1") == "0":
+        raise KernelUnavailable("turned off by LAMPC_KERNELS=0")
     compiler = _compiler()
     source = b"\0".join(path.name.encode() + b"\0" + path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(

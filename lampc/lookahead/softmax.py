@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..kernels import cpu_select
 from ..policy import SitePolicy
 from .record import normalised
 
@@ -234,8 +235,30 @@ def select(
     bias: a finite additive term the softmax sees beside the scores (ALiBi; 0 at masked entries); the error scale
     stays |ŝ_i|.
     """
+    if _plain_cpu_site(site, s_hat, bias, error_scale):
+        return _select_in_c(s_hat, visible, site)
     rows = softmax_rows(s_hat, visible, site, s_fp32=s_fp32, draws=draws, bias=bias, error_scale=error_scale)
     return site.rule.select(rows, site) | ~torch.isfinite(s_hat)  # non-finite scores: always, visible or not
+
+
+def _plain_cpu_site(site: SitePolicy, s_hat: Tensor, bias: Tensor | None, error_scale: Tensor | None) -> bool:
+    """Whether the C pass (`_select_in_c`) computes this selection: a rule it implements (criteria's cpu_kernel),
+    no soft cap, bias, length scaling or error scale but |ŝ|, CPU float32 scores outside a trace, and the kernel
+    built here (lampc.kernels: LAMPC_KERNELS=0 turns it off, the reference then runs)."""
+    if not site.rule.cpu_kernel or site.softcap is not None or site.length_scaling or bias is not None:
+        return False
+    if error_scale is not None or s_hat.device.type != "cpu" or s_hat.dtype != torch.float32:
+        return False
+    return not torch.compiler.is_compiling() and cpu_select.available() is None
+
+
+def _select_in_c(s_hat: Tensor, visible: Tensor, site: SitePolicy) -> Tensor:
+    """The strict rule's selection, as `site.rule.select(softmax_rows(...))` computes it: torch's masked softmax
+    over the usable entries, then the weight, the threshold and the non-finite entries in one C pass."""
+    s_hat = s_hat.contiguous()
+    usable = (visible.expand(s_hat.shape) & torch.isfinite(s_hat)).contiguous()
+    a = masked_softmax(s_hat, usable).contiguous()
+    return cpu_select.strict_select(s_hat, a, usable, site.tau)
 
 
 def softmax_rows(s_hat: Tensor, visible: Tensor, site: SitePolicy, *, s_fp32: Tensor | None = None,
