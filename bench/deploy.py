@@ -1,22 +1,37 @@
-"""Deployment speed and accuracy: LAMP on native bf16 vs FP32 vs torch.autocast bf16, side by side in one run.
+"""Deployment speed and accuracy: LAMP on native bf16 vs FP32, torch.autocast bf16 and the model cast to bf16.
 
-    python bench/deploy.py                      # speed (3 shapes) and accuracy; ~15 min at 1 thread
+    python bench/deploy.py                      # speed (3 shapes, prefill and decode) and accuracy; 1 thread
+    python bench/deploy.py --phase prefill      # full forwards only, no decode (faster)
     python bench/deploy.py --skip-accuracy --malloc default --shapes 8x1024   # the large shape (see Allocator)
-    python bench/deploy.py --quick              # small shapes, for a smoke run
+    python bench/deploy.py --quick              # small model and shapes, for a smoke run (--shapes overrides)
     python bench/deploy.py --skip-speed         # accuracy only (embedded model, Persuasion)
     python bench/deploy.py --memory             # peak memory, one fresh process per variant and shape
     python bench/deploy.py --ceiling            # bf16 vs FP32 on this CPU: one GEMM, the model cast to bf16
     python bench/deploy.py --model smollm2-135m --skip-accuracy   # speed on a trained model and real text
 
-Variants: FP32; `torch.autocast("cpu", bfloat16)`; lampc with every matmul a real bf16 GEMM (sites="all",
-backend="native", fused sites) and no look-ahead ("uniform"); and LAMP bf16: the same plus the strict look-ahead
-at the attention sites and at the logits (lm_head -> softmax), each selected entry recomputed in FP32.
+Variants: FP32; `torch.autocast("cpu", bfloat16)`; `model.to(torch.bfloat16)`, a deep copy of the model cast once
+(every op in bf16, logits widened to FP32: the ceiling of a bf16 deployment, and less accurate than any other
+variant); lampc with every matmul a real bf16 GEMM (sites="all", backend="native", fused sites) and no look-ahead
+("uniform"); and LAMP bf16: the same plus the strict look-ahead at the attention sites and at the logits
+(lm_head -> softmax), each selected entry recomputed in FP32.
 
-Speed: a GPT-2-124M-shaped model with random weights, batch x seq in {1, 8} x {256, 1024}; wall time = median
-of repeated runs, the variants interleaved in every repetition. Random weights fix the GEMM time but not the
-look-ahead's work: the recompute rate of each LAMP variant is printed next to its time (on random weights it is
-near 0). `--model smollm2-135m` times a trained model on real text instead, where the look-ahead does its
-deployed amount of work.
+Speed (--phase prefill, decode or both, the default), each variant against the others in the same run, the variants
+interleaved in every repetition, median over --repeats repetitions:
+- prefill: wall time of one full forward of batch x seq tokens (no cache kept, every variant alike).
+- decode: time per generated token of greedy decoding with a KV cache, after a prompt of the row's seq length (cut
+  to the model's context minus --new-tokens where longer). The prompt pass is untimed; the --new-tokens tokens are
+  the prompt pass's argmax and then --new-tokens - 1 timed one-token steps (ms/token = their mean). The Hugging Face
+  variants run the model's own cache loop, `model(input_ids=next, cache=cache, use_cache=True)` (transformers 5's
+  name for past_key_values); the lampc variants their compiled prefill and decode graphs (`steps="eager"`, called
+  with past_key_values=). Each variant decodes its own greedy tokens; "match k/N" is the mean number of new tokens
+  equal to FP32's before the first that differs (lampc.eval.generation.first_divergence; N when all agree), a
+  cheap accuracy signal.
+Each cell: the time, its speed-up over FP32 (x), and for the lampc variants how much slower than autocast; the
+"/ cast" columns give each LAMP variant's time over the cast model's (the target: <= 1.2). Random weights fix
+the GEMM time but not the look-ahead's work: the recompute rate of each LAMP variant is printed next to its time
+(on random weights it is near 0). `--model smollm2-135m` times a trained model on real text instead, where the
+look-ahead does its deployed amount of work. The lampc variants run with statistics off; one more call with them
+on gives the rate.
 
 Allocator (--malloc): glibc serves every allocation above 32 MB with a fresh mmap, so each score-sized tensor
 is page-faulted in at every call (a pass over a 50 MB tensor: ~25 ms instead of ~4 ms here). `heap` (the
@@ -24,12 +39,15 @@ default) calls mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=max) at start-up, as jemal
 deployment; it applies to every variant alike, and is the setting where autocast is fastest. `default` keeps
 glibc's behaviour. At 8 x 1024 the heap cannot reuse fragmented 400 MB blocks and exhausts 24 GiB: use `default`.
 
-Accuracy: KL / flip rate vs FP32 on the embedded model and Persuasion, with the recompute rate per site kind.
+Accuracy: KL / flip rate vs FP32 on the embedded model and Persuasion (the cast model included), with the
+recompute rate per site kind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import ctypes
 import json
 import os
@@ -37,15 +55,22 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import lampc
 from lampc import Policy, SitePolicy
+from lampc.cells import CellCompiler
+from lampc.capture_step import cache_argument, returned_cache
+from lampc.eval.generation import first_divergence
 from peak_memory import peak_growth_mb  # bench/peak_memory.py: this script's directory is on sys.path
 
 KINDS = ["attention", "layer_norm", "gelu", "logits"]  # columns of the recompute-rate report
+CAST = "model.to(bfloat16)"
+DEFAULT_SHAPES = [(1, 256), (8, 256), (1, 1024)]
 
 
 def keep_freed_memory() -> None:
@@ -68,25 +93,75 @@ def lamp_policies(attention_taus, logits_taus) -> dict[str, Policy]:
     return out
 
 
-def variants(model, args, *, with_torch_compile=False):
-    """name -> callable(input_ids) -> FP32 logits, and name -> CompiledModel for the lampc variants."""
-    out = {"fp32": lambda ids: model(input_ids=ids).logits}
+@dataclass
+class Decoder:
+    """Greedy decoding with a KV cache: start(prompt ids) -> (last position's FP32 logits, cache);
+    step(token ids i64[B], cache) -> (the next logits, the grown cache)."""
+
+    start: Callable
+    step: Callable
+
+
+def hf_decoder(model, context=contextlib.nullcontext) -> Decoder:
+    """The Hugging Face model's own cache loop (each call under `context`, e.g. autocast)."""
+    name = cache_argument(model)  # "cache" in transformers 5, past_key_values before
+
+    def start(ids):
+        with context():
+            out = model(input_ids=ids, use_cache=True)
+        return out.logits[:, -1].float(), returned_cache(out)
+
+    def step(token, cache):
+        with context():
+            out = model(input_ids=token[:, None], use_cache=True, **{name: cache})
+        return out.logits[:, -1].float(), returned_cache(out)
+
+    return Decoder(start, step)
+
+
+def lampc_decoder(compiled) -> Decoder:
+    """The compiled model's cached-step graphs: prefill over the prompt, then its one-token decode graphs."""
+
+    def start(ids):
+        out = compiled(ids, use_cache=True)
+        return out.logits[:, -1], out.past_key_values
+
+    def step(token, cache):
+        out = compiled(token[:, None], past_key_values=cache, use_cache=True)
+        return out.logits[:, -1], out.past_key_values
+
+    return Decoder(start, step)
+
+
+def autocast_bf16():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def variants(model, args, *, with_torch_compile=False, steps="none"):
+    """(name -> callable(input_ids) -> FP32 logits of a full forward, name -> CompiledModel for the lampc variants,
+    name -> Decoder for every variant but torch.compile's). steps: lampc.compile's ("eager" to decode)."""
+    cast = copy.deepcopy(model).to(torch.bfloat16).eval()  # cast once; the original stays FP32
+    out = {"fp32": lambda ids: model(input_ids=ids, use_cache=False).logits}
 
     def autocast(ids):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return model(input_ids=ids).logits.float()
+        with autocast_bf16():
+            return model(input_ids=ids, use_cache=False).logits.float()
 
     out["autocast bf16"] = autocast
-    compiled = {name: lampc.compile(model, policy)
-                for name, policy in lamp_policies(args.attention_taus, args.logits_taus).items()}
+    out[CAST] = lambda ids: cast(input_ids=ids, use_cache=False).logits.float()
+    decoders = {"fp32": hf_decoder(model), "autocast bf16": hf_decoder(model, autocast_bf16), CAST: hf_decoder(cast)}
+    compiler = CellCompiler(model, steps=steps)  # = lampc.compile(model, policy, steps=steps), one capture for all
+    compiled = {name: compiler(policy) for name, policy in lamp_policies(args.attention_taus, args.logits_taus).items()}
     for name, c in compiled.items():
         out[name] = (lambda c: (lambda ids: c(ids).logits))(c)
+        if steps != "none":
+            decoders[name] = lampc_decoder(c)
     if with_torch_compile:
         first = compiled[next(n for n in compiled if n.startswith("LAMP"))]
         graph = torch.compile(first.graph_module, dynamic=False)
         out["LAMP (first) + torch.compile"] = lambda ids: graph(
             input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
-    return out, compiled
+    return out, compiled, decoders
 
 
 def gpt2_124m_shape(quick: bool) -> GPT2LMHeadModel:
@@ -110,8 +185,36 @@ def time_variants(fns, ids, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def rates(compiled_model) -> str:
-    by_kind = compiled_model.stats()["by_kind"]
+def greedy_decode(decoder: Decoder, ids, new_tokens: int):
+    """(new tokens i64[B, new_tokens], seconds per timed step): the prompt pass (untimed) gives the first token,
+    new_tokens - 1 one-token steps with the cache the rest."""
+    logits, cache = decoder.start(ids)
+    token = logits.argmax(-1)
+    tokens = [token]
+    start = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        logits, cache = decoder.step(token, cache)
+        token = logits.argmax(-1)
+        tokens.append(token)
+    return torch.stack(tokens, dim=1), (time.perf_counter() - start) / (new_tokens - 1)
+
+
+def time_decoders(decoders, ids, repeats, new_tokens):
+    """(name -> median seconds per decode step, name -> its greedy tokens), the variants interleaved."""
+    times = {name: [] for name in decoders}
+    tokens = {}
+    with torch.no_grad():
+        for name, decoder in decoders.items():  # warm-up
+            tokens[name] = greedy_decode(decoder, ids, new_tokens)[0]
+        for _ in range(repeats):
+            for name, decoder in decoders.items():
+                tokens[name], seconds = greedy_decode(decoder, ids, new_tokens)
+                times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}, tokens
+
+
+def rates(compiled_model, phase="forward") -> str:
+    by_kind = compiled_model.stats(phase)["by_kind"]
     return " / ".join(f"{100 * by_kind[k]['rate']:.2f}%" for k in KINDS if k in by_kind)
 
 
@@ -130,34 +233,83 @@ def speed_model(args):
     return model, f"{args.model}, trained weights, Persuasion", lambda b, t: make_sequences(text, t, b, seed=7)
 
 
+def context_length(model, compiled) -> int:
+    config = model.config
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2 ** 62
+    return min([limit] + [c.max_len for c in compiled.values()])
+
+
+def cells(medians, compiled, unit, scale, rate_of):
+    """Table cells of one row: time (speed-up over FP32[, vs autocast]) [rate], then each LAMP variant / cast."""
+    base, ref = medians["fp32"], medians["autocast bf16"]
+    out = []
+    for name, t in medians.items():
+        cell = f"{scale * t:.{0 if scale * t >= 100 else 1}f} {unit} ({base / t:.2f}x"
+        cell += f", {t / ref - 1:+.0%} vs autocast)" if name not in ("fp32", "autocast bf16", CAST) else ")"
+        if name in compiled and name.startswith("LAMP"):
+            cell += f" rate {rate_of(compiled[name])}"
+        out.append(cell)
+    out += [f"{medians[name] / medians[CAST]:.2f}" for name in medians if name.startswith("LAMP")]
+    return out
+
+
+def header(names) -> None:
+    columns = list(names) + [f"{name} / cast" for name in names if name.startswith("LAMP")]
+    print("| batch x seq | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+
+
 def speed(args):
     model, description, make_ids = speed_model(args)
-    fns, compiled = variants(model, args, with_torch_compile=args.torch_compile)
-    shapes = args.shapes if not args.quick else [(1, 128), (2, 128)]
-    print(f"## Speed: {description}, {torch.get_num_threads()} thread(s), malloc {args.malloc}, "
-          f"median of {args.repeats}\n")
-    print("| batch x seq | " + " | ".join(fns) + " |")
-    print("|---" * (len(fns) + 1) + "|")
-    for batch, seq in shapes:
-        ids = make_ids(batch, seq)
-        for c in compiled.values():
-            c.record_stats(False)
-        medians = time_variants(fns, ids, args.repeats)
-        for c in compiled.values():  # one more call with statistics on: the recompute rate of this input
-            c.reset_stats()
-            c.record_stats(True)
-            with torch.no_grad():
-                c(ids)
-        base, ref = medians["fp32"], medians["autocast bf16"]
-        cells = []
-        for name in fns:
-            cell = f"{1000 * medians[name]:.0f} ms ({base / medians[name]:.2f}x"
-            cell += f", {medians[name] / ref - 1:+.0%} vs autocast)" if name not in ("fp32", "autocast bf16") else ")"
-            if name in compiled and name.startswith("LAMP"):
-                cell += f" rate {rates(compiled[name])}"
-            cells.append(cell)
-        print(f"| {batch} x {seq} | " + " | ".join(cells) + " |", flush=True)
-    print("\n(x = speed-up over FP32 in the same run; rate = recompute rate attention / logits on this input)\n")
+    decode = args.phase in ("decode", "both")
+    fns, compiled, decoders = variants(model, args, with_torch_compile=args.torch_compile,
+                                       steps="eager" if decode else "none")
+    shapes = args.speed_shapes
+    for c in compiled.values():
+        c.record_stats(False)
+    if args.phase in ("prefill", "both"):
+        print(f"## Speed, prefill (one full forward): {description}, {torch.get_num_threads()} thread(s), "
+              f"malloc {args.malloc}, median of {args.repeats}\n")
+        header(fns)
+        for batch, seq in shapes:
+            ids = make_ids(batch, seq)
+            medians = time_variants(fns, ids, args.repeats)
+            for c in compiled.values():  # one more call with statistics on: the recompute rate of this input
+                c.reset_stats()
+                c.record_stats(True)
+                with torch.no_grad():
+                    c(ids)
+                c.record_stats(False)
+            print(f"| {batch} x {seq} | " + " | ".join(cells(medians, compiled, "ms", 1e3, rates)) + " |",
+                  flush=True)
+        print("\n(x = speed-up over FP32 in the same run; rate = recompute rate attention / logits on this input; "
+              "/ cast = time over model.to(bfloat16)'s)\n")
+    if decode:
+        context = context_length(model, compiled)
+        print(f"## Speed, decode ({args.new_tokens} greedy tokens with a KV cache after the prompt, ms per token): "
+              f"{description}, {torch.get_num_threads()} thread(s), malloc {args.malloc}, median of "
+              f"{args.repeats}\n")
+        header(decoders)
+        for batch, seq in shapes:
+            prompt = min(seq, context - args.new_tokens)
+            ids = make_ids(batch, seq)[:, :prompt]
+            medians, tokens = time_decoders(decoders, ids, args.repeats, args.new_tokens)
+            for c in compiled.values():  # once more with statistics on: the decode steps' recompute rate
+                c.reset_stats()
+                c.record_stats(True)
+                with torch.no_grad():
+                    greedy_decode(lampc_decoder(c), ids, args.new_tokens)
+                c.record_stats(False)
+            row = cells(medians, compiled, "ms", 1e3, lambda c: rates(c, "decode"))
+            for i, name in enumerate(decoders):
+                if name != "fp32":
+                    match = first_divergence(tokens["fp32"], tokens[name]).float().mean().item()
+                    row[i] += f" match {match:.{0 if match == int(match) else 1}f}/{args.new_tokens}"
+            label = f"{batch} x {seq}" + (f" (prompt {prompt})" if prompt != seq else "")
+            print(f"| {label} | " + " | ".join(row) + " |", flush=True)
+        print(f"\n(ms per decode step, the prompt pass untimed; x = speed-up over FP32; match k/N = mean new tokens "
+              f"equal to FP32's greedy ones before the first that differs; rate = recompute rate attention / logits "
+              f"of the decode steps; / cast = time over model.to(bfloat16)'s)\n")
 
 
 def accuracy(args):
@@ -168,7 +320,7 @@ def accuracy(args):
     model, tokenizer = load_model("embedded")
     ids = torch.tensor(tokenizer(persuasion_text())["input_ids"])
     sweep = Sweep(model, make_sequences(ids, args.seq_len, args.n_seq, seed=42), batch_size=4, progress=False)
-    fns, compiled = variants(model, args)
+    fns, compiled, _ = variants(model, args)
     for c in compiled.values():
         c.record_stats(True)
     print(f"## Accuracy vs FP32: embedded model, Persuasion, {args.n_seq} x {args.seq_len} tokens\n")
@@ -179,7 +331,8 @@ def accuracy(args):
         if name == "fp32":
             continue
         result = sweep.compare(lambda ids, mask: fn(ids))
-        autocast_kl = autocast_kl or result["kl"]
+        if name == "autocast bf16":
+            autocast_kl = result["kl"]
         rate = rates(compiled[name]) if name in compiled else "-"
         print(f"| {name} | {result['kl']:.3e} | {autocast_kl / result['kl']:.1f}x | {result['flip_rate']:.4f} "
               f"| {rate} |", flush=True)
@@ -232,7 +385,7 @@ def memory(args):
     high-water mark during a second forward (the first compiles the look-ahead kernels); glibc's default malloc,
     so freed large tensors leave the RSS and the peak is the forward's live memory."""
     print("## Peak memory of one forward (rise of the RSS high-water mark), a fresh process per variant\n")
-    names = list(variants(gpt2_124m_shape(True), args)[0])
+    names = list(variants(gpt2_124m_shape(True), args)[0])  # the prefill variants
     print("| batch x seq | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     for batch, seq in args.shapes:
@@ -247,7 +400,7 @@ def memory(args):
 
 def one(args):
     (batch, seq), = args.shapes
-    fns, compiled = variants(gpt2_124m_shape(False), args)
+    fns, compiled, _ = variants(gpt2_124m_shape(False), args)
     for c in compiled.values():  # as deployed (and timed): no statistics taps
         c.record_stats(False)
     ids = torch.randint(0, 50257, (batch, seq))
@@ -269,8 +422,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--malloc", choices=["heap", "default"], default="heap")
     parser.add_argument("--shapes", type=lambda s: [tuple(int(v) for v in p.split("x")) for p in s.split(",")],
-                        default=[(1, 256), (8, 256), (1, 1024)], help="batch x seq list, e.g. 1x256,8x1024")
-    parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile of a LAMP graph")
+                        help="batch x seq list, e.g. 1x256,8x1024 (default 1x256,8x256,1x1024; speed with --quick: "
+                        "1x128,2x128)")
+    parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile of a LAMP graph "
+                        "(prefill only)")
+    parser.add_argument("--phase", choices=["prefill", "decode", "both"], default="both",
+                        help="speed of full forwards (prefill), of cached greedy decode steps (decode), or both")
+    parser.add_argument("--new-tokens", type=int, default=32, help="decode: greedy tokens per prompt (>= 2)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--n-seq", type=int, default=16)
     parser.add_argument("--skip-speed", action="store_true")
@@ -281,6 +439,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if len(args.attention_taus) != len(args.logits_taus):
         parser.error("--attention-taus and --logits-taus need the same number of values (one LAMP variant each)")
+    args.speed_shapes = args.shapes or ([(1, 128), (2, 128)] if args.quick else DEFAULT_SHAPES)
+    args.shapes = args.shapes or DEFAULT_SHAPES
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be >= 2 (the first comes from the untimed prompt pass)")
     if args.malloc == "heap":
         keep_freed_memory()
     torch.set_num_threads(args.threads)

@@ -17,7 +17,7 @@ from oracles import SPECS, matmul_oracle
 
 from lampc import formats
 from lampc.kernels import cpu as cpu_kernel, cpu_build
-from lampc.numerics import accumulate_reference, fast, lp_matmul
+from lampc.numerics import accumulate_reference, fast, lp_matmul, lp_product, round_to
 
 FORMATS = ["m1", "m2", "m4", "m7", "m10", "m13", "m22", "bf16", "tf32", "fp16", "fp8_e4m3", "fp8_e5m2"]
 
@@ -224,3 +224,29 @@ def test_compile_failure_names_the_compiler_error(monkeypatch, tmp_path):
         assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built is left to load later
     finally:
         cpu_build.load.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["m4", "m10", "bf16", "fp16", "fp8_e4m3"])
+@pytest.mark.parametrize("block_k", [1, 8])
+@pytest.mark.parametrize("epilogue", ["scale 1/8", "scale 0.1", "bias", "both", "none"])
+def test_producer_output_epilogue_equals_round_to_of_the_reference(name, block_k, epilogue):
+    # lp_product = RN(fl32(fl32(acc * scale) + bias)); the C kernel rounds it in registers before the store.
+    fmt = formats.parse(name)
+    a, b = adversarial((2, 13, 40), fmt, 11), adversarial((2, 40, 37), fmt, 12)
+    bias = torch.randn(37, generator=gen(13)) * 3
+    bias[4] = float("nan")
+    kwargs = {"scale 1/8": dict(scale=0.125), "scale 0.1": dict(scale=0.1), "bias": dict(bias=bias),
+              "both": dict(scale=3.0, bias=bias), "none": {}}[epilogue]
+    got = lp_product(a, b, name, block_k, impl="fast", **kwargs)
+    acc = lp_matmul(a, b, name, block_k, impl="eager")
+    if "scale" in kwargs:
+        acc = acc * kwargs["scale"]
+    if "bias" in kwargs:
+        acc = acc + kwargs["bias"]
+    assert same_bits_or_both_nan(got, round_to(acc, name))
+    assert same_bits_or_both_nan(got, lp_product(a, b, name, block_k, impl="eager", **kwargs))
+
+
+def test_producer_output_refuses_a_bias_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        lp_product(torch.zeros(2, 4), torch.zeros(4, 3), "m4", bias=torch.zeros(4))

@@ -28,6 +28,17 @@ SIGN_FREE_QUIET_NAN = 0x7FC00000
 INF_BITS = 0x7F800000
 
 
+class Epilogue(ctypes.Structure):
+    """epilogue_t in the C source: y = RN(fl32(fl32(acc * scale) + bias[n])) before the store, or nothing."""
+
+    _fields_ = [
+        ("apply", ctypes.c_int32),
+        ("has_scale", ctypes.c_int32),
+        ("scale", ctypes.c_float),
+        ("bias", ctypes.c_void_p),
+    ]
+
+
 class Rounding(ctypes.Structure):
     """rounding_t in the C source: how the accumulator is rounded to a format."""
 
@@ -60,17 +71,25 @@ def available() -> str | None:
     return None
 
 
-def strict_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
-    """Strict low-precision accumulation: a (B, M, K), b (B, K, N), any strides -> (B, M, N) contiguous."""
+def strict_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format, *, output: bool = False, scale: float | None = None,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Strict low-precision accumulation: a (B, M, K), b (B, K, N), any strides -> (B, M, N) contiguous.
+
+    output=True: each result is the producer's output RN(fl32(fl32(acc * scale) + bias[n])) instead of the bare
+    accumulator (scale None: no multiply; bias: a contiguous (N,) float32 tensor, or None), rounded in registers
+    before the store; as `round_to` rounds it, NaN included."""
     batch, rows, inner = a.shape
     cols = b.shape[-1]
     out = torch.empty(batch, rows, cols, dtype=torch.float32)
     if out.numel() == 0:
         return out
-    if inner == 0:
+    if inner == 0 and not output:
         return out.zero_()
     kernel = _library().lp_strict_columns
     rounding = ctypes.byref(rounding_of(fmt))
+    epilogue = Epilogue(int(output), int(scale is not None), 1.0 if scale is None else scale,
+                        None if bias is None else bias.data_ptr())
+    keep_alive = (epilogue, bias)
     sa, sb, so = a.stride(), b.stride(), out.stride()
     a_ptr, b_ptr, out_ptr = a.data_ptr(), b.data_ptr(), out.data_ptr()
 
@@ -80,7 +99,7 @@ def strict_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor
             ctypes.c_void_p(a_ptr + 4 * (index * sa[0] + m0 * sa[1])), sa[1], sa[2],
             ctypes.c_void_p(b_ptr + 4 * index * sb[0]), sb[1], sb[2],
             ctypes.c_void_p(out_ptr + 4 * (index * so[0] + m0 * so[1])), so[1],
-            m1 - m0, inner, n0, n1, rounding,
+            m1 - m0, inner, n0, n1, rounding, ctypes.byref(keep_alive[0]),
         )
 
     _run_all(run, _tasks(batch, rows, cols))
@@ -142,7 +161,7 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 def _library() -> ctypes.CDLL:
     lib = cpu_build.load()
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.lp_strict_columns.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i64, i64, ptr]
+    lib.lp_strict_columns.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr]
     lib.lp_strict_columns.restype = None
     lib.lp_add_round.argtypes = [ptr, ptr, i64, ptr]
     lib.lp_add_round.restype = None

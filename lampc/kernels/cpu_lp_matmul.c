@@ -75,6 +75,27 @@ static inline vf round_full(vf x, const rounding_t *r) {
     return (vf)((vu)rounded | sign);
 }
 
+/* What happens to the accumulator before it is stored: nothing (lp_matmul), or the producer's output
+   y = RN(fl32(fl32(acc * scale) + bias[n])) as round_to computes it (lp_product; NaN becomes the quiet NaN). */
+typedef struct {
+    int32_t apply;
+    int32_t has_scale;
+    float scale;
+    const float *bias;   /* N floats, or NULL */
+} epilogue_t;
+
+static inline vf epilogue(vf acc, const epilogue_t *e, vf bias, const rounding_t *r) {
+    vf y = e->has_scale ? acc * e->scale : acc;
+    if (e->bias != NULL) y = y + bias;
+    if (r->mode == 1) return round_full(y, r);
+    const int d = r->dropped;
+    const vu half_minus_one = (vu){0} + (d > 0 ? (1u << (d - 1)) - 1u : 0u);
+    const vu keep_mask = (vu){0} + (uint32_t)(~((1u << d) - 1u));
+    vs is_nan = y != y;
+    vs rounded = (vs)round_fp32_range(y, d, half_minus_one, keep_mask);
+    return (vf)select_where(is_nan, (vs){0} + (int32_t)QUIET_NAN_BITS, rounded);
+}
+
 /* NaN inputs become the payload-free quiet NaN, so every NaN the arithmetic makes is one that the integer
    rounding keeps a NaN (the reference does the same to its operands: accumulate_reference.py `canonical_nans`). */
 static inline float canonical_nan(float x) {
@@ -105,6 +126,8 @@ static inline float canonical_nan(float x) {
         }                                                                                  \
         for (int i = 0; i < ROWS; ++i) {                                                   \
             float row[NR];                                                                 \
+            if (e->apply)                                                                  \
+                for (int v = 0; v < NV; ++v) acc[i][v] = epilogue(acc[i][v], e, bias_panel[v], r); \
             memcpy(row, acc[i], sizeof row);                                               \
             float *dst = out_rows[i];                                                      \
             for (int j = 0; j < cols; ++j) dst[j] = row[j];                                \
@@ -157,6 +180,8 @@ static inline int any_lane(vs mask) {
         }                                                                                  \
         for (int i = 0; i < ROWS; ++i) {                                                   \
             float row[NR];                                                                 \
+            if (e->apply)                                                                  \
+                for (int v = 0; v < NV; ++v) acc[i][v] = epilogue(acc[i][v], e, bias_panel[v], r); \
             memcpy(row, acc[i], sizeof row);                                               \
             float *dst = out_rows[i];                                                      \
             for (int j = 0; j < cols; ++j) dst[j] = row[j];                                \
@@ -164,7 +189,15 @@ static inline int any_lane(vs mask) {
     } while (0)
 
 static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *panel, float *out, int64_t so_m,
-                       int64_t M, int64_t K, int cols, const rounding_t *r) {
+                       int64_t M, int64_t K, int cols, const rounding_t *r, const epilogue_t *e,
+                       const float *bias_columns) {
+    vf bias_panel[NV];
+    {
+        float padded[NR] = {0};
+        if (e->bias != NULL)
+            for (int j = 0; j < cols; ++j) padded[j] = bias_columns[j];
+        memcpy(bias_panel, padded, sizeof bias_panel);
+    }
     const int d = r->dropped;
     const vu half_minus_one = (vu){0} + (d > 0 ? (1u << (d - 1)) - 1u : 0u);
     const vu keep_mask = (vu){0} + (uint32_t)(~((1u << d) - 1u));
@@ -189,11 +222,11 @@ static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *
     }
 }
 
-/* out[:, n0:n1] = strict low-precision a @ b for one matrix of the batch.
+/* out[:, n0:n1] = strict low-precision a @ b for one matrix of the batch, then the epilogue e.
    a: M x K with strides (sa_m, sa_k); b: K x N with strides (sb_k, sb_n); out: M x N with row stride so_m. */
 void lp_strict_columns(const float *a, int64_t sa_m, int64_t sa_k, const float *b, int64_t sb_k, int64_t sb_n,
                        float *out, int64_t so_m, int64_t M, int64_t K, int64_t n0, int64_t n1,
-                       const rounding_t *r) {
+                       const rounding_t *r, const epilogue_t *e) {
     float *panel = aligned_alloc(64, (size_t)(K > 0 ? K : 1) * NR * sizeof(float));
     if (panel == NULL) return;
     for (int64_t p0 = n0; p0 < n1; p0 += NR) {
@@ -205,7 +238,7 @@ void lp_strict_columns(const float *a, int64_t sa_m, int64_t sa_k, const float *
             for (; j < cols; ++j) dst[j] = canonical_nan(src[j * sb_n]);
             for (; j < NR; ++j) dst[j] = 0.0f;
         }
-        panel_rows(a, sa_m, sa_k, panel, out + p0, so_m, M, K, cols, r);
+        panel_rows(a, sa_m, sa_k, panel, out + p0, so_m, M, K, cols, r, e, e->bias != NULL ? e->bias + p0 : NULL);
     }
     free(panel);
 }

@@ -25,8 +25,8 @@ import os
 import torch
 
 from lampc.formats import Format, parse
-from lampc.numerics.accumulate_reference import reference_lp_matmul
-from lampc.numerics.fast import fast_lp_matmul
+from lampc.numerics.accumulate_reference import reference_lp_matmul, reference_lp_product
+from lampc.numerics.fast import fast_lp_matmul, fast_lp_product
 
 IMPLS = ("fast", "eager")
 DEFAULT_IMPL = os.environ.get("LAMPC_LP_MATMUL_IMPL", "fast")
@@ -54,9 +54,7 @@ def lp_matmul(
     _check_operand("a", a)
     _check_operand("b", b)
     _check_block_k(block_k)
-    impl = DEFAULT_IMPL if impl is None else impl
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    impl = _check_impl(impl)
     if fmt.is_identity:
         return torch.matmul(a, b)
     a3, b3, out_shape = _as_batched(a, b)  # (B, M, K), (B, K, N)
@@ -64,6 +62,41 @@ def lp_matmul(
         out = fast_lp_matmul(a3, b3, fmt, block_k)
     else:
         out = reference_lp_matmul(a3, b3, fmt, block_k)
+    return out.reshape(out_shape)
+
+
+def lp_product(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    fmt: Format | str,
+    block_k: int = 1,
+    *,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """An emulated producer's output: RN(fl32(fl32(lp_matmul(a, b) * scale) + bias)), rounded to `fmt` once more
+    after the scale (attention scores, METHOD.md §2) or the bias (a linear layer). scale None: no multiply; bias:
+    (N,) float32 or None. The fast kernel applies both in registers before the store; the reference is
+    `round_to(lp_matmul(...) * scale + bias, fmt)`, and both give the same bits."""
+    fmt = _parse_fmt(fmt)
+    _check_operand("a", a)
+    _check_operand("b", b)
+    _check_block_k(block_k)
+    impl = _check_impl(impl)
+    a3, b3, out_shape = _as_batched(a, b)
+    if bias is not None:
+        _check_operand("bias", bias)
+        if bias.dim() != 1 or bias.shape[0] != b3.shape[-1]:
+            raise ValueError(f"bias must have shape ({b3.shape[-1]},) (the output's columns), got {tuple(bias.shape)}")
+    if fmt.is_identity:
+        out = torch.matmul(a, b)
+        out = out * scale if scale is not None else out
+        return out + bias if bias is not None else out
+    if impl == "fast":
+        out = fast_lp_product(a3, b3, fmt, block_k, scale, bias)
+    else:
+        out = reference_lp_product(a3, b3, fmt, block_k, scale, bias)
     return out.reshape(out_shape)
 
 
@@ -120,6 +153,13 @@ def _check_operand(name: str, x: object) -> None:
         raise TypeError(f"{name} must have dtype torch.float32, got {x.dtype}")
     if x.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension, got a scalar tensor")
+
+
+def _check_impl(impl: object) -> str:
+    impl = DEFAULT_IMPL if impl is None else impl
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
 
 
 def _check_block_k(block_k: object) -> None:

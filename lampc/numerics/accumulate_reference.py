@@ -34,6 +34,20 @@ def reference_lp_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: 
     return _strict(a, b, fmt)
 
 
+def reference_lp_product(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int, scale: float | None,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    """round_to(reference_lp_matmul(a, b) * scale + bias, fmt): a producer's output (accumulate.lp_product)."""
+    return output_epilogue(reference_lp_matmul(a, b, fmt, block_k), fmt, scale, bias)
+
+
+def output_epilogue(acc: torch.Tensor, fmt: Format, scale: float | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """RN(fl32(fl32(acc * scale) + bias)) onto fmt's grid, in torch ops (in place when there is neither: acc is
+    the caller's fresh accumulator)."""
+    out = acc * scale if scale is not None else acc
+    out = out + bias if bias is not None else out
+    return round_to_(out, fmt)
+
+
 # -- strict accumulation ------------------------------------------------------------------------
 
 
