@@ -83,8 +83,10 @@ def _cuda(a: Tensor, b: Tensor, format: str, block_k: int, output: bool, scale: 
         warn_once(f"lp_matmul: Triton is not installed ({err}; pip install 'lampc[gpu]'); "
                   "the eager reference runs on the GPU instead, one elementwise pass per k")
         return _reference(a, b, fmt, block_k, output, scale, bias)
-    acc = triton_lp_matmul(canonical_nans(a), canonical_nans(b), fmt, block_k)
-    return output_epilogue(acc, fmt, scale, bias) if output else acc
+    # the kernel canonicalises NaNs itself and applies scale and bias in registers before the store
+    if not output:
+        return triton_lp_matmul(a, b, fmt, block_k)
+    return triton_lp_matmul(a, b, fmt, block_k, scale=scale, bias=bias)
 
 
 def _reference(a, b, fmt, block_k, output, scale, bias):

@@ -7,6 +7,8 @@
     tap.py           SelectionTap, the module a rewritten graph calls with each site's selection (statistics)
     random.py        RandomDraws, the module a rewritten graph calls for the random baseline's draws (per-model
                      streams, RandomStreams)
+    cuda_site.py     lamp_scores' CUDA kernel: ŝ and the FP32 scores from one Triton kernel (emulated producers),
+                     registered at import where torch sees a GPU and triton is installed
     recording.py     normalised_weights, normalised_component_weights and WeightTap: calibration's recording
 
 Each op is a `torch.library.custom_op` with a plain-torch implementation (lampc.numerics, lampc.lookahead) and a
@@ -23,8 +25,11 @@ from .linear_site import LINEAR_SITE_OPS, component_select, lowp_matmul, narrow_
 from .random import RandomDraws, RandomStreams, reset_random, share_streams
 from .softmax_site import SOFTMAX_SITE_OPS, lamp_select, lowp_scores, recompute_scores
 from .tap import SelectionTap, graph_taps
+from .cuda_site import register_cuda
 
 import torch  # noqa: E402
+
+register_cuda()  # lamp_scores' Triton kernel where torch sees a GPU and triton is installed; else nothing
 
 FUSED_SITE_OPS = (torch.ops.lampc.lamp_scores.default,)
 SITE_OPS = SOFTMAX_SITE_OPS + LINEAR_SITE_OPS + FUSED_SITE_OPS

@@ -23,6 +23,19 @@ class EmulatedImpl(ProducerImpl):
     def scores(self, q: Tensor, k_t: Tensor, scale: float, k_low: Tensor | None = None) -> Tensor:
         return lp_product(q, k_t, self.p.format, self.p.block_k, scale=scale)  # RN(RN(q @ k_t) * scale)
 
+    def scores_with_fp32(self, q: Tensor, k_t: Tensor, scale: float) -> tuple[Tensor, Tensor] | None:
+        """(ŝ, s32) shaped like q @ k_t from one Triton kernel (lampc/kernels/triton_scores.py): ŝ with this
+        producer's bits, s32 the FP32 product in the same K loop. None for an identity format or without triton."""
+        if self.p.format.is_identity:
+            return None
+        try:
+            from ..kernels.triton_scores import site_operands, triton_site_scores
+        except ImportError:
+            return None
+        q3, k3, shape = site_operands(q, k_t)
+        s_hat, s32 = triton_site_scores(q3, k3, scale, self.p.format, self.p.block_k)
+        return s_hat.view(shape), s32.view(shape)
+
     def gamma(self, k: int) -> float:
         return accumulation_gamma(self.p.format, k, self.p.block_k)
 

@@ -23,6 +23,9 @@ class ProducerImpl:
     scores(q, k_t, scale, k_low) RN(RN(q @ k_t) · scale) as float32: the softmax sites' producer
     scores_low(q, k_t, scale, k_low) the same scores in the producer's own dtype, for the fused softmax site to
                              read while widening them; None where the producer has no dtype of its own (emulated)
+    scores_with_fp32(q, k_t, scale) (ŝ, the FP32 scores) from one device kernel, for the fused site on a GPU to
+                             recompute without a second matmul (lampc/ops/cuda_site.py); None where the producer
+                             has no such kernel (the default)
     prepare_weight(em, w, name) the producer's own form of a weight operand, added to the graph at rewrite time
                              (the native cast); the ops above receive it as w_low / k_low (None: not prepared, the
                              op works from the FP32 operand alone)
@@ -44,6 +47,9 @@ class ProducerImpl:
         raise NotImplementedError
 
     def scores_low(self, q: Tensor, k_t: Tensor, scale: float, k_low: Tensor | None = None) -> Tensor | None:
+        return None
+
+    def scores_with_fp32(self, q: Tensor, k_t: Tensor, scale: float) -> tuple[Tensor, Tensor] | None:
         return None
 
     def prepare_weight(self, em, w, name: str):
