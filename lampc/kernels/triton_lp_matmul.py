@@ -54,8 +54,10 @@ def lp_dot_tile(a_rows, b_cols, K, stride_ak, stride_bk, row_in, col_in, BLOCK_M
 
     a_rows / b_cols: pointers to a[rows, 0] and b[0, cols]. BLOCK_SUM = block_k. WITH_FP32: also sum the products
     (strict) or the block sums (blocked) in FP32; otherwise the second result stays zero."""
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc32 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # tl.full, not tl.zeros: zeros is a @jit function of triton.language.standard, which the interpreter fails to
+    # call once inductor has run in the same process (tests/test_triton_kernels.py after a torch.compile test)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    acc32 = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     if BLOCK_SUM == 1:
         for k in range(0, K):
             product = fp32_product(a_rows, b_cols, k, stride_ak, stride_bk, row_in, col_in)
@@ -65,7 +67,7 @@ def lp_dot_tile(a_rows, b_cols, K, stride_ak, stride_bk, row_in, col_in, BLOCK_M
     else:
         for k0 in range(0, K, BLOCK_SUM):
             # from +0, as a BLAS sums (so a block of -0 products sums to +0, as the reference's torch.matmul has it)
-            block_sum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            block_sum = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
             for k in range(k0, tl.minimum(k0 + BLOCK_SUM, K)):
                 block_sum = block_sum + fp32_product(a_rows, b_cols, k, stride_ak, stride_bk, row_in, col_in)
             acc = round_to_format(acc + block_sum, FMT_DROPPED, FMT_FULL, FMT_MIN_EXP, FMT_OVERFLOW, FMT_OVERFLOW_TO)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..policy import SitePolicy
 from .fused import compiled
+from .recompute import flat_positions
 from .softmax import select
 
 SLACK = 1.0e-3
@@ -103,18 +104,17 @@ def select_from_row_stats(s_hat: Tensor, visible: Tensor | None, site: SitePolic
     if not bool(torch.isfinite(row_sum).all()):  # host sync (CPU path); a non-finite score: the general rule
         return select(s_hat, general, site), None
     threshold = lse - band_width(lse, site.tau) - SLACK  # (…, T, 1)
-    rows = (row_max > threshold).reshape(-1).nonzero().squeeze(1)  # rows whose maximum is in the band
+    rows = flat_positions(row_max > threshold)  # rows whose maximum is in the band
     if rows.numel() <= GATHER_ROWS_BELOW * lse.numel():  # few such rows (flat attention): look at those only
         return _select_in_rows(s_hat, visible, lse, threshold, rows, site.tau)
     candidates = s_hat > threshold  # eager: inductor stores bool slowly
     if visible is not None:
         candidates &= visible
-    count = int(torch.count_nonzero(candidates))  # host sync: CPU path
-    if count == 0:
-        return candidates, _no_positions(s_hat)
-    if count > DENSE_ABOVE * candidates.numel():
+    flat = flat_positions(candidates)  # candidate positions in the flattened scores (host sync: CPU path)
+    if flat.numel() == 0:
+        return candidates, flat
+    if flat.numel() > DENSE_ABOVE * candidates.numel():
         return compiled(_strict_dense)(s_low, bias, lse, site.tau).view(torch.bool), None
-    flat = candidates.view(-1).nonzero().squeeze(1)  # candidate positions in the flattened scores
     s_c = s_hat.reshape(-1)[flat]
     a_c = torch.exp(s_c - lse.reshape(-1)[flat // s_hat.shape[-1]])  # lse: one value per row
     keep = 2.0 * a_c * (1.0 - a_c) * s_c.abs() > site.tau
@@ -142,7 +142,8 @@ def _select_in_rows(s_hat: Tensor, visible: Tensor | None, lse: Tensor, threshol
     if visible is not None:  # the compact mask's rows: index 0 along its broadcast dimensions
         position = torch.unravel_index(rows, s_hat.shape[:-1])
         candidates &= visible[tuple(p if n > 1 else torch.zeros_like(p) for p, n in zip(position, visible.shape))]
-    r, column = candidates.nonzero(as_tuple=True)
+    within = flat_positions(candidates)  # row-major positions in (R, L): rows ascend, columns within a row
+    r, column = within // length, within % length
     s_c = sub[r, column]
     a_c = torch.exp(s_c - lse.reshape(-1)[rows[r]])
     keep = (2.0 * a_c * (1.0 - a_c) * s_c.abs() > tau).nonzero().squeeze(1)
