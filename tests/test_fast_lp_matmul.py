@@ -19,6 +19,13 @@ from lampc import formats
 from lampc.kernels import cpu as cpu_kernel, cpu_build
 from lampc.numerics import accumulate_reference, fast, lp_matmul, lp_product, round_to
 
+@pytest.fixture(autouse=True)
+def kernel_is_built():
+    """Every test here compares the C kernel with the reference: without it they would compare the reference with
+    itself (the tests that take the kernel away restore it)."""
+    assert cpu_kernel.available() is None, cpu_kernel.available()
+
+
 FORMATS = ["m1", "m2", "m4", "m7", "m10", "m13", "m22", "bf16", "tf32", "fp16", "fp8_e4m3", "fp8_e5m2"]
 
 
@@ -192,9 +199,51 @@ def test_without_a_compiler_the_reference_runs_with_one_warning(no_compiler):
         second = lp_matmul(a, b, "m4", 4, impl="fast")
     messages = [str(w.message) for w in caught if "lp_matmul" in str(w.message)]
     assert len(messages) == 1, messages
-    assert "no C compiler" in messages[0] and "20-40x" in messages[0]
+    assert "names no program" in messages[0] and "20-40x" in messages[0]
     assert same_bits_or_both_nan(first, lp_matmul(a, b, "m4", impl="eager"))
     assert same_bits_or_both_nan(second, lp_matmul(a, b, "m4", 4, impl="eager"))
+
+
+def test_lampc_kernels_0_turns_the_kernel_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAMPC_KERNELS", "0")
+    monkeypatch.setenv("LAMPC_KERNEL_CACHE", str(tmp_path))
+    caches = (cpu_build.load, cpu_kernel._library, cpu_kernel.available)
+    for cached in caches:
+        cached.cache_clear()
+    fast._warned.clear()
+    try:
+        assert cpu_kernel.available() == "turned off by LAMPC_KERNELS=0"
+        a, b = torch.randn(3, 5, generator=gen(20)), torch.randn(5, 4, generator=gen(21))
+        with pytest.warns(UserWarning, match="turned off by LAMPC_KERNELS=0"):
+            got = lp_matmul(a, b, "m4", impl="fast")
+        assert same_bits_or_both_nan(got, lp_matmul(a, b, "m4", impl="eager"))
+        assert not list(tmp_path.glob("*.so"))  # nothing was built
+    finally:
+        monkeypatch.undo()
+        for cached in caches:
+            cached.cache_clear()
+        fast._warned.clear()
+
+
+def test_compiler_with_arguments_and_a_broken_cached_build(monkeypatch, tmp_path):
+    # $CC may carry words of its own ("gcc -O2"); a file under the cached name that does not load is rebuilt.
+    monkeypatch.setenv("CC", "gcc -O2")
+    first, second = tmp_path / "first", tmp_path / "second"
+    monkeypatch.setenv("LAMPC_KERNEL_CACHE", str(first))
+    cpu_build.load.cache_clear()
+    try:
+        cpu_build.load()
+        (built,) = first.glob("lampc-kernels-*.so")
+        second.mkdir()
+        (second / built.name).write_bytes(b"not a shared library")  # (never overwrite a loaded library in place)
+        monkeypatch.setenv("LAMPC_KERNEL_CACHE", str(second))
+        cpu_build.load.cache_clear()
+        lib = cpu_build.load()
+        assert hasattr(lib, "lp_strict_columns")
+        assert (second / built.name).read_bytes() == built.read_bytes()  # rebuilt, the same build
+    finally:
+        monkeypatch.undo()
+        cpu_build.load.cache_clear()
 
 
 def test_build_is_cached_per_source_and_machine(monkeypatch, tmp_path):
@@ -250,3 +299,43 @@ def test_producer_output_epilogue_equals_round_to_of_the_reference(name, block_k
 def test_producer_output_refuses_a_bias_of_the_wrong_shape():
     with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
         lp_product(torch.zeros(2, 4), torch.zeros(4, 3), "m4", bias=torch.zeros(4))
+
+
+def test_two_threads_split_rows_of_one_matrix():
+    # batch 1, 200 rows, 20 columns: one panel, so the work is split by rows (MIN_TASK_ROWS = 64)
+    g = gen(30)
+    a, b = torch.randn(1, 200, 33, generator=g), torch.randn(1, 33, 20, generator=g)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert len(cpu_kernel._tasks(1, 200, 20)) > 1
+        for block_k in (1, 8):
+            got, want = both(a, b, "m4", block_k)
+            assert same_bits_or_both_nan(got, want)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_nan_payloads_and_strided_reduction_axis():
+    # NaNs with payloads (0xFFFFFFFF, 0x7F800001) in both operands; a whose K axis has stride 2 (every other column)
+    g = gen(31)
+    a_wide, b = torch.randn(2, 9, 30, generator=g), torch.randn(2, 15, 40, generator=g)
+    a = a_wide[..., ::2]  # (2, 9, 15), stride 2 along K
+    for x, flat_index, pattern in ((a_wide, 4, -1), (b, 7, 0x7F800001), (b, 100, -0x00400001)):
+        x.view(-1)[flat_index : flat_index + 1].view(torch.int32).fill_(pattern)
+    assert not a.is_contiguous()
+    for name in ("m4", "fp16", "bf16"):
+        for block_k in (1, 4):
+            got, want = both(a, b, name, block_k)
+            assert same_bits_or_both_nan(got, want)
+            assert bool(torch.isnan(got).any())
+
+
+def test_blocked_is_bit_exact_against_the_sequential_oracle_on_random_inputs():
+    # block sums are sequential FP32 sums in k order, in the kernel and in the reference: no BLAS order
+    g = gen(32)
+    a, b = torch.randn(1, 5, 45, generator=g), torch.randn(1, 45, 7, generator=g)
+    for name, block_k in (("m4", 8), ("m10", 32), ("fp16", 5)):
+        got = lp_matmul(a, b, name, block_k, impl="fast")
+        want = torch.from_numpy(matmul_oracle(a.numpy(), b.numpy(), SPECS[name], block_k))
+        assert same_bits_or_both_nan(got, want)

@@ -1,7 +1,7 @@
 """The producer of a site: how its matmul runs in low precision. One type per kind of producer, as data.
 
     Emulated(format, block_k)   the bit-exact model of an m-bit accumulator: RN after every multiply-add
-                                (block_k = 1) or FP32 partial sums of block_k terms (lampc/numerics/accumulate.py)
+                                (block_k = 1) or after each sequential FP32 sum of block_k terms (lampc/numerics/accumulate.py)
     Native(format)              the real torch dtype's GEMM (bf16, fp16): operands in the dtype, FP32
                                 accumulation inside, the output rounded to the dtype
 

@@ -63,24 +63,17 @@ def lp_matmul_onnx(g: Builder, a, b, fmt: Format, block_k: int, rounding: str):
         raise TranslationError(
             f"lp_matmul: the inner dimension K of q must be static in the exported graph, got {inner!r}"
         )
-    if block_k == 1:
-        a, b = canonical_nans(g, a), canonical_nans(g, b)
-        a_cols = _split(g, a, -1, inner)  # K x (..., M, 1)
-        b_rows = _split(g, b, -2, inner)  # K x (..., 1, N)
-        acc = None
-        for a_col, b_row in zip(a_cols, b_rows):
-            product = g.Mul(a_col, b_row)  # (..., M, N)
-            total = _plus_zero(g, product) if acc is None else g.Add(acc, product)
-            acc = round_onnx(g, total, fmt, rounding, restore_nan=False)
-        return acc
+    a, b = canonical_nans(g, a), canonical_nans(g, b)
+    a_cols = _split(g, a, -1, inner)  # K x (..., M, 1)
+    b_rows = _split(g, b, -2, inner)  # K x (..., 1, N)
     acc = None
-    for k0 in range(0, inner, block_k):
-        k1 = min(k0 + block_k, inner)
-        a_block = g.Slice(a, g.axes(k0), g.axes(k1), g.axes(-1))  # (..., M, k1 - k0)
-        b_block = g.Slice(b, g.axes(k0), g.axes(k1), g.axes(-2))  # (..., k1 - k0, N)
-        block_sum = g.MatMul(a_block, b_block)
-        total = _plus_zero(g, block_sum) if acc is None else g.Add(acc, block_sum)
-        acc = round_onnx(g, total, fmt, rounding)
+    for k0 in range(0, inner, block_k):  # strict: blocks of one term, each rounded
+        block_sum = None
+        for a_col, b_row in zip(a_cols[k0 : k0 + block_k], b_rows[k0 : k0 + block_k]):
+            product = g.Mul(a_col, b_row)  # (..., M, N)
+            block_sum = _plus_zero(g, product) if block_sum is None else g.Add(block_sum, product)
+        total = block_sum if acc is None else g.Add(acc, block_sum)  # a first block sum starts at +0 already
+        acc = round_onnx(g, total, fmt, rounding, restore_nan=False)
     return acc
 
 

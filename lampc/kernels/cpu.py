@@ -1,21 +1,22 @@
-"""The C kernels of the strict and blocked accumulators (cpu_lp_matmul.c), called on torch tensors.
+"""The C kernel of the emulated accumulator (cpu_lp_matmul.c), called on torch tensors.
 
-    strict_matmul(a, b, fmt)   (B, M, K) @ (B, K, N) -> (B, M, N), acc = RN(fl32(acc + fl32(a*b))) per k in order
-    add_round_(acc, x, fmt)    acc = RN(fl32(acc + x)) in place: the blocked accumulator's step
+    accumulate(a, b, fmt, block_k)   (B, M, K) @ (B, K, N) -> (B, M, N): strict, acc = RN(fl32(acc + fl32(a*b))) per
+                                     k in order; blocked, acc = RN(fl32(acc + S_j)) with sequential FP32 block sums
 
 The work is split into tasks (a matrix of the batch, a range of columns, a range of rows), run on
 torch.get_num_threads() threads: ctypes releases the GIL, so the threads run the C code in parallel. Each task
 writes its own part of the output, so the result does not depend on the number of threads.
 
-The caller (lampc/numerics/accumulate.py) checks shapes and dtypes and canonicalises NaN inputs; this module
-assumes float32 CPU tensors.
+The caller (lampc/numerics/fast.py) checks dtypes, devices and batch sizes; the kernel canonicalises NaN inputs as
+it reads them.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-from concurrent.futures import ThreadPoolExecutor
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 
@@ -71,9 +72,10 @@ def available() -> str | None:
     return None
 
 
-def strict_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format, *, output: bool = False, scale: float | None = None,
-                  bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Strict low-precision accumulation: a (B, M, K), b (B, K, N), any strides -> (B, M, N) contiguous.
+def accumulate(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int = 1, *, output: bool = False,
+               scale: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Low-precision accumulation (strict for block_k = 1, blocked above): a (B, M, K), b (B, K, N), any strides ->
+    (B, M, N) contiguous.
 
     output=True: each result is the producer's output RN(fl32(fl32(acc * scale) + bias[n])) instead of the bare
     accumulator (scale None: no multiply; bias: a contiguous (N,) float32 tensor, or None), rounded in registers
@@ -95,32 +97,17 @@ def strict_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format, *, output: bool
 
     def run(task):
         index, n0, n1, m0, m1 = task
-        kernel(
+        status = kernel(
             ctypes.c_void_p(a_ptr + 4 * (index * sa[0] + m0 * sa[1])), sa[1], sa[2],
             ctypes.c_void_p(b_ptr + 4 * index * sb[0]), sb[1], sb[2],
             ctypes.c_void_p(out_ptr + 4 * (index * so[0] + m0 * so[1])), so[1],
-            m1 - m0, inner, n0, n1, rounding, ctypes.byref(keep_alive[0]),
+            m1 - m0, inner, block_k, n0, n1, rounding, ctypes.byref(keep_alive[0]),
         )
+        if status != 0:
+            raise MemoryError(f"lp_matmul's C kernel could not allocate its {inner} x {PANEL_COLUMNS} panel")
 
     _run_all(run, _tasks(batch, rows, cols))
     return out
-
-
-def add_round_(acc: torch.Tensor, x: torch.Tensor, fmt: Format) -> torch.Tensor:
-    """acc = RN(fl32(acc + x)) in place; acc and x contiguous float32 of one shape."""
-    kernel = _library().lp_add_round
-    rounding = ctypes.byref(rounding_of(fmt))
-    total = acc.numel()
-    acc_ptr, x_ptr = acc.data_ptr(), x.data_ptr()
-    parts = _threads() if total >= 1 << 16 else 1
-    step = -(-total // parts)
-
-    def run(start):
-        count = min(step, total - start)
-        kernel(ctypes.c_void_p(acc_ptr + 4 * start), ctypes.c_void_p(x_ptr + 4 * start), count, rounding)
-
-    _run_all(run, list(range(0, total, step)))
-    return acc
 
 
 def _tasks(batch: int, rows: int, cols: int) -> list[tuple[int, int, int, int, int]]:
@@ -139,13 +126,22 @@ def _tasks(batch: int, rows: int, cols: int) -> list[tuple[int, int, int, int, i
 
 
 def _run_all(run, tasks) -> None:
+    """run(task) for every task, on the pool; returns only when every task has stopped (also when one raised, or
+    on KeyboardInterrupt), so no C call can outlive the tensors the caller is about to free. The first error is
+    raised after."""
     threads = _threads()
     if threads == 1 or len(tasks) == 1:
         for task in tasks:
             run(task)
         return
-    for _ in _pool(threads).map(run, tasks):
-        pass
+    futures = [_pool(threads).submit(run, task) for task in tasks]
+    try:
+        for future in futures:
+            future.result()
+    finally:
+        for future in futures:
+            future.cancel()
+        wait(futures)
 
 
 def _threads() -> int:
@@ -154,17 +150,18 @@ def _threads() -> int:
 
 @functools.cache
 def _pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lampc-lp-matmul")
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lampc-kernels")
+
+
+os.register_at_fork(after_in_child=_pool.cache_clear)  # a forked child has none of the parent's worker threads
 
 
 @functools.cache
 def _library() -> ctypes.CDLL:
     lib = cpu_build.load()
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.lp_strict_columns.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i64, i64, ptr, ptr]
-    lib.lp_strict_columns.restype = None
-    lib.lp_add_round.argtypes = [ptr, ptr, i64, ptr]
-    lib.lp_add_round.restype = None
+    lib.lp_strict_columns.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, i64, i64, i64, i64, ptr, ptr]
+    lib.lp_strict_columns.restype = ctypes.c_int
     return lib
 
 

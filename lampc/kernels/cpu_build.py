@@ -21,6 +21,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -39,14 +40,19 @@ def load() -> ctypes.CDLL:
     """The built kernel library (building it on first use). Raises KernelUnavailable with the reason."""
     if os.environ.get("LAMPC_KERNELS", "1") == "0":
         raise KernelUnavailable("turned off by LAMPC_KERNELS=0")
-    compiler = _compiler()
+    compiler, *compiler_flags = _compiler()
+    flags = (*compiler_flags, *FLAGS)
     source = b"\0".join(path.name.encode() + b"\0" + path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(
-        b"\0".join([source, " ".join(FLAGS).encode(), _compiler_version(compiler).encode(), _cpu_flags().encode()])
+        b"\0".join([source, " ".join(flags).encode(), _compiler_version(compiler).encode(), _cpu_flags().encode()])
     ).hexdigest()[:16]
     target = cache_dir() / f"lampc-kernels-{key}.so"
     if not target.exists():
-        _build(compiler, target)
+        _build(compiler, flags, target)
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError:  # a truncated or foreign file under the right name: build it again, once
+        _build(compiler, flags, target)
     try:
         return ctypes.CDLL(str(target))
     except OSError as err:
@@ -61,11 +67,18 @@ def cache_dir() -> Path:
     return Path(base) / "lampc" / "kernels"
 
 
-def _compiler() -> str:
-    for name in ([os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc"]):
+def _compiler() -> list[str]:
+    """[compiler, its own flags...]: $CC split like a shell word list ("ccache gcc", "gcc -m64"), else cc or gcc."""
+    if os.environ.get("CC"):
+        words = shlex.split(os.environ["CC"])
+        path = shutil.which(words[0]) if words else None
+        if path is None:
+            raise KernelUnavailable(f"$CC={os.environ['CC']!r} names no program on PATH")
+        return [path, *words[1:]]
+    for name in ("cc", "gcc"):
         path = shutil.which(name)
         if path:
-            return path
+            return [path]
     raise KernelUnavailable("no C compiler found (set $CC, or install gcc)")
 
 
@@ -87,7 +100,7 @@ def _cpu_flags() -> str:
     return platform.machine() + platform.processor()
 
 
-def _build(compiler: str, target: Path) -> None:
+def _build(compiler: str, flags: tuple[str, ...], target: Path) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, scratch = tempfile.mkstemp(suffix=".so", dir=target.parent)
@@ -95,7 +108,7 @@ def _build(compiler: str, target: Path) -> None:
     except OSError as err:
         raise KernelUnavailable(f"the kernel cache {target.parent} is not writable: {err}") from err
     try:
-        done = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", scratch], capture_output=True,
+        done = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", scratch], capture_output=True,
                               text=True, timeout=300)
         names = ", ".join(path.name for path in SOURCES)
         if done.returncode != 0:

@@ -11,11 +11,12 @@
        FP32 exponent range (m1..m22, bf16, tf32):   bits = (bits + ((bits >> d) & 1) + 2^(d-1) - 1) & ~(2^d - 1)
        own exponent range (fp16, fp8_*):             round_full() below, the same steps as _round_full_format_bits
 
-   Layout: one task computes out[batch][:, n0:n1] for all rows. The columns of b it needs are packed once into
+   Layout: one task computes out[batch][m0:m1, n0:n1] (lampc/kernels/cpu.py splits the work). The columns of b it needs are packed once into
    panels of NR contiguous floats per k, so the inner loop reads two vectors of b and broadcasts one a[m,k] per
    row; MR rows x NR columns of accumulators stay in registers for the whole K loop. GCC's vector extensions lower
    the 16-lane vectors to whatever the build machine has (one AVX-512 register, two AVX2, four SSE).
-   `add_round` is the blocked accumulator's step: acc = RN(fl32(acc + block_sum)), elementwise.
+   Blocked (block_k = b > 1): per block of b terms in order, S = fl32(... fl32(+0 + p_1) ... + p_b) in a second set
+   of registers, then acc = RN(fl32(acc + S)) (BLOCKED_BODY, MR_BLOCKED rows so both sets stay in registers).
 */
 
 #include <stdint.h>
@@ -26,6 +27,7 @@
 #define NV 2               /* vectors of accumulators per row */
 #define NR (LANES * NV)    /* columns per panel */
 #define MR 6               /* rows per register block */
+#define MR_BLOCKED 4       /* rows per register block of the blocked accumulator (two sets of registers) */
 
 typedef float vf __attribute__((vector_size(4 * LANES)));
 typedef uint32_t vu __attribute__((vector_size(4 * LANES)));
@@ -69,7 +71,8 @@ static inline vf round_full(vf x, const rounding_t *r) {
     dropped = select_where(dropped > 25, zero + 25, dropped);
     vs lsb = (sig >> dropped) & 1;
     vs rounded_sig = ((sig + ((zero + 1) << (dropped - 1)) - 1 + lsb) >> dropped) << dropped;
-    vs rounded = select_where(rounded_sig == 0, zero, base + rounded_sig);  /* a carry bumps the exponent */
+    /* a carry bumps the exponent; unsigned: for a NaN input base + rounded_sig passes 2^31 (then replaced below) */
+    vs rounded = select_where(rounded_sig == 0, zero, (vs)((vu)base + (vu)rounded_sig));
     rounded = select_where(magnitude >= zero + (int32_t)r->overflow_bits, zero + (int32_t)r->overflow_value, rounded);
     rounded = select_where(magnitude > zero + (int32_t)INF_BITS, zero + (int32_t)QUIET_NAN_BITS, rounded);
     return (vf)((vu)rounded | sign);
@@ -123,6 +126,41 @@ static inline float canonical_nan(float x) {
                     acc[i][v] = ROUND(sum);                                                \
                 }                                                                          \
             }                                                                              \
+        }                                                                                  \
+        for (int i = 0; i < ROWS; ++i) {                                                   \
+            float row[NR];                                                                 \
+            if (e->apply)                                                                  \
+                for (int v = 0; v < NV; ++v) acc[i][v] = epilogue(acc[i][v], e, bias_panel[v], r); \
+            memcpy(row, acc[i], sizeof row);                                               \
+            float *dst = out_rows[i];                                                      \
+            for (int j = 0; j < cols; ++j) dst[j] = row[j];                                \
+        }                                                                                  \
+    } while (0)
+
+/* The blocked accumulator over rows [m0, m0 + ROWS): sequential FP32 block sums, one rounding per block. */
+#define BLOCKED_BODY(ROWS, ROUND)                                                          \
+    do {                                                                                   \
+        vf acc[ROWS][NV];                                                                  \
+        for (int i = 0; i < ROWS; ++i)                                                     \
+            for (int v = 0; v < NV; ++v) acc[i][v] = (vf){0};                              \
+        for (int64_t k0 = 0; k0 < K; k0 += block_k) {                                      \
+            const int64_t k1 = k0 + block_k < K ? k0 + block_k : K;                        \
+            vf sum[ROWS][NV];                                                              \
+            for (int i = 0; i < ROWS; ++i)                                                 \
+                for (int v = 0; v < NV; ++v) sum[i][v] = (vf){0};                          \
+            for (int64_t k = k0; k < k1; ++k) {                                            \
+                vf bk[NV];                                                                 \
+                memcpy(bk, panel + k * NR, sizeof bk);                                     \
+                for (int i = 0; i < ROWS; ++i) {                                           \
+                    const float ak = canonical_nan(a_rows[i][k * sa_k]);                   \
+                    for (int v = 0; v < NV; ++v) {                                         \
+                        vf product = ak * bk[v];                                           \
+                        sum[i][v] = sum[i][v] + product;                                   \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+            for (int i = 0; i < ROWS; ++i)                                                 \
+                for (int v = 0; v < NV; ++v) acc[i][v] = ROUND(acc[i][v] + sum[i][v]);    \
         }                                                                                  \
         for (int i = 0; i < ROWS; ++i) {                                                   \
             float row[NR];                                                                 \
@@ -189,8 +227,8 @@ static inline int any_lane(vs mask) {
     } while (0)
 
 static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *panel, float *out, int64_t so_m,
-                       int64_t M, int64_t K, int cols, const rounding_t *r, const epilogue_t *e,
-                       const float *bias_columns) {
+                       int64_t M, int64_t K, int64_t block_k, int cols, const rounding_t *r,
+                       const epilogue_t *e, const float *bias_columns) {
     vf bias_panel[NV];
     {
         float padded[NR] = {0};
@@ -204,6 +242,25 @@ static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *
     const uint32_t min_normal_bits = (uint32_t)r->min_normal_exp << 23;
     const uint32_t span = r->overflow_bits - min_normal_bits;
     int64_t m0 = 0;
+    if (block_k > 1) {
+        for (; m0 + MR_BLOCKED <= M; m0 += MR_BLOCKED) {
+            const float *a_rows[MR_BLOCKED];
+            float *out_rows[MR_BLOCKED];
+            for (int i = 0; i < MR_BLOCKED; ++i) {
+                a_rows[i] = a + (m0 + i) * sa_m;
+                out_rows[i] = out + (m0 + i) * so_m;
+            }
+            if (r->mode == 0) BLOCKED_BODY(MR_BLOCKED, ROUND_RANGE);
+            else BLOCKED_BODY(MR_BLOCKED, ROUND_FULL);
+        }
+        for (; m0 < M; ++m0) {
+            const float *a_rows[1] = {a + m0 * sa_m};
+            float *out_rows[1] = {out + m0 * so_m};
+            if (r->mode == 0) BLOCKED_BODY(1, ROUND_RANGE);
+            else BLOCKED_BODY(1, ROUND_FULL);
+        }
+        return;
+    }
     for (; m0 + MR <= M; m0 += MR) {
         const float *a_rows[MR];
         float *out_rows[MR];
@@ -222,13 +279,14 @@ static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *
     }
 }
 
-/* out[:, n0:n1] = strict low-precision a @ b for one matrix of the batch, then the epilogue e.
+/* out[:, n0:n1] = low-precision a @ b (strict, or blocked for block_k > 1) for one matrix of the batch, then the
+   epilogue e.
    a: M x K with strides (sa_m, sa_k); b: K x N with strides (sb_k, sb_n); out: M x N with row stride so_m. */
-void lp_strict_columns(const float *a, int64_t sa_m, int64_t sa_k, const float *b, int64_t sb_k, int64_t sb_n,
-                       float *out, int64_t so_m, int64_t M, int64_t K, int64_t n0, int64_t n1,
-                       const rounding_t *r, const epilogue_t *e) {
-    float *panel = aligned_alloc(64, (size_t)(K > 0 ? K : 1) * NR * sizeof(float));
-    if (panel == NULL) return;
+int lp_strict_columns(const float *a, int64_t sa_m, int64_t sa_k, const float *b, int64_t sb_k, int64_t sb_n,
+                       float *out, int64_t so_m, int64_t M, int64_t K, int64_t block_k, int64_t n0,
+                       int64_t n1, const rounding_t *r, const epilogue_t *e) {
+    float *panel = aligned_alloc(64, (size_t)(K > 0 ? K : 1) * NR * sizeof(float));  /* a multiple of 64 bytes */
+    if (panel == NULL) return -1;  /* the caller raises MemoryError: out is not written */
     for (int64_t p0 = n0; p0 < n1; p0 += NR) {
         const int cols = (int)(n1 - p0 < NR ? n1 - p0 : NR);
         for (int64_t k = 0; k < K; ++k) {
@@ -238,35 +296,9 @@ void lp_strict_columns(const float *a, int64_t sa_m, int64_t sa_k, const float *
             for (; j < cols; ++j) dst[j] = canonical_nan(src[j * sb_n]);
             for (; j < NR; ++j) dst[j] = 0.0f;
         }
-        panel_rows(a, sa_m, sa_k, panel, out + p0, so_m, M, K, cols, r, e, e->bias != NULL ? e->bias + p0 : NULL);
+        panel_rows(a, sa_m, sa_k, panel, out + p0, so_m, M, K, block_k, cols, r, e,
+                   e->bias != NULL ? e->bias + p0 : NULL);
     }
     free(panel);
-}
-
-/* acc[i] = RN(fl32(acc[i] + x[i])) for i in [0, n): one step of the blocked accumulator. */
-void lp_add_round(float *acc, const float *x, int64_t n, const rounding_t *r) {
-    const int d = r->dropped;
-    const vu half_minus_one = (vu){0} + (d > 0 ? (1u << (d - 1)) - 1u : 0u);
-    const vu keep_mask = (vu){0} + (uint32_t)(~((1u << d) - 1u));
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES) {
-        vf s, t;
-        memcpy(&s, acc + i, sizeof s);
-        memcpy(&t, x + i, sizeof t);
-        s = s + t;
-        s = r->mode == 0 ? ROUND_RANGE(s) : ROUND_FULL(s);
-        memcpy(acc + i, &s, sizeof s);
-    }
-    if (i < n) {
-        float tail_acc[LANES] = {0}, tail_x[LANES] = {0};
-        memcpy(tail_acc, acc + i, (size_t)(n - i) * sizeof(float));
-        memcpy(tail_x, x + i, (size_t)(n - i) * sizeof(float));
-        vf s, t;
-        memcpy(&s, tail_acc, sizeof s);
-        memcpy(&t, tail_x, sizeof t);
-        s = s + t;
-        s = r->mode == 0 ? ROUND_RANGE(s) : ROUND_FULL(s);
-        memcpy(tail_acc, &s, sizeof s);
-        memcpy(acc + i, tail_acc, (size_t)(n - i) * sizeof(float));
-    }
+    return 0;
 }

@@ -5,10 +5,8 @@ program, bit for bit as `lampc.numerics.lp_matmul(a, b, fmt, block_k, impl="eage
     blocked (block_k = b)  acc = RN(fl32(acc + S_j))               S_j = fl32(...fl32(+0 + p_1) + ... + p_b): the
                                                                    FP32 sum of block j's products in k order, from +0
 
-Strict results equal the CPU reference bit for bit. Blocked ones equal it wherever the block sums do: the CPU
-reference takes S_j from the BLAS (torch.matmul on the K-slice, its own order, with FMA), this kernel sums in k order
-without FMA, so the two agree bit for bit when every block sum is exact in FP32 and within FP32 rounding of each
-block sum otherwise (docs/NUMERICS.md; tests/test_triton_kernels.py states the bound).
+Strict and blocked results equal the CPU reference bit for bit: it sums each block in k order from +0 without FMA
+too (docs/NUMERICS.md §3).
 
 No FMA anywhere: every launch passes `enable_fp_fusion=False`, because Triton contracts `acc + a * b` into one fused
 multiply-add by default on a GPU (one rounding instead of two: not the reference's arithmetic). Triton's interpreter
@@ -66,7 +64,7 @@ def lp_dot_tile(a_rows, b_cols, K, stride_ak, stride_bk, row_in, col_in, BLOCK_M
                 acc32 = acc32 + product
     else:
         for k0 in range(0, K, BLOCK_SUM):
-            # from +0, as a BLAS sums (so a block of -0 products sums to +0, as the reference's torch.matmul has it)
+            # from +0, as the reference sums (so a block of -0 products sums to +0)
             block_sum = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
             for k in range(k0, tl.minimum(k0 + BLOCK_SUM, K)):
                 block_sum = block_sum + fp32_product(a_rows, b_cols, k, stride_ak, stride_bk, row_in, col_in)
@@ -81,8 +79,9 @@ def tile_pointers(a_ptr, b_ptr, M, N, stride_ab, stride_am, stride_bb, stride_bn
                   BLOCK_N: tl.constexpr):
     """This program's tile: (rows, cols, a_rows, b_cols, row_in, col_in) for program ids (m tile, n tile, batch)."""
     batch = tl.program_id(2).to(tl.int64)  # batch offsets in 64 bits: large batches of large matrices
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # rows and columns in 64 bits too: rows * N passes 2^31 at T x 49152 logits from T = 43k
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     a_rows = a_ptr + batch * stride_ab + rows * stride_am
     b_cols = b_ptr + batch * stride_bb + cols * stride_bn
     return rows, cols, a_rows, b_cols, rows < M, cols < N

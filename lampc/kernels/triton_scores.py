@@ -6,8 +6,7 @@ one read of q and kᵀ.
 
 Both accumulators run in the same K loop (lampc/kernels/triton_lp_matmul.py: `lp_dot_tile`), so the site reads its
 operands once instead of twice (producer, then the FP32 matmul of the dense recompute). s_hat follows the producer's
-rules exactly: strict results bit for bit, blocked ones wherever the block sums are exact in FP32 (the CPU reference
-takes them from the BLAS; see triton_lp_matmul.py). s32 is an FP32 dot product summed in k order without FMA (blocked:
+rules exactly, strict and blocked, bit for bit (see triton_lp_matmul.py). s32 is an FP32 dot product summed in k order without FMA (blocked:
 the sum of the FP32 block sums), so it differs from torch.matmul's only by FP32 summation order:
 |s32 - s32'| <= 2·K·2^-24·|scale|·Σ_k |q_k·k_k| (the tests check it; docs/NUMERICS.md's FP32 recompute bound).
 """

@@ -253,11 +253,15 @@ def _plain_cpu_site(site: SitePolicy, s_hat: Tensor, bias: Tensor | None, error_
 
 
 def _select_in_c(s_hat: Tensor, visible: Tensor, site: SitePolicy) -> Tensor:
-    """The strict rule's selection, as `site.rule.select(softmax_rows(...))` computes it: torch's masked softmax
-    over the usable entries, then the weight, the threshold and the non-finite entries in one C pass."""
+    """The strict rule's selection, as `site.rule.select(softmax_rows(...))` computes it: torch's softmax over the
+    usable entries, then the weight, the threshold and the non-finite entries in one C pass.
+
+    The probabilities are `masked_softmax`'s at every usable entry (the same softmax of the same row); its clean-up
+    of the other entries (0 where masked, 0 for a row with nothing visible) is skipped, because the C pass reads a
+    only where the entry is usable."""
     s_hat = s_hat.contiguous()
     usable = (visible.expand(s_hat.shape) & torch.isfinite(s_hat)).contiguous()
-    a = masked_softmax(s_hat, usable).contiguous()
+    a = torch.softmax(s_hat.masked_fill(~usable, float("-inf")), dim=-1)
     return cpu_select.strict_select(s_hat, a, usable, site.tau)
 
 

@@ -3,12 +3,10 @@
 `lp_matmul` follows docs/METHOD.md §2: inputs stay float32, only the running sum is rounded.
 
     strict  (block_k = 1):  acc = RN(fl32(acc + fl32(a_k * b_k)))           k = 1..K in order, acc0 = +0
-    blocked (block_k = b):  acc = RN(fl32(acc + S_j)),  S_j = FP32 dot of block j (b terms, last shorter)
+    blocked (block_k = b):  acc = RN(fl32(acc + S_j)),  S_j = fl32(... fl32(+0 + p_1) ... + p_b), p = fl32(a_k * b_k)
 
-The block sums `S_j` come from `torch.matmul` on the K-slice, so their internal order (and FMA use) is the
-BLAS library's: blocked results are reproducible on one machine but only within FP32 rounding of each
-block sum across machines (docs/NUMERICS.md). Strict results are bit-exact everywhere (no FMA: the
-product and the sum are separate float32 ops).
+The block sums are sequential FP32 sums in k order, so strict and blocked results are both bit-exact everywhere
+(no FMA: every product and every sum is a separate float32 operation; docs/NUMERICS.md §3).
 
 Two implementations give the same bits (tests/test_fast_lp_matmul.py):
 
@@ -156,7 +154,11 @@ def _check_operand(name: str, x: object) -> None:
 
 
 def _check_impl(impl: object) -> str:
-    impl = DEFAULT_IMPL if impl is None else impl
+    if impl is None:
+        if DEFAULT_IMPL not in IMPLS:
+            raise ValueError(f"$LAMPC_LP_MATMUL_IMPL must be one of {IMPLS}, got {DEFAULT_IMPL!r}"
+                             + (" (impl='compiled' is gone: 'fast' is faster)" if DEFAULT_IMPL == "compiled" else ""))
+        return DEFAULT_IMPL
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     return impl

@@ -1,10 +1,11 @@
 """The readable reference of the low-precision accumulator (lampc/numerics/accumulate.py, `impl="eager"`).
 
     strict  (block_k = 1):  acc = RN(fl32(acc + fl32(a_k * b_k)))           k = 1..K in order, acc0 = +0
-    blocked (block_k = b):  acc = RN(fl32(acc + S_j)),  S_j = torch.matmul of block j (b terms, last shorter)
+    blocked (block_k = b):  acc = RN(fl32(acc + S_j)),  S_j = sequential FP32 sum of block j (b terms, last shorter)
 
 The output is processed in tiles of about TILE_ELEMENTS accumulator elements; each strict step is one
-elementwise pass over a tile (multiply, add, four int32 rounding ops). Operands are batched, (B, M, K) and
+elementwise pass over a tile (multiply, add, four int32 rounding ops; blocked: multiply and add, rounding once per
+block). Operands are batched, (B, M, K) and
 (B, K, N), float32; NaN inputs are first made the payload-free quiet NaN (`canonical_nans`). The fast kernels (lampc/numerics/fast.py) give
 these bits.
 """
@@ -88,27 +89,26 @@ def canonical_nans(x: torch.Tensor) -> torch.Tensor:
 # -- blocked accumulation -----------------------------------------------------------------------
 
 
-def blocked(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int, add_round_=None) -> torch.Tensor:
-    """FP32 block sums (torch.matmul on K-slices), each added to the rounded accumulator.
-
-    add_round_(acc, block_sum, fmt): the step acc = RN(acc + block_sum) in place (None: torch ops; the fast
-    path passes its C kernel, so the BLAS calls, and with them the block sums, are the same in both).
-    a, b: with canonical NaNs (the caller's `canonical_nans`), so NaNs from the BLAS carry no payload bits."""
+def blocked(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int) -> torch.Tensor:
+    """Blocked accumulation: per block of block_k terms in order (the last shorter), the FP32 block sum
+    S_j = fl32(... fl32(fl32(+0 + p_1) + p_2) ... + p_b) of the products p = fl32(a_k * b_k), then
+    acc = RN(fl32(acc + S_j)); tiled like `_strict`. a, b: with canonical NaNs (`canonical_nans`)."""
     batch, rows, inner = a.shape
     cols = b.shape[-1]
     out = torch.empty(batch, rows, cols, dtype=torch.float32, device=a.device)
+    a_cols = a.transpose(1, 2).unsqueeze(-1)  # (B, K, M, 1)
+    b_rows = b.unsqueeze(-2)  # (B, K, 1, N)
     for batches, row_slice in _tiles(batch, rows, cols):
         acc = out[batches, row_slice]  # (Bt, Mt, N)
-        block_sum = torch.empty_like(acc)
+        block_sum, scratch = torch.empty_like(acc), torch.empty_like(acc)
         acc.zero_()
         for k0 in range(0, inner, block_k):
-            k1 = min(k0 + block_k, inner)
-            torch.matmul(a[batches, row_slice, k0:k1], b[batches, k0:k1], out=block_sum)
-            if add_round_ is None:
-                acc.add_(block_sum)
-                _round_accumulator_(acc, fmt)
-            else:
-                add_round_(acc, block_sum, fmt)
+            block_sum.zero_()
+            for k in range(k0, min(k0 + block_k, inner)):
+                torch.mul(a_cols[batches, k, row_slice], b_rows[batches, k], out=scratch)
+                block_sum.add_(scratch)
+            acc.add_(block_sum)
+            _round_accumulator_(acc, fmt)
     return out
 
 
