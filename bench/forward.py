@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 import warnings
 
 import torch
@@ -29,22 +27,10 @@ import torch
 import lampc
 from lampc.eval.data import make_sequences, persuasion_text
 from lampc.models import load_model
+from deploy import time_variants  # bench/deploy.py: warm-up, then the variants interleaved in every repetition
 
 SHAPES = {"embedded": [(4, 256), (4, 512)], "smollm2-135m": [(1, 256), (1, 1024)]}
 VARIANTS = {"attention m4 strict": dict(format="m4"), "sites=all m7 strict": dict(format="m7", sites="all")}
-
-
-def time_interleaved(fns, ids, repeats):
-    times = {name: [] for name in fns}
-    with torch.no_grad():
-        for fn in fns.values():
-            fn(ids)  # warm-up: the look-ahead's compiled kernels, the C kernel's build
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                fn(ids)
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def set_impl(impl):
@@ -76,7 +62,7 @@ def bench_model(name, args):
         ids = make_sequences(text, seq, batch, seed=7)
         for c in compiled.values():
             c.record_stats(False)
-        medians = time_interleaved(fns, ids, args.repeats)
+        medians = time_variants(fns, ids, args.repeats)
         notes = []
         for label, c in compiled.items():
             c.reset_stats()

@@ -109,12 +109,35 @@ static inline float canonical_nan(float x) {
     return out;
 }
 
+/* The ROWS x NR accumulators of a register block, at +0; and their store (through the epilogue) into out_rows. */
+#define ACCUMULATORS(ROWS)                                                                 \
+    vf acc[ROWS][NV];                                                                      \
+    for (int i = 0; i < ROWS; ++i)                                                         \
+        for (int v = 0; v < NV; ++v) acc[i][v] = (vf){0}
+
+#define STORE(ROWS)                                                                        \
+    for (int i = 0; i < ROWS; ++i) {                                                       \
+        float row[NR];                                                                     \
+        if (e->apply)                                                                      \
+            for (int v = 0; v < NV; ++v) acc[i][v] = epilogue(acc[i][v], e, bias_panel[v], r); \
+        memcpy(row, acc[i], sizeof row);                                                   \
+        float *dst = out_rows[i];                                                          \
+        for (int j = 0; j < cols; ++j) dst[j] = row[j];                                    \
+    }
+
+/* Where rows [m0, m0 + ROWS) of a and of out start. */
+#define ROW_POINTERS(ROWS)                                                                 \
+    const float *a_rows[ROWS];                                                             \
+    float *out_rows[ROWS];                                                                 \
+    for (int i = 0; i < ROWS; ++i) {                                                       \
+        a_rows[i] = a + (m0 + i) * sa_m;                                                   \
+        out_rows[i] = out + (m0 + i) * so_m;                                               \
+    }
+
 /* One register block: rows [m0, m0 + rows) x the NR columns of `panel` (K x NR floats). rows <= MR. */
 #define BLOCK_BODY(ROWS, ROUND)                                                            \
     do {                                                                                   \
-        vf acc[ROWS][NV];                                                                  \
-        for (int i = 0; i < ROWS; ++i)                                                     \
-            for (int v = 0; v < NV; ++v) acc[i][v] = (vf){0};                              \
+        ACCUMULATORS(ROWS);                                                                \
         for (int64_t k = 0; k < K; ++k) {                                                  \
             vf bk[NV];                                                                     \
             memcpy(bk, panel + k * NR, sizeof bk);                                         \
@@ -127,22 +150,13 @@ static inline float canonical_nan(float x) {
                 }                                                                          \
             }                                                                              \
         }                                                                                  \
-        for (int i = 0; i < ROWS; ++i) {                                                   \
-            float row[NR];                                                                 \
-            if (e->apply)                                                                  \
-                for (int v = 0; v < NV; ++v) acc[i][v] = epilogue(acc[i][v], e, bias_panel[v], r); \
-            memcpy(row, acc[i], sizeof row);                                               \
-            float *dst = out_rows[i];                                                      \
-            for (int j = 0; j < cols; ++j) dst[j] = row[j];                                \
-        }                                                                                  \
+        STORE(ROWS);                                                                       \
     } while (0)
 
 /* The blocked accumulator over rows [m0, m0 + ROWS): sequential FP32 block sums, one rounding per block. */
 #define BLOCKED_BODY(ROWS, ROUND)                                                          \
     do {                                                                                   \
-        vf acc[ROWS][NV];                                                                  \
-        for (int i = 0; i < ROWS; ++i)                                                     \
-            for (int v = 0; v < NV; ++v) acc[i][v] = (vf){0};                              \
+        ACCUMULATORS(ROWS);                                                                \
         for (int64_t k0 = 0; k0 < K; k0 += block_k) {                                      \
             const int64_t k1 = k0 + block_k < K ? k0 + block_k : K;                        \
             vf sum[ROWS][NV];                                                              \
@@ -162,14 +176,7 @@ static inline float canonical_nan(float x) {
             for (int i = 0; i < ROWS; ++i)                                                 \
                 for (int v = 0; v < NV; ++v) acc[i][v] = ROUND(acc[i][v] + sum[i][v]);    \
         }                                                                                  \
-        for (int i = 0; i < ROWS; ++i) {                                                   \
-            float row[NR];                                                                 \
-            if (e->apply)                                                                  \
-                for (int v = 0; v < NV; ++v) acc[i][v] = epilogue(acc[i][v], e, bias_panel[v], r); \
-            memcpy(row, acc[i], sizeof row);                                               \
-            float *dst = out_rows[i];                                                      \
-            for (int j = 0; j < cols; ++j) dst[j] = row[j];                                \
-        }                                                                                  \
+        STORE(ROWS);                                                                       \
     } while (0)
 
 #define ROUND_RANGE(s) round_fp32_range((s), d, half_minus_one, keep_mask)
@@ -193,9 +200,7 @@ static inline int any_lane(vs mask) {
    unless one of its sums left the normal range, then round_full for the block (same bits either way). */
 #define FULL_BLOCK_BODY(ROWS)                                                              \
     do {                                                                                   \
-        vf acc[ROWS][NV];                                                                  \
-        for (int i = 0; i < ROWS; ++i)                                                     \
-            for (int v = 0; v < NV; ++v) acc[i][v] = (vf){0};                              \
+        ACCUMULATORS(ROWS);                                                                \
         for (int64_t k = 0; k < K; ++k) {                                                  \
             vf bk[NV], sum[ROWS][NV];                                                      \
             vs outside = {0};                                                              \
@@ -216,14 +221,7 @@ static inline int any_lane(vs mask) {
                     for (int v = 0; v < NV; ++v) acc[i][v] = ROUND_RANGE(sum[i][v]);       \
             }                                                                              \
         }                                                                                  \
-        for (int i = 0; i < ROWS; ++i) {                                                   \
-            float row[NR];                                                                 \
-            if (e->apply)                                                                  \
-                for (int v = 0; v < NV; ++v) acc[i][v] = epilogue(acc[i][v], e, bias_panel[v], r); \
-            memcpy(row, acc[i], sizeof row);                                               \
-            float *dst = out_rows[i];                                                      \
-            for (int j = 0; j < cols; ++j) dst[j] = row[j];                                \
-        }                                                                                  \
+        STORE(ROWS);                                                                       \
     } while (0)
 
 static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *panel, float *out, int64_t so_m,
@@ -244,36 +242,24 @@ static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *
     int64_t m0 = 0;
     if (block_k > 1) {
         for (; m0 + MR_BLOCKED <= M; m0 += MR_BLOCKED) {
-            const float *a_rows[MR_BLOCKED];
-            float *out_rows[MR_BLOCKED];
-            for (int i = 0; i < MR_BLOCKED; ++i) {
-                a_rows[i] = a + (m0 + i) * sa_m;
-                out_rows[i] = out + (m0 + i) * so_m;
-            }
+            ROW_POINTERS(MR_BLOCKED);
             if (r->mode == 0) BLOCKED_BODY(MR_BLOCKED, ROUND_RANGE);
             else BLOCKED_BODY(MR_BLOCKED, ROUND_FULL);
         }
         for (; m0 < M; ++m0) {
-            const float *a_rows[1] = {a + m0 * sa_m};
-            float *out_rows[1] = {out + m0 * so_m};
+            ROW_POINTERS(1);
             if (r->mode == 0) BLOCKED_BODY(1, ROUND_RANGE);
             else BLOCKED_BODY(1, ROUND_FULL);
         }
         return;
     }
     for (; m0 + MR <= M; m0 += MR) {
-        const float *a_rows[MR];
-        float *out_rows[MR];
-        for (int i = 0; i < MR; ++i) {
-            a_rows[i] = a + (m0 + i) * sa_m;
-            out_rows[i] = out + (m0 + i) * so_m;
-        }
+        ROW_POINTERS(MR);
         if (r->mode == 0) BLOCK_BODY(MR, ROUND_RANGE);
         else FULL_BLOCK_BODY(MR);
     }
     for (; m0 < M; ++m0) {
-        const float *a_rows[1] = {a + m0 * sa_m};
-        float *out_rows[1] = {out + m0 * so_m};
+        ROW_POINTERS(1);
         if (r->mode == 0) BLOCK_BODY(1, ROUND_RANGE);
         else FULL_BLOCK_BODY(1);
     }

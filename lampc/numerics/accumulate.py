@@ -48,11 +48,7 @@ def lp_matmul(
     the reference with one warning saying why) or "eager" (the readable reference, accumulate_reference.py). Default:
     $LAMPC_LP_MATMUL_IMPL or "fast". Both give the same bits.
     """
-    fmt = _parse_fmt(fmt)
-    _check_operand("a", a)
-    _check_operand("b", b)
-    _check_block_k(block_k)
-    impl = _check_impl(impl)
+    fmt, impl = _checked(a, b, fmt, block_k, impl)
     if fmt.is_identity:
         return torch.matmul(a, b)
     a3, b3, out_shape = _as_batched(a, b)  # (B, M, K), (B, K, N)
@@ -77,11 +73,7 @@ def lp_product(
     after the scale (attention scores, METHOD.md §2) or the bias (a linear layer). scale None: no multiply; bias:
     (N,) float32 or None. The fast kernel applies both in registers before the store; the reference is
     `round_to(lp_matmul(...) * scale + bias, fmt)`, and both give the same bits."""
-    fmt = _parse_fmt(fmt)
-    _check_operand("a", a)
-    _check_operand("b", b)
-    _check_block_k(block_k)
-    impl = _check_impl(impl)
+    fmt, impl = _checked(a, b, fmt, block_k, impl)
     a3, b3, out_shape = _as_batched(a, b)
     if bias is not None:
         _check_operand("bias", bias)
@@ -151,6 +143,15 @@ def _check_operand(name: str, x: object) -> None:
         raise TypeError(f"{name} must have dtype torch.float32, got {x.dtype}")
     if x.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension, got a scalar tensor")
+
+
+def _checked(a, b, fmt, block_k, impl) -> tuple[Format, str]:
+    """(the format, the implementation) of an lp_matmul / lp_product call, its arguments checked by name."""
+    fmt = _parse_fmt(fmt)
+    _check_operand("a", a)
+    _check_operand("b", b)
+    _check_block_k(block_k)
+    return fmt, _check_impl(impl)
 
 
 def _check_impl(impl: object) -> str:
