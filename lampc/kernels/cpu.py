@@ -24,6 +24,7 @@ from ..formats import Format
 from . import cpu_build
 
 PANEL_COLUMNS = 32  # NR in the C source: columns per packed panel of b
+WANTED_PER_THREAD = 4  # tasks per thread: enough to balance uneven ones, few enough that the pool's cost stays small
 MIN_TASK_ROWS = 64  # rows below which splitting a task's rows costs more (packing b again) than it gains
 SIGN_FREE_QUIET_NAN = 0x7FC00000
 INF_BITS = 0x7F800000
@@ -113,7 +114,7 @@ def accumulate(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int = 1, 
 def _tasks(batch: int, rows: int, cols: int) -> list[tuple[int, int, int, int, int]]:
     """(matrix, n0, n1, m0, m1) pieces, enough to keep every thread busy: columns split by whole panels first,
     rows only when there are still too few pieces and each keeps MIN_TASK_ROWS rows."""
-    wanted = 4 * _threads()
+    wanted = WANTED_PER_THREAD * _threads()
     panels = -(-cols // PANEL_COLUMNS)
     col_parts = min(panels, max(1, -(-wanted // batch)))
     panels_per_part = -(-panels // col_parts)
