@@ -12,7 +12,7 @@ Two implementations give the same bits (tests/test_fast_lp_matmul.py):
 
     impl="eager"  the readable reference (accumulate_reference.py): tiled torch ops, one elementwise pass per k (20-40x FP32)
     impl="fast"   the default: the op lampc::lp_matmul (lampc/numerics/fast.py), a C kernel on the CPU
-                  (lampc/kernels/cpu_lp_matmul.c, 1.3-2x FP32 strict m4) and Triton on CUDA
+                  (lampc/kernels/cpu_lp_matmul.c, 1.5-3.2x FP32 at strict m4) and Triton on CUDA
 """
 
 from __future__ import annotations
