@@ -54,12 +54,13 @@ class Rounding(ctypes.Structure):
 
 
 @functools.cache
-def rounding_of(fmt: Format) -> Rounding:
-    """The C description of RN onto fmt's grid (lampc/numerics/rounding.py's two cases)."""
+def rounding_of(fmt: Format, rounding: str = "nearest") -> Rounding:
+    """The C description of rounding onto fmt's grid: RN (lampc/numerics/rounding.py's two cases), or toward zero
+    (formats with FP32's exponent range; the caller checks)."""
     fp32_range = fmt.emin == -126 and fmt.emax == 127 and not fmt.finite_only
     overflow_value = SIGN_FREE_QUIET_NAN if fmt.finite_only else INF_BITS
-    return Rounding(0 if fp32_range else 1, 23 - fmt.m_bits, fmt.emin + 127, _bits_of(fmt.overflow_threshold),
-                    overflow_value)
+    mode = 2 if rounding == "toward_zero" else 0 if fp32_range else 1
+    return Rounding(mode, 23 - fmt.m_bits, fmt.emin + 127, _bits_of(fmt.overflow_threshold), overflow_value)
 
 
 @functools.cache
@@ -74,7 +75,8 @@ def available() -> str | None:
 
 
 def accumulate(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int = 1, *, output: bool = False,
-               scale: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+               scale: float | None = None, bias: torch.Tensor | None = None, rounding: str = "nearest"
+               ) -> torch.Tensor:
     """Low-precision accumulation (strict for block_k = 1, blocked above): a (B, M, K), b (B, K, N), any strides ->
     (B, M, N) contiguous.
 
@@ -89,7 +91,9 @@ def accumulate(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int = 1, 
     if inner == 0 and not output:
         return out.zero_()
     kernel = _library().lp_strict_columns
-    rounding = ctypes.byref(rounding_of(fmt))
+    if output and rounding != "nearest":
+        raise ValueError("the producer's output is rounded to nearest: output=True takes rounding='nearest' only")
+    rounding = ctypes.byref(rounding_of(fmt, rounding))
     epilogue = Epilogue(int(output), int(scale is not None), 1.0 if scale is None else scale,
                         None if bias is None else bias.data_ptr())
     keep_alive = (epilogue, bias)

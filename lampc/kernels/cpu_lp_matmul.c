@@ -33,7 +33,8 @@ typedef float vf __attribute__((vector_size(4 * LANES)));
 typedef uint32_t vu __attribute__((vector_size(4 * LANES)));
 typedef int32_t vs __attribute__((vector_size(4 * LANES)));
 
-/* How the accumulator is rounded: mode 0 = FP32 exponent range (d dropped bits), mode 1 = own exponent range. */
+/* How the accumulator is rounded: mode 0 = to nearest, FP32 exponent range (d dropped bits); mode 1 = to nearest,
+   own exponent range; mode 2 = toward zero, FP32 exponent range (the d low bits cleared: truncation). */
 typedef struct {
     int32_t mode;
     int32_t dropped;          /* 23 - m */
@@ -180,6 +181,7 @@ static inline float canonical_nan(float x) {
     } while (0)
 
 #define ROUND_RANGE(s) round_fp32_range((s), d, half_minus_one, keep_mask)
+#define ROUND_ZERO(s) ((vf)((vu)(s) & keep_mask))
 #define ROUND_FULL(s) round_full((s), r)
 
 /* Lanes outside the format's normal range (subnormal, overflowing, inf, NaN; zero counts as inside): there
@@ -244,11 +246,13 @@ static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *
         for (; m0 + MR_BLOCKED <= M; m0 += MR_BLOCKED) {
             ROW_POINTERS(MR_BLOCKED);
             if (r->mode == 0) BLOCKED_BODY(MR_BLOCKED, ROUND_RANGE);
+            else if (r->mode == 2) BLOCKED_BODY(MR_BLOCKED, ROUND_ZERO);
             else BLOCKED_BODY(MR_BLOCKED, ROUND_FULL);
         }
         for (; m0 < M; ++m0) {
             ROW_POINTERS(1);
             if (r->mode == 0) BLOCKED_BODY(1, ROUND_RANGE);
+            else if (r->mode == 2) BLOCKED_BODY(1, ROUND_ZERO);
             else BLOCKED_BODY(1, ROUND_FULL);
         }
         return;
@@ -256,11 +260,13 @@ static void panel_rows(const float *a, int64_t sa_m, int64_t sa_k, const float *
     for (; m0 + MR <= M; m0 += MR) {
         ROW_POINTERS(MR);
         if (r->mode == 0) BLOCK_BODY(MR, ROUND_RANGE);
+        else if (r->mode == 2) BLOCK_BODY(MR, ROUND_ZERO);
         else FULL_BLOCK_BODY(MR);
     }
     for (; m0 < M; ++m0) {
         ROW_POINTERS(1);
         if (r->mode == 0) BLOCK_BODY(1, ROUND_RANGE);
+        else if (r->mode == 2) BLOCK_BODY(1, ROUND_ZERO);
         else FULL_BLOCK_BODY(1);
     }
 }

@@ -23,7 +23,7 @@ import os
 import torch
 
 from lampc.formats import Format, parse
-from lampc.numerics.accumulate_reference import reference_lp_matmul, reference_lp_product
+from lampc.numerics.accumulate_reference import ROUNDINGS, reference_lp_matmul, reference_lp_product
 from lampc.numerics.fast import fast_lp_matmul, fast_lp_product
 
 IMPLS = ("fast", "eager")
@@ -36,6 +36,8 @@ def lp_matmul(
     fmt: Format | str,
     block_k: int = 1,
     *,
+    rounding: str = "nearest",
+    flush_every: int | None = None,
     impl: str | None = None,
 ) -> torch.Tensor:
     """`a @ b` (torch.matmul broadcasting) with the accumulator rounded to `fmt` (docs/METHOD.md §2).
@@ -47,15 +49,32 @@ def lp_matmul(
     impl: "fast" (the op lampc::lp_matmul: the C kernel on the CPU, Triton on CUDA; where neither can run,
     the reference with one warning saying why) or "eager" (the readable reference, accumulate_reference.py). Default:
     $LAMPC_LP_MATMUL_IMPL or "fast". Both give the same bits.
+
+    rounding: "nearest" (ties to even) or "toward_zero" (truncation, as a tensor core's accumulator that keeps m
+    bits: FP22 is m13 toward zero; formats with FP32's exponent range only).
+    flush_every: n > 0 for the two-level accumulation of production FP8 kernels: the low-precision accumulator runs
+    over chunks of n x block_k terms, each starting at +0, and each chunk's result is added into an FP32
+    accumulator (acc32 = fl32(acc32 + chunk), from +0): the result is FP32, not rounded to fmt. None: one chunk.
     """
     fmt, impl = _checked(a, b, fmt, block_k, impl)
+    _check_rounding(rounding, fmt)
+    _check_flush_every(flush_every)
     if fmt.is_identity:
         return torch.matmul(a, b)
     a3, b3, out_shape = _as_batched(a, b)  # (B, M, K), (B, K, N)
-    if impl == "fast":
-        out = fast_lp_matmul(a3, b3, fmt, block_k)
+
+    def accumulate(a_part, b_part):
+        if impl == "fast":
+            return fast_lp_matmul(a_part, b_part, fmt, block_k, rounding)
+        return reference_lp_matmul(a_part, b_part, fmt, block_k, rounding)
+
+    if flush_every is None:
+        out = accumulate(a3, b3)
     else:
-        out = reference_lp_matmul(a3, b3, fmt, block_k)
+        chunk = flush_every * block_k
+        out = torch.zeros(a3.shape[0], a3.shape[1], b3.shape[2], dtype=torch.float32, device=a3.device)
+        for k0 in range(0, a3.shape[2], chunk):  # acc32 = fl32(acc32 + chunk result), from +0
+            out = out + accumulate(a3[:, :, k0 : k0 + chunk], b3[:, k0 : k0 + chunk])
     return out.reshape(out_shape)
 
 
@@ -152,6 +171,24 @@ def _checked(a, b, fmt, block_k, impl) -> tuple[Format, str]:
     _check_operand("b", b)
     _check_block_k(block_k)
     return fmt, _check_impl(impl)
+
+
+def _check_rounding(rounding: object, fmt: Format) -> None:
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    fp32_range = fmt.emin == -126 and fmt.emax == 127 and not fmt.finite_only
+    if rounding == "toward_zero" and not fp32_range:
+        raise ValueError(f"rounding='toward_zero' needs a format with FP32's exponent range (m1..m23, bf16, tf32), "
+                         f"got fmt {fmt.name!r}")
+
+
+def _check_flush_every(flush_every: object) -> None:
+    if flush_every is None:
+        return
+    if isinstance(flush_every, bool) or not isinstance(flush_every, int):
+        raise TypeError(f"flush_every must be an int >= 1 or None, got {flush_every!r}")
+    if flush_every < 1:
+        raise ValueError(f"flush_every must be >= 1 (terms per chunk: flush_every x block_k), got {flush_every}")
 
 
 def _check_impl(impl: object) -> str:

@@ -27,12 +27,19 @@ from lampc.numerics.rounding import (
 TILE_ELEMENTS = 256 * 1024
 
 
-def reference_lp_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int) -> torch.Tensor:
+ROUNDINGS = ("nearest", "toward_zero")
+"""How the accumulator is rounded: to nearest, ties to even (IEEE's default), or toward zero (truncation: the
+low mantissa bits cleared, as Hopper's FP8 tensor-core accumulator keeps 13 of FP32's 23 bits; formats with FP32's
+exponent range only)."""
+
+
+def reference_lp_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int,
+                        rounding: str = "nearest") -> torch.Tensor:
     """The readable reference on batched operands a (B, M, K), b (B, K, N)."""
     a, b = canonical_nans(a), canonical_nans(b)
     if block_k > 1:
-        return blocked(a, b, fmt, block_k)
-    return _strict(a, b, fmt)
+        return blocked(a, b, fmt, block_k, rounding)
+    return _strict(a, b, fmt, rounding)
 
 
 def reference_lp_product(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int, scale: float | None,
@@ -52,7 +59,7 @@ def output_epilogue(acc: torch.Tensor, fmt: Format, scale: float | None, bias: t
 # -- strict accumulation ------------------------------------------------------------------------
 
 
-def _strict(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
+def _strict(a: torch.Tensor, b: torch.Tensor, fmt: Format, rounding: str = "nearest") -> torch.Tensor:
     """Strict accumulation over K in order, tiled over (batch, row) blocks of the output."""
     batch, rows, inner = a.shape
     cols = b.shape[-1]
@@ -66,12 +73,16 @@ def _strict(a: torch.Tensor, b: torch.Tensor, fmt: Format) -> torch.Tensor:
         for k in range(inner):
             torch.mul(a_cols[batches, k, row_slice], b_rows[batches, k], out=scratch)  # products
             acc.add_(scratch)
-            _round_accumulator_(acc, fmt)
+            _round_accumulator_(acc, fmt, rounding)
     return out
 
 
-def _round_accumulator_(acc: torch.Tensor, fmt: Format) -> None:
-    """RN(acc) in place; NaNs reaching here have no payload (see `canonical_nans`)."""
+def _round_accumulator_(acc: torch.Tensor, fmt: Format, rounding: str = "nearest") -> None:
+    """RN (or, rounding="toward_zero", RZ: the dropped bits cleared) of acc in place; NaNs reaching here have no
+    payload (see `canonical_nans`), so clearing low bits keeps them NaN."""
+    if rounding == "toward_zero":
+        acc.view(torch.int32).bitwise_and_(-(1 << dropped_mantissa_bits(fmt)))
+        return
     if _has_fp32_exponent_range(fmt):
         round_mantissa_bits_(acc.view(torch.int32), dropped_mantissa_bits(fmt))
     else:
@@ -89,7 +100,7 @@ def canonical_nans(x: torch.Tensor) -> torch.Tensor:
 # -- blocked accumulation -----------------------------------------------------------------------
 
 
-def blocked(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int) -> torch.Tensor:
+def blocked(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int, rounding: str = "nearest") -> torch.Tensor:
     """Blocked accumulation: per block of block_k terms in order (the last shorter), the FP32 block sum
     S_j = fl32(... fl32(fl32(+0 + p_1) + p_2) ... + p_b) of the products p = fl32(a_k * b_k), then
     acc = RN(fl32(acc + S_j)); tiled like `_strict`. a, b: with canonical NaNs (`canonical_nans`)."""
@@ -108,7 +119,7 @@ def blocked(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int) -> torc
                 torch.mul(a_cols[batches, k, row_slice], b_rows[batches, k], out=scratch)
                 block_sum.add_(scratch)
             acc.add_(block_sum)
-            _round_accumulator_(acc, fmt)
+            _round_accumulator_(acc, fmt, rounding)
     return out
 
 

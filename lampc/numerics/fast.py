@@ -31,9 +31,9 @@ REFERENCE_COST = ("the eager reference runs instead, about 20-40x an FP32 matmul
 _warned: set[str] = set()
 
 
-def fast_lp_matmul(a: Tensor, b: Tensor, fmt: Format, block_k: int) -> Tensor:
+def fast_lp_matmul(a: Tensor, b: Tensor, fmt: Format, block_k: int, rounding: str = "nearest") -> Tensor:
     """a (B, M, K) @ b (B, K, N), the accumulator rounded to fmt, on a's device."""
-    return torch.ops.lampc.lp_matmul(a, b, fmt.name, block_k, False, None, None)
+    return torch.ops.lampc.lp_matmul(a, b, fmt.name, block_k, False, None, None, rounding)
 
 
 def fast_lp_product(a: Tensor, b: Tensor, fmt: Format, block_k: int, scale: float | None, bias: Tensor | None
@@ -44,36 +44,38 @@ def fast_lp_product(a: Tensor, b: Tensor, fmt: Format, block_k: int, scale: floa
 
 @torch.library.custom_op("lampc::lp_matmul", mutates_args=())
 def lp_matmul_op(a: Tensor, b: Tensor, format: str, block_k: int, output: bool, scale: Optional[float],
-                 bias: Optional[Tensor]) -> Tensor:
+                 bias: Optional[Tensor], rounding: str = "nearest") -> Tensor:
     """The low-precision accumulator on batched operands, and with output=True the producer's output
     RN(acc * scale + bias); this body serves devices without a kernel."""
-    return _reference(a, b, parse(format), block_k, output, scale, bias)
+    return _reference(a, b, parse(format), block_k, output, scale, bias, rounding)
 
 
 @lp_matmul_op.register_fake
-def _(a, b, format, block_k, output, scale, bias):
+def _(a, b, format, block_k, output, scale, bias, rounding="nearest"):
     return a.new_empty(a.shape[0], a.shape[1], b.shape[2])
 
 
 @lp_matmul_op.register_kernel("cpu")
 def _cpu(a: Tensor, b: Tensor, format: str, block_k: int, output: bool, scale: Optional[float],
-         bias: Optional[Tensor]) -> Tensor:
+         bias: Optional[Tensor], rounding: str = "nearest") -> Tensor:
     _check_batched(a, b, bias)
     fmt = parse(format)
     reason = cpu_kernel.available()
     if reason is not None:
         warn_once(f"lp_matmul: the C kernel is unavailable ({reason}); {REFERENCE_COST}")
-        return _reference(a, b, fmt, block_k, output, scale, bias)
+        return _reference(a, b, fmt, block_k, output, scale, bias, rounding)
     if bias is not None:
         bias = bias.contiguous()
     # canonicalises NaNs as it reads the operands
-    return cpu_kernel.accumulate(a, b, fmt, block_k, output=output, scale=scale, bias=bias)
+    return cpu_kernel.accumulate(a, b, fmt, block_k, output=output, scale=scale, bias=bias, rounding=rounding)
 
 
 @lp_matmul_op.register_kernel("cuda")
 def _cuda(a: Tensor, b: Tensor, format: str, block_k: int, output: bool, scale: Optional[float],
-          bias: Optional[Tensor]) -> Tensor:
+          bias: Optional[Tensor], rounding: str = "nearest") -> Tensor:
     fmt = parse(format)
+    if rounding != "nearest":  # the Triton kernel rounds to nearest only: the reference's ops run on the GPU
+        return _reference(a, b, fmt, block_k, output, scale, bias, rounding)
     try:
         from lampc.kernels.triton_lp_matmul import triton_lp_matmul
     except ImportError as err:
@@ -105,10 +107,10 @@ def _check_batched(a: Tensor, b: Tensor, bias: Optional[Tensor]) -> None:
         raise ValueError(f"lampc::lp_matmul: bias must have shape ({b.shape[2]},), got {tuple(bias.shape)}")
 
 
-def _reference(a, b, fmt, block_k, output, scale, bias):
+def _reference(a, b, fmt, block_k, output, scale, bias, rounding="nearest"):
     if output:
         return reference_lp_product(a, b, fmt, block_k, scale, bias)
-    return reference_lp_matmul(a, b, fmt, block_k)
+    return reference_lp_matmul(a, b, fmt, block_k, rounding)
 
 
 def warn_once(message: str) -> None:
