@@ -28,12 +28,16 @@ from pathlib import Path
 
 from .cli_support import CliError, field_arg
 from .config.codec import parse_field
+from .config.producer import ROUNDINGS
 from .policy import (BACKENDS, CRITERIA, ERROR_SCALES, SET_BY_PASSES, SITE_FIELDS, SITE_KINDS, Policy, SiteOverride,
                      SitePolicy, parse_kinds, set_by_passes_text)
 
 DEFAULTS = {"format": "m4", "criterion": "strict", "tau": None, "budget": None, "block_k": 1, "kinds": ["attention"],
-            "sites": "guarded", "backend": "emulate", "fused": False, "error_scale": "score"}
+            "sites": "guarded", "backend": "emulate", "fused": False, "error_scale": "score", "rounding": "nearest",
+            "flush_every": None}
 GRID_OPTIONS = ("format", "criterion", "tau", "block_k")
+ARG_DEST = {"rounding": "accumulator_rounding"}
+"""Policy fields whose option keeps another name on the parsed arguments (`lampc export` has its own --rounding)."""
 
 
 def kinds_arg(text: str) -> list[str]:
@@ -56,6 +60,14 @@ def add_policy_arguments(parser, *, grid: bool = False) -> None:
                            help="the rule's threshold (default: per rule)")
         group.add_argument("--block-k", type=field_arg("block_k"), default=None,
                            help="accumulation block (1 = round every term, default)")
+    # not --rounding: `lampc export --rounding` names how ONNX rounds (bits or arithmetic)
+    group.add_argument("--accumulator-rounding", type=field_arg("rounding", lower=True), choices=ROUNDINGS,
+                       default=None, dest=ARG_DEST["rounding"],
+                       help="the emulated accumulator's rounding: nearest (default) or toward_zero (truncation, as "
+                            "Hopper's FP8 MMA: FP22 is --format m13 --accumulator-rounding toward_zero)")
+    group.add_argument("--flush-every", type=field_arg("flush_every"), default=None, dest="flush_every",
+                       help="two-level accumulation: add the low-precision accumulator into FP32 every N blocks "
+                            "(default: never)")
     group.add_argument("--budget", type=field_arg("budget"), default=None,
                        help="for --criterion budget: k per row, or a fraction")
     group.add_argument("--kinds", default=None, type=kinds_arg,
@@ -79,8 +91,9 @@ def add_policy_arguments(parser, *, grid: bool = False) -> None:
 def compile_arguments(args, *, grid: bool = False) -> tuple[Policy | None, dict]:
     """(base policy from --policy or None, the keyword overrides for lampc.compile); grid=True leaves out the
     options lampc eval sweeps (format, criterion, tau, block_k)."""
-    names = [n for n in DEFAULTS if hasattr(args, n) and not (grid and n in GRID_OPTIONS)]
-    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    dest = {n: ARG_DEST.get(n, n) for n in DEFAULTS}
+    names = [n for n in DEFAULTS if hasattr(args, dest[n]) and not (grid and n in GRID_OPTIONS)]
+    given = {n: getattr(args, dest[n]) for n in names if getattr(args, dest[n]) is not None}
     if getattr(args, "policy", None):
         return load_policy_file(args.policy), given
     return None, {**{n: DEFAULTS[n] for n in names}, **given}

@@ -43,6 +43,11 @@ class SitePolicy(Record):
 
     format:         a `lampc.formats.Format` or its name ("m4", "bf16", ...); the producer's accumulator format.
     block_k:        1 = strict accumulation (round after every multiply-add); b > 1 = FP32 partial sums of b terms.
+    rounding:       "nearest" (ties to even) or "toward_zero" (a truncating accumulator: FP22 is m13 toward zero);
+                    emulate only, formats with FP32's exponent range.
+    flush_every:    None, or n: the two-level accumulation of production FP8 kernels, the low-precision
+                    accumulator added into FP32 every n blocks (docs/NUMERICS.md §3); emulate only. The
+                    product is then FP32: the scores and outputs are not rounded to the format again.
     backend:        "emulate" (bit-exact rounding model) or "native" (the real torch dtype, bf16/fp16 only).
     criterion:      one of CRITERIA.
     tau:            the criterion's threshold; None takes DEFAULT_TAU. Ranges: target [1, 2], strict > 0,
@@ -77,6 +82,8 @@ class SitePolicy(Record):
 
     format: Format | str = "m4"
     block_k: int = 1
+    rounding: str = "nearest"
+    flush_every: int | None = None
     backend: str = "emulate"
     criterion: str = "strict"
     tau: float | None = None
@@ -174,7 +181,7 @@ def set_by_passes_text(name: str) -> str:
             "bias), not by a policy")
 
 
-NUMERIC_FIELDS = ("block_k", "tau", "l_ref", "budget", "seed", "dense_above", "softcap")
+NUMERIC_FIELDS = ("block_k", "flush_every", "tau", "l_ref", "budget", "seed", "dense_above", "softcap")
 """SitePolicy fields that hold numbers (never a bool)."""
 
 

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from lampc.cli import build_parser
-from lampc.cli_policy import compile_arguments, load_policy_file
+from lampc.cli_policy import ARG_DEST, compile_arguments, load_policy_file
 from lampc.cli_support import CliError
 from lampc.config.codec import value_text
 from lampc.policy import PER_SITE_FIELDS, SET_BY_PASSES, Policy, SitePolicy
@@ -24,6 +24,8 @@ SAMPLES = {
     # field: (a value that is not the default, the fields it needs beside it, a text that is no value of it)
     "format": ("m7", {}, "m99"),
     "block_k": (4, {}, "abc"),
+    "rounding": ("toward_zero", {}, "up"),
+    "flush_every": (4, {}, "often"),
     "backend": ("native", {"format": "bf16"}, "gpu"),
     "criterion": ("relaxed", {}, "strictest"),
     "tau": (0.25, {}, "abc"),
@@ -95,12 +97,14 @@ def test_a_per_site_entry_reads_its_fields_as_text(tmp_path, name):
 def _cli_options() -> dict[str, argparse.Action]:
     """The policy options of `lampc show` (every compiling command shares them), by SitePolicy field."""
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return {a.dest: a for a in commands.choices["show"]._actions if a.dest in USER_FIELDS}
+    field_of = {dest: field for field, dest in ARG_DEST.items()}  # --accumulator-rounding sets `rounding`
+    return {field_of.get(a.dest, a.dest): a for a in commands.choices["show"]._actions
+            if field_of.get(a.dest, a.dest) in USER_FIELDS}
 
 
 def test_the_cli_has_options_for_the_fields_it_had():
     assert set(_cli_options()) == {"format", "block_k", "backend", "criterion", "tau", "budget", "fused",
-                                   "error_scale"}
+                                   "error_scale", "rounding", "flush_every"}
 
 
 @pytest.mark.parametrize("name", sorted(_cli_options()))

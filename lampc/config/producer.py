@@ -1,7 +1,9 @@
 """The producer of a site: how its matmul runs in low precision. One type per kind of producer, as data.
 
-    Emulated(format, block_k)   the bit-exact model of an m-bit accumulator: RN after every multiply-add
-                                (block_k = 1) or after each sequential FP32 sum of block_k terms (lampc/numerics/accumulate.py)
+    Emulated(format, block_k, rounding, flush_every)
+                                the bit-exact model of an m-bit accumulator: RN (or RZ) after every multiply-add
+                                (block_k = 1) or after each sequential FP32 sum of block_k terms, optionally
+                                flushed into FP32 every flush_every blocks (lampc/numerics/accumulate.py)
     Native(format)              the real torch dtype's GEMM (bf16, fp16): operands in the dtype, FP32
                                 accumulation inside, the output rounded to the dtype
 
@@ -21,6 +23,9 @@ from dataclasses import dataclass
 
 from ..formats import Format, parse as parse_format
 from .codec import Record
+
+ROUNDINGS = ("nearest", "toward_zero")
+"""How the emulated accumulator rounds (lampc/numerics/accumulate_reference.py ROUNDINGS, the same names)."""
 
 NATIVE_FORMATS = ("bf16", "fp16", "fp32")
 """Formats the native producer runs as real torch dtypes (matmul with FP32 accumulation inside)."""
@@ -61,15 +66,33 @@ class Emulated(Producer):
 
     format: Format = "m4"
     block_k: int = 1
+    rounding: str = "nearest"
+    flush_every: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.block_k, bool) or not isinstance(self.block_k, int) or self.block_k < 1:
             raise ValueError(f"SitePolicy.block_k must be an integer >= 1, got {self.block_k!r}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"SitePolicy.rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
+        fp32_range = self.format.emin == -126 and self.format.emax == 127 and not self.format.finite_only
+        if self.rounding == "toward_zero" and not fp32_range:
+            raise ValueError(f"SitePolicy.rounding='toward_zero' needs a format with FP32's exponent range (m1..m23, "
+                             f"bf16, tf32), got format {self.format.name!r}")
+        flush = self.flush_every
+        if flush is not None and (isinstance(flush, bool) or not isinstance(flush, int) or flush < 1):
+            raise ValueError(f"SitePolicy.flush_every must be an integer >= 1 or None, got {flush!r}")
 
     @property
     def label(self) -> str:
-        return f"{self.format.name}/bk{self.block_k}/emulate"
+        extra = ("/rz" if self.rounding == "toward_zero" else "") + (
+            f"/flush{self.flush_every}" if self.flush_every is not None else "")
+        return f"{self.format.name}/bk{self.block_k}{extra}/emulate"
+
+    @property
+    def plain(self) -> bool:
+        """Round to nearest and one chunk: the accumulator the fast fused paths implement (lp_product, Triton)."""
+        return self.rounding == "nearest" and self.flush_every is None
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,19 @@ def _gamma_n(n: int, u: float) -> float:
     return n * u / (1.0 - n * u)
 
 
-def accumulation_gamma(fmt: Format | str, k: int, block_k: int = 1, *, native: bool = False) -> float:
-    """γ of the bound above for a K-term product in `fmt` (strict, blocked or native accumulation)."""
+def accumulation_gamma(fmt: Format | str, k: int, block_k: int = 1, *, native: bool = False,
+                       rounding: str = "nearest", flush_every: int | None = None) -> float:
+    """γ of the bound above for a K-term product in `fmt` (strict, blocked or native accumulation). rounding
+    "toward_zero": one rounding errs by up to 2^-m (twice RN's u). flush_every: each term passes through one chunk
+    of flush_every x block_k terms in low precision, then up to ceil(K / chunk) FP32 additions."""
     fmt = parse(fmt) if isinstance(fmt, str) else fmt
     if fmt.is_identity:
         return _gamma_n(k + 1, U32)  # plain FP32: the matmul and the scaling
-    u = fmt.unit_roundoff
+    if flush_every is not None:
+        chunk = min(k, flush_every * block_k)
+        inner = accumulation_gamma(fmt, chunk, block_k, rounding=rounding)
+        return (1.0 + inner) * (1.0 + _gamma_n(-(-k // max(chunk, 1)), U32)) - 1.0
+    u = fmt.unit_roundoff * (2.0 if rounding == "toward_zero" else 1.0)
     if native:
         return (1.0 + u) ** 4 * (1.0 + _gamma_n(k, U32)) - 1.0
     v = (1.0 + u) * (1.0 + U32) - 1.0

@@ -1,7 +1,9 @@
 """The emulated m-bit accumulator (Emulated): the bit-exact rounding model of lampc/numerics/accumulate.py.
 
 It prepares no weight (ProducerImpl.prepare_weight): its products read the FP32 operands, so w_low / k_low are
-always None here."""
+always None here. A truncating or flushed accumulator (rounding, flush_every) runs lp_matmul and rounds its output
+in torch ops (flushed: not at all, the product is FP32); the plain one runs lp_product, the output rounded in the
+kernel."""
 
 from __future__ import annotations
 
@@ -16,17 +18,28 @@ from .registry import ProducerImpl, register
 @register(Emulated)
 class EmulatedImpl(ProducerImpl):
     def matmul(self, x: Tensor, w: Tensor, bias: Tensor | None, w_low: Tensor | None = None) -> Tensor:
-        if bias is not None and (bias.dim() != 1 or bias.shape[0] != w.shape[-1]):  # a bias lp_product does not take
-            return round_to(lp_matmul(x, w, self.p.format, self.p.block_k) + bias, self.p.format)
+        odd_bias = bias is not None and (bias.dim() != 1 or bias.shape[0] != w.shape[-1])  # not lp_product's form
+        if not self.p.plain or odd_bias:
+            acc = self._accumulate(x, w)
+            acc = acc if bias is None else acc + bias
+            return acc if self.p.flush_every is not None else round_to(acc, self.p.format)
         return lp_product(x, w, self.p.format, self.p.block_k, bias=bias)  # RN(acc + bias)
 
     def scores(self, q: Tensor, k_t: Tensor, scale: float, k_low: Tensor | None = None) -> Tensor:
+        if not self.p.plain:
+            acc = self._accumulate(q, k_t) * scale
+            return acc if self.p.flush_every is not None else round_to(acc, self.p.format)
         return lp_product(q, k_t, self.p.format, self.p.block_k, scale=scale)  # RN(RN(q @ k_t) * scale)
+
+    def _accumulate(self, a: Tensor, b: Tensor) -> Tensor:
+        """The accumulator with its rounding mode and flushes; flushed, its value is FP32 (not rounded again)."""
+        return lp_matmul(a, b, self.p.format, self.p.block_k, rounding=self.p.rounding,
+                         flush_every=self.p.flush_every)
 
     def scores_with_fp32(self, q: Tensor, k_t: Tensor, scale: float) -> tuple[Tensor, Tensor] | None:
         """(ŝ, s32) shaped like q @ k_t from one Triton kernel (lampc/kernels/triton_scores.py): ŝ with this
         producer's bits, s32 the FP32 product in the same K loop. None for an identity format or without triton."""
-        if self.p.format.is_identity:
+        if self.p.format.is_identity or not self.p.plain:  # the Triton site kernel rounds to nearest, unflushed
             return None
         try:
             from ..kernels.triton_scores import site_operands, triton_site_scores
@@ -37,7 +50,9 @@ class EmulatedImpl(ProducerImpl):
         return s_hat.view(shape), s32.view(shape)
 
     def gamma(self, k: int) -> float:
-        return accumulation_gamma(self.p.format, k, self.p.block_k)
+        return accumulation_gamma(self.p.format, k, self.p.block_k, rounding=self.p.rounding,
+                                  flush_every=self.p.flush_every)
 
     def floor(self, k: int, scale: float) -> float:
-        return absolute_floor(self.p.format, k, self.p.block_k, scale)
+        chunk = k if self.p.flush_every is None else min(k, self.p.flush_every * self.p.block_k)
+        return absolute_floor(self.p.format, chunk, self.p.block_k, scale) * -(-k // max(chunk, 1))
