@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .cli_support import CliError, field_arg
 from .config.codec import parse_field
-from .config.producer import ROUNDINGS
+from .formats import ACCUMULATOR_ROUNDINGS as ROUNDINGS
 from .policy import (BACKENDS, CRITERIA, ERROR_SCALES, SET_BY_PASSES, SITE_FIELDS, SITE_KINDS, Policy, SiteOverride,
                      SitePolicy, parse_kinds, set_by_passes_text)
 

@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch loads when a dtype is first asked for: `lampc --help` reads formats without it
     import torch
 
+ACCUMULATOR_ROUNDINGS = ("nearest", "toward_zero")
+"""How an emulated accumulator rounds: to nearest, ties to even, or toward zero (truncation: FP22 is m13 toward zero)."""
+
 FP32_MANTISSA_BITS = 23
 FP32_EXPONENT_BITS = 8
 
@@ -137,6 +140,12 @@ class Format:
     def unit_roundoff(self) -> float:
         """u = 2**-(m_bits + 1): the relative error bound of one rounding in the normal range."""
         return 2.0 ** -(self.m_bits + 1)
+
+    @property
+    def has_fp32_range(self) -> bool:
+        """True when the format has FP32's exponent range and infinities (m1..m23, bf16, tf32): rounding to it
+        drops a constant number of mantissa bits, and only then can an accumulator truncate (ACCUMULATOR_ROUNDINGS)."""
+        return self.emin == -126 and self.emax == 127 and not self.finite_only
 
     @property
     def is_identity(self) -> bool:

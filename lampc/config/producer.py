@@ -21,11 +21,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..formats import Format, parse as parse_format
+from ..formats import ACCUMULATOR_ROUNDINGS as ROUNDINGS, Format, parse as parse_format
 from .codec import Record
-
-ROUNDINGS = ("nearest", "toward_zero")
-"""How the emulated accumulator rounds (lampc/numerics/accumulate_reference.py ROUNDINGS, the same names)."""
 
 NATIVE_FORMATS = ("bf16", "fp16", "fp32")
 """Formats the native producer runs as real torch dtypes (matmul with FP32 accumulation inside)."""
@@ -75,8 +72,7 @@ class Emulated(Producer):
             raise ValueError(f"SitePolicy.block_k must be an integer >= 1, got {self.block_k!r}")
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"SitePolicy.rounding must be one of {', '.join(ROUNDINGS)}, got {self.rounding!r}")
-        fp32_range = self.format.emin == -126 and self.format.emax == 127 and not self.format.finite_only
-        if self.rounding == "toward_zero" and not fp32_range:
+        if self.rounding == "toward_zero" and not self.format.has_fp32_range:
             raise ValueError(f"SitePolicy.rounding='toward_zero' needs a format with FP32's exponent range (m1..m23, "
                              f"bf16, tf32), got format {self.format.name!r}")
         flush = self.flush_every

@@ -60,7 +60,7 @@ def round_onnx(op, x, fmt: Format | str, rounding: str = "bits", *, restore_nan:
         raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     if fmt.is_identity:
         return x
-    if _has_fp32_exponent_range(fmt):
+    if fmt.has_fp32_range:
         if rounding == "bits":
             return _round_mantissa_bits(op, x, dropped_mantissa_bits(fmt), restore_nan)
         return _round_arith(op, x, fmt, restore_nan)
@@ -72,10 +72,6 @@ def round_onnx(op, x, fmt: Format | str, rounding: str = "bits", *, restore_nan:
 def canonical_nans(op, x):
     """x with every NaN replaced by the default quiet NaN (lp_matmul does this to its operands)."""
     return op.Where(op.IsNaN(x), op.const(QUIET_NAN), x)
-
-
-def _has_fp32_exponent_range(fmt: Format) -> bool:
-    return fmt.emin == -126 and fmt.emax == 127 and not fmt.finite_only
 
 
 # -- "bits": integer operations on the uint32 view ------------------------------------------------------
@@ -128,7 +124,7 @@ def _round_arith(op, x, fmt: Format, restore_nan: bool):
     """Veltkamp splitting for normal values, an exact division for the subnormal grid, Where for the rest."""
     m, emin = fmt.m_bits, max(fmt.emin, -126)
     magnitude = op.Abs(x)
-    if _has_fp32_exponent_range(fmt):
+    if fmt.has_fp32_range:
         in_range = op.Less(magnitude, op.const(BIG))
         scale_down = op.Where(in_range, op.const(1.0), op.const(2.0**-64))
         scale_up = op.Where(in_range, op.const(1.0), op.const(2.0**64))
@@ -139,7 +135,7 @@ def _round_arith(op, x, fmt: Format, restore_nan: bool):
     subnormal = op.Mul(op.Round(op.Div(x, spacing)), spacing)  # Round: half to even; Div, Mul: exact
     # ONNX Runtime's CPU Where turns a -0 taken from its first branch into +0 (1.32): keep zeros in the second
     y = op.Where(op.GreaterOrEqual(magnitude, op.const(2.0**emin)), normal, subnormal)
-    if not _has_fp32_exponent_range(fmt):
+    if not fmt.has_fp32_range:
         if fmt.finite_only:
             over = op.Where(op.Less(x, op.const(0.0)), op.const(NEG_QUIET_NAN), op.const(QUIET_NAN))
         else:

@@ -57,9 +57,8 @@ class Rounding(ctypes.Structure):
 def rounding_of(fmt: Format, rounding: str = "nearest") -> Rounding:
     """The C description of rounding onto fmt's grid: RN (lampc/numerics/rounding.py's two cases), or toward zero
     (formats with FP32's exponent range; the caller checks)."""
-    fp32_range = fmt.emin == -126 and fmt.emax == 127 and not fmt.finite_only
     overflow_value = SIGN_FREE_QUIET_NAN if fmt.finite_only else INF_BITS
-    mode = 2 if rounding == "toward_zero" else 0 if fp32_range else 1
+    mode = 2 if rounding == "toward_zero" else 0 if fmt.has_fp32_range else 1
     return Rounding(mode, 23 - fmt.m_bits, fmt.emin + 127, _bits_of(fmt.overflow_threshold), overflow_value)
 
 

@@ -51,12 +51,6 @@ def cdiv(n: int, d: int) -> int:
     return -(-n // d)
 
 
-def has_fp32_exponent_range(fmt: Format) -> bool:
-    """FP32's exponent range and infinities (m1..m23, bf16, tf32): the constant-dropped-bits recipe applies.
-    The same test as lampc.numerics.rounding's (this layer may import only lampc.formats)."""
-    return fmt.emin == 1 - FP32_EXPONENT_BIAS and fmt.emax == FP32_EXPONENT_BIAS and not fmt.finite_only
-
-
 def float32_bits(value: float) -> int:
     """The float32 bit pattern of `value` (exactly representable) as a Python int."""
     return struct.unpack("<i", struct.pack("<f", value))[0]
@@ -73,7 +67,7 @@ def rounding_constants(fmt: Format | str) -> dict[str, int | bool]:
     """
     fmt = parse(fmt)
     dropped = 23 - fmt.m_bits
-    if fmt.is_identity or has_fp32_exponent_range(fmt):
+    if fmt.is_identity or fmt.has_fp32_range:
         return dict(FMT_DROPPED=0 if fmt.is_identity else dropped, FMT_FULL=False, FMT_MIN_EXP=0, FMT_OVERFLOW=0,
                     FMT_OVERFLOW_TO=0)
     return dict(FMT_DROPPED=dropped, FMT_FULL=True, FMT_MIN_EXP=fmt.emin + FP32_EXPONENT_BIAS,

@@ -22,8 +22,8 @@ import os
 
 import torch
 
-from lampc.formats import Format, parse
-from lampc.numerics.accumulate_reference import ROUNDINGS, reference_lp_matmul, reference_lp_product
+from lampc.formats import ACCUMULATOR_ROUNDINGS as ROUNDINGS, Format, parse
+from lampc.numerics.accumulate_reference import reference_lp_matmul, reference_lp_product
 from lampc.numerics.fast import fast_lp_matmul, fast_lp_product
 
 IMPLS = ("fast", "eager")
@@ -176,8 +176,7 @@ def _checked(a, b, fmt, block_k, impl) -> tuple[Format, str]:
 def _check_rounding(rounding: object, fmt: Format) -> None:
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    fp32_range = fmt.emin == -126 and fmt.emax == 127 and not fmt.finite_only
-    if rounding == "toward_zero" and not fp32_range:
+    if rounding == "toward_zero" and not fmt.has_fp32_range:
         raise ValueError(f"rounding='toward_zero' needs a format with FP32's exponent range (m1..m23, bf16, tf32), "
                          f"got fmt {fmt.name!r}")
 

@@ -16,7 +16,6 @@ import torch
 
 from lampc.formats import Format
 from lampc.numerics.rounding import (
-    _has_fp32_exponent_range,
     dropped_mantissa_bits,
     round_mantissa_bits_,
     round_to_,
@@ -25,12 +24,6 @@ from lampc.numerics.rounding import (
 # Elements of the accumulator tile processed per elementwise op: large enough to amortise the
 # per-op overhead, small enough that the tile and its scratch (2 x 1 MiB) stay in L2.
 TILE_ELEMENTS = 256 * 1024
-
-
-ROUNDINGS = ("nearest", "toward_zero")
-"""How the accumulator is rounded: to nearest, ties to even (IEEE's default), or toward zero (truncation: the
-low mantissa bits cleared, as Hopper's FP8 tensor-core accumulator keeps 13 of FP32's 23 bits; formats with FP32's
-exponent range only)."""
 
 
 def reference_lp_matmul(a: torch.Tensor, b: torch.Tensor, fmt: Format, block_k: int,
@@ -83,7 +76,7 @@ def _round_accumulator_(acc: torch.Tensor, fmt: Format, rounding: str = "nearest
     if rounding == "toward_zero":
         acc.view(torch.int32).bitwise_and_(-(1 << dropped_mantissa_bits(fmt)))
         return
-    if _has_fp32_exponent_range(fmt):
+    if fmt.has_fp32_range:
         round_mantissa_bits_(acc.view(torch.int32), dropped_mantissa_bits(fmt))
     else:
         round_to_(acc, fmt)

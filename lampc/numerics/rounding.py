@@ -56,7 +56,7 @@ def round_to_(x: torch.Tensor, fmt: Format | str) -> torch.Tensor:
     if fmt.is_identity:
         return x
     bits = x.view(torch.int32)
-    if _has_fp32_exponent_range(fmt):
+    if fmt.has_fp32_range:
         nan_mask = torch.isnan(x)
         round_mantissa_bits_(bits, dropped_mantissa_bits(fmt))
         bits.masked_fill_(nan_mask, QUIET_NAN_BITS)
@@ -68,11 +68,6 @@ def round_to_(x: torch.Tensor, fmt: Format | str) -> torch.Tensor:
 def dropped_mantissa_bits(fmt: Format) -> int:
     """How many low FP32 mantissa bits rounding to `fmt` clears in its normal range: 23 - m."""
     return 23 - fmt.m_bits
-
-
-def _has_fp32_exponent_range(fmt: Format) -> bool:
-    """True when `fmt` has FP32's exponent range and infinities (m1..m23, bf16, tf32)."""
-    return fmt.emin == 1 - FP32_EXPONENT_BIAS and fmt.emax == FP32_EXPONENT_BIAS and not fmt.finite_only
 
 
 def round_mantissa_bits_(bits: torch.Tensor, dropped: int) -> torch.Tensor:
