@@ -13,6 +13,8 @@ validation, the command line, the sweep and the texts users read all take their 
     budget     the k (or fraction f) largest strict weights                      none (takes `budget`)
     random     count_from's count per row, uniformly at random                   count_from's
     oracle     count_from's count per row, by the true first-order error          count_from's
+    running_max  a tile whose low-precision row maximum comes within ln(tau) of   (0, 1]
+               the running maximum of the tiles before it (LampAttention's test; granularity="tile")
 
 (docs/METHOD.md §3 derives them; docs/NUMERICS.md §6 gives each site's weights.)
 
@@ -47,6 +49,7 @@ class RuleInputs(Protocol):
     def budget_counts(self, budget) -> Any: ...
     def budget_k_max(self, budget) -> int | None: ...
     def draws(self) -> Any: ...  # uniform random scores (the random baseline)
+    def running_max_weight(self, tile) -> Any: ...  # exp(tile's row max − running max before it), per entry
     def true_error(self) -> Any: ...  # first-order error of each entry at the FP32 input (the oracle)
 
 
@@ -97,6 +100,9 @@ class Criterion:
     cpu_kernel:    at a plain softmax site on the CPU, a C pass computes its selection from the softmax, with the
                    reference's float32 operations (lampc/kernels/cpu_select.c; lookahead/softmax.py `select`)
     takes_budget:  its count per row is the policy's `budget` (budget)
+    tiled:         it tests tiles, not entries: only with granularity="tile" (running_max); no ONNX form
+    streams:       the streaming attention site runs it (lampc/lookahead/streaming.py): a function of each entry
+                   and of row statistics that one pass over the keys computes (the others need whole rows)
     weighs_errors: reads the per-entry weights (sensitivity x error scale), so SitePolicy.error_scale applies
     rule:          (RuleInputs, site policy) -> selection
     terms:         for the threshold rules (strict, relaxed): (RuleInputs, site policy) -> (weight, threshold),
@@ -125,6 +131,8 @@ class Criterion:
     row_statistics: bool = False
     cpu_kernel: bool = False
     takes_budget: bool = False
+    tiled: bool = False
+    streams: bool = False
     weighs_errors: bool = False
     terms: Callable[[RuleInputs, Any], tuple[Any, Any]] | None = None
     default: bool = False
@@ -149,7 +157,7 @@ class Criterion:
     @property
     def onnx(self) -> bool:
         """Whether lampc.export has a translation of the rule."""
-        return not self.draws
+        return not self.draws and not self.tiled
 
     def select(self, inputs: RuleInputs, site) -> Any:
         return self.rule(inputs, site)
@@ -210,19 +218,23 @@ def _oracle(r: RuleInputs, site):
     return r.top(r.true_error(), _baseline_count(r, site))
 
 
+def _running_max(r: RuleInputs, site):
+    return r.above(r.running_max_weight(site.tile), site.tau)
+
+
 CRITERIA: dict[str, Criterion] = {c.name: c for c in (
     Criterion("uniform", "no look-ahead: only non-finite outputs are recomputed", "none", _uniform,
-              no_tau="it recomputes nothing", row_statistics=True),
+              no_tau="it recomputes nothing", row_statistics=True, streams=True),
     Criterion("target", "the largest probabilities, as many as the paper's bound on the relative error needs",
               "rule", _target, Tau(1.1, 1.0, 2.0, True, "in [1, 2] (2 = no recompute)"), counts_for_baselines=True,
               softmax_only=True, sweep_taus=(1.95, 1.8, 1.7), display=Display(2, "C4", "D", ":")),
     Criterion("strict", "every entry whose sensitivity times error scale exceeds tau", "rule", _strict,
               Tau(0.1, 0.0, None, False, "> 0"), counts_for_baselines=True, length_scaling=True,
-              row_statistics=True, cpu_kernel=True, weighs_errors=True, terms=_strict_terms, default=True,
+              row_statistics=True, cpu_kernel=True, weighs_errors=True, terms=_strict_terms, default=True, streams=True,
               sweep_taus=(5.0, 1.0, 0.2), display=Display(0, "C0", "o", "-")),
     Criterion("relaxed", "every entry whose weight exceeds tau times the row's largest (a running maximum)", "rule",
               _relaxed, Tau(0.03, 0.0, 1.0, False, "in (0, 1]"), counts_for_baselines=True, length_scaling=True,
-              weighs_errors=True, terms=_relaxed_terms, sweep_taus=(0.9, 0.5, 0.3),
+              weighs_errors=True, terms=_relaxed_terms, sweep_taus=(0.9, 0.5, 0.3), streams=True,
               display=Display(1, "C2", "s", "--")),
     Criterion("random", "as many per row as count_from picks, uniformly at random (evaluation)", "baseline",
               _random, Tau(0.1, 0.0, None, False, "that of count_from"), counted=True, draws=True,
@@ -233,8 +245,13 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
     Criterion("budget", "the k (or fraction f) entries with the largest strict weight per row", "rule", _budget,
               no_tau="it takes `budget`, a count or fraction per row", takes_budget=True, weighs_errors=True,
               display=Display(3, "C5", "v")),
+    Criterion("running_max", "every tile whose low-precision maximum could move a row's running maximum (within "
+              "a factor tau of it after exp; LampAttention's test, tiles only)", "rule", _running_max,
+              Tau(0.1, 0.0, 1.0, False, "in (0, 1]"), softmax_only=True, tiled=True, streams=True,
+              sweep_taus=(1.0, 0.1, 0.01), display=Display(6, "C6", "P")),
 )}
-"""Every criterion, by name. Deployable: target, strict, relaxed, budget; evaluation only: uniform, random, oracle."""
+"""Every criterion, by name. Deployable: target, strict, relaxed, budget, running_max; evaluation only: uniform,
+random, oracle."""
 
 NAMES = tuple(CRITERIA)
 COUNT_SOURCES = tuple(name for name, c in CRITERIA.items() if c.counts_for_baselines)
@@ -246,7 +263,10 @@ EXPORTABLE = tuple(name for name, c in CRITERIA.items() if c.onnx)
 CALIBRATED = tuple(name for name, c in CRITERIA.items() if c.terms is not None)
 """Criteria `lampc calibrate` can set one threshold per site for (a weight against a threshold)."""
 DEPLOYABLE = tuple(name for name, c in CRITERIA.items() if c.purpose == "rule")
-"""The rules a compiled model may deploy (target, strict, relaxed, budget): the rows the comparisons measure."""
+"""The rules a compiled model may deploy (target, strict, relaxed, budget, running_max): the rows the comparisons
+measure."""
+STREAMING = tuple(name for name, c in CRITERIA.items() if c.streams)
+"""The criteria a streaming attention site runs (SitePolicy.streaming)."""
 SAME_COUNT_BASELINES = tuple(name for name, c in CRITERIA.items() if c.counted)
 """random, oracle: a rule's baselines at its own per-row counts, paired with it in the comparisons."""
 DISPLAY_ORDER = tuple(sorted((name for name, c in CRITERIA.items() if c.display),

@@ -32,7 +32,7 @@ from .config import (BACKENDS, ERROR_SCALES, NATIVE_FORMATS, Execution, Producer
                      decode, encode, make_producer)
 from .config.producer import PRODUCER_FIELDS, field_format, producer_fields
 from .config.rule import check_choice as _check_choice
-from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITERIA  # noqa: F401 (re-exported)
+from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITERIA, STREAMING  # noqa: F401
 from .formats import Format
 from .site_kinds import LINEAR_KINDS, SITE_KINDS  # noqa: F401 (re-exported; declared in lampc/site_kinds.py)
 
@@ -78,6 +78,24 @@ class SitePolicy(Record):
                     (|s_i − ŝ_i| from the FP32 product: evaluation only, the oracle's weight under a threshold);
                     for the rules that weigh errors (strict, relaxed, budget, and random/oracle counting from
                     strict or relaxed).
+    granularity:    "entry" (each score decided alone) or "tile": a tile of `tile` entries is recomputed whole
+                    when the rule selects any entry of it (softmax sites; docs/NUMERICS.md §10). The tiles start at
+                    row 0 and key 0; the last ones may be partial.
+    tile:           (rows, keys) of a tile: the unit of granularity="tile" and of criterion "running_max", the
+                    tiles the statistics count, and at a streaming site the key chunk (a multiple of its keys).
+    streaming:      attention sites as one op, lampc.lamp_attention, that owns q·kᵀ, the mask, the softmax and
+                    p·v and walks the keys in chunks with an online softmax: memory O(T·chunk) per head, never
+                    T x T (lampc/lookahead/streaming.py). Same selection as the materialised site, values equal to
+                    FP32 rounding; criteria uniform, strict, relaxed and running_max only (the others need whole
+                    sorted rows); not with fused, nor with sites="all".
+    exp_format:     the streaming softmax's exponentials exp(s − running max) rounded to this format before the
+                    p·v product and the normaliser (as an FP8 attention kernel feeds P to its second GEMM); None:
+                    FP32. streaming=True only.
+    recompute_format: the selected entries recomputed with the site's producer in this format (a 16-bit
+                    recompute: bf16, fp16, m11) instead of FP32; None: FP32. Softmax sites.
+    smooth_k:       subtract the mean key (over the keys of each head) from the keys before the producer
+                    (SageAttention's smoothing): every score of a row moves by the same q·k̄, which the softmax
+                    does not see, and the producer works on smaller numbers. Attention sites without a soft cap.
     """
 
     format: Format | str = "m4"
@@ -97,19 +115,31 @@ class SitePolicy(Record):
     softcap: float | None = None
     biased: bool = False
     error_scale: str = "score"
+    granularity: str = "entry"
+    tile: tuple[int, int] = (64, 64)
+    streaming: bool = False
+    exp_format: Format | str | None = None
+    recompute_format: Format | str | None = None
+    smooth_k: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", field_format(self.format))
         for name in NUMERIC_FIELDS:  # numpy/torch scalars as Python numbers; a bool is refused below, by name
             object.__setattr__(self, name, plain_number(getattr(self, name)))
-        for name in ("backend", "criterion", "count_from", "error_scale"):
+        for name in ("backend", "criterion", "count_from", "error_scale", "granularity"):
             object.__setattr__(self, name, _lower(getattr(self, name)))
         producer = make_producer(self.backend, {name: getattr(self, name) for name in PRODUCER_FIELDS},
                                  {name: SitePolicy.__dataclass_fields__[name].default for name in PRODUCER_FIELDS})
         rule, execution, facts = (part(**{f.name: getattr(self, f.name) for f in dataclasses.fields(part)})
                                   for part in (Rule, Execution, SiteFacts))  # each part takes its fields by name
         object.__setattr__(self, "tau", rule.tau)  # None takes the criterion's default
+        for name in ("tile", "exp_format", "recompute_format"):  # as the parts hold them: (rows, keys), Format
+            object.__setattr__(self, name, getattr(rule if name == "tile" else execution, name))
         object.__setattr__(self, "config", SiteConfig(producer, rule, execution, facts))
+        if self.streaming and not self.rule.streams:
+            raise ValueError(f"SitePolicy.streaming=True runs criteria {', '.join(STREAMING)} (a function of each "
+                             f"entry and of row statistics); criterion {self.criterion!r} needs whole sorted rows: "
+                             "use streaming=False (materialised)")
 
     @classmethod
     def from_config(cls, config: SiteConfig) -> "SitePolicy":
@@ -267,6 +297,7 @@ class Policy:
         _check_choice("sites", self.sites, ("guarded", "all"), owner="Policy")
         if self.sites == "all" and not self.enabled_kinds():
             raise ValueError("Policy.sites='all' needs at least one enabled site kind to take the format from")
+        _check_attention_only(self)
         for kind in LINEAR_KINDS:
             site = getattr(self, kind)
             if site is not None and site.counting_rule.softmax_only:
@@ -415,6 +446,31 @@ def plain_number(value):
     if isinstance(value, numbers.Real):
         return float(value)
     return value
+
+
+ATTENTION_ONLY = {"streaming": "the streaming site owns an attention's softmax and p·v",
+                  "smooth_k": "only attention's keys may move by a constant the softmax does not see"}
+SOFTMAX_ONLY = {"granularity": "tiles are (rows, keys) of a softmax site's scores",
+                "recompute_format": "the 16-bit recompute is the softmax sites'"}
+
+
+def _check_attention_only(policy: "Policy") -> None:
+    """ValueError naming a field set where it means nothing: streaming and smooth_k off attention, granularity and
+    recompute_format at linear sites, streaming with sites='all'."""
+    defaults = SitePolicy.__dataclass_fields__
+    for kind in SITE_KINDS:
+        site = getattr(policy, kind)
+        if site is None:
+            continue
+        fields = ({**ATTENTION_ONLY, **SOFTMAX_ONLY} if kind in LINEAR_KINDS else
+                  ATTENTION_ONLY if kind != "attention" else {})
+        for name, why in fields.items():
+            if getattr(site, name) != defaults[name].default:
+                raise ValueError(f"Policy.{kind}.{name}={getattr(site, name)!r} means nothing at {kind} sites: "
+                                 f"{why}")
+    if policy.sites == "all" and policy.attention is not None and policy.attention.streaming:
+        raise ValueError("Policy.attention.streaming=True computes p·v inside the attention op in FP32, which "
+                         "sites='all' would lower: use sites='guarded' with streaming")
 
 
 def _lower(value):

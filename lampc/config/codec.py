@@ -11,7 +11,8 @@ class has one), its positional fields' values, then `name=value` for every other
 `decode` reads it back. The same field parsing (`parse_field`) serves the op arguments of a rewritten graph, policy
 files, the command line and lm-eval's `model_args`, so a new field is one line in its dataclass: its annotation
 says how its text is read. Values: "none" is None; a bool is 1/0 (true/false, yes/no, on/off when read); an
-`int | float` field reads "8" as a count and "0.05" or "5e-2" as a fraction. Loads no torch.
+`int | float` field reads "8" as a count and "0.05" or "5e-2" as a fraction; a `tuple[int, int]` field is written
+"64x32" (a tile's rows x keys). Loads no torch.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Record:
     CODE_TAG: typing.ClassVar[str | None] = None
     CODE_POSITIONAL: typing.ClassVar[tuple[str, ...]] = ()
     CODE_ALL_FIELDS: typing.ClassVar[bool] = False
+    CODE_WHEN_SET: typing.ClassVar[tuple[str, ...]] = ()  # with CODE_ALL_FIELDS: fields written only off default
 
     def to_text(self) -> str:
         return encode(self)
@@ -44,14 +46,16 @@ class Record:
 @functools.cache
 def field_kinds(cls) -> dict[str, tuple[str, bool]]:
     """{field: (kind, optional)} of a record class, from its annotations: kind is one of bool, int, float, number
-    (int | float), format, str."""
+    (int | float), pair (tuple[int, int]), format, str."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
         args = set(typing.get_args(hints[f.name])) or {hints[f.name]}
         optional = type(None) in args
         args.discard(type(None))
-        if Format in args:
+        if hints[f.name] == tuple[int, int] or args == {tuple[int, int]}:
+            kind = "pair"
+        elif Format in args:
             kind = "format"
         elif args == {int, float}:
             kind = "number"
@@ -71,6 +75,8 @@ def value_text(value) -> str:
         return str(int(value))
     if value is None:
         return "none"
+    if isinstance(value, tuple):
+        return "x".join(str(v) for v in value)
     return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -98,9 +104,12 @@ def parse_field(cls, name: str, text: str, owner: str | None = None):
             return float(word)
         if kind == "number":
             return float(word) if any(c in word.lower() for c in ".e") else int(word)
+        if kind == "pair":
+            rows, keys = word.lower().split("x")
+            return int(rows), int(keys)
     except ValueError:
         expected = {"bool": "true or false (1/0)", "int": "an integer", "float": "a number",
-                    "number": "an integer count or a fraction like 0.05"}[kind]
+                    "number": "an integer count or a fraction like 0.05", "pair": "rows x keys, like 64x32"}[kind]
         raise ValueError(f"{where}: expected {expected}" + (" or none" if optional else "") + f", got {text!r}") \
             from None
     return word
@@ -113,7 +122,8 @@ def encode(record: Record) -> str:
         value = getattr(record, f.name)
         if f.name in cls.CODE_POSITIONAL:
             words.append(value_text(value))
-        elif cls.CODE_ALL_FIELDS or f.default is dataclasses.MISSING or value != f.default:
+        elif ((cls.CODE_ALL_FIELDS and f.name not in cls.CODE_WHEN_SET) or f.default is dataclasses.MISSING
+              or value != f.default):
             words.append(f"{f.name}={value_text(value)}")
     return " ".join(words)
 

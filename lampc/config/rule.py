@@ -19,10 +19,18 @@ ERROR_SCALES = ("score", "l1", "norms", "mixed", "exact")
 """Rule.error_scale: the paper's |ŝ_i|, a bound on the producer's error, |ŝ_i| floored at a cancelling dot
 product's magnitude, or the true error (evaluation only; docs/NUMERICS.md §9)."""
 
+GRANULARITIES = ("entry", "tile")
+"""Rule.granularity: what one selection decision covers, one score entry or a tile of (rows, keys) entries."""
+
+DEFAULT_TILE = (64, 64)
+"""Rule.tile: rows x keys of a tile (the unit of granularity="tile", of the tile counts, and of a streaming site's
+key chunks)."""
+
 
 @dataclass(frozen=True)
 class Rule(Record):
-    """criterion, tau, length_scaling, l_ref, budget, count_from, seed, error_scale: see SitePolicy."""
+    """criterion, tau, length_scaling, l_ref, budget, count_from, seed, error_scale, granularity, tile: see
+    SitePolicy."""
 
     CODE_POSITIONAL = ("criterion",)
 
@@ -34,9 +42,11 @@ class Rule(Record):
     count_from: str = "strict"
     seed: int = 0
     error_scale: str = "score"
+    granularity: str = "entry"
+    tile: tuple[int, int] = DEFAULT_TILE
 
     def __post_init__(self) -> None:
-        for name in ("criterion", "count_from", "error_scale"):
+        for name in ("criterion", "count_from", "error_scale", "granularity"):
             value = getattr(self, name)
             object.__setattr__(self, name, value.lower() if isinstance(value, str) else value)
         check_choice("criterion", self.criterion, NAMES)
@@ -66,6 +76,11 @@ class Rule(Record):
         if self.seed >= 2**63:
             raise ValueError(f"SitePolicy.seed must be < 2**63, got {self.seed}")
         check_budget(self.criterion, self.budget)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        object.__setattr__(self, "tile", check_tile(self.tile))
+        if entry.tiled and self.granularity != "tile":
+            raise ValueError(f"SitePolicy.criterion={self.criterion!r} tests tiles, not entries: set "
+                             "granularity='tile' (and tile=(rows, keys))")
 
     @property
     def entry(self):
@@ -79,14 +94,26 @@ class Rule(Record):
 
     @property
     def label(self) -> str:
-        """The rule in a few words, e.g. 'strict tau=0.1' or 'budget k=8'."""
+        """The rule in a few words, e.g. 'strict tau=0.1', 'budget k=8' or 'strict tau=0.1 tiles 64x64'."""
         text = self.entry.text(self)
-        return text if self.error_scale == "score" else f"{text} error scale {self.error_scale}"
+        if self.error_scale != "score":
+            text += f" error scale {self.error_scale}"
+        return text if self.granularity == "entry" else f"{text} tiles {self.tile[0]}x{self.tile[1]}"
 
 
 def check_choice(name: str, value, choices, owner: str = "SitePolicy") -> None:
     if value not in choices:
         raise ValueError(f"{owner}.{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_tile(tile) -> tuple[int, int]:
+    """tile as (rows, keys), two integers >= 1 (a list is taken as the pair it holds)."""
+    if isinstance(tile, list):
+        tile = tuple(tile)
+    if (not isinstance(tile, tuple) or len(tile) != 2
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in tile)):
+        raise ValueError(f"SitePolicy.tile must be (rows, keys), two integers >= 1, got {tile!r}")
+    return tile
 
 
 def check_int(name: str, value, minimum: int) -> None:

@@ -38,7 +38,8 @@ class SiteConfig:
     @property
     def label(self) -> str:
         """'m4/bk1/emulate strict tau=0.1', with the facts if any: what `lampc show` and listings print."""
-        return " ".join(w for w in (self.producer.label, self.rule.label, self.facts.label) if w)
+        parts = (self.producer.label, self.rule.label, self.facts.label, self.execution.numbers_label)
+        return " ".join(w for w in parts if w)
 
     @property
     def texts(self) -> "SiteTexts":

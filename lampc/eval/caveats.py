@@ -2,6 +2,7 @@
 
     sweep_notes(rows)                         -> ["note: attention rows are short here ...", "warning: ..."]
     generation_notes(prefill_keys, decode_keys)
+    flush_note(rows)                          -> "note: FP32 work ..." (a sweep with flush baselines)
 
 - Short rows. A look-ahead rule weighs each key by its share of its softmax row. A row with few visible keys (a
   6-token prompt: 3.5 keys on average) gives every key a large share, so a larger fraction passes the threshold:
@@ -12,6 +13,8 @@
   warning fires when every low-precision cell's KL, scaled by the format's resolution (KL x 4^m, the square of the
   rounding step), is below NEAR_ZERO_SCALED_KL: a trained model is ~1000x above it (lampc's embedded GPT-2 at m4:
   8.9e-5 x 256 = 2.3e-2; a random GPT-2: 2.1e-10 x 256 = 5.4e-8).
+- FP32 work. Flush baselines (lampc eval --flush-every) recompute nothing, so their recompute rate says nothing of
+  what they spend: the note defines the "FP32 work" column they are compared on (lampc.eval.fp32_work).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 from collections.abc import Sequence
 
 from ..criteria import NO_LOOKAHEAD
+from .grid import FLUSH_CELL
 
 SHORT_ROW_KEYS = 32
 """Below this mean number of visible keys per attention row, recompute rates are those of short rows."""
@@ -56,6 +60,17 @@ def near_zero_warning(rows: Sequence[dict]) -> str | None:
             "measure a trained model")
 
 
+FLUSH_NOTE = ("note: FP32 work is the share of the accumulation done in FP32, per accumulated term: a recomputed "
+              "entry redoes its K terms in FP32 (so a rule's FP32 work is its recompute rate), flush n adds "
+              "ceil(K / (n x block_k)) FP32 additions to every entry and recomputes none (K: the dot product's "
+              "length, head_dim at attention; flush n = 1 at block_k 1 is 100%); the mean over sites, as the rate")
+
+
+def flush_note(rows: Sequence[dict]) -> str | None:
+    """The definition of FP32 work, when the rows hold flush baselines."""
+    return FLUSH_NOTE if any(r.get("criterion") == FLUSH_CELL for r in rows) else None
+
+
 def sweep_notes(rows: Sequence[dict]) -> list[str]:
     """Every note that applies to a sweep's rows (eval's forward cells and, with --generate, its decoding)."""
     keys = [r["visible_keys_per_row"] for r in rows if _finite(r.get("visible_keys_per_row"))]
@@ -64,6 +79,7 @@ def sweep_notes(rows: Sequence[dict]) -> list[str]:
     decode = [r["gen_decode_keys_per_row"] for r in rows if _finite(r.get("gen_decode_keys_per_row"))]
     notes += generation_notes(min(prefill, default=None), min(decode, default=None))
     notes.append(near_zero_warning(rows))
+    notes.append(flush_note(rows))
     return [n for n in notes if n]
 
 

@@ -1,4 +1,5 @@
-"""`lampc eval`: the paper's accuracy protocol over a grid of formats x criteria x tau (docs/METHOD.md §5)."""
+"""`lampc eval`: the paper's accuracy protocol over a grid of formats x criteria x tau (docs/METHOD.md §5), with
+uniform, random (and oracle) at the same counts and, with --flush-every, the static two-level rule as baselines."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from ..cli_policy import add_policy_arguments, compile_arguments
 from ..formats import parse as parse_format
 from ..formats import valid_names
 from ..criteria import COUNT_SOURCES, CRITERIA, DEFAULT_RULE, NO_LOOKAHEAD, SAME_COUNT_BASELINES
-from .grid import POLICY_CELL, SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS, plan_cells  # no torch: --help is quick
+from .grid import (POLICY_CELL, SWEEP_CRITERIA, TAU_CRITERIA, TAU_GRIDS,  # no torch: --help is quick
+                   check_flush_every, plan_cells)
 
 DEFAULT_CRITERIA = ",".join((NO_LOOKAHEAD, DEFAULT_RULE, *SAME_COUNT_BASELINES))
 """uniform, strict and its baselines at the same counts (random, oracle)."""
@@ -37,11 +39,13 @@ def add_parser(subparsers) -> None:
                "  strict           paper v2 strict threshold, tau > 0\n"
                "  relaxed          paper v2 relaxed threshold, tau in (0, 1]\n"
                "  random, oracle   baselines with the per-row counts of --count-from at the same tau\n"
+               "  flush n=N        (--flush-every) uniform, the accumulator added into FP32 every N blocks: the\n"
+               "                   static two-level rule, compared on FP32 work (recompute rate for the rules)\n"
                f"\ndefault tau grids: {grids}\n"
                "\nexample:\n"
                "  lampc eval --format m4,m7 --criterion uniform,strict,random --tau 2,0.5 --seq-len 256 --n-seq 16")
     add_data_arguments(parser)
-    grid = parser.add_argument_group("grid")
+    grid = parser.add_argument_group("grid", conflict_handler="resolve")  # its --flush-every replaces the policy's
     grid.add_argument("--format", default="m4,m7", metavar="LIST",
                       help="comma-separated accumulator formats (default m4,m7; see `lampc formats`)")
     grid.add_argument("--criterion", default=DEFAULT_CRITERIA, metavar="LIST", type=str.lower,
@@ -57,6 +61,11 @@ def add_parser(subparsers) -> None:
                       help="accumulation block: 1 = round after every multiply-add (default), B = FP32 partial "
                            "sums of B terms")
     add_policy_arguments(parser, grid=True)
+    grid.add_argument("--flush-every", type=flush_every_arg, default=None, metavar="LIST",
+                      help="the static two-level baselines (vLLM's and FlashAttention-3's FP8 attention): for each "
+                           "comma-separated n, a cell per format that recomputes nothing and adds the low-precision "
+                           "accumulator into FP32 every n blocks, reported as 'flush n=N' with its FP32 work "
+                           "(e.g. 1,4,16,64; default none). Every cell flushed: a --policy file with flush_every")
     parser.add_argument("--generate", default=None, metavar="N,M", type=generate_arg,
                         help="also decode N prompts (of --seq-len tokens) greedily for M new tokens in every cell "
                              "and compare with FP32's continuations: mean tokens before the first divergence, share "
@@ -96,6 +105,22 @@ def generate_arg(text: str) -> tuple[int, int]:
     return n, m
 
 
+def flush_every_arg(text: str) -> tuple[int, ...]:
+    """argparse type of --flush-every: comma-separated integers n >= 1, repeats dropped."""
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers n >= 1, got {text!r}")
+    try:
+        values = [int(t) for t in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers n >= 1 (flush into FP32 every n blocks), got "
+                                         f"{text!r}") from None
+    try:
+        return tuple(check_flush_every(values))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -107,13 +132,15 @@ def positive_int(text: str) -> int:
 
 
 def run(args) -> int:
-    policy, fixed = compile_arguments(args, grid=True)
+    flushes = args.flush_every or ()  # eval's own --flush-every: baseline cells, not a field of every cell's policy
+    policy, fixed = compile_arguments(argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                                            if k != "flush_every"}), grid=True)
     if policy is not None and policy.per_site:
         formats, criteria, taus, count_from = per_site_grid(args, policy)
     else:
         formats, criteria = parse_formats(args.format), parse_criteria(args.criterion)
         taus, count_from = parse_taus(args.tau), parse_count_from(args.count_from)
-    cells = check_grid(formats, criteria, taus, count_from)
+    cells = check_grid(formats, criteria, taus, count_from, flushes)
     if any(c in CRITERIA and CRITERIA[c].takes_budget for c in criteria) and args.budget is None:
         raise CliError("--criterion budget needs --budget (k entries per row, or a fraction)")
     check_data_arguments(args)
@@ -121,8 +148,8 @@ def run(args) -> int:
     check_context(model, args)
 
     from .caveats import sweep_notes
-    from .report_table import (COMPARISON_COLUMNS, EVAL_COLUMNS, GENERATION_COLUMNS, HEADLINE_COLUMNS, comparisons,
-                               format_table, headline, interval_line)
+    from .report_table import (COMPARISON_COLUMNS, EVAL_COLUMNS, GENERATION_COLUMNS, comparisons, eval_columns,
+                               format_table, headline, headline_columns, interval_line)
     from .sweep import run_sweep
 
     print(f"lampc eval: {len(cells)} cells on {args.model}, {args.n_seq} x {args.seq_len} tokens of "
@@ -131,13 +158,14 @@ def run(args) -> int:
                      n_seq=args.n_seq, seed=args.seed, text=args.text, shuffle=args.shuffle,
                      batch_size=args.batch_size, block_k=args.block_k, count_from=count_from, out_dir=args.out,
                      progress=not args.quiet, model_name=args.model, command=command_line(args),
-                     generate=args.generate, policy=policy, fixed=fixed)
+                     generate=args.generate, policy=policy, fixed=fixed, flush_every=flushes)
     print(interval_line(rows))
-    print(format_table(rows, EVAL_COLUMNS + (GENERATION_COLUMNS if args.generate else ())))
+    print(format_table(rows, eval_columns(rows, EVAL_COLUMNS + (GENERATION_COLUMNS if args.generate else ()))))
     best = headline(rows)
     if best:
-        print("\nbest deployable rule at a recompute rate cap, against uniform and random at the same counts:")
-        print(format_table(best, HEADLINE_COLUMNS))
+        flush = " and the best flush within the same FP32 work" if flushes else ""
+        print(f"\nbest deployable rule at a recompute rate cap, against uniform and random at the same counts{flush}:")
+        print(format_table(best, headline_columns(rows)))
     pairs = comparisons(rows)
     if pairs:
         print("\neach LAMP row against its baselines on the same windows (KL reduction = KL(baseline) / KL(rule), "
@@ -222,12 +250,12 @@ def parse_count_from(text: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def check_grid(formats, criteria, taus, count_from):
+def check_grid(formats, criteria, taus, count_from, flush_every=()):
     """The sweep's cells; a tau outside a criterion's range is reported against --tau."""
     if taus is not None and all(c not in TAU_CRITERIA for c in criteria):
         raise CliError("--tau: no selected criterion takes a tau (uniform recomputes nothing, budget takes --budget)")
     try:
-        return plan_cells(formats, criteria, taus, count_from)
+        return plan_cells(formats, criteria, taus, count_from, flush_every)
     except ValueError as err:
         raise CliError(f"--tau: {err}") from None
 
@@ -290,7 +318,8 @@ def _model_help(name: str, err: Exception) -> str:
 
 
 def command_line(args, name: str = "eval") -> str:
-    """The full command, every option spelled out (defaults included), so that results.json can be rerun."""
+    """The full command, every option spelled out (defaults included), so that results.json can be rerun; a
+    repeated option (a list) once per value, one of values (a tuple: --generate, --flush-every) comma-separated."""
     parts = ["lampc", name]
     for key, value in vars(args).items():
         if key in ("command", "run") or value is None or value is False:
@@ -298,6 +327,8 @@ def command_line(args, name: str = "eval") -> str:
         flag = "--" + key.replace("_", "-")
         if value is True:
             parts.append(flag)
+        elif isinstance(value, tuple):
+            parts += [flag, ",".join(str(v) for v in value)]
         else:
             for item in value if isinstance(value, list) else [value]:  # --tau may be repeated
                 parts += [flag, str(item)]

@@ -7,7 +7,9 @@
 What a paper needs from them: every cell is a point (the --policy cell too); a point at 0 (no entry recomputed,
 or KL 0 at FP32) stays visible on a symmetric-log axis whose linear part around 0 is said in a note; error bars
 are the rows' 95% intervals (kl_lo/kl_hi, recompute_rate_lo/_hi), uniform's as a shaded band; each point is labelled
-with its tau; the x label names the site kinds the rates are over; mantissa ticks are whole bits.
+with its tau; the x label names the site kinds the rates are over; mantissa ticks are whole bits. Flush baselines
+(lampc eval --flush-every) recompute nothing: they are drawn at their FP32 work (lampc.eval.fp32_work; a rule's is
+its rate), labelled n=..., one dotted series per format, and in kl_vs_m one series per n.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from ..criteria import COUNT_SOURCES, CRITERIA, DISPLAY_ORDER, LAMP_RULES, NO_LOOKAHEAD, SAME_COUNT_BASELINES
 from ..site_kinds import KINDS
-from .grid import POLICY_CELL
+from .grid import FLUSH_CELL, POLICY_CELL, flush_label
 
 POLICY_STYLE = ("C1", "*")
 """The --policy cell's colour and marker (per-site rules, no one criterion): after the rules, before the baselines."""
@@ -41,6 +43,9 @@ LINE_STYLES = {"": "-", **{name: CRITERIA[name].display.line for name in DISPLAY
 
 KL_LABEL = "mean KL(P_fp32 || P_test)"
 RATE_CAP = 0.05  # kl_vs_m: each rule's best KL at a recompute rate at most this
+FLUSH_STYLE = ("0.45", "D", ":")
+"""The flush baselines' colour, marker and line: grey as uniform, which they are plus FP32 additions."""
+FLUSH_AXIS_NOTE = "flush n: drawn at its FP32 work, ceil(K / (n x block_k)) / K (a rule's FP32 work is its rate)"
 
 
 def rate_axis_label(rows: Sequence[dict]) -> str:
@@ -73,9 +78,14 @@ def kl_vs_rate_figure(rows: Sequence[dict]) -> Figure:
             _series(ax, members, x=lambda r: 100 * r["recompute_rate"], x_ci="recompute_rate", x_scale=100,
                     label=f"{crit} (counts of {source})" if source else crit, crit=crit,
                     ls=LINE_STYLES.get(source, "-"))
-        notes = [_zero_or_log(ax, "x", [100 * r["recompute_rate"] for r in shown if r["criterion"] in STYLE],
-                              percent=True),
-                 _zero_or_log(ax, "y", [r["kl"] for r in shown]), _dropped_note(cells)]
+        flushes = sorted((r for r in shown if r["criterion"] == FLUSH_CELL and _finite(r.get("fp32_work"))),
+                         key=lambda r: r["fp32_work"])
+        _series(ax, flushes, x=lambda r: 100 * r["fp32_work"], x_ci=None, x_scale=100, label="flush (FP32 work)",
+                crit=FLUSH_CELL, ls=FLUSH_STYLE[2])
+        xs = [100 * r["recompute_rate"] for r in shown if r["criterion"] in STYLE]
+        notes = [_zero_or_log(ax, "x", xs + [100 * r["fp32_work"] for r in flushes], percent=True),
+                 _zero_or_log(ax, "y", [r["kl"] for r in shown]), _dropped_note(cells),
+                 FLUSH_AXIS_NOTE if flushes else None]
         _notes_below(ax, notes)
         ax.set_xlabel(rate_axis_label(cells))
         ax.set_ylabel(KL_LABEL)
@@ -100,10 +110,14 @@ def kl_vs_m_figure(rows: Sequence[dict]) -> Figure:
         if best:
             name = f"{crit} (per-site τ)" if crit == POLICY_CELL else f"{crit}, best at rate <= {100 * RATE_CAP:g}%"
             series[name] = [best[m] for m in sorted(best)]
+    for n in dict.fromkeys(r["flush_every"] for r in rows if r["criterion"] == FLUSH_CELL):
+        series[flush_label(n)] = sorted((r for r in rows if r["criterion"] == FLUSH_CELL and r["flush_every"] == n
+                                         and _finite(r["kl"])), key=lambda r: r["m_bits"])
     for name, members in series.items():
         crit = members[0]["criterion"] if members else NO_LOOKAHEAD
-        _series(ax, members, x=lambda r: r["m_bits"], x_ci=None, x_scale=1, label=name, crit=crit,
-                ls="--" if crit == NO_LOOKAHEAD else "-", color="0.3" if crit == NO_LOOKAHEAD else None)
+        ls = "--" if crit == NO_LOOKAHEAD else FLUSH_STYLE[2] if crit == FLUSH_CELL else "-"
+        _series(ax, members, x=lambda r: r["m_bits"], x_ci=None, x_scale=1, label=name, crit=crit, ls=ls,
+                color="0.3" if crit == NO_LOOKAHEAD else None)
     _notes_below(ax, [_zero_or_log(ax, "y", [r["kl"] for members in series.values() for r in members])])
     bits = sorted({int(r["m_bits"]) for members in series.values() for r in members})
     ax.xaxis.set_major_locator(FixedLocator(bits))  # a tick at each measured format, whole bits only
@@ -125,10 +139,11 @@ def plot_kl_vs_m(rows: list[dict], path: str | Path) -> None:
 
 
 def _series(ax, members: list[dict], *, x, x_ci, x_scale, label, crit, ls, color=None) -> None:
-    """One rule's points with their error bars (where the rows have intervals) and a tau label on each."""
+    """One rule's points with their error bars (where the rows have intervals) and a tau label on each (n=... on a
+    flush baseline's)."""
     if not members:
         return
-    default_color, marker = STYLE.get(crit, ("0.3", "o"))
+    default_color, marker = FLUSH_STYLE[:2] if crit == FLUSH_CELL else STYLE.get(crit, ("0.3", "o"))
     color = color or default_color
     xs, ys = [x(r) for r in members], [r["kl"] for r in members]
     yerr = _errors(members, "kl", 1)
@@ -161,6 +176,8 @@ def _errors(members: list[dict], key: str, scale: float):
 def _tau_text(r: dict) -> str:
     if r["criterion"] == POLICY_CELL:
         return "per-site τ"
+    if r["criterion"] == FLUSH_CELL:
+        return f"n={r['flush_every']}"
     if r["criterion"] == NO_LOOKAHEAD or r.get("tau") is None or r.get("tau") == "":
         return ""
     return f"τ={r['tau']:g}"

@@ -5,6 +5,10 @@ baselines (lampc.eval.uncertainty). The plots are in lampc.eval.plots (not impor
     print(format_table(rows, EVAL_COLUMNS))                 # KL "4.4e-2 [3.9e-2, 5.1e-2]", rate, flips with n
     print(format_table(headline(rows), HEADLINE_COLUMNS, markdown=True))
     print(format_table(comparisons(rows), COMPARISON_COLUMNS))   # "within noise" where the paired CI holds 1
+    eval_columns(rows)        # EVAL_COLUMNS, with "FP32 work" beside the rate when the sweep has flush baselines
+
+Flush rows (criterion "flush", lampc eval --flush-every) are baselines: named "flush n=4" in the criterion column,
+measured on the FP32-work axis (lampc.eval.fp32_work), and in the headline the best of them within the same cap.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from ..criteria import DEPLOYABLE, NO_LOOKAHEAD, ORACLE_BASELINE, RANDOM_BASELINE, SAME_COUNT_BASELINES
-from .grid import LAMP_CRITERIA, POLICY_CELL
+from .grid import FLUSH_CELL, LAMP_CRITERIA, POLICY_CELL, flush_label
 from .uncertainty import compare_cells
 
 
@@ -46,6 +50,7 @@ COLUMNS: dict[str, tuple[str, Callable]] = {
     "tau": ("tau", _tau),
     "count_from": ("counts of", _text),
     "recompute_rate": ("rate", _pct(2)),
+    "fp32_work": ("FP32 work", _pct(2)),
     "kl": ("KL", _num(".2e")),
     "flip_rate": ("flip", _pct(2)),
     "top1_match": ("top-1 match", _pct(2)),
@@ -63,6 +68,8 @@ COLUMNS: dict[str, tuple[str, Callable]] = {
     "gain_vs_random": ("vs random", _times),
     "random_match": ("random at", _text),
     "kl_oracle": ("KL oracle", _num(".2e")),
+    "kl_flush": ("KL flush", _num(".2e")),
+    "flush_match": ("flush at", _text),
     "shuffle": ("shuffled", lambda v: "yes" if v else "no"),
     # generation (lampc eval --generate)
     "gen_match_tokens": ("tokens = fp32", _num(".1f")),
@@ -106,13 +113,21 @@ def _flips(row: dict) -> str:
     return "-" if _missing(n) or _missing(positions) else f"{n}/{positions}"
 
 
+def criterion_text(row: dict) -> str:
+    """A row's criterion as tables show it; a flush baseline as 'flush n=4'."""
+    if row.get("criterion") == FLUSH_CELL and not _missing(row.get("flush_every")):
+        return flush_label(row["flush_every"])
+    return _text(row.get("criterion"))
+
+
 ROW_COLUMNS: dict[str, tuple[str, Callable[[dict], str]]] = {
-    "rate_ci": ("rate [95% CI]", lambda r: with_ci(r, "recompute_rate", _pct_value, unit="%")),
+    "criterion": ("criterion", criterion_text),    "rate_ci": ("rate [95% CI]", lambda r: with_ci(r, "recompute_rate", _pct_value, unit="%")),
     "kl_ci": ("KL [95% CI]", lambda r: with_ci(r, "kl", sci)),
     "flip_ci": ("flip [95% CI]", lambda r: with_ci(r, "flip_rate", _pct_value, unit="%")),
     "flips": ("flips", _flips),
     "gain_vs_uniform_ci": ("vs uniform [95% CI]", lambda r: with_ci(r, "gain_vs_uniform", _times, _times_bound)),
     "gain_vs_random_ci": ("vs random [95% CI]", lambda r: with_ci(r, "gain_vs_random", _times, _times_bound)),
+    "gain_vs_flush_ci": ("vs flush [95% CI]", lambda r: with_ci(r, "gain_vs_flush", _times, _times_bound)),
     "gen_match_ci": ("tokens = fp32 [95% CI]", lambda r: with_ci(r, "gen_match_tokens", _num(".1f"))),
     # comparisons
     "kl_ratio_ci": ("KL reduction [95% CI]", lambda r: with_ci(r, "kl_ratio", _times, _times_bound)),
@@ -133,10 +148,30 @@ GENERATION_COLUMNS = ("gen_match_ci", "gen_identical", "gen_prefill_rate", "gen_
 DEMO_COLUMNS = ("format", "criterion", "tau", "rate_ci", "kl_ci", "flip_ci", "kl_gain")
 HEADLINE_COLUMNS = ("format", "shuffle", "max_rate", "criterion", "tau", "recompute_rate", "kl", "kl_uniform",
                     "gain_vs_uniform_ci", "kl_random", "gain_vs_random_ci", "random_match", "kl_oracle")
+FLUSH_HEADLINE_COLUMNS = ("kl_flush", "flush_match", "gain_vs_flush_ci")
+"""The headline's flush baseline (sweeps with flush rows): the best flush within the cap's FP32 work."""
 COMPARISON_COLUMNS = ("format", "criterion", "tau", "baseline", "kl_ratio_ci", "kl_verdict", "flips_pair", "flip_p",
                       "flip_verdict")
-TEXT_COLUMNS = ("format", "criterion", "count_from", "shuffle", "random_match", "baseline", "kl_verdict",
-                "flip_verdict")
+TEXT_COLUMNS = ("format", "criterion", "count_from", "shuffle", "random_match", "flush_match", "baseline",
+                "kl_verdict", "flip_verdict")
+
+
+def has_flush(rows: Sequence[dict]) -> bool:
+    return any(r.get("criterion") == FLUSH_CELL for r in rows)
+
+
+def eval_columns(rows: Sequence[dict], columns: Sequence[str] = EVAL_COLUMNS) -> tuple[str, ...]:
+    """`columns`, with "FP32 work" after the rate when the rows hold flush baselines (else it equals the rate)."""
+    columns = tuple(columns)
+    if not has_flush(rows) or "fp32_work" in columns:
+        return columns
+    at = columns.index("rate_ci") + 1 if "rate_ci" in columns else len(columns)
+    return (*columns[:at], "fp32_work", *columns[at:])
+
+
+def headline_columns(rows: Sequence[dict]) -> tuple[str, ...]:
+    """HEADLINE_COLUMNS, and the flush baseline's when the sweep has flush rows."""
+    return HEADLINE_COLUMNS + (FLUSH_HEADLINE_COLUMNS if has_flush(rows) else ())
 
 
 def interval_line(rows: Sequence[dict]) -> str:
@@ -199,7 +234,9 @@ def headline(rows: Sequence[dict], max_rates: Sequence[float] = (0.05, 0.10)) ->
 
     Random and oracle are matched exactly (the row that took its counts from the best rule at the same tau); when
     the sweep has no such row, random's KL is interpolated (log-log, between the random rows of the same format
-    whose rates bracket the best rule's) and `random_match` says "interpolated".
+    whose rates bracket the best rule's) and `random_match` says "interpolated". With flush rows, `kl_flush` is
+    the lowest KL of a flush row of that format whose FP32 work is within the cap (`flush_match` names it), and
+    `gain_vs_flush` KL(flush) / KL(best) with its paired interval.
     """
     out = []
     for fmt in dict.fromkeys(r["format"] for r in rows):
@@ -220,8 +257,28 @@ def headline(rows: Sequence[dict], max_rates: Sequence[float] = (0.05, 0.10)) ->
                         "flip_uniform": uniform["flip_rate"] if uniform else None,
                         "flip_random": random["flip_rate"] if random else None,
                         **_gain_interval("gain_vs_uniform", best, uniform),
-                        **_gain_interval("gain_vs_random", best, random)})
+                        **_gain_interval("gain_vs_random", best, random),
+                        **_flush_columns(rows, fmt, cap, best)})
     return out
+
+
+def best_flush(rows: Sequence[dict], fmt: str, max_work: float):
+    """The flush row of format `fmt` with the lowest KL at an FP32 work <= max_work (or None)."""
+    candidates = [r for r in rows if r["format"] == fmt and r["criterion"] == FLUSH_CELL
+                  and not _missing(r.get("fp32_work")) and r["fp32_work"] <= max_work and not _missing(r["kl"])]
+    return min(candidates, key=lambda r: (r["kl"], r["fp32_work"]), default=None)
+
+
+def _flush_columns(rows: Sequence[dict], fmt: str, cap: float, best: dict) -> dict:
+    """The headline's flush baseline: none without flush rows; "none within the cap" when all spend more."""
+    if not has_flush([r for r in rows if r["format"] == fmt]):
+        return {}
+    flush = best_flush(rows, fmt, cap)
+    if flush is None:
+        return {"flush_match": "none within cap"}
+    return {"kl_flush": flush["kl"], "gain_vs_flush": _ratio(flush["kl"], best["kl"]),
+            "flush_match": f"n={flush['flush_every']} ({100 * flush['fp32_work']:.3g}%)",
+            **_gain_interval("gain_vs_flush", best, flush)}
 
 
 def _gain_interval(name: str, best: dict, base: dict | None) -> dict:

@@ -7,6 +7,9 @@ One sweep = one set of token windows. The FP32 reference logits of every batch a
 reused by every cell; each cell (format, criterion, tau) compiles the model once, runs all batches, and reads its
 recompute rate from `compiled.stats()` summed over all batches. `random` and `oracle` take their per-row counts
 from `count_from` (default `strict`) at the same tau, so they recompute exactly as many entries as that rule.
+`flush_every=[n, ...]` adds, per format, the static two-level baselines (grid.FLUSH_CELL: no recompute, a flush
+into FP32 every n blocks); every row's `fp32_work` is the share of its accumulation done in FP32, the axis on
+which a flush and a recompute rate compare (lampc.eval.fp32_work).
 
 Every row also keeps its per-window values (`windows`: KL, positions, flips and flipped positions, recompute rate
 of each window) and their 95% intervals (kl_lo/kl_hi, flip_rate_lo/_hi, recompute_rate_lo/_hi: a percentile bootstrap
@@ -35,6 +38,7 @@ from torch import nn
 from ..cells import CellCompiler
 from ..criteria import CRITERIA as CRITERION_TABLE, NO_LOOKAHEAD
 from ..policy import Policy
+from .fp32_work import fp32_work
 from .grid import POLICY_CELL, TAU_GRIDS, Cell, plan_cells  # noqa: F401 (TAU_GRIDS: importable from here as before)
 from .metrics import LogitComparison
 from .uncertainty import METHOD as INTERVAL_METHOD, cell_intervals
@@ -45,7 +49,7 @@ CSV_COLUMNS = (
     "acc_ref", "acc_test", "nan_rate", "ref_nan_rate", "kl_max", "logit_absdiff_p50", "logit_absdiff_p90",
     "logit_absdiff_p99", "logit_absdiff_max", "n_positions", "n_labels", "layer_rates", "rule", "seconds",
     "n_windows", "n_compared", "n_flips", "kl_lo", "kl_hi", "flip_rate_lo", "flip_rate_hi", "recompute_rate_lo",
-    "recompute_rate_hi", "visible_keys_per_row", "site_kinds",
+    "recompute_rate_hi", "visible_keys_per_row", "site_kinds", "flush_every", "fp32_work",
 )
 """results.csv columns; the first ones are named as in the paper's logs. Per-window lists stay in results.json."""
 
@@ -110,7 +114,8 @@ class Sweep:
                 windows = measured.pop("windows")
                 kinds = ",".join(dict.fromkeys(s.kind for s in compiled.sites))
                 rows.append({**self.info, "criterion": cell.criterion, "format": site.format.name,
-                             "m_bits": site.m_bits, "block_k": site.block_k, "tau": cell.tau,
+                             "m_bits": site.m_bits, "block_k": site.block_k, "flush_every": site.flush_every,
+                             "tau": cell.tau,
                              "count_from": cell.count_from or "", **measured, **cell_intervals(windows),
                              "site_kinds": kinds, "rule": rule, "seconds": round(time.perf_counter() - t0, 2),
                              "windows": windows})
@@ -121,8 +126,8 @@ class Sweep:
         POLICY_CELL runs the base policy as it is; every other cell leaves its per-site rules out."""
         if cell.criterion == POLICY_CELL:
             return self.compiler(self.policy, **self.fixed)
-        fixed = {k: v for k, v in self.fixed.items() if k != "budget" or CRITERION_TABLE[cell.criterion].takes_budget}
-        rule = CRITERION_TABLE[cell.criterion]
+        fixed = {k: v for k, v in self.fixed.items() if k != "budget" or CRITERION_TABLE[cell.rule].takes_budget}
+        rule = CRITERION_TABLE[cell.rule]  # a flush cell's: uniform
         if not (CRITERION_TABLE[cell.count_from] if rule.counted else rule).weighs_errors:
             fixed["error_scale"] = "score"  # uniform, target: no weights for an error scale to change
         policy = self.policy if self.policy is None else dataclasses.replace(self.policy, per_site=())
@@ -142,6 +147,7 @@ class Sweep:
         out["recompute_rate"] = stats["overall"]["layer_mean_rate"]  # the paper's: mean over layers
         out["recompute_rate_pooled"] = stats["overall"]["rate"]  # selected / visible over all sites
         out["layer_rates"] = json.dumps([round(s["rate"], 8) for s in stats["sites"]])
+        out["fp32_work"] = fp32_work(compiled, stats)  # flushes per term + the recompute rate, site mean
         return out
 
     def compare(self, fn, bar=None) -> dict:
@@ -195,6 +201,7 @@ def run_sweep(
     generate: tuple[int, int] | None = None,
     policy: Policy | None = None,
     fixed: dict | None = None,
+    flush_every: Sequence[int] = (),
 ) -> list[dict]:
     """Run the grid and return one row (dict) per cell; with `out_dir`, also write CSV, JSON and plots there.
 
@@ -205,11 +212,14 @@ def run_sweep(
     policy, fixed: the base Policy of every cell and the policy fields they share (kinds, sites, backend, fused,
     budget), as `lampc.compile(model, policy, **fixed, **cell)` takes them.
 
+    flush_every=[n, ...]: also, per format, one static two-level baseline per n (criterion "flush" in the rows:
+    uniform with SitePolicy.flush_every = n, the sweep's other fixed fields, rounding included, as they are).
+
     generate=(N, M): also decode N prompts of `seq_len` tokens (cut from the same text with seed + 1) greedily
     for M new tokens in every cell, against the FP32 model's continuations (lampc.eval.generation): columns
     gen_match_tokens, gen_identical, gen_prefill_rate, gen_decode_rate.
     """
-    cells = plan_cells(formats, criteria, taus, count_from)
+    cells = plan_cells(formats, criteria, taus, count_from, flush_every)
     _check_positive(seq_len=seq_len, n_seq=n_seq, batch_size=batch_size, block_k=block_k)
     check_seq_len(model, seq_len)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -15,7 +15,8 @@ kernel cannot (no C compiler, other dtypes or devices) or when USE_KERNEL is Fal
 checks both against float64 dot products.
 
 `recompute` returns a new tensor (what a custom op must do); `recompute_into` writes into the low-precision
-buffer itself, for a fused site that owns that buffer (no copy of the whole output).
+buffer itself, for a fused site that owns that buffer (no copy of the whole output). `recompute_in_format` is the
+16-bit recompute (SitePolicy.recompute_format): the selected entries from an emulated accumulator of that format.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import math
 import torch
 from torch import Tensor
 
+from ..formats import Format
 from ..kernels import cpu_recompute
+from ..numerics import lp_product
 
 USE_KERNEL = True
 """The switch: CPU sparse recompute (and the positions' scan) through the C kernel when it is built here; False:
@@ -67,6 +70,13 @@ def _operand_index(operand: Tensor, batch_index: list[Tensor], out_dim: int) -> 
     lead = out_dim - operand.dim()  # output batch dims the operand does not have
     return tuple(idx if operand.shape[d - lead] != 1 else torch.zeros_like(idx)
                  for d, idx in enumerate(batch_index) if d >= lead)
+
+
+def recompute_in_format(out: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float, fmt: Format) -> Tensor:
+    """out = where(selected, RN(RN(q @ k_t) · scale) in `fmt`, out), in place: the selected scores recomputed by
+    an emulated accumulator of `fmt` (rounding every term to nearest) instead of FP32. Dense: the product of the
+    whole output in `fmt`, from which the selected entries are taken."""
+    return torch.where(selected, lp_product(q, k_t, fmt, 1, scale=scale), out, out=out)
 
 
 def recompute_dense(out: Tensor, selected: Tensor, x: Tensor, w: Tensor, scale: float = 1.0,

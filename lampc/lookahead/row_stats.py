@@ -37,7 +37,7 @@ SLACK = 1.0e-3
 def supports(site: SitePolicy, device: torch.device) -> bool:
     """Whether `select_from_row_stats` implements this site's rule on this device."""
     return (device.type == "cpu" and site.rule.row_statistics and not site.length_scaling
-            and site.softcap is None and site.error_scale == "score")
+            and site.softcap is None and site.error_scale == "score" and site.granularity == "entry")
 
 
 def _row_stats(s_low: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

@@ -22,6 +22,7 @@ from torch import Tensor
 from ..kernels import cpu_select
 from ..policy import SitePolicy
 from .record import normalised
+from .tiles import promote_tiles, running_max_weight
 
 MASKED_BELOW = -1.0e4
 """An additive-mask entry <= this counts as masked (HF uses finfo(float32).min; older code used -1e4)."""
@@ -196,6 +197,13 @@ class SoftmaxRows(TorchRows):
     def row_tau(self, tau: float, relaxed: bool):
         return row_tau(self.site, tau, relaxed, self.visible)
 
+    running_max_before: Tensor | None = None  # a streaming site's running maximum of the earlier key chunks
+
+    def running_max_weight(self, tile):
+        """exp(tile's logit maximum − the running maximum before it), per entry (lookahead/tiles.py)."""
+        weight, self.running_max_after = running_max_weight(self.logits, self.usable, tile, self.running_max_before)
+        return weight
+
     def target_counts(self, a: Tensor, tau: float) -> Tensor:
         return target_counts(a, self.usable, tau)
 
@@ -236,9 +244,19 @@ def select(
     stays |ŝ_i|.
     """
     if _plain_cpu_site(site, s_hat, bias, error_scale):
-        return _select_in_c(s_hat, visible, site)
-    rows = softmax_rows(s_hat, visible, site, s_fp32=s_fp32, draws=draws, bias=bias, error_scale=error_scale)
-    return site.rule.select(rows, site) | ~torch.isfinite(s_hat)  # non-finite scores: always, visible or not
+        selected = _select_in_c(s_hat, visible, site)  # the non-finite entries included
+    else:
+        rows = softmax_rows(s_hat, visible, site, s_fp32=s_fp32, draws=draws, bias=bias, error_scale=error_scale)
+        selected = site.rule.select(rows, site) | ~torch.isfinite(s_hat)  # non-finite: always, visible or not
+    return by_granularity(selected, s_hat, visible, site)
+
+
+def by_granularity(selected: Tensor, s_hat: Tensor, visible: Tensor, site: SitePolicy) -> Tensor:
+    """The selection as the site recomputes it: the entries, or with granularity="tile" the visible entries of
+    every tile holding one (lookahead/tiles.py), and the non-finite scores as ever."""
+    if site.granularity == "entry":
+        return selected
+    return promote_tiles(selected, visible, site.tile) | ~torch.isfinite(s_hat)
 
 
 def _plain_cpu_site(site: SitePolicy, s_hat: Tensor, bias: Tensor | None, error_scale: Tensor | None) -> bool:

@@ -2,6 +2,8 @@
 
     softmax_site.py  lowp_scores, lamp_select, recompute_scores   (attention and logits sites)
     fused_site.py    lamp_scores: the three in one op over one buffer (SitePolicy.fused)
+    attention_site.py  lamp_attention: a whole attention (scores, softmax, p·v) over chunks of keys
+                     (SitePolicy.streaming)
     linear_site.py   lowp_matmul, component_select, recompute_linear   (layer_norm and activation sites; lowered
                      matmuls)
     tap.py           SelectionTap, the module a rewritten graph calls with each site's selection (statistics)
@@ -20,6 +22,7 @@ numbers. Importing this package registers every op a compiled graph calls; calib
 
 from __future__ import annotations
 
+from .attention_site import ATTENTION_SITE_OPS, lamp_attention
 from .fused_site import lamp_scores
 from .linear_site import LINEAR_SITE_OPS, component_select, lowp_matmul, narrow_range, recompute_linear
 from .random import RandomDraws, RandomStreams, reset_random, share_streams
@@ -32,9 +35,9 @@ import torch  # noqa: E402
 register_cuda()  # lamp_scores' Triton kernel where torch sees a GPU and triton is installed; else nothing
 
 FUSED_SITE_OPS = (torch.ops.lampc.lamp_scores.default,)
-SITE_OPS = SOFTMAX_SITE_OPS + LINEAR_SITE_OPS + FUSED_SITE_OPS
+SITE_OPS = SOFTMAX_SITE_OPS + LINEAR_SITE_OPS + FUSED_SITE_OPS + ATTENTION_SITE_OPS
 """Every op a rewrite inserts: a value computed by one is already rewritten."""
 
-__all__ = ["FUSED_SITE_OPS", "LINEAR_SITE_OPS", "SITE_OPS", "SOFTMAX_SITE_OPS", "RandomDraws", "RandomStreams",
-           "SelectionTap", "component_select", "graph_taps", "lamp_scores", "lamp_select", "lowp_matmul", "lowp_scores",
+__all__ = ["ATTENTION_SITE_OPS", "FUSED_SITE_OPS", "LINEAR_SITE_OPS", "SITE_OPS", "SOFTMAX_SITE_OPS", "RandomDraws", "RandomStreams",
+           "SelectionTap", "component_select", "graph_taps", "lamp_attention", "lamp_scores", "lamp_select", "lowp_matmul", "lowp_scores",
            "narrow_range", "recompute_linear", "recompute_scores", "reset_random", "share_streams"]

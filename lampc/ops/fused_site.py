@@ -26,7 +26,7 @@ from torch import Tensor
 from ..lookahead import row_stats
 from ..lookahead.error_scale import producer_error_scale
 from ..lookahead.fused import fused_widen_select
-from ..lookahead.recompute import recompute_into
+from ..lookahead.recompute import recompute_in_format, recompute_into
 from ..lookahead.softmax import visible_from_mask
 from .arguments import producer_impl, site_settings
 from .softmax_site import _check_scores_inputs, _scores_shape, lamp_select, lowp_scores
@@ -46,7 +46,7 @@ def lamp_scores(
     s_low = producer_impl(producer).scores_low(q, k_t, scale, k_low) if pure else None
     if s_low is not None:
         visible = visible_from_mask(mask, _scores_shape(q, k_t), is_causal, q.device)
-        if row_stats.supports(settings, q.device):
+        if row_stats.supports(settings, q.device) and settings.recompute_format is None:
             s_hat = s_low.to(torch.float32)
             every = mask is None and not is_causal
             selected, flat = row_stats.select_from_row_stats(s_hat, None if every else visible, settings, s_low=s_low)
@@ -56,6 +56,8 @@ def lamp_scores(
     else:  # emulated formats and the evaluation baselines: the unfused ops' own code
         s_hat = lowp_scores(q, k_t, scale, producer, k_low)
         selected = lamp_select(s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, site, draws)
+    if settings.recompute_format is not None:
+        return recompute_in_format(s_hat, selected, q, k_t, scale, settings.recompute_format), selected
     return recompute_into(s_hat, selected, q, k_t, scale, settings.dense_above), selected
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..lookahead.error_scale import producer_error_scale
 from ..lookahead.fused import fused_select
-from ..lookahead.recompute import fp32_product, recompute
+from ..lookahead.recompute import fp32_product, recompute, recompute_in_format
 from ..lookahead.softmax import select, visible_from_mask
 from .arguments import execution as execution_of, producer_impl, site_settings
 from .random import outside_draws, scores_shape as _scores_shape
@@ -69,7 +69,7 @@ def lamp_select(
     settings = site_settings(producer, rule, facts, execution)
     visible, bias, scale_ = lookahead_inputs(s_hat, q, k_t, scale, mask, is_causal, settings)
     s_fp32 = fp32_product(q, k_t, scale) if settings.rule.needs_fp32 else None
-    if settings.fused and settings.rule.compiles:
+    if settings.fused and settings.rule.compiles and settings.granularity == "entry":
         return fused_select(s_hat, visible, settings, s_fp32=s_fp32, bias=bias, error_scale=scale_)
     if settings.rule.draws and draws is None:
         draws = outside_draws(settings.seed, site, s_hat)
@@ -93,8 +93,12 @@ def _(s_hat, q, k_t, scale, mask, is_causal, producer, rule, facts, execution, s
 
 @torch.library.custom_op("lampc::recompute_scores", mutates_args=())
 def recompute_scores(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: float, execution: str) -> Tensor:
-    """ŝ with the selected entries replaced by their FP32 dot products (sparse, dense above a rate)."""
-    return recompute(s_hat, selected, q, k_t, scale, execution_of(execution).dense_above)
+    """ŝ with the selected entries replaced by their FP32 dot products (sparse, dense above a rate), or by their
+    values in the execution's recompute_format."""
+    settings = execution_of(execution)
+    if settings.recompute_format is not None:
+        return recompute_in_format(s_hat.clone(), selected, q, k_t, scale, settings.recompute_format)
+    return recompute(s_hat, selected, q, k_t, scale, settings.dense_above)
 
 
 @recompute_scores.register_fake

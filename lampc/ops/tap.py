@@ -5,6 +5,10 @@ selected and of visible entries per head to running totals (visible entries only
 attention is over the causally visible scores). It returns nothing and changes no value; it is skipped while the
 graph is being traced (export, torch.compile) and can be switched off for timing.
 
+A streaming attention site (lampc.lamp_attention) has no T x L selection: its tap takes the op's per-head counts
+(int64 (H, 4): selected, visible, tiles selected, tiles visible) instead. With granularity="tile" a materialised
+site's tap counts tiles too (`tile`); the statistics then report tiles promoted beside entries.
+
 Threads may run one compiled model at once (and one may reset its statistics while another runs it): every tap
 updates and resets its totals under one lock, so no count is lost or added to a total being reset.
 """
@@ -17,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..lookahead.softmax import visible_from_mask
+from ..lookahead.tiles import tile_counts
 from ..numerics.tracing import is_fake
 
 
@@ -24,11 +29,12 @@ _TOTALS = threading.Lock()  # module-level, not per tap: a tap is pickled with i
 
 
 class SelectionTap(nn.Module):
-    def __init__(self, site: int, is_causal: bool = False, per_head: bool = True):
+    def __init__(self, site: int, is_causal: bool = False, per_head: bool = True, tile: tuple | None = None):
         super().__init__()
         self.site = site
         self.is_causal = is_causal
         self.per_head = per_head  # attention: counts per head (dim 1); other sites: one total
+        self.tile = tile  # (rows, keys): count the tiles too (granularity="tile"); None: entries only
         self.enabled = True
         self.keep_last = False
         self.last_selection: Tensor | None = None
@@ -38,29 +44,45 @@ class SelectionTap(nn.Module):
         with _TOTALS:
             self.selected = None  # int64 per head, accumulated over calls
             self.visible = None
+            self.tiles_selected = None  # int64 per head, where tiles are counted (tile, or a streaming site)
+            self.tiles_visible = None
             self.calls = 0
 
     def forward(self, selected: Tensor, mask: Tensor | None) -> None:
         if not self.enabled or torch.compiler.is_compiling() or is_fake(selected):
             return None
-        visible = visible_from_mask(mask, selected.shape, self.is_causal, selected.device)
-        if self.per_head and selected.dim() >= 3:
-            dims = [d for d in range(selected.dim()) if d != 1]
-            per_head_selected = (selected & visible).sum(dim=dims).cpu()
-            per_head_visible = visible.sum(dim=dims).cpu()
+        if selected.dtype == torch.int64:  # a streaming site's counts
+            counts = selected.cpu()
+            totals = [counts[:, 0], counts[:, 1], counts[:, 2], counts[:, 3]]
         else:
-            per_head_selected = (selected & visible).sum().reshape(1).cpu()
-            per_head_visible = torch.tensor([visible.numel()])
+            totals = self._count(selected, mask)
         with _TOTALS:
-            if self.selected is None or self.selected.shape != per_head_selected.shape:
-                self.selected = torch.zeros_like(per_head_selected)
-                self.visible = torch.zeros_like(per_head_visible)
-            self.selected += per_head_selected
-            self.visible += per_head_visible
+            if self.selected is None or self.selected.shape != totals[0].shape:
+                self.selected = torch.zeros_like(totals[0])
+                self.visible = torch.zeros_like(totals[1])
+                self.tiles_selected, self.tiles_visible = (None, None) if len(totals) == 2 else (
+                    torch.zeros_like(totals[2]), torch.zeros_like(totals[3]))
+            self.selected += totals[0]
+            self.visible += totals[1]
+            if len(totals) == 4:
+                self.tiles_selected += totals[2]
+                self.tiles_visible += totals[3]
             self.calls += 1
-        if self.keep_last:
+        if self.keep_last and selected.dtype == torch.bool:
             self.last_selection = selected.detach().clone()
         return None
+
+    def _count(self, selected: Tensor, mask: Tensor | None) -> list[Tensor]:
+        """[selected visible, visible] per head (or one total), and the same for tiles when `tile` is set."""
+        visible = visible_from_mask(mask, selected.shape, self.is_causal, selected.device)
+        if not (self.per_head and selected.dim() >= 3):
+            return [(selected & visible).sum().reshape(1).cpu(), torch.tensor([visible.numel()])]
+        dims = [d for d in range(selected.dim()) if d != 1]
+        totals = [(selected & visible).sum(dim=dims).cpu(), visible.sum(dim=dims).cpu()]
+        if self.tile is not None:
+            tiles_selected, tiles_visible = tile_counts(selected, visible, self.tile)
+            totals += [tiles_selected.sum(dim=dims).cpu(), tiles_visible.sum(dim=dims).cpu()]
+        return totals
 
 
 def graph_taps(gm) -> dict[int, SelectionTap]:

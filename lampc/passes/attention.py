@@ -18,7 +18,9 @@ Rewrite (one named op per LAMP step; the mask add and the softmax are kept as th
                                         s = s + mask
                                         p = softmax(s, -1)
 
-With `SitePolicy.fused` the three ops are one, `lampc.lamp_scores` (lampc/passes/softmax_site.py). Bloom's ALiBi
+With `SitePolicy.fused` the three ops are one, `lampc.lamp_scores` (lampc/passes/softmax_site.py); with
+`SitePolicy.streaming` the whole attention, p·v included, is one op, `lampc.lamp_attention`
+(lampc/passes/streaming.py); with `smooth_k` the keys lose their mean first. Bloom's ALiBi
 (`baddbmm(bias, q, k_t, beta, alpha)` viewed to 4-D) is rewritten in 4-D with the bias outside the ops
 (`_emit_biased`). A softmax that does not fit becomes a `Skip` with the reason; a graph already rewritten is left
 unchanged. `attention_sites(policy)` is the site kind `rewrite_sites` runs.
@@ -34,17 +36,18 @@ import torch
 from torch import fx
 
 from ..graph_view import module_path
-from ..ops import FUSED_SITE_OPS, SOFTMAX_SITE_OPS
+from ..ops import ATTENTION_SITE_OPS, FUSED_SITE_OPS, SOFTMAX_SITE_OPS
 from ..policy import SitePolicy
 from ..site_kinds import ATTENTION
 from .driver import Emission, Emitted, SiteKind
 from .result import Skip
 from .softmax_site import emit_softmax_ops
+from .streaming import emit_streaming, smoothed_keys
 
 aten = torch.ops.aten
 
 SOFTMAX_OPS = (aten.softmax.int, aten._softmax.default)
-SITE_OPS = SOFTMAX_SITE_OPS + FUSED_SITE_OPS
+SITE_OPS = SOFTMAX_SITE_OPS + FUSED_SITE_OPS + ATTENTION_SITE_OPS
 MUL_OPS = (aten.mul.Tensor, aten.mul.Scalar, aten.mul_.Tensor, aten.mul_.Scalar)
 DIV_OPS = (aten.div.Tensor, aten.div.Scalar, aten.div_.Tensor, aten.div_.Scalar)
 SCALE_OPS = MUL_OPS + DIV_OPS  # in-place too: Falcon's eager attention does `scores /= sqrt(d)`
@@ -220,12 +223,18 @@ def _emit(em: Emission, match: AttentionMatch, policy: SitePolicy) -> Emitted:
     policy = em.site_policy(ATTENTION, policy)
     if match.softcap is not None:  # the look-ahead differentiates through the cap, which stays in the graph
         policy = dataclasses.replace(policy, softcap=match.softcap)
+        if policy.smooth_k:
+            raise ValueError(f"SitePolicy.smooth_k at {em.module}: the soft cap c·tanh(s/c) moves with the scores, "
+                             "so the keys' mean would change the softmax; compile this model without smooth_k")
     if match.bias is not None:
         return _emit_biased(em, match, dataclasses.replace(policy, biased=True))
     em.configure(policy)
     q, k_t = match.matmul.args[:2]
+    if policy.streaming:
+        return emit_streaming(em, match, q, k_t, match.mask, policy)
     consumer = next(iter(match.scores.users))  # the mask add or the softmax: after q, k_t and the mask
     with em.graph.inserting_before(consumer):
+        k_t = smoothed_keys(em, k_t, policy)
         new = emit_softmax_ops(em, q, k_t, match.scale, match.mask, policy)
     return Emitted({match.scores: new.scores}, (new.first, new.selection, new.scores), new.selection, match.mask,
                    per_head=True, tap_after=new.last, erase=(match.scale_node, match.matmul), producer="matmul",
@@ -254,6 +263,9 @@ def _emit_biased(em: Emission, match: AttentionMatch, policy: SitePolicy) -> Emi
         if match.beta != 1.0:
             b4 = em.call(aten.mul.Tensor, (b4, match.beta), role="operand")
         lookahead_mask = b4 if match.mask is None else em.call(aten.add.Tensor, (match.mask, b4), role="operand")
+        if policy.streaming:  # the op's softmax sees s + mask + b4, as the model's
+            return emit_streaming(em, match, q4, k4, lookahead_mask, policy)
+        k4 = smoothed_keys(em, k4, policy)
         new = emit_softmax_ops(em, q4, k4, match.scale, lookahead_mask, policy)
         out = em.call(aten.add.Tensor, (new.scores, b4), role="output", name=f"scores_biased_{em.index}")
     return Emitted({view: out}, (new.first, new.selection, new.scores), new.selection, lookahead_mask,

@@ -185,7 +185,10 @@ class Emission:
     def tap(self, selection: fx.Node, mask, per_head: bool) -> fx.Node:
         """Call `lampc_tap_<index>(selection, mask)` at the insertion point (a SelectionTap submodule)."""
         name = f"lampc_tap_{self.index}"
-        self.gm.add_submodule(name, SelectionTap(self.index, False, per_head=per_head))
+        rule = self.config.rule if self.config is not None else None
+        tiled = rule is not None and rule.granularity == "tile" and per_head
+        self.gm.add_submodule(name, SelectionTap(self.index, False, per_head=per_head,
+                                                 tile=rule.tile if tiled else None))
         node = self.graph.call_module(name, (selection, mask))
         node.meta["nn_module_stack"] = self.like.meta.get("nn_module_stack", {})
         self.tag(node, "tap")

@@ -20,6 +20,7 @@ def collect_stats(sites, taps) -> dict:
             "site": site.index, "kind": site.kind, "module": site.module, "calls": tap.calls if tap else 0,
             "selected": s, "visible": v, "rate": _rate(s, v),
             "per_head": [_rate(a, b) for a, b in zip(selected, visible)],
+            **_tiles(tap),
         })
         kind = kinds.setdefault(site.kind, {"selected": 0, "visible": 0, "site_rates": []})
         kind["selected"] += s
@@ -37,6 +38,15 @@ def collect_stats(sites, taps) -> dict:
     return {"overall": overall, "by_kind": by_kind, "sites": per_site}
 
 
+def _tiles(tap) -> dict:
+    """A site's tile counts where its tap has them (granularity="tile", streaming sites): tiles holding a
+    recomputed entry, tiles holding a visible entry, and their ratio."""
+    if tap is None or getattr(tap, "tiles_selected", None) is None:
+        return {}
+    selected, visible = int(tap.tiles_selected.sum()), int(tap.tiles_visible.sum())
+    return {"tiles_selected": selected, "tiles_visible": visible, "tile_rate": _rate(selected, visible)}
+
+
 class TapTotals:
     """The running totals of several taps of one site (the same site in several step graphs), summed."""
 
@@ -45,6 +55,9 @@ class TapTotals:
         self.calls = sum(t.calls for t in taps)
         self.selected = sum((t.selected for t in taps[1:]), taps[0].selected.clone()) if taps else None
         self.visible = sum((t.visible for t in taps[1:]), taps[0].visible.clone()) if taps else None
+        tiled = [t for t in taps if getattr(t, "tiles_selected", None) is not None]
+        self.tiles_selected = sum(t.tiles_selected for t in tiled) if tiled else None
+        self.tiles_visible = sum(t.tiles_visible for t in tiled) if tiled else None
 
 
 def merge_taps(tap_maps) -> dict[int, TapTotals]:
