@@ -1,7 +1,7 @@
 """The policy options every compiling subcommand shares (show, generate, export, eval): one spelling, one validation.
 
     add_policy_arguments(parser)              --format --criterion --tau --budget --block-k --kinds --sites
-                                              --backend --fused --policy FILE
+                                              --backend --fused --streaming --granularity --tile ... --policy FILE
     add_policy_arguments(parser, grid=True)   the same less --format/--criterion/--tau/--block-k (lampc eval sweeps
                                               those as lists)
     compile_arguments(args) -> (policy, overrides)   for lampc.compile(model, policy, **overrides)
@@ -28,13 +28,15 @@ from pathlib import Path
 
 from .cli_support import CliError, field_arg
 from .config.codec import parse_field
+from .config.rule import GRANULARITIES
 from .formats import ACCUMULATOR_ROUNDINGS as ROUNDINGS
 from .policy import (BACKENDS, CRITERIA, ERROR_SCALES, SET_BY_PASSES, SITE_FIELDS, SITE_KINDS, Policy, SiteOverride,
                      SitePolicy, parse_kinds, set_by_passes_text)
 
 DEFAULTS = {"format": "m4", "criterion": "strict", "tau": None, "budget": None, "block_k": 1, "kinds": ["attention"],
             "sites": "guarded", "backend": "emulate", "fused": False, "error_scale": "score", "rounding": "nearest",
-            "flush_every": None}
+            "flush_every": None, "granularity": "entry", "tile": (64, 64), "streaming": False, "exp_format": None,
+            "recompute_format": None, "smooth_k": False}
 GRID_OPTIONS = ("format", "criterion", "tau", "block_k")
 ARG_DEST = {"rounding": "accumulator_rounding"}
 """Policy fields whose option keeps another name on the parsed arguments (`lampc export` has its own --rounding)."""
@@ -84,6 +86,22 @@ def add_policy_arguments(parser, *, grid: bool = False) -> None:
                             "product's size) or exact (the true error, evaluation only); docs/NUMERICS.md §9")
     group.add_argument("--fused", action="store_true", default=None,
                        help="softmax sites as one fused op (the deployment form)")
+    group.add_argument("--streaming", action="store_true", default=None,
+                       help="attention as one op over chunks of keys with an online softmax: memory O(T x chunk), "
+                            "never T x T (criteria uniform, strict, relaxed, running_max)")
+    group.add_argument("--granularity", type=field_arg("granularity", lower=True), choices=GRANULARITIES,
+                       default=None, help="entry (default) or tile: recompute a tile whole when the rule picks any "
+                                          "entry of it")
+    group.add_argument("--tile", type=field_arg("tile"), default=None, metavar="ROWSxKEYS",
+                       help="a tile's rows x keys, e.g. 64x64 (default): the unit of --granularity tile and of "
+                            "--criterion running_max")
+    group.add_argument("--exp-format", type=field_arg("exp_format"), default=None, dest="exp_format",
+                       help="with --streaming: round the softmax's exponentials to this format (e.g. fp8_e4m3)")
+    group.add_argument("--recompute-format", type=field_arg("recompute_format"), default=None,
+                       dest="recompute_format",
+                       help="recompute the selected entries in this format (bf16, fp16, m11) instead of FP32")
+    group.add_argument("--smooth-k", action="store_true", default=None, dest="smooth_k",
+                       help="subtract the mean key before the producer (SageAttention's smoothing; attention only)")
     group.add_argument("--policy", default=None, metavar="FILE",
                        help="a whole policy, per site kind, as JSON (or YAML); the options above override it")
 

@@ -13,8 +13,9 @@ validation, the command line, the sweep and the texts users read all take their 
     budget     the k (or fraction f) largest strict weights                      none (takes `budget`)
     random     count_from's count per row, uniformly at random                   count_from's
     oracle     count_from's count per row, by the true first-order error          count_from's
-    running_max  a tile whose low-precision row maximum comes within ln(tau) of   (0, 1]
-               the running maximum of the tiles before it (LampAttention's test; granularity="tile")
+    running_max  each row's run of `tile` keys whose low-precision maximum comes   (0, 1]
+               within ln(1/tau) of the running maximum before it (LampAttention's test; with
+               granularity="tile", the whole tile)
 
 (docs/METHOD.md §3 derives them; docs/NUMERICS.md §6 gives each site's weights.)
 
@@ -100,7 +101,7 @@ class Criterion:
     cpu_kernel:    at a plain softmax site on the CPU, a C pass computes its selection from the softmax, with the
                    reference's float32 operations (lampc/kernels/cpu_select.c; lookahead/softmax.py `select`)
     takes_budget:  its count per row is the policy's `budget` (budget)
-    tiled:         it tests tiles, not entries: only with granularity="tile" (running_max); no ONNX form
+    tiled:         it tests runs of `tile` keys in key order, not entries (running_max); no ONNX form
     streams:       the streaming attention site runs it (lampc/lookahead/streaming.py): a function of each entry
                    and of row statistics that one pass over the keys computes (the others need whole rows)
     weighs_errors: reads the per-entry weights (sensitivity x error scale), so SitePolicy.error_scale applies

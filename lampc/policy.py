@@ -34,7 +34,7 @@ from .config.producer import PRODUCER_FIELDS, field_format, producer_fields
 from .config.rule import check_choice as _check_choice
 from .criteria import COUNT_SOURCES, CRITERIA as CRITERION_TABLE, NAMES as CRITERIA, STREAMING  # noqa: F401
 from .formats import Format
-from .site_kinds import LINEAR_KINDS, SITE_KINDS  # noqa: F401 (re-exported; declared in lampc/site_kinds.py)
+from .site_kinds import ATTENTION, LINEAR_KINDS, SITE_KINDS  # noqa: F401 (re-exported; declared in lampc/site_kinds.py)
 
 
 @dataclass(frozen=True)
@@ -463,7 +463,7 @@ def _check_attention_only(policy: "Policy") -> None:
         if site is None:
             continue
         fields = ({**ATTENTION_ONLY, **SOFTMAX_ONLY} if kind in LINEAR_KINDS else
-                  ATTENTION_ONLY if kind != "attention" else {})
+                  ATTENTION_ONLY if kind != ATTENTION else {})
         for name, why in fields.items():
             if getattr(site, name) != defaults[name].default:
                 raise ValueError(f"Policy.{kind}.{name}={getattr(site, name)!r} means nothing at {kind} sites: "

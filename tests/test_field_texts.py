@@ -16,6 +16,7 @@ from lampc.cli import build_parser
 from lampc.cli_policy import ARG_DEST, compile_arguments, load_policy_file
 from lampc.cli_support import CliError
 from lampc.config.codec import value_text
+from lampc.formats import Format
 from lampc.policy import PER_SITE_FIELDS, SET_BY_PASSES, Policy, SitePolicy
 
 USER_FIELDS = [f.name for f in dataclasses.fields(SitePolicy) if f.name not in SET_BY_PASSES]
@@ -37,12 +38,18 @@ SAMPLES = {
     "dense_above": (0.5, {}, "lots"),
     "fused": (True, {}, "maybe"),
     "error_scale": ("l1", {}, "colour"),
+    "granularity": ("tile", {}, "block"),
+    "tile": ((32, 16), {}, "big"),
+    "streaming": (True, {}, "maybe"),
+    "exp_format": ("fp8_e4m3", {"streaming": True}, "m99"),
+    "recompute_format": ("bf16", {}, "m99"),
+    "smooth_k": (True, {}, "maybe"),
 }
 
 
 def _value(site: SitePolicy, name: str):
     value = getattr(site, name)
-    return value.name if name == "format" else value
+    return value.name if isinstance(value, Format) else value
 
 
 def _texts(fields: dict) -> dict:
@@ -104,14 +111,16 @@ def _cli_options() -> dict[str, argparse.Action]:
 
 def test_the_cli_has_options_for_the_fields_it_had():
     assert set(_cli_options()) == {"format", "block_k", "backend", "criterion", "tau", "budget", "fused",
-                                   "error_scale", "rounding", "flush_every"}
+                                   "error_scale", "rounding", "flush_every", "granularity", "tile", "streaming",
+                                   "exp_format", "recompute_format", "smooth_k"}
 
 
 @pytest.mark.parametrize("name", sorted(_cli_options()))
 def test_the_cli_reads_every_field_it_has_an_option_for(name, capsys):
     value, context, bad = SAMPLES[name]
     options = _cli_options()
-    before = [word for field, text in _texts(context).items() for word in (options[field].option_strings[0], text)]
+    before = [word for field, text in _texts(context).items()
+              for word in (options[field].option_strings[0], text)[:1 if options[field].nargs == 0 else 2]]
     flag = options[name].option_strings[0]
     words = [flag] if options[name].nargs == 0 else [flag, value_text(value)]
     _, overrides = compile_arguments(build_parser().parse_args(["show", *before, *words]))

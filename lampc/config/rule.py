@@ -78,9 +78,6 @@ class Rule(Record):
         check_budget(self.criterion, self.budget)
         check_choice("granularity", self.granularity, GRANULARITIES)
         object.__setattr__(self, "tile", check_tile(self.tile))
-        if entry.tiled and self.granularity != "tile":
-            raise ValueError(f"SitePolicy.criterion={self.criterion!r} tests tiles, not entries: set "
-                             "granularity='tile' (and tile=(rows, keys))")
 
     @property
     def entry(self):

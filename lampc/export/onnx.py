@@ -204,6 +204,10 @@ def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
             where = f"{(tag and tag.module) or module_path(node) or 'top level'} (a lowered matmul, no site)"
         else:
             where = f"site {index} ({modules.get(index) or module_path(node) or 'top level'})"
+        if tag is not None and tag.config is not None and tag.config.execution.streaming:
+            raise OnnxExportError(f"{where}: the streaming attention site (SitePolicy.streaming, op "
+                                  f"{node.target.name()}) has no ONNX translation yet; compile with streaming=False "
+                                  "to export, or run the compiled model in PyTorch")
         if node.target not in known:
             raise OnnxExportError(
                 f"no ONNX translation for op {node.target.name()} (node {node.name}) at {where}; "

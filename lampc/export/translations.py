@@ -74,10 +74,16 @@ def check_exportable(site: SitePolicy, index: int, module: str) -> None:
     """Raise TranslationError if site `index`'s policy has no ONNX translation."""
     where = f"site {index} ({module or 'top level'})"
     if not site.rule.onnx:
-        raise TranslationError(
-            f"{where}: criterion {site.criterion!r} cannot be exported to ONNX: it draws from torch's random "
-            f"generator, whose stream ONNX cannot reproduce; exportable criteria: {', '.join(EXPORTABLE_CRITERIA)}"
-        )
+        why = ("it draws from torch's random generator, whose stream ONNX cannot reproduce" if site.rule.draws else
+               "its running maximum over tiles has no ONNX translation yet")
+        raise TranslationError(f"{where}: criterion {site.criterion!r} cannot be exported to ONNX: {why}; exportable "
+                               f"criteria: {', '.join(EXPORTABLE_CRITERIA)}")
+    untranslated = {"streaming": site.streaming, "granularity='tile'": site.granularity == "tile",
+                    "recompute_format": site.recompute_format is not None}
+    missing = [name for name, present in untranslated.items() if present]
+    if missing:
+        raise TranslationError(f"{where}: {', '.join(missing)} has no ONNX translation yet; compile without it to "
+                               "export, or run the compiled model in PyTorch")
     if site.biased and site.rule.looks_ahead:
         raise TranslationError(
             f"{where}: the look-ahead with an additive score bias (ALiBi) has no ONNX translation yet; export with "

@@ -1,0 +1,84 @@
+"""Tile granularity and the running-maximum test (lampc/lookahead/tiles.py) against plain loops over tiles."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lampc.lookahead.softmax import select
+from lampc.lookahead.tiles import promote_tiles, running_max_weight, tile_counts
+from lampc.policy import SitePolicy
+
+SHAPES = [(1, 1, 7, 13), (2, 3, 16, 32), (1, 2, 5, 40)]
+TILES = [(1, 1), (2, 4), (4, 16), (3, 5), (8, 64)]
+
+
+def _random(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    selected = torch.rand(shape, generator=g) < 0.03
+    visible = torch.rand(shape, generator=g) < 0.8
+    logits = torch.randn(shape, generator=g) * 3
+    return selected, visible, logits
+
+
+def _tile_slices(shape, tile):
+    rows, keys = tile
+    for r in range(0, shape[-2], rows):
+        for k in range(0, shape[-1], keys):
+            yield slice(r, r + rows), slice(k, k + keys)
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_promote_tiles_is_every_visible_entry_of_a_tile_with_a_selected_one(shape, tile):
+    selected, visible, _ = _random(shape)
+    want = torch.zeros(shape, dtype=torch.bool)
+    for index in range(math.prod(shape[:-2])):
+        b = torch.unravel_index(torch.tensor(index), shape[:-2])
+        for rows, keys in _tile_slices(shape, tile):
+            if selected[b][rows, keys].any():
+                want[b][rows, keys] = visible[b][rows, keys]
+    assert torch.equal(promote_tiles(selected, visible, tile), want)
+    chosen, seen = tile_counts(selected, visible, tile)
+    assert int(chosen.sum()) == sum(bool((selected & visible)[b][r, k].any())
+                                    for b in [torch.unravel_index(torch.tensor(i), shape[:-2])
+                                              for i in range(math.prod(shape[:-2]))]
+                                    for r, k in _tile_slices(shape, tile))
+    assert int(seen.sum()) >= int(chosen.sum())
+
+
+@pytest.mark.parametrize("keys", [1, 4, 7, 64])
+def test_running_max_weight_against_a_scalar_loop(keys):
+    _, usable, logits = _random((2, 2, 6, 30), seed=4)
+    before = torch.randn(2, 2, 6, 1)
+    weight, after = running_max_weight(logits, usable, (1, keys), before)
+    for index in torch.cartesian_prod(*(torch.arange(n) for n in logits.shape[:-1])):
+        i = tuple(index.tolist())
+        running = float(before[i])
+        for start in range(0, 30, keys):
+            part = [float(logits[i][k]) for k in range(start, min(start + keys, 30)) if usable[i][k]]
+            tile_max = max(part) if part else -math.inf
+            w = 0.0 if tile_max == -math.inf else math.exp(tile_max - running)
+            for k in range(start, min(start + keys, 30)):
+                expected = w if usable[i][k] else 0.0
+                assert float(weight[i][k]) == pytest.approx(expected, rel=1e-6), (i, k)
+            running = max(running, tile_max)
+        assert float(after[i]) == running
+
+
+def test_running_max_passes_the_first_tile_and_tiles_that_move_the_maximum():
+    logits = torch.tensor([[[[5.0, 1.0, 0.0, 9.0, -3.0, -4.0]]]])
+    usable = torch.ones_like(logits, dtype=torch.bool)
+    site = SitePolicy(criterion="running_max", tau=0.5, granularity="tile", tile=(1, 2))
+    # tiles: [5, 1] first (no running maximum yet); [0, 9] moves it; [-3, -4] is e^-12 of it
+    assert select(logits, usable, site).tolist() == [[[[True, True, True, True, False, False]]]]
+
+
+def test_tile_granularity_recomputes_whole_tiles_of_the_rules_selection():
+    _, visible, logits = _random((1, 2, 16, 32), seed=7)
+    entries = select(logits, visible, SitePolicy(criterion="strict", tau=0.3))
+    tiles = select(logits, visible, SitePolicy(criterion="strict", tau=0.3, granularity="tile", tile=(4, 8)))
+    assert entries.any() and torch.equal(tiles, promote_tiles(entries, visible, (4, 8)))
+    assert (tiles | ~entries).all() and tiles.sum() > entries.sum()  # a superset
