@@ -2,7 +2,7 @@
 
     sweep_notes(rows)                         -> ["note: attention rows are short here ...", "warning: ..."]
     generation_notes(prefill_keys, decode_keys)
-    flush_note(rows)                          -> "note: FP32 work ..." (a sweep with flush baselines)
+    flush_note(rows)                          -> "note: FP32 work ..." (a sweep where some cell flushes)
 
 - Short rows. A look-ahead rule weighs each key by its share of its softmax row. A row with few visible keys (a
   6-token prompt: 3.5 keys on average) gives every key a large share, so a larger fraction passes the threshold:
@@ -13,8 +13,9 @@
   warning fires when every low-precision cell's KL, scaled by the format's resolution (KL x 4^m, the square of the
   rounding step), is below NEAR_ZERO_SCALED_KL: a trained model is ~1000x above it (lampc's embedded GPT-2 at m4:
   8.9e-5 x 256 = 2.3e-2; a random GPT-2: 2.1e-10 x 256 = 5.4e-8).
-- FP32 work. Flush baselines (lampc eval --flush-every) recompute nothing, so their recompute rate says nothing of
-  what they spend: the note defines the "FP32 work" column they are compared on (lampc.eval.fp32_work).
+- FP32 work. A flushed accumulator (lampc eval --flush-every's baselines, a policy file's flush_every) spends FP32
+  additions that no recompute rate counts: the note defines the "FP32 work" column it is compared on
+  (lampc.eval.fp32_work).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import math
 from collections.abc import Sequence
 
 from ..criteria import NO_LOOKAHEAD
-from .grid import FLUSH_CELL
 
 SHORT_ROW_KEYS = 32
 """Below this mean number of visible keys per attention row, recompute rates are those of short rows."""
@@ -61,14 +61,14 @@ def near_zero_warning(rows: Sequence[dict]) -> str | None:
 
 
 FLUSH_NOTE = ("note: FP32 work is the share of the accumulation done in FP32, per accumulated term: a recomputed "
-              "entry redoes its K terms in FP32 (so a rule's FP32 work is its recompute rate), flush n adds "
+              "entry redoes its K terms in FP32 (unflushed, a rule's FP32 work is its recompute rate), flush n adds "
               "ceil(K / (n x block_k)) FP32 additions to every entry and recomputes none (K: the dot product's "
               "length, head_dim at attention; flush n = 1 at block_k 1 is 100%); the mean over sites, as the rate")
 
 
 def flush_note(rows: Sequence[dict]) -> str | None:
-    """The definition of FP32 work, when the rows hold flush baselines."""
-    return FLUSH_NOTE if any(r.get("criterion") == FLUSH_CELL for r in rows) else None
+    """The definition of FP32 work, when some row flushes (a flush baseline, or a policy file's flush_every)."""
+    return FLUSH_NOTE if any(r.get("flush_every") not in (None, "") for r in rows) else None
 
 
 def sweep_notes(rows: Sequence[dict]) -> list[str]:

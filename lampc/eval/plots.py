@@ -45,7 +45,8 @@ KL_LABEL = "mean KL(P_fp32 || P_test)"
 RATE_CAP = 0.05  # kl_vs_m: each rule's best KL at a recompute rate at most this
 FLUSH_STYLE = ("0.45", "D", ":")
 """The flush baselines' colour, marker and line: grey as uniform, which they are plus FP32 additions."""
-FLUSH_AXIS_NOTE = "flush n: drawn at its FP32 work, ceil(K / (n x block_k)) / K (a rule's FP32 work is its rate)"
+FLUSH_AXIS_NOTE = ("flush n: drawn at its FP32 work, ceil(K / (n x block_k)) / K of the accumulation; rules at "
+                   "their rate")
 
 
 def rate_axis_label(rows: Sequence[dict]) -> str:

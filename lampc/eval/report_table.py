@@ -161,9 +161,10 @@ def has_flush(rows: Sequence[dict]) -> bool:
 
 
 def eval_columns(rows: Sequence[dict], columns: Sequence[str] = EVAL_COLUMNS) -> tuple[str, ...]:
-    """`columns`, with "FP32 work" after the rate when the rows hold flush baselines (else it equals the rate)."""
+    """`columns`, with "FP32 work" after the rate when some row flushes (a flush baseline, or a policy file's
+    flush_every); without flushes FP32 work is the rate."""
     columns = tuple(columns)
-    if not has_flush(rows) or "fp32_work" in columns:
+    if all(_missing(r.get("flush_every")) for r in rows) or "fp32_work" in columns:
         return columns
     at = columns.index("rate_ci") + 1 if "rate_ci" in columns else len(columns)
     return (*columns[:at], "fp32_work", *columns[at:])
