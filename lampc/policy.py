@@ -48,6 +48,12 @@ class SitePolicy(Record):
     flush_every:    None, or n: the two-level accumulation of production FP8 kernels, the low-precision
                     accumulator added into FP32 every n blocks (docs/NUMERICS.md §3); emulate only. The
                     product is then FP32: the scores and outputs are not rounded to the format again.
+    operand_format: None, or the format the producer's operands are rounded to first (an FP8 GEMM's inputs:
+                    "fp8_e4m3"), each block of operand_block rows of the left operand (q, x) and columns of the
+                    right one (keys of k, outputs of w) with one FP32 scale, amax / the format's largest value,
+                    multiplied back after the accumulator (lampc/numerics/operands.py); emulate only. The recompute
+                    reads the FP32 operands.
+    operand_block:  rows / columns per scale of operand_format (an attention kernel's tile).
     backend:        "emulate" (bit-exact rounding model) or "native" (the real torch dtype, bf16/fp16 only).
     criterion:      one of CRITERIA.
     tau:            the criterion's threshold; None takes DEFAULT_TAU. Ranges: target [1, 2], strict > 0,
@@ -88,9 +94,10 @@ class SitePolicy(Record):
                     T x T (lampc/lookahead/streaming.py). Same selection as the materialised site, values equal to
                     FP32 rounding; criteria uniform, strict, relaxed and running_max only (the others need whole
                     sorted rows); not with fused, nor with sites="all".
-    exp_format:     the streaming softmax's exponentials exp(s − running max) rounded to this format before the
-                    p·v product and the normaliser (as an FP8 attention kernel feeds P to its second GEMM); None:
-                    FP32. streaming=True only.
+    exp_format:     the attention softmax's exponentials rounded to this format before the normaliser and p·v
+                    (as an FP8 attention kernel feeds P to its second GEMM); None: FP32. Materialised: exp(s − the
+                    row's maximum), the model's softmax becoming lampc.rounded_softmax; streaming: exp(s − the
+                    running maximum), as a tiled kernel rounds them. Attention sites.
     recompute_format: the selected entries recomputed with the site's producer in this format (a 16-bit
                     recompute: bf16, fp16, m11) instead of FP32; None: FP32. Softmax sites.
     smooth_k:       subtract the mean key (over the keys of each head) from the keys before the producer
@@ -102,6 +109,8 @@ class SitePolicy(Record):
     block_k: int = 1
     rounding: str = "nearest"
     flush_every: int | None = None
+    operand_format: Format | str | None = None
+    operand_block: int = 64
     backend: str = "emulate"
     criterion: str = "strict"
     tau: float | None = None
@@ -135,6 +144,12 @@ class SitePolicy(Record):
         object.__setattr__(self, "tau", rule.tau)  # None takes the criterion's default
         for name in ("tile", "exp_format", "recompute_format"):  # as the parts hold them: (rows, keys), Format
             object.__setattr__(self, name, getattr(rule if name == "tile" else execution, name))
+        if hasattr(producer, "operand_format"):
+            object.__setattr__(self, "operand_format", producer.operand_format)
+            if producer.operand_format is not None and rule.error_scale in ("l1", "norms"):
+                raise ValueError(f"SitePolicy.error_scale={rule.error_scale!r} bounds the accumulation's error only; "
+                                 "with operand_format the operands' rounding adds its own: use 'score', 'mixed' or "
+                                 "'exact'")
         object.__setattr__(self, "config", SiteConfig(producer, rule, execution, facts))
         if self.streaming and not self.rule.streams:
             raise ValueError(f"SitePolicy.streaming=True runs criteria {', '.join(STREAMING)} (a function of each "
@@ -211,7 +226,7 @@ def set_by_passes_text(name: str) -> str:
             "bias), not by a policy")
 
 
-NUMERIC_FIELDS = ("block_k", "flush_every", "tau", "l_ref", "budget", "seed", "dense_above", "softcap")
+NUMERIC_FIELDS = ("block_k", "flush_every", "operand_block", "tau", "l_ref", "budget", "seed", "dense_above", "softcap")
 """SitePolicy fields that hold numbers (never a bool)."""
 
 
@@ -449,6 +464,7 @@ def plain_number(value):
 
 
 ATTENTION_ONLY = {"streaming": "the streaming site owns an attention's softmax and p·v",
+                  "exp_format": "only attention's softmax is rewritten (the logits site's is the user's)",
                   "smooth_k": "only attention's keys may move by a constant the softmax does not see"}
 SOFTMAX_ONLY = {"granularity": "tiles are (rows, keys) of a softmax site's scores",
                 "recompute_format": "the 16-bit recompute is the softmax sites'"}

@@ -56,5 +56,5 @@ def test_export_refuses_them_by_name(tmp_path):
     from lampc.export.onnx import export_onnx
 
     compiled = lampc.compile(tiny_gpt2(), format="m13", rounding="toward_zero", steps="none")
-    with pytest.raises(Exception, match="rounding='toward_zero' and flush_every have no ONNX translation"):
+    with pytest.raises(Exception, match="rounding='toward_zero', flush_every and operand_format have no ONNX translation"):
         export_onnx(compiled, tmp_path / "m.onnx")

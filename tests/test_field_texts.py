@@ -41,7 +41,9 @@ SAMPLES = {
     "granularity": ("tile", {}, "block"),
     "tile": ((32, 16), {}, "big"),
     "streaming": (True, {}, "maybe"),
-    "exp_format": ("fp8_e4m3", {"streaming": True}, "m99"),
+    "exp_format": ("fp8_e4m3", {}, "m99"),
+    "operand_format": ("fp8_e4m3", {}, "m99"),
+    "operand_block": (32, {}, "big"),
     "recompute_format": ("bf16", {}, "m99"),
     "smooth_k": (True, {}, "maybe"),
 }

@@ -254,7 +254,6 @@ def test_smooth_k_is_refused_under_a_soft_cap():
 @pytest.mark.parametrize("fields, words", [
     (dict(streaming=True, criterion="target"), "needs whole sorted rows"),
     (dict(streaming=True, criterion="budget", budget=4), "needs whole sorted rows"),
-    (dict(exp_format="fp8_e4m3"), "needs streaming=True"),
     (dict(streaming=True, fused=True), "leave fused=False"),
     (dict(tile=(0, 4)), "two integers >= 1"),
     (dict(granularity="block"), "granularity must be one of entry, tile"),

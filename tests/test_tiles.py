@@ -82,3 +82,32 @@ def test_tile_granularity_recomputes_whole_tiles_of_the_rules_selection():
     tiles = select(logits, visible, SitePolicy(criterion="strict", tau=0.3, granularity="tile", tile=(4, 8)))
     assert entries.any() and torch.equal(tiles, promote_tiles(entries, visible, (4, 8)))
     assert (tiles | ~entries).all() and tiles.sum() > entries.sum()  # a superset
+
+
+@pytest.mark.parametrize("criterion", ["random", "oracle"])
+def test_random_and_oracle_tiles_take_count_froms_tile_counts(criterion):
+    g = torch.Generator().manual_seed(11)
+    s_hat = torch.randn(1, 2, 12, 40, generator=g) * 3
+    visible = torch.rand(s_hat.shape, generator=g) < 0.9
+    draws, s_fp32 = torch.rand(s_hat.shape, generator=g), s_hat + 0.05 * torch.randn(s_hat.shape, generator=g)
+    tile = (4, 8)
+    strict = select(s_hat, visible, SitePolicy(criterion="strict", tau=0.3, granularity="tile", tile=tile))
+    site = SitePolicy(criterion=criterion, tau=0.3, granularity="tile", tile=tile)
+    got = select(s_hat, visible, site, draws=draws, s_fp32=s_fp32)
+    # a plain loop: per row of tiles, count strict's tiles, rank the tiles by their score, take that many
+    p = torch.softmax(s_fp32.masked_fill(~visible, float("-inf")), dim=-1)
+    error = (2 * p * (1 - p) * (s_fp32 - s_hat).abs()).masked_fill(~visible, 0.0)
+    want = torch.zeros_like(visible)
+    for h in range(2):
+        for r in range(0, 12, 4):
+            tiles = [(k, visible[0, h, r:r + 4, k:k + 8]) for k in range(0, 40, 8)]
+            count = sum(bool((strict[0, h, r:r + 4, k:k + 8]).any()) for k, _ in tiles)
+            scores = []
+            for k, vis in tiles:
+                if not vis.any():
+                    continue
+                part = (draws if criterion == "random" else error)[0, h, r:r + 4, k:k + 8]
+                scores.append((-(part[vis].max() if criterion == "random" else part[vis].sum()).item(), k))
+            for _, k in sorted(scores)[:count]:
+                want[0, h, r:r + 4, k:k + 8] = visible[0, h, r:r + 4, k:k + 8]
+    assert torch.equal(got, want) and got.any()

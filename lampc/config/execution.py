@@ -4,7 +4,7 @@ recompute goes dense, what format the recompute and the softmax's exponentials u
     fused:            one op per softmax site over one score buffer, look-aheads through torch.compile
     dense_above:      the recompute rate above which the FP32 recompute is one matmul instead of a gather
     streaming:        the attention site as one op over key tiles with an online softmax (lampc/lookahead/streaming.py)
-    exp_format:       the streaming softmax's exponentials rounded to this format (None: FP32)
+    exp_format:       the softmax's exponentials rounded to this format (None: FP32)
     recompute_format: the selected entries recomputed in this format instead of FP32 (None: FP32)
     smooth_k:         the keys less their mean before the producer (the softmax is unchanged; SageAttention's)
 
@@ -43,9 +43,6 @@ class Execution(Record):
                 except (ValueError, TypeError) as err:
                     raise ValueError(f"SitePolicy.{name}: {err}") from None
                 object.__setattr__(self, name, None if fmt.is_identity else fmt)
-        if self.exp_format is not None and not self.streaming:
-            raise ValueError("SitePolicy.exp_format rounds the streaming softmax's exponentials: it needs "
-                             "streaming=True (a materialised site leaves the model's softmax as it is)")
         if self.streaming and self.fused:
             raise ValueError("SitePolicy.streaming=True is a one-op form of its own: leave fused=False")
         if (isinstance(self.dense_above, bool) or not isinstance(self.dense_above, (int, float))

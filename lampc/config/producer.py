@@ -1,9 +1,11 @@
 """The producer of a site: how its matmul runs in low precision. One type per kind of producer, as data.
 
-    Emulated(format, block_k, rounding, flush_every)
+    Emulated(format, block_k, rounding, flush_every, operand_format, operand_block)
                                 the bit-exact model of an m-bit accumulator: RN (or RZ) after every multiply-add
                                 (block_k = 1) or after each sequential FP32 sum of block_k terms, optionally
-                                flushed into FP32 every flush_every blocks (lampc/numerics/accumulate.py)
+                                flushed into FP32 every flush_every blocks (lampc/numerics/accumulate.py); its
+                                operands optionally rounded to operand_format first, one scale per
+                                operand_block rows / columns (lampc/numerics/operands.py)
     Native(format)              the real torch dtype's GEMM (bf16, fp16): operands in the dtype, FP32
                                 accumulation inside, the output rounded to the dtype
 
@@ -65,6 +67,8 @@ class Emulated(Producer):
     block_k: int = 1
     rounding: str = "nearest"
     flush_every: int | None = None
+    operand_format: Format | None = None
+    operand_block: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,17 +82,28 @@ class Emulated(Producer):
         flush = self.flush_every
         if flush is not None and (isinstance(flush, bool) or not isinstance(flush, int) or flush < 1):
             raise ValueError(f"SitePolicy.flush_every must be an integer >= 1 or None, got {flush!r}")
+        if self.operand_format is not None:
+            try:
+                fmt = parse_format(self.operand_format)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"SitePolicy.operand_format: {err}") from None
+            object.__setattr__(self, "operand_format", None if fmt.is_identity else fmt)
+        block = self.operand_block
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(f"SitePolicy.operand_block must be an integer >= 1, got {block!r}")
 
     @property
     def label(self) -> str:
         extra = ("/rz" if self.rounding == "toward_zero" else "") + (
-            f"/flush{self.flush_every}" if self.flush_every is not None else "")
+            f"/flush{self.flush_every}" if self.flush_every is not None else "") + (
+            f"/operands {self.operand_format.name}@{self.operand_block}" if self.operand_format is not None else "")
         return f"{self.format.name}/bk{self.block_k}{extra}/emulate"
 
     @property
     def plain(self) -> bool:
-        """Round to nearest and one chunk: the accumulator the fast fused paths implement (lp_product, Triton)."""
-        return self.rounding == "nearest" and self.flush_every is None
+        """Round to nearest, one chunk, FP32 operands: the accumulator the fast fused paths implement (lp_product,
+        Triton)."""
+        return self.rounding == "nearest" and self.flush_every is None and self.operand_format is None
 
 
 @dataclass(frozen=True)

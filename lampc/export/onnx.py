@@ -204,20 +204,16 @@ def _check_graph(gm: fx.GraphModule, modules: dict[int, str]) -> None:
             where = f"{(tag and tag.module) or module_path(node) or 'top level'} (a lowered matmul, no site)"
         else:
             where = f"site {index} ({modules.get(index) or module_path(node) or 'top level'})"
-        if tag is not None and tag.config is not None and tag.config.execution.streaming:
-            raise OnnxExportError(f"{where}: the streaming attention site (SitePolicy.streaming, op "
-                                  f"{node.target.name()}) has no ONNX translation yet; compile with streaming=False "
-                                  "to export, or run the compiled model in PyTorch")
+        if tag is not None and tag.config is not None:  # a setting without a translation, named
+            try:
+                check_exportable(SitePolicy.from_config(tag.config), index, modules.get(index, module_path(node)))
+            except TranslationError as err:
+                raise OnnxExportError(str(err)) from None
         if node.target not in known:
             raise OnnxExportError(
                 f"no ONNX translation for op {node.target.name()} (node {node.name}) at {where}; "
                 f"lampc.export translates {', '.join(op.name() for op in SITE_OPS if op in known)}"
             )
-        if tag is not None and tag.config is not None:
-            try:
-                check_exportable(SitePolicy.from_config(tag.config), index, modules.get(index, module_path(node)))
-            except TranslationError as err:
-                raise OnnxExportError(str(err)) from None
 
 
 # -- the graph to export --------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ def onnx_product(g: Builder, producer: Producer, a, b, rounding: str):
 @register_onnx(Emulated)
 def _emulated(g: Builder, producer: Emulated, a, b, rounding: str):
     if not producer.plain:
-        raise TranslationError(f"producer {producer.label}: SitePolicy.rounding='toward_zero' and flush_every have no "
-                               "ONNX translation yet; export rounds to nearest without flushes")
+        raise TranslationError(f"producer {producer.label}: SitePolicy.rounding='toward_zero', flush_every and "
+                               "operand_format have no ONNX translation yet; export rounds to nearest without flushes "
+                               "over FP32 operands")
     return lp_matmul_onnx(g, a, b, producer.format, producer.block_k, rounding)
 
 

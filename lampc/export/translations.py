@@ -79,7 +79,7 @@ def check_exportable(site: SitePolicy, index: int, module: str) -> None:
         raise TranslationError(f"{where}: criterion {site.criterion!r} cannot be exported to ONNX: {why}; exportable "
                                f"criteria: {', '.join(EXPORTABLE_CRITERIA)}")
     untranslated = {"streaming": site.streaming, "granularity='tile'": site.granularity == "tile",
-                    "recompute_format": site.recompute_format is not None}
+                    "recompute_format": site.recompute_format is not None, "exp_format": site.exp_format is not None}
     missing = [name for name, present in untranslated.items() if present]
     if missing:
         raise TranslationError(f"{where}: {', '.join(missing)} has no ONNX translation yet; compile without it to "

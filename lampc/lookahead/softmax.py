@@ -20,9 +20,11 @@ import torch
 from torch import Tensor
 
 from ..kernels import cpu_select
+from ..numerics import round_to
+from ..criteria import CRITERIA
 from ..policy import SitePolicy
 from .record import normalised
-from .tiles import promote_tiles, running_max_weight
+from .tiles import counted_tiles, promote_tiles, running_max_weight, tile_reduce
 
 MASKED_BELOW = -1.0e4
 """An additive-mask entry <= this counts as masked (HF uses finfo(float32).min; older code used -1e4)."""
@@ -46,6 +48,15 @@ def masked_softmax(s: Tensor, visible: Tensor) -> Tensor:
         return torch.softmax(s, dim=-1)  # nothing masked: the plain softmax
     a = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)  # (…, T, L); NaN in empty rows
     return a.nan_to_num(nan=0.0).masked_fill(~visible, 0.0)
+
+
+def rounded_softmax(s: Tensor, exp_format) -> Tensor:
+    """softmax(s, -1) with its exponentials exp(s − row max) rounded to `exp_format` (SitePolicy.exp_format; the
+    sum and the division in FP32)."""
+    row_max = s.amax(dim=-1, keepdim=True)
+    shift = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = round_to(torch.exp(s - shift), exp_format)
+    return e / e.sum(dim=-1, keepdim=True)
 
 
 def strict_sensitivity(s_hat: Tensor, a: Tensor, gain: Tensor | None = None) -> Tensor:
@@ -247,8 +258,21 @@ def select(
         selected = _select_in_c(s_hat, visible, site)  # the non-finite entries included
     else:
         rows = softmax_rows(s_hat, visible, site, s_fp32=s_fp32, draws=draws, bias=bias, error_scale=error_scale)
+        if site.granularity == "tile" and site.rule.counted:  # random / oracle tiles, at count_from's tile counts
+            return _counted_tiles(rows, site) | ~torch.isfinite(s_hat)
         selected = site.rule.select(rows, site) | ~torch.isfinite(s_hat)  # non-finite: always, visible or not
     return by_granularity(selected, s_hat, visible, site)
+
+
+def _counted_tiles(rows: "SoftmaxRows", site: SitePolicy) -> Tensor:
+    """random or oracle with granularity="tile": as many tiles per row of tiles as count_from's tiles, chosen by the
+    tiles' largest draw (random) or their summed true error (oracle)."""
+    counted = CRITERIA[site.count_from].select(rows, site)
+    if site.rule.draws:
+        score = tile_reduce(rows.draws().masked_fill(~rows.usable, float("-inf")), site.tile, "max")
+    else:
+        score = tile_reduce(rows.true_error().masked_fill(~rows.usable, 0.0), site.tile, "sum")
+    return counted_tiles(counted, score, rows.usable, site.tile, select_top)
 
 
 def by_granularity(selected: Tensor, s_hat: Tensor, visible: Tensor, site: SitePolicy) -> Tensor:

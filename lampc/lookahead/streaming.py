@@ -31,7 +31,8 @@ row); values equal up to FP32 rounding (the online softmax sums in another order
 checks both on GPT-2, Llama/GQA, Gemma2's soft cap and Bloom's ALiBi, with padding, prefill and decode.
 
 exp_format rounds e^(f_j − m') to a format before it enters l and acc, as an FP8 attention kernel feeds P to its
-second GEMM: this has no materialised counterpart (the exponent's reference point is the running maximum).
+second GEMM; the materialised site rounds e^(f − max f) (lampc.rounded_softmax): the two differ by where the
+exponent's reference point is, the running maximum or the row's.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ..numerics import round_to
 from ..policy import SitePolicy
 from .error_scale import producer_error_scale
 from .recompute import recompute, recompute_in_format, recompute_into
-from .softmax import SoftmaxRows, by_granularity, capped, select, visible_from_mask
+from .softmax import SoftmaxRows, by_granularity, capped, rounded_softmax, select, visible_from_mask
 from .tiles import tile_counts
 
 CHUNK_KEYS = 256
@@ -95,8 +96,6 @@ def materialised_attention(q: Tensor, k_t: Tensor, v: Tensor, scale: float, mask
                            site: SitePolicy, producer, *, keep_selection: bool = False) -> Attention:
     """The materialised site, whole rows at once: the rewritten graph's ops (lowp_scores, lamp_select,
     recompute_scores, the mask add, the softmax, p @ v) in one function: the streaming form's reference."""
-    if site.exp_format is not None:
-        raise ValueError("exp_format rounds a streaming softmax's exponentials; the materialised site has none")
     s_hat = producer.scores(q, k_t, scale)
     visible = visible_from_mask(mask, s_hat.shape, is_causal, s_hat.device)
     bias = _bias(mask, visible, site)
@@ -108,7 +107,8 @@ def materialised_attention(q: Tensor, k_t: Tensor, v: Tensor, scale: float, mask
         s = recompute(s_hat, selected, q, k_t, scale, site.dense_above)
     additive = _additive(mask, visible) if mask is not None or is_causal else None
     logits = capped(s, site.softcap)
-    p = torch.softmax(logits if additive is None else logits + additive, dim=-1)
+    logits = logits if additive is None else logits + additive
+    p = torch.softmax(logits, dim=-1) if site.exp_format is None else rounded_softmax(logits, site.exp_format)
     return Attention(p @ v, _counts(selected, visible, site.tile), selected if keep_selection else None)
 
 

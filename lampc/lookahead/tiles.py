@@ -41,6 +41,12 @@ def _tiled(x: Tensor, tile: tuple[int, int], value) -> Tensor:
     return x.reshape(*x.shape[:-2], x.shape[-2] // rows, rows, x.shape[-1] // keys, keys)
 
 
+def tile_reduce(x: Tensor, tile: tuple[int, int], how: str) -> Tensor:
+    """(…, nT, nL): the max or the sum of x (…, T, L) over each tile."""
+    tiled = _tiled(x, tile, float("-inf") if how == "max" else 0.0)
+    return tiled.amax(dim=(-3, -1)) if how == "max" else tiled.sum(dim=(-3, -1))
+
+
 def tile_any(selected: Tensor, tile: tuple[int, int]) -> Tensor:
     """(…, nT, nL): whether each tile holds a True entry of `selected` (…, T, L)."""
     return _tiled(selected.to(torch.uint8), tile, 0).amax(dim=(-3, -1)).bool()
@@ -71,6 +77,17 @@ def running_max_weight(logits: Tensor, usable: Tensor, tile: tuple[int, int],
     weight = torch.exp(per_tile - running[..., :-1]).nan_to_num(nan=0.0)  # −inf − (−inf): no usable entry yet
     full = weight.repeat_interleave(keys, dim=-1)[..., :logits.shape[-1]]
     return full.masked_fill(~usable, 0.0), running[..., -1:]
+
+
+def counted_tiles(counted: Tensor, score: Tensor, usable: Tensor, tile: tuple[int, int], top) -> Tensor:
+    """The random and oracle baselines at granularity "tile": in each row of tiles, as many tiles as `counted` (the
+    count_from rule's selection) touches, those with the highest tile score (the max of the draws, or the sum of
+    the true errors, over the tile's usable entries), expanded to their usable entries. `top(score, usable,
+    count)`: the per-row selection of lookahead/softmax.py (ties to the lowest index)."""
+    count = tile_any(counted & usable, tile).sum(dim=-1, keepdim=True)  # (…, nT, 1)
+    tiles_usable = tile_any(usable, tile)
+    chosen = top(score, tiles_usable, count)
+    return expand_tiles(chosen, tile, usable.shape) & usable
 
 
 def tile_counts(selected: Tensor, visible: Tensor, tile: tuple[int, int]) -> tuple[Tensor, Tensor]:

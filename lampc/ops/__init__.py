@@ -6,6 +6,7 @@
                      (SitePolicy.streaming)
     linear_site.py   lowp_matmul, component_select, recompute_linear   (layer_norm and activation sites; lowered
                      matmuls)
+    rounded_softmax.py  rounded_softmax: the softmax with its exponentials rounded (SitePolicy.exp_format)
     tap.py           SelectionTap, the module a rewritten graph calls with each site's selection (statistics)
     random.py        RandomDraws, the module a rewritten graph calls for the random baseline's draws (per-model
                      streams, RandomStreams)
@@ -25,6 +26,7 @@ from __future__ import annotations
 from .attention_site import ATTENTION_SITE_OPS, lamp_attention
 from .fused_site import lamp_scores
 from .linear_site import LINEAR_SITE_OPS, component_select, lowp_matmul, narrow_range, recompute_linear
+from .rounded_softmax import rounded_softmax
 from .random import RandomDraws, RandomStreams, reset_random, share_streams
 from .softmax_site import SOFTMAX_SITE_OPS, lamp_select, lowp_scores, recompute_scores
 from .tap import SelectionTap, graph_taps
@@ -40,4 +42,4 @@ SITE_OPS = SOFTMAX_SITE_OPS + LINEAR_SITE_OPS + FUSED_SITE_OPS + ATTENTION_SITE_
 
 __all__ = ["ATTENTION_SITE_OPS", "FUSED_SITE_OPS", "LINEAR_SITE_OPS", "SITE_OPS", "SOFTMAX_SITE_OPS", "RandomDraws", "RandomStreams",
            "SelectionTap", "component_select", "graph_taps", "lamp_attention", "lamp_scores", "lamp_select", "lowp_matmul", "lowp_scores",
-           "narrow_range", "recompute_linear", "recompute_scores", "reset_random", "share_streams"]
+           "narrow_range", "recompute_linear", "recompute_scores", "reset_random", "rounded_softmax", "share_streams"]

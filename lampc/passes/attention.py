@@ -42,7 +42,7 @@ from ..site_kinds import ATTENTION
 from .driver import Emission, Emitted, SiteKind
 from .result import Skip
 from .softmax_site import emit_softmax_ops
-from .streaming import emit_streaming, smoothed_keys
+from .streaming import emit_streaming, rounded_exponentials, smoothed_keys
 
 aten = torch.ops.aten
 
@@ -236,6 +236,7 @@ def _emit(em: Emission, match: AttentionMatch, policy: SitePolicy) -> Emitted:
     with em.graph.inserting_before(consumer):
         k_t = smoothed_keys(em, k_t, policy)
         new = emit_softmax_ops(em, q, k_t, match.scale, match.mask, policy)
+    rounded_exponentials(em, match.softmax, policy)
     return Emitted({match.scores: new.scores}, (new.first, new.selection, new.scores), new.selection, match.mask,
                    per_head=True, tap_after=new.last, erase=(match.scale_node, match.matmul), producer="matmul",
                    consumer="softmax",
@@ -268,6 +269,7 @@ def _emit_biased(em: Emission, match: AttentionMatch, policy: SitePolicy) -> Emi
         k4 = smoothed_keys(em, k4, policy)
         new = emit_softmax_ops(em, q4, k4, match.scale, lookahead_mask, policy)
         out = em.call(aten.add.Tensor, (new.scores, b4), role="output", name=f"scores_biased_{em.index}")
+    rounded_exponentials(em, match.softmax, policy)
     return Emitted({view: out}, (new.first, new.selection, new.scores), new.selection, lookahead_mask,
                    per_head=True, tap_after=new.last, erase=(view, baddbmm), producer="baddbmm",
                    consumer="softmax", rule=policy.summary)

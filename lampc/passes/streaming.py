@@ -17,6 +17,10 @@ Bloom's bmm(view(p, [B·H, T, L]), v) takes v viewed to 4-D and the output viewe
 `p * any(mask, -1)` multiplies the output rows instead. Anything else between the softmax and p·v (a softmax the
 model also returns, a head mask) is an error naming it: the streaming site cannot give T x L probabilities.
 
+A materialised site with an exp_format has its softmax rounded instead (the streaming op rounds its own):
+
+    p = softmax(s, -1)           ->  p = lampc.rounded_softmax(s, 'fp8_e4m3')
+
 K smoothing, at materialised and streaming sites alike:
 
     before                                   after
@@ -50,6 +54,17 @@ def smoothed_keys(em: Emission, k_t, policy: SitePolicy):
         return k_t
     k_mean = em.call(aten.mean.dim, (k_t, [-1], True), role="operand", name=f"k_mean_{em.index}")
     return em.call(aten.sub.Tensor, (k_t, k_mean), role="operand", name=f"k_smooth_{em.index}")
+
+
+def rounded_exponentials(em: Emission, softmax: fx.Node, policy: SitePolicy) -> None:
+    """Replace the model's softmax by lampc.rounded_softmax when the policy rounds the exponentials."""
+    if policy.exp_format is None:
+        return
+    with em.graph.inserting_before(softmax):
+        rounded = em.call(torch.ops.lampc.rounded_softmax.default, (softmax.args[0], policy.exp_format.name),
+                          role="output", name=f"probabilities_{em.index}")
+    softmax.replace_all_uses_with(rounded)
+    em.graph.erase_node(softmax)
 
 
 def _real_users(node: fx.Node) -> list[fx.Node]:

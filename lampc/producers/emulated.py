@@ -1,9 +1,9 @@
 """The emulated m-bit accumulator (Emulated): the bit-exact rounding model of lampc/numerics/accumulate.py.
 
 It prepares no weight (ProducerImpl.prepare_weight): its products read the FP32 operands, so w_low / k_low are
-always None here. A truncating or flushed accumulator (rounding, flush_every) runs lp_matmul and rounds its output
-in torch ops (flushed: not at all, the product is FP32); the plain one runs lp_product, the output rounded in the
-kernel."""
+always None here. A truncating or flushed accumulator (rounding, flush_every), or one over low-precision operands
+(operand_format, lampc/numerics/operands.py), runs lp_matmul and rounds its output in torch ops (flushed: not at
+all, the product is FP32); the plain one runs lp_product, the output rounded in the kernel."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..config.producer import Emulated
 from ..numerics import lp_matmul, lp_product, round_to
+from ..numerics.operands import quantize
 from ..numerics.error_bounds import absolute_floor, accumulation_gamma
 from .registry import ProducerImpl, register
 
@@ -32,9 +33,15 @@ class EmulatedImpl(ProducerImpl):
         return lp_product(q, k_t, self.p.format, self.p.block_k, scale=scale)  # RN(RN(q @ k_t) * scale)
 
     def _accumulate(self, a: Tensor, b: Tensor) -> Tensor:
-        """The accumulator with its rounding mode and flushes; flushed, its value is FP32 (not rounded again)."""
-        return lp_matmul(a, b, self.p.format, self.p.block_k, rounding=self.p.rounding,
-                         flush_every=self.p.flush_every)
+        """The accumulator with its rounding mode and flushes, over the operands in operand_format (their scales
+        multiplied back in FP32) when it has one; flushed, its value is FP32 (not rounded again)."""
+        fmt = self.p.operand_format
+        if fmt is not None:
+            (a, a_scale), (b, b_scale) = (quantize(a, fmt, self.p.operand_block, -2),
+                                          quantize(b, fmt, self.p.operand_block, -1))
+        acc = lp_matmul(a, b, self.p.format, self.p.block_k, rounding=self.p.rounding,
+                        flush_every=self.p.flush_every)
+        return acc if fmt is None else acc * a_scale * b_scale
 
     def scores_with_fp32(self, q: Tensor, k_t: Tensor, scale: float) -> tuple[Tensor, Tensor] | None:
         """(ŝ, s32) shaped like q @ k_t from one Triton kernel (lampc/kernels/triton_scores.py): ŝ with this
