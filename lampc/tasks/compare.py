@@ -23,6 +23,7 @@ from typing import Any
 
 from ..eval.uncertainty import mcnemar_exact
 from .availability import check_task_data
+from .passkey_task import PASSKEY_TASK, for_model, is_passkey_name, passkey_task_named
 from .path import TASK_DIR
 from .progress import to_stderr
 
@@ -46,8 +47,10 @@ def austen_tasks(names=AUSTEN_TASKS) -> list[dict]:
 
 
 def resolve_tasks(names: list[str]) -> list[str | dict]:
-    """lampc's own task names as configs; any other name is left to lm-eval's task registry."""
-    return [austen_tasks([n])[0] if n in AUSTEN_TASKS else n for n in names]
+    """lampc's own task names as configs (the passkey task's named as lampc/tasks/passkey_task.py says, e.g.
+    austen_passkey_1024_depth25); any other name is left to lm-eval's task registry."""
+    return [austen_tasks([n])[0] if n in AUSTEN_TASKS else passkey_task_named(n) if is_passkey_name(n) else n
+            for n in names]
 
 
 def mcnemar_p(right_to_wrong: int, wrong_to_right: int) -> float:
@@ -148,8 +151,9 @@ def compare(model: str, cells: dict[str, dict[str, Any]], tasks: list, *, limit:
 
     if any(isinstance(t, str) for t in tasks):
         with quiet_lm_eval(not lm_eval_logs):
-            check_task_data(tasks, task_manager(True), own=AUSTEN_TASKS)
+            check_task_data(tasks, task_manager(True), own=(*AUSTEN_TASKS, PASSKEY_TASK))
     loaded = load_model(model)
+    tasks = for_model(tasks, model, loaded)  # the passkey documents are made with this model's tokenizer
     progress("lampc tasks: FP32 reference")
     fp32 = LampcLM(model, fp32=True, batch_size=batch_size, loaded=loaded)
     reference, _ = run_per_task(fp32, tasks, limit=limit, cell="fp32", progress=progress, lm_eval_logs=lm_eval_logs)

@@ -35,6 +35,7 @@ from torch import Tensor
 from ..api import compile as compile_model
 from ..models import load_model
 from .model_args import read_model_args
+from .passkey_task import lend_tokenizer
 from .progress import Progress, to_stderr
 
 
@@ -59,6 +60,7 @@ class LampcLM(TemplateLM):
         config = self.fp32_model.config
         limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
         self.max_length = min(args.max_length or limit, limit)
+        lend_tokenizer(self.name, self.tokenizer, self.max_length)  # the passkey task's documents, made after it
         self.fp32 = args.fp32
         self.compiled = None
         if not self.fp32:
