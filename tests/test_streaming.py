@@ -280,3 +280,15 @@ def test_onnx_export_refuses_a_streaming_site(tmp_path):
     compiled = lampc.compile(tiny_gpt2(), steps="none", streaming=True)
     with pytest.raises(OnnxExportError, match="streaming"):
         export_onnx(compiled, tmp_path / "model.onnx")
+
+
+def test_a_materialised_site_too_large_for_memory_names_streaming(monkeypatch):
+    from lampc.ops import softmax_site
+
+    monkeypatch.setattr(softmax_site, "CHECK_ABOVE", 0)
+    monkeypatch.setattr(softmax_site, "available_memory", lambda: 1000)  # bytes: nothing fits
+    q, k_t = torch.randn(1, 2, 8, 4), torch.randn(1, 2, 4, 8)
+    with pytest.raises(MemoryError, match="streaming=True"):
+        torch.ops.lampc.lowp_scores(q, k_t, 0.5, "emulate m4")
+    site = SitePolicy(streaming=True)
+    streaming_attention(q, k_t, torch.randn(1, 2, 8, 3), 0.5, None, False, site, implementation(site.producer))

@@ -29,7 +29,7 @@ from ..lookahead.fused import fused_widen_select
 from ..lookahead.recompute import recompute_in_format, recompute_into
 from ..lookahead.softmax import visible_from_mask
 from .arguments import producer_impl, site_settings
-from .softmax_site import _check_scores_inputs, _scores_shape, lamp_select, lowp_scores
+from .softmax_site import _check_scores_inputs, _scores_shape, check_fits_materialised, lamp_select, lowp_scores
 
 
 @torch.library.custom_op("lampc::lamp_scores", mutates_args=())
@@ -40,6 +40,7 @@ def lamp_scores(
     """(scores with the selected entries in FP32, the selection): one softmax site in one op. draws: as lamp_select
     takes them (the random baseline's uniforms); k_low: as lowp_scores takes it (a weight's prepared form)."""
     _check_scores_inputs(q, k_t)
+    check_fits_materialised(q, k_t)
     settings = site_settings(producer, rule, facts, execution)
     # a producer with a dtype of its own writes its scores in it; a pure rule reads them while widening
     pure = settings.rule.pure and not settings.biased

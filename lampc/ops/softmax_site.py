@@ -16,6 +16,7 @@ listing shows the numbers:
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -35,11 +36,51 @@ def _check_scores_inputs(q: Tensor, k_t: Tensor) -> None:
             raise TypeError(f"lampc attention site: {name} must be float32 (compile the FP32 model), got {value.dtype}")
 
 
+SCORE_BUFFERS = 7
+"""Score-sized float32 buffers a materialised attention site holds at its peak (the scores, their softmax, the
+weights, the selection, the recomputed copy, ...; measured: SmolLM2's extra memory over FP32 is about this many per
+layer)."""
+
+CHECK_ABOVE = 1 << 26
+"""Score entries above which a materialised site first checks that its buffers fit in the available memory."""
+
+
+def check_fits_materialised(q: Tensor, k_t: Tensor) -> None:
+    """MemoryError naming streaming=True when a materialised attention site's buffers would exceed the memory this
+    machine has available (CPU, attention's batched keys; Linux's MemAvailable), instead of swapping or an OOM."""
+    if k_t.dim() < 3 or q.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    entries = math.prod(_scores_shape(q, k_t))
+    if entries <= CHECK_ABOVE:
+        return
+    available = available_memory()
+    need = entries * 4 * SCORE_BUFFERS
+    if available is not None and need > available:
+        shape = "x".join(str(n) for n in _scores_shape(q, k_t))
+        raise MemoryError(f"lampc attention site: a materialised site holds about {SCORE_BUFFERS} buffers of the "
+                          f"{shape} scores, {need / 2**30:.1f} GiB, and this machine has {available / 2**30:.1f} GiB "
+                          "available; compile with streaming=True (O(T x chunk) memory; criteria uniform, strict, "
+                          "relaxed, running_max), or a shorter sequence")
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says are available (MemAvailable), or None where /proc/meminfo has no such line."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 @torch.library.custom_op("lampc::lowp_scores", mutates_args=())
 def lowp_scores(q: Tensor, k_t: Tensor, scale: float, producer: str, k_low: Optional[Tensor] = None) -> Tensor:
     """ŝ = RN(RN(q @ k_t) * scale): the site's producer (lampc/producers/). k_low: the producer's form of k_t when
     it is a weight (the logits site's lm_head), prepared by the graph; None: made from k_t at this call."""
     _check_scores_inputs(q, k_t)
+    check_fits_materialised(q, k_t)
     return producer_impl(producer).scores(q, k_t, scale, k_low)
 
 
