@@ -45,6 +45,7 @@ from torch import Tensor
 from ..numerics import round_to
 from ..policy import SitePolicy
 from .error_scale import producer_error_scale
+from .fused import compiled
 from .recompute import recompute, recompute_in_format, recompute_into
 from .softmax import SoftmaxRows, by_granularity, capped, rounded_softmax, select, visible_from_mask
 from .tiles import tile_counts
@@ -148,30 +149,29 @@ class _Keys:
 
 
 class _RowStatistics:
-    """Pass 1: per row (…, T, 1), over the usable entries of every chunk, online: the log-sum-exp of the
-    look-ahead's logits, their maximum, the largest relaxed weight (relative to that maximum) and the length."""
+    """Pass 1's result, per row (…, T, 1), merged over chunks online: the maximum of the look-ahead's logits over
+    the usable entries, the sum of their exponentials and the largest relaxed weight (both relative to that
+    maximum), the row's length, and its log-sum-exp."""
 
     def __init__(self):
-        self.max = self.sum = self.lse = self.relaxed_max = self.lengths = None
+        self.max = self.sum = self.relaxed_max = self.lengths = self.lse = None
 
-    def add(self, rows: SoftmaxRows) -> None:
-        logits = rows.logits.masked_fill(~rows.usable, float("-inf"))
-        chunk_max = logits.amax(dim=-1, keepdim=True)
-        new_max = chunk_max if self.max is None else torch.maximum(self.max, chunk_max)
-        shift = _finite_or_zero(new_max)
-        e = torch.exp(logits - shift)
-        z = rows.error_scale * e
-        chunk_z = (z if rows.gain is None else z * rows.gain).masked_fill(~rows.usable, 0.0).amax(dim=-1, keepdim=True)
-        chunk_sum, lengths = e.sum(dim=-1, keepdim=True), rows.visible.sum(dim=-1, keepdim=True)
+    def add(self, chunk_max: Tensor, chunk_sum: Tensor, chunk_z: Tensor, lengths: Tensor) -> None:
+        """Merge one chunk's statistics (`chunk_statistics`, relative to the chunk's own maximum)."""
         if self.max is None:
-            self.sum, self.relaxed_max, self.lengths = chunk_sum, chunk_z, lengths
+            self.max, self.sum, self.relaxed_max, self.lengths = chunk_max, chunk_sum, chunk_z, lengths
         else:
-            factor = _rescale(self.max, shift)
-            self.sum = self.sum * factor + chunk_sum
-            self.relaxed_max = torch.maximum(self.relaxed_max * factor, chunk_z)
+            new_max = torch.maximum(self.max, chunk_max)
+            shift = _finite_or_zero(new_max)
+            old, new = _rescale(self.max, shift), _rescale(chunk_max, shift)
+            self.sum = self.sum * old + chunk_sum * new
+            self.relaxed_max = torch.maximum(self.relaxed_max * old, chunk_z * new)
             self.lengths = self.lengths + lengths
-        self.max = new_max
-        self.lse = torch.log(self.sum) + shift  # -inf for a row with nothing usable yet
+            self.max = new_max
+        self.lse = torch.log(self.sum) + _finite_or_zero(self.max)  # -inf for a row with nothing usable yet
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.lse, self.max, self.relaxed_max, self.lengths
 
 
 def _finite_or_zero(row_max: Tensor) -> Tensor:
@@ -182,36 +182,35 @@ def _finite_or_zero(row_max: Tensor) -> Tensor:
 def _rescale(old_max: Tensor, shift: Tensor) -> Tensor:
     """e^(old reference − new reference): what sums taken against the old maximum are multiplied by (0 where the
     old one had nothing finite: its sums are 0)."""
-    return torch.where(torch.isfinite(old_max), torch.exp(old_max - shift), torch.zeros_like(shift))
+    return torch.where(torch.isfinite(old_max), torch.exp(_finite_or_zero(old_max) - shift), torch.zeros_like(shift))
 
 
 class _ChunkRows(SoftmaxRows):
-    """SoftmaxRows of one chunk whose whole-row quantities come from pass 1 (_RowStatistics): the probabilities
-    exp(logit − lse), the relaxed weights relative to the row's maximum logit, the row maximum of those weights,
-    and the row lengths of length scaling."""
+    """SoftmaxRows of one chunk whose whole-row quantities come from pass 1 (`statistics`: lse, maximum logit,
+    largest relaxed weight, length, per row): the probabilities exp(logit − lse), the relaxed weights relative to
+    the row's maximum logit, the row maximum of those weights, and the row lengths of length scaling."""
 
-    def __init__(self, *args, statistics: _RowStatistics | None, **kwargs):
+    def __init__(self, *args, statistics: tuple | None, **kwargs):
         super().__init__(*args, **kwargs)
         self.statistics = statistics
 
     def probabilities(self) -> Tensor:
         if self._a is None:
-            a = torch.exp(self.logits - self.statistics.lse)
+            a = torch.exp(self.logits - self.statistics[0])
             self._a = a.masked_fill(~self.usable, 0.0).nan_to_num(nan=0.0)
         return self._a
 
     def relaxed_weight(self) -> Tensor:
-        row_max = self.statistics.max
-        z = self.error_scale * torch.exp(self.logits - row_max)
+        z = self.error_scale * torch.exp(self.logits - self.statistics[1])
         return (z if self.gain is None else z * self.gain).masked_fill(~self.usable, 0.0).nan_to_num(nan=0.0)
 
     def row_max(self, weight: Tensor) -> Tensor:
-        return self.statistics.relaxed_max  # the relaxed rule's only row maximum: its weight's, over the row
+        return self.statistics[2]  # the relaxed rule's only row maximum: its weight's, over the row
 
     def row_tau(self, tau: float, relaxed: bool):
         if not self.site.length_scaling:
             return tau
-        tau_t = tau * torch.sqrt(self.site.l_ref / self.statistics.lengths.to(torch.float32))
+        tau_t = tau * torch.sqrt(self.site.l_ref / self.statistics[3].to(torch.float32))
         return tau_t.clamp(max=1.0) if relaxed else tau_t
 
 
@@ -220,12 +219,64 @@ def _needs_statistics(site: SitePolicy) -> bool:
     return site.rule.looks_ahead and not site.rule.tiled
 
 
-def _rows(keys: _Keys, part, statistics) -> _ChunkRows:
-    s_hat, visible, _, bias, error_scale, _ = part
+def _chunk_rows(s_hat, visible, bias, error_scale, site, statistics) -> _ChunkRows:
     visible = visible.expand(s_hat.shape)
-    return _ChunkRows(s_hat, visible, visible & torch.isfinite(s_hat), keys.site, bias=bias,
+    return _ChunkRows(s_hat, visible, visible & torch.isfinite(s_hat), site, bias=bias,
                       error_scale=None if error_scale is None else error_scale.expand(s_hat.shape),
                       statistics=statistics)
+
+
+# -- one chunk's steps: pure functions of tensors and the site, run eagerly or through torch.compile (FUSED) ----
+
+
+def chunk_statistics(s_hat, visible, bias, error_scale, site):
+    """Pass 1 on one chunk: per row, the maximum usable logit, and relative to it the sum of exponentials and the
+    largest relaxed weight; and the number of visible keys."""
+    rows = _chunk_rows(s_hat, visible, bias, error_scale, site, None)
+    logits = rows.logits.masked_fill(~rows.usable, float("-inf"))
+    chunk_max = logits.amax(dim=-1, keepdim=True)
+    e = torch.exp(logits - _finite_or_zero(chunk_max))
+    z = rows.error_scale * e
+    chunk_z = (z if rows.gain is None else z * rows.gain).masked_fill(~rows.usable, 0.0).amax(dim=-1, keepdim=True)
+    return chunk_max, e.sum(dim=-1, keepdim=True), chunk_z, rows.visible.sum(dim=-1, keepdim=True)
+
+
+def chunk_selection(s_hat, visible, bias, error_scale, site, statistics, running_max):
+    """Pass 2's decision on one chunk: (the selection as the site recomputes it, the running maximum after the
+    chunk for running_max, else None)."""
+    rows = _chunk_rows(s_hat, visible, bias, error_scale, site, statistics)
+    rows.running_max_before = running_max
+    selected = site.rule.select(rows, site) | ~torch.isfinite(s_hat)
+    after = rows.running_max_after if site.rule.tiled else None
+    return by_granularity(selected, s_hat, visible, site), after
+
+
+def chunk_exponentials(s, additive, row_max, site):
+    """The online softmax's step on one chunk of recomputed scores: (the new row maximum, e^(f − it) (rounded to
+    exp_format), their row sums), f = cap(s) + mask; row_max: the maximum before the chunk (−inf at the first)."""
+    f = capped(s, site.softcap)
+    f = f if additive is None else f + additive
+    new_max = torch.maximum(row_max, f.amax(dim=-1, keepdim=True))
+    p = torch.exp(f - _finite_or_zero(new_max))
+    if site.exp_format is not None:
+        p = round_to(p, site.exp_format)
+    return new_max, p, p.sum(dim=-1, keepdim=True)
+
+
+def chunk_counts(selected, visible, tile):
+    """Per head (H, 4): selected visible entries, visible entries, tiles with a selected visible entry, tiles with a
+    visible entry."""
+    return _counts(selected, visible, tile)
+
+
+FUSED = True
+"""The switch: each chunk step (chunk_statistics, chunk_selection, chunk_exponentials, chunk_counts) through
+torch.compile (one loop nest per step instead of a dozen passes over the chunk; the first call of each compiles);
+False: eager PyTorch, the readable reference, which tests/test_streaming.py checks them against."""
+
+
+def _step(fn):
+    return compiled(fn) if FUSED and not torch.compiler.is_compiling() else fn
 
 
 def streaming_attention(q: Tensor, k_t: Tensor, v: Tensor, scale: float, mask: Tensor | None, is_causal: bool,
@@ -236,27 +287,30 @@ def streaming_attention(q: Tensor, k_t: Tensor, v: Tensor, scale: float, mask: T
     keys = _Keys(q, k_t, v, scale, mask, is_causal, site, producer)
     statistics = None
     if _needs_statistics(site):
-        statistics = _RowStatistics()
+        merged = _RowStatistics()
         for start, stop in keys.bounds():
-            statistics.add(_rows(keys, keys.chunk(start, stop), None))
+            s_hat, visible, _, bias, error_scale, _ = keys.chunk(start, stop)
+            merged.add(*_step(chunk_statistics)(s_hat, visible, bias, error_scale, site))
+        statistics = merged.tensors()
     running_max = None  # of the low-precision logits, for running_max
     row_max = total = acc = counts = None
     kept = []
     for start, stop in keys.bounds():
-        part = keys.chunk(start, stop)
-        s_hat, visible, additive, _, _, k_chunk = part
-        rows = _rows(keys, part, statistics)
-        rows.running_max_before = running_max
-        selected = site.rule.select(rows, site) | ~torch.isfinite(s_hat)
-        if site.rule.tiled:
-            running_max = rows.running_max_after
-        selected = by_granularity(selected, s_hat, visible, site)
+        s_hat, visible, additive, bias, error_scale, k_chunk = keys.chunk(start, stop)
+        selected, running_max = _step(chunk_selection)(s_hat, visible, bias, error_scale, site, statistics,
+                                                       running_max)
         s = _recomputed(s_hat, selected, q, k_chunk, scale, site)
-        f = capped(s, site.softcap)
-        f = f if additive is None else f + additive
-        row_max, total, acc = _online_softmax(f, keys.v[..., start:stop, :], row_max, total, acc, site.exp_format)
-        chunk_counts = _counts(selected, visible, site.tile)
-        counts = chunk_counts if counts is None else counts + chunk_counts
+        before = torch.full_like(s[..., :1], float("-inf")) if row_max is None else row_max
+        new_max, p, chunk_total = _step(chunk_exponentials)(s, additive, before, site)
+        chunk_acc = p @ keys.v[..., start:stop, :]
+        if row_max is None:
+            total, acc = chunk_total, chunk_acc
+        else:
+            factor = _rescale(row_max, _finite_or_zero(new_max))
+            total, acc = total * factor + chunk_total, acc * factor + chunk_acc
+        row_max = new_max
+        chunk = _step(chunk_counts)(selected, visible, site.tile)
+        counts = chunk if counts is None else counts + chunk
         if keep_selection:
             kept.append(selected)
     out = acc / total
@@ -268,18 +322,3 @@ def _recomputed(s_hat: Tensor, selected: Tensor, q: Tensor, k_t: Tensor, scale: 
     if site.recompute_format is not None:
         return recompute_in_format(s_hat, selected, q, k_t, scale, site.recompute_format)
     return recompute_into(s_hat, selected.contiguous(), q, k_t, scale, site.dense_above)
-
-
-def _online_softmax(f: Tensor, v: Tensor, row_max, total, acc, exp_format):
-    """One chunk of the online softmax: (m', l', acc') from (m, l, acc) and the chunk's logits f and values v."""
-    chunk_max = f.amax(dim=-1, keepdim=True)
-    new_max = chunk_max if row_max is None else torch.maximum(row_max, chunk_max)
-    shift = _finite_or_zero(new_max)
-    p = torch.exp(f - shift)
-    if exp_format is not None:
-        p = round_to(p, exp_format)
-    chunk_total, chunk_acc = p.sum(dim=-1, keepdim=True), p @ v
-    if row_max is None:
-        return new_max, chunk_total, chunk_acc
-    factor = _rescale(row_max, shift)
-    return new_max, total * factor + chunk_total, acc * factor + chunk_acc
