@@ -75,6 +75,11 @@ def listings() -> dict[str, str]:
     expand_sdpa(fused)
     rewrite_sites(fused, [attention_sites(dataclasses.replace(policy, fused=True))])
     out["fused"] = _module_listing(fused, "transformer.h.0.attn")
+    streamed = fresh()
+    expand_sdpa(streamed)
+    rewrite_sites(streamed, [attention_sites(dataclasses.replace(policy, streaming=True, granularity="tile",
+                                                                 tile=(16, 16)))])
+    out["streaming"] = _module_listing(streamed, "transformer.h.0.attn")
     from lampc.capture_step import StepCapture  # the cached steps are captured apart from the full graph
 
     decode = StepCapture(_model(), captured.max_len).graph("decode")  # the same seeded model's decode step

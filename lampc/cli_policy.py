@@ -36,8 +36,8 @@ from .policy import (BACKENDS, CRITERIA, ERROR_SCALES, SET_BY_PASSES, SITE_FIELD
 DEFAULTS = {"format": "m4", "criterion": "strict", "tau": None, "budget": None, "block_k": 1, "kinds": ["attention"],
             "sites": "guarded", "backend": "emulate", "fused": False, "error_scale": "score", "rounding": "nearest",
             "flush_every": None, "granularity": "entry", "tile": (64, 64), "streaming": False, "exp_format": None,
-            "recompute_format": None, "smooth_k": False}
-GRID_OPTIONS = ("format", "criterion", "tau", "block_k")
+            "recompute_format": None, "smooth_k": False, "operand_format": None, "operand_block": 64}
+GRID_OPTIONS = ("format", "criterion", "tau", "block_k", "flush_every")
 ARG_DEST = {"rounding": "accumulator_rounding"}
 """Policy fields whose option keeps another name on the parsed arguments (`lampc export` has its own --rounding)."""
 
@@ -62,14 +62,19 @@ def add_policy_arguments(parser, *, grid: bool = False) -> None:
                            help="the rule's threshold (default: per rule)")
         group.add_argument("--block-k", type=field_arg("block_k"), default=None,
                            help="accumulation block (1 = round every term, default)")
+        group.add_argument("--flush-every", type=field_arg("flush_every"), default=None, dest="flush_every",
+                           help="two-level accumulation: add the low-precision accumulator into FP32 every N blocks "
+                                "(default: never)")
     # not --rounding: `lampc export --rounding` names how ONNX rounds (bits or arithmetic)
     group.add_argument("--accumulator-rounding", type=field_arg("rounding", lower=True), choices=ROUNDINGS,
                        default=None, dest=ARG_DEST["rounding"],
                        help="the emulated accumulator's rounding: nearest (default) or toward_zero (truncation, as "
                             "Hopper's FP8 MMA: FP22 is --format m13 --accumulator-rounding toward_zero)")
-    group.add_argument("--flush-every", type=field_arg("flush_every"), default=None, dest="flush_every",
-                       help="two-level accumulation: add the low-precision accumulator into FP32 every N blocks "
-                            "(default: never)")
+    group.add_argument("--operand-format", type=field_arg("operand_format"), default=None, dest="operand_format",
+                       help="round the producer's operands to this format first, one scale per --operand-block rows "
+                            "or keys (an FP8 GEMM: fp8_e4m3; default: FP32 operands)")
+    group.add_argument("--operand-block", type=field_arg("operand_block"), default=None, dest="operand_block",
+                       help="rows of q / keys of k per operand scale (default 64)")
     group.add_argument("--budget", type=field_arg("budget"), default=None,
                        help="for --criterion budget: k per row, or a fraction")
     group.add_argument("--kinds", default=None, type=kinds_arg,

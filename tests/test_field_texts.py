@@ -114,7 +114,7 @@ def _cli_options() -> dict[str, argparse.Action]:
 def test_the_cli_has_options_for_the_fields_it_had():
     assert set(_cli_options()) == {"format", "block_k", "backend", "criterion", "tau", "budget", "fused",
                                    "error_scale", "rounding", "flush_every", "granularity", "tile", "streaming",
-                                   "exp_format", "recompute_format", "smooth_k"}
+                                   "exp_format", "recompute_format", "smooth_k", "operand_format", "operand_block"}
 
 
 @pytest.mark.parametrize("name", sorted(_cli_options()))

@@ -45,7 +45,7 @@ def add_parser(subparsers) -> None:
                "\nexample:\n"
                "  lampc eval --format m4,m7 --criterion uniform,strict,random --tau 2,0.5 --seq-len 256 --n-seq 16")
     add_data_arguments(parser)
-    grid = parser.add_argument_group("grid", conflict_handler="resolve")  # its --flush-every replaces the policy's
+    grid = parser.add_argument_group("grid")
     grid.add_argument("--format", default="m4,m7", metavar="LIST",
                       help="comma-separated accumulator formats (default m4,m7; see `lampc formats`)")
     grid.add_argument("--criterion", default=DEFAULT_CRITERIA, metavar="LIST", type=str.lower,
@@ -133,8 +133,7 @@ def positive_int(text: str) -> int:
 
 def run(args) -> int:
     flushes = args.flush_every or ()  # eval's own --flush-every: baseline cells, not a field of every cell's policy
-    policy, fixed = compile_arguments(argparse.Namespace(**{k: v for k, v in vars(args).items()
-                                                            if k != "flush_every"}), grid=True)
+    policy, fixed = compile_arguments(args, grid=True)
     if policy is not None and policy.per_site:
         formats, criteria, taus, count_from = per_site_grid(args, policy)
     else:
